@@ -1,0 +1,95 @@
+//! Protobuf ↔ domain conversions for the public API, in one file.
+
+use rouse_proto::v1 as pb;
+
+use crate::cluster::MemberView;
+use crate::state::{Container, Namespace, Privacy, Protocol};
+
+impl From<&Namespace> for pb::Namespace {
+    fn from(n: &Namespace) -> Self {
+        pb::Namespace {
+            name: n.name.clone(),
+            env: n.env.clone().into_iter().collect(),
+            secret_names: vec![],
+            revision: n.revision,
+            created_at_ms: n.created_at_ms,
+            updated_at_ms: n.updated_at_ms,
+        }
+    }
+}
+
+pub fn privacy_to_pb(p: Privacy) -> pb::Privacy {
+    match p {
+        Privacy::Public => pb::Privacy::Public,
+        Privacy::Private => pb::Privacy::Private,
+    }
+}
+
+pub fn protocol_to_pb(p: Protocol) -> pb::Protocol {
+    match p {
+        Protocol::Http1 => pb::Protocol::Http1,
+        Protocol::H2c => pb::Protocol::H2c,
+    }
+}
+
+/// `None` for UNSPECIFIED (keep the current value).
+pub fn privacy_from_pb(v: i32) -> Result<Option<Privacy>, String> {
+    match pb::Privacy::try_from(v) {
+        Ok(pb::Privacy::Unspecified) => Ok(None),
+        Ok(pb::Privacy::Public) => Ok(Some(Privacy::Public)),
+        Ok(pb::Privacy::Private) => Ok(Some(Privacy::Private)),
+        Err(_) => Err(format!("{v} is not a privacy (public or private)")),
+    }
+}
+
+pub fn protocol_from_pb(v: i32) -> Result<Option<Protocol>, String> {
+    match pb::Protocol::try_from(v) {
+        Ok(pb::Protocol::Unspecified) => Ok(None),
+        Ok(pb::Protocol::Http1) => Ok(Some(Protocol::Http1)),
+        Ok(pb::Protocol::H2c) => Ok(Some(Protocol::H2c)),
+        Err(_) => Err(format!("{v} is not a protocol (http1 or h2c)")),
+    }
+}
+
+impl From<&Container> for pb::Container {
+    fn from(c: &Container) -> Self {
+        let s = &c.spec;
+        pb::Container {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            image: s.image.clone(),
+            port: s.port,
+            env: s.env.clone().into_iter().collect(),
+            secret_names: vec![],
+            cpu_mvcpu: s.cpu_mvcpu,
+            memory_mb: s.memory_mb,
+            min_scale: s.min_scale,
+            max_scale: s.max_scale,
+            max_concurrency: s.max_concurrency,
+            timeout_seconds: s.timeout_secs,
+            privacy: privacy_to_pb(s.privacy).into(),
+            protocol: protocol_to_pb(s.protocol).into(),
+            scale_to_zero_after_seconds: s.scale_to_zero_after_secs,
+            revision: c.revision,
+            created_at_ms: c.created_at_ms,
+            updated_at_ms: c.updated_at_ms,
+        }
+    }
+}
+
+impl From<MemberView> for pb::Member {
+    fn from(m: MemberView) -> Self {
+        let r = m.record.unwrap_or_default();
+        pb::Member {
+            id: m.id,
+            address: m.address,
+            role: if m.voter { "voter" } else { "learner" }.into(),
+            zone: r.zone,
+            region: r.region,
+            healthy: m.healthy,
+            cpu_capacity_mvcpu: r.cpu_capacity_mvcpu,
+            memory_capacity_mb: r.memory_capacity_mb,
+            http_address: r.http_addr,
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The public gRPC API. Each handler validates its input, then reads
+//! (through the linearizable read barrier) or proposes a command.
+//!
+//! ```text
+//!  request ─▶ validate (INVALID_ARGUMENT naming the field)
+//!          ─▶ read_barrier / write (forwarded to the leader if needed)
+//!          ─▶ state machine answer ─▶ error::ApiError ─▶ tonic::Status
+//! ```
+
+pub mod convert;
+pub mod error;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::ServerState;
+use rouse_proto::v1 as pb;
+use rouse_proto::v1::cluster_service_server::ClusterService;
+use rouse_proto::v1::container_service_server::ContainerService;
+use rouse_proto::v1::namespace_service_server::NamespaceService;
+use rouse_proto::v1::secret_service_server::SecretService;
+use rouse_proto::v1::token_service_server::TokenService;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::state::validate::{self, Invalid, RESERVED_ENV};
+use crate::state::{Command, ContainerSpec, Rejection};
+use convert::{privacy_from_pb, protocol_from_pb};
+use error::{secrets_unavailable, ApiError};
+
+type ApiResult<T> = Result<Response<T>, Status>;
+
+/// How often a read-modify-write retries after a concurrent change.
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Clone)]
+pub struct Api {
+    cluster: Arc<Cluster>,
+}
+
+impl Api {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Api { cluster }
+    }
+}
+
+fn stale(r: &Option<pb::ReadOptions>) -> bool {
+    r.as_ref().is_some_and(|o| o.stale)
+}
+
+fn env_map(m: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+fn inv(field: &str, rule: impl Into<String>) -> ApiError {
+    ApiError::Invalid(Invalid { field: field.into(), rule: rule.into() })
+}
+
+// ---------------------------------------------------------------- cluster
+
+#[tonic::async_trait]
+impl ClusterService for Api {
+    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> ApiResult<pb::ClusterStatus> {
+        let m = self.cluster.raft.metrics().borrow().clone();
+        let members = self.cluster.members().await.into_iter().map(pb::Member::from).collect();
+        Ok(Response::new(pb::ClusterStatus { leader_id: m.current_leader.unwrap_or(0), term: m.current_term, members }))
+    }
+
+    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> ApiResult<pb::RemoveNodeResponse> {
+        let id = req.into_inner().id;
+        if id == 0 {
+            return Err(ApiError::from(inv("id", "must be at least 1")).into());
+        }
+        self.cluster.remove(id).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn node_info(&self, _req: Request<pb::NodeInfoRequest>) -> ApiResult<pb::NodeInfoResponse> {
+        let m = self.cluster.raft.metrics().borrow().clone();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let digest = self.cluster.sm.read().data.digest();
+        Ok(Response::new(pb::NodeInfoResponse {
+            id: self.cluster.id,
+            state: state.into(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            snapshots_installed: self.cluster.sm.snapshots_installed(),
+            state_digest: digest,
+        }))
+    }
+}
+
+// ------------------------------------------------------------- namespaces
+
+impl Api {
+    async fn update_namespace(&self, r: pb::UpdateNamespaceRequest) -> Result<pb::Namespace, ApiError> {
+        validate::dns_label("name", &r.name)?;
+        if !r.secrets.is_empty() {
+            return Err(secrets_unavailable("secrets"));
+        }
+        let patch = env_map(r.env);
+        validate::env("env", &patch, &[])?;
+        for attempt in 0.. {
+            self.cluster.read_barrier(false).await?;
+            let current = self.cluster.sm.read().data.namespaces.get(&r.name).cloned();
+            let current = current.ok_or_else(|| ApiError::NotFound(format!("namespace {:?} not found", r.name)))?;
+            let env = if r.replace_env {
+                patch.clone()
+            } else {
+                let mut e = current.env.clone();
+                e.extend(patch.clone());
+                e
+            };
+            validate::env("env", &env, &[])?;
+            let cmd = Command::UpdateNamespace { name: r.name.clone(), env, expected_revision: Some(current.revision) };
+            match self.cluster.write(cmd).await {
+                Err(ClusterError::Rejected(Rejection::Conflict(_))) if attempt < CONFLICT_RETRIES => continue,
+                res => {
+                    res?;
+                    break;
+                }
+            }
+        }
+        self.get_namespace_local(&r.name)
+    }
+
+    fn get_namespace_local(&self, name: &str) -> Result<pb::Namespace, ApiError> {
+        let sm = self.cluster.sm.read();
+        sm.data
+            .namespaces
+            .get(name)
+            .map(pb::Namespace::from)
+            .ok_or_else(|| ApiError::NotFound(format!("namespace {name:?} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl NamespaceService for Api {
+    async fn create(&self, req: Request<pb::CreateNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        let r = req.into_inner();
+        let run = async {
+            validate::dns_label("name", &r.name)?;
+            if !r.secrets.is_empty() {
+                return Err(secrets_unavailable("secrets"));
+            }
+            let env = env_map(r.env);
+            validate::env("env", &env, &[])?;
+            self.cluster.write(Command::CreateNamespace { name: r.name.clone(), env }).await?;
+            self.get_namespace_local(&r.name)
+        };
+        Ok(Response::new(run.await?))
+    }
+
+    async fn update(&self, req: Request<pb::UpdateNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        Ok(Response::new(self.update_namespace(req.into_inner()).await?))
+    }
+
+    async fn get(&self, req: Request<pb::GetNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        let r = req.into_inner();
+        validate::dns_label("name", &r.name).map_err(ApiError::from)?;
+        self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
+        Ok(Response::new(self.get_namespace_local(&r.name)?))
+    }
+
+    async fn list(&self, req: Request<pb::ListNamespacesRequest>) -> ApiResult<pb::ListNamespacesResponse> {
+        let r = req.into_inner();
+        self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
+        let namespaces = self.cluster.sm.read().data.namespaces.values().map(pb::Namespace::from).collect();
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteNamespaceRequest>) -> ApiResult<pb::DeleteNamespaceResponse> {
+        let r = req.into_inner();
+        validate::dns_label("name", &r.name).map_err(ApiError::from)?;
+        self.cluster.write(Command::DeleteNamespace { name: r.name }).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::DeleteNamespaceResponse {}))
+    }
+}
+
+// ------------------------------------------------------------- containers
+
+impl Api {
+    async fn deploy(&self, r: pb::DeployContainerRequest) -> Result<pb::Container, ApiError> {
+        validate::dns_label("namespace", &r.namespace)?;
+        validate::dns_label("name", &r.name)?;
+        if !r.secrets.is_empty() {
+            return Err(secrets_unavailable("secrets"));
+        }
+        let privacy = privacy_from_pb(r.privacy).map_err(|e| inv("privacy", e))?;
+        let protocol = protocol_from_pb(r.protocol).map_err(|e| inv("protocol", e))?;
+        let env_patch = env_map(r.env.clone());
+        validate::env("env", &env_patch, RESERVED_ENV)?;
+        let cap = self.cluster.config.scale_cap;
+        for attempt in 0.. {
+            self.cluster.read_barrier(false).await?;
+            let (ns_exists, current) = {
+                let sm = self.cluster.sm.read();
+                (sm.data.namespaces.contains_key(&r.namespace), sm.data.container(&r.namespace, &r.name).cloned())
+            };
+            if !ns_exists {
+                return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+            }
+            let expected = current.as_ref().map_or(0, |c| c.revision);
+            let mut spec = match current {
+                Some(c) => c.spec,
+                None => {
+                    let image = r.image.clone().ok_or_else(|| {
+                        inv("image", "is required to create a container (an OCI image reference)")
+                    })?;
+                    ContainerSpec::with_image(image)
+                }
+            };
+            if let Some(v) = &r.image {
+                spec.image = v.clone();
+            }
+            if let Some(v) = r.port {
+                spec.port = v;
+            }
+            if r.replace_env {
+                spec.env = env_patch.clone();
+            } else {
+                spec.env.extend(env_patch.clone());
+            }
+            macro_rules! set {
+                ($($f:ident <- $g:ident),*) => { $(if let Some(v) = r.$g { spec.$f = v; })* };
+            }
+            set!(cpu_mvcpu <- cpu_mvcpu, memory_mb <- memory_mb, min_scale <- min_scale, max_scale <- max_scale,
+                 max_concurrency <- max_concurrency, timeout_secs <- timeout_seconds,
+                 scale_to_zero_after_secs <- scale_to_zero_after_seconds);
+            if let Some(p) = privacy {
+                spec.privacy = p;
+            }
+            if let Some(p) = protocol {
+                spec.protocol = p;
+            }
+            validate::container_spec(&spec, cap)?;
+            let cmd = Command::PutContainer {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                spec,
+                expected_revision: Some(expected),
+            };
+            match self.cluster.write(cmd).await {
+                Err(ClusterError::Rejected(Rejection::Conflict(_))) if attempt < CONFLICT_RETRIES => continue,
+                res => {
+                    res?;
+                    break;
+                }
+            }
+        }
+        self.get_container_local(&r.namespace, &r.name)
+    }
+
+    fn get_container_local(&self, ns: &str, name: &str) -> Result<pb::Container, ApiError> {
+        let sm = self.cluster.sm.read();
+        sm.data
+            .container(ns, name)
+            .map(pb::Container::from)
+            .ok_or_else(|| ApiError::NotFound(format!("container \"{ns}/{name}\" not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl ContainerService for Api {
+    async fn deploy(&self, req: Request<pb::DeployContainerRequest>) -> ApiResult<pb::Container> {
+        Ok(Response::new(Api::deploy(self, req.into_inner()).await?))
+    }
+
+    async fn get(&self, req: Request<pb::GetContainerRequest>) -> ApiResult<pb::Container> {
+        let r = req.into_inner();
+        let run = async {
+            validate::dns_label("namespace", &r.namespace)?;
+            validate::dns_label("name", &r.name)?;
+            self.cluster.read_barrier(stale(&r.read)).await?;
+            self.get_container_local(&r.namespace, &r.name)
+        };
+        Ok(Response::new(run.await?))
+    }
+
+    async fn list(&self, req: Request<pb::ListContainersRequest>) -> ApiResult<pb::ListContainersResponse> {
+        let r = req.into_inner();
+        let run = async {
+            if !r.namespace.is_empty() {
+                validate::dns_label("namespace", &r.namespace)?;
+            }
+            self.cluster.read_barrier(stale(&r.read)).await?;
+            let sm = self.cluster.sm.read();
+            if !r.namespace.is_empty() && !sm.data.namespaces.contains_key(&r.namespace) {
+                return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+            }
+            let containers = sm
+                .data
+                .containers
+                .values()
+                .filter(|c| r.namespace.is_empty() || c.namespace == r.namespace)
+                .map(pb::Container::from)
+                .collect();
+            Ok(pb::ListContainersResponse { containers })
+        };
+        Ok(Response::new(run.await?))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteContainerRequest>) -> ApiResult<pb::DeleteContainerResponse> {
+        let r = req.into_inner();
+        let run = async {
+            validate::dns_label("namespace", &r.namespace)?;
+            validate::dns_label("name", &r.name)?;
+            self.cluster.write(Command::DeleteContainer { namespace: r.namespace, name: r.name }).await?;
+            Ok::<_, ApiError>(pb::DeleteContainerResponse {})
+        };
+        Ok(Response::new(run.await?))
+    }
+}
+
+// ----------------------------------------------------- secrets and tokens
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} are not available yet in this version of rouse"))
+}
+
+#[tonic::async_trait]
+impl SecretService for Api {
+    async fn set(&self, _req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
+        Err(secrets_unavailable("values").into())
+    }
+    async fn list(&self, _req: Request<pb::ListSecretsRequest>) -> ApiResult<pb::ListSecretsResponse> {
+        Err(not_yet("secrets"))
+    }
+    async fn delete(&self, _req: Request<pb::DeleteSecretRequest>) -> ApiResult<pb::DeleteSecretResponse> {
+        Err(not_yet("secrets"))
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for Api {
+    async fn create(&self, _req: Request<pb::CreateTokenRequest>) -> ApiResult<pb::CreateTokenResponse> {
+        Err(not_yet("tokens"))
+    }
+    async fn list(&self, _req: Request<pb::ListTokensRequest>) -> ApiResult<pb::ListTokensResponse> {
+        Err(not_yet("tokens"))
+    }
+    async fn revoke(&self, _req: Request<pb::RevokeTokenRequest>) -> ApiResult<pb::RevokeTokenResponse> {
+        Err(not_yet("tokens"))
+    }
+}

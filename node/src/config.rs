@@ -1,0 +1,333 @@
+//! Node configuration: command-line flags, `ROUSE_*` environment variables
+//! and a TOML file (`--config`) all fill the same [`NodeConfig`].
+//! Precedence: flag or env var, then file, then default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::state::validate::DEFAULT_SCALE_CAP;
+
+/// A configuration error, naming the setting and the rule.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field}: {rule}")]
+    Invalid { field: &'static str, rule: String },
+    #[error("--config {path}: {message}")]
+    File { path: String, message: String },
+}
+
+fn invalid(field: &'static str, rule: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, rule: rule.into() }
+}
+
+/// Flags of `rouse-node`. Every flag also reads `ROUSE_<NAME>`.
+#[derive(Debug, Parser, Default)]
+#[command(name = "rouse-node", version, about = "A rouse cluster node")]
+pub struct Args {
+    /// Node id, unique in the cluster, at least 1.
+    #[arg(long, env = "ROUSE_ID")]
+    pub id: Option<u64>,
+    /// Directory for the Raft log, state and snapshots.
+    #[arg(long, env = "ROUSE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the gRPC API and the peer service bind (HOST:PORT).
+    #[arg(long, env = "ROUSE_LISTEN")]
+    pub listen: Option<String>,
+    /// Address the routing mesh binds (HOST:PORT).
+    #[arg(long, env = "ROUSE_HTTP")]
+    pub http: Option<String>,
+    /// Address other nodes use to reach --listen (default: --listen).
+    #[arg(long, env = "ROUSE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Start a new one-node cluster (first start only).
+    #[arg(long, env = "ROUSE_BOOTSTRAP", conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join the cluster through the node at HOST:PORT (first start only).
+    #[arg(long, env = "ROUSE_JOIN")]
+    pub join: Option<String>,
+    /// containerd socket.
+    #[arg(long, env = "ROUSE_CONTAINERD")]
+    pub containerd: Option<PathBuf>,
+    /// containerd namespace holding rouse's objects.
+    #[arg(long, env = "ROUSE_CONTAINERD_NAMESPACE")]
+    pub containerd_namespace: Option<String>,
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", env = "ROUSE_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    #[arg(long, env = "ROUSE_ZONE")]
+    pub zone: Option<String>,
+    #[arg(long, env = "ROUSE_REGION")]
+    pub region: Option<String>,
+    /// CPU this node offers to instances, in mVCPU (default: all cores).
+    #[arg(long, env = "ROUSE_CPU_CAPACITY")]
+    pub cpu_capacity: Option<u32>,
+    /// Memory this node offers to instances, in MB (default: all memory).
+    #[arg(long, env = "ROUSE_MEMORY_CAPACITY")]
+    pub memory_capacity: Option<u32>,
+    /// Domain under which containers are served: NAME.NAMESPACE.DOMAIN.
+    #[arg(long, env = "ROUSE_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+    /// TOML file with the same settings (keys as the flags, with '_').
+    #[arg(long, env = "ROUSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Highest max-scale a container may ask for.
+    #[arg(long, env = "ROUSE_SCALE_CAP")]
+    pub scale_cap: Option<u32>,
+    /// Take a snapshot (and compact the log) after this many new entries.
+    #[arg(long, env = "ROUSE_SNAPSHOT_LOGS")]
+    pub snapshot_logs: Option<u64>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "ROUSE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Log filter, as RUST_LOG (default: info).
+    #[arg(long, env = "ROUSE_LOG")]
+    pub log: Option<String>,
+}
+
+/// The TOML file: the same settings, all optional, nothing unknown.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub http: Option<String>,
+    pub advertise: Option<String>,
+    pub bootstrap: Option<bool>,
+    pub join: Option<String>,
+    pub containerd: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
+    pub insecure_registry: Option<Vec<String>>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    pub cpu_capacity: Option<u32>,
+    pub memory_capacity: Option<u32>,
+    pub base_domain: Option<String>,
+    pub scale_cap: Option<u32>,
+    pub snapshot_logs: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub log: Option<String>,
+}
+
+/// Resolved, validated node settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub advertise: String,
+    pub bootstrap: bool,
+    pub join: Option<String>,
+    pub containerd: PathBuf,
+    pub containerd_namespace: String,
+    pub insecure_registries: Vec<String>,
+    pub zone: String,
+    pub region: String,
+    pub cpu_capacity_mvcpu: u32,
+    pub memory_capacity_mb: u32,
+    pub base_domain: String,
+    pub scale_cap: u32,
+    pub snapshot_logs: u64,
+    pub heartbeat_ms: u64,
+    pub log: String,
+}
+
+impl NodeConfig {
+    /// Merges flags/env over the file over defaults, then validates.
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let id = args.id.or(file.id).ok_or_else(|| invalid("id", "is required (--id N, N >= 1)"))?;
+        if id == 0 {
+            return Err(invalid("id", "must be at least 1"));
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| invalid("data_dir", "is required (--data-dir DIR)"))?;
+        let listen_s = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| invalid("listen", format!("{listen_s:?} is not an IP:PORT address to bind")))?;
+        let http_s = args.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let http: SocketAddr =
+            http_s.parse().map_err(|_| invalid("http", format!("{http_s:?} is not an IP:PORT address to bind")))?;
+        let advertise = match args.advertise.or(file.advertise) {
+            Some(a) => {
+                host_port("advertise", &a)?;
+                a
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid("advertise", "is required when --listen binds all addresses"))
+            }
+            None => listen.to_string(),
+        };
+        let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
+        let join = args.join.or(file.join);
+        if let Some(j) = &join {
+            host_port("join", j)?;
+            if bootstrap {
+                return Err(invalid("join", "cannot be combined with --bootstrap"));
+            }
+        }
+        let containerd_namespace = args
+            .containerd_namespace
+            .or(file.containerd_namespace)
+            .unwrap_or_else(|| "rouse".into());
+        if containerd_namespace.is_empty()
+            || !containerd_namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid("containerd_namespace", format!("{containerd_namespace:?} must be letters, digits, '-', '_' or '.'")));
+        }
+        let mut insecure_registries = args.insecure_registry;
+        if insecure_registries.is_empty() {
+            insecure_registries = file.insecure_registry.unwrap_or_default();
+        }
+        for r in &insecure_registries {
+            host_port("insecure_registry", r)?;
+        }
+        let zone = args.zone.or(file.zone).unwrap_or_else(|| "default".into());
+        let region = args.region.or(file.region).unwrap_or_else(|| "default".into());
+        label("zone", &zone)?;
+        label("region", &region)?;
+        let cpu_capacity_mvcpu = args.cpu_capacity.or(file.cpu_capacity).unwrap_or_else(default_cpu);
+        if cpu_capacity_mvcpu < 100 {
+            return Err(invalid("cpu_capacity", format!("{cpu_capacity_mvcpu} mVCPU is below the minimum 100 mVCPU")));
+        }
+        let memory_capacity_mb = args.memory_capacity.or(file.memory_capacity).unwrap_or_else(default_memory);
+        if memory_capacity_mb < 64 {
+            return Err(invalid("memory_capacity", format!("{memory_capacity_mb} MB is below the minimum 64 MB")));
+        }
+        let base_domain = args.base_domain.or(file.base_domain).unwrap_or_else(|| "rouse.localhost".into());
+        for part in base_domain.split('.') {
+            crate::state::validate::dns_label("base_domain", part)
+                .map_err(|e| invalid("base_domain", format!("{base_domain:?}: each part {}", e.rule)))?;
+        }
+        let scale_cap = args.scale_cap.or(file.scale_cap).unwrap_or(DEFAULT_SCALE_CAP);
+        if !(1..=1000).contains(&scale_cap) {
+            return Err(invalid("scale_cap", format!("{scale_cap} is outside 1..=1000")));
+        }
+        let snapshot_logs = args.snapshot_logs.or(file.snapshot_logs).unwrap_or(5000);
+        if snapshot_logs < 10 {
+            return Err(invalid("snapshot_logs", format!("{snapshot_logs} is below the minimum 10")));
+        }
+        let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(150);
+        if !(20..=5000).contains(&heartbeat_ms) {
+            return Err(invalid("heartbeat_ms", format!("{heartbeat_ms} is outside 20..=5000")));
+        }
+        Ok(NodeConfig {
+            id,
+            data_dir,
+            listen,
+            http,
+            advertise,
+            bootstrap,
+            join,
+            containerd: args.containerd.or(file.containerd).unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
+            containerd_namespace,
+            insecure_registries,
+            zone,
+            region,
+            cpu_capacity_mvcpu,
+            memory_capacity_mb,
+            base_domain,
+            scale_cap,
+            snapshot_logs,
+            heartbeat_ms,
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn load_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let path = p.display().to_string();
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File { path, message: e.to_string() })
+}
+
+fn host_port(field: &'static str, v: &str) -> Result<(), ConfigError> {
+    let rule = || invalid(field, format!("{v:?} is not HOST:PORT"));
+    let (host, port) = v.rsplit_once(':').ok_or_else(rule)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(rule());
+    }
+    Ok(())
+}
+
+fn label(field: &'static str, v: &str) -> Result<(), ConfigError> {
+    crate::state::validate::dns_label(field, v).map_err(|e| invalid(field, e.rule))
+}
+
+fn default_cpu() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores * 1000).unwrap_or(u32::MAX)
+}
+
+fn default_memory() -> u32 {
+    let kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+        })
+        .unwrap_or(1024 * 1024);
+    u32::try_from(kb / 1024).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["rouse-node", "--id", "1", "--data-dir", "/tmp/x"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = NodeConfig::resolve(args(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.advertise, "127.0.0.1:7070");
+        assert_eq!(c.containerd_namespace, "rouse");
+        assert_eq!(c.base_domain, "rouse.localhost");
+        assert_eq!(c.scale_cap, 50);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        for (flags, field) in [
+            (vec!["--listen", "nope"], "listen"),
+            (vec!["--join", "host"], "join"),
+            (vec!["--zone", "Bad_Zone"], "zone"),
+            (vec!["--cpu-capacity", "5"], "cpu_capacity"),
+            (vec!["--listen", "0.0.0.0:1"], "advertise"),
+            (vec!["--base-domain", "a..b"], "base_domain"),
+        ] {
+            let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{e}");
+        }
+        let e = NodeConfig::resolve(Args::parse_from(["rouse-node", "--data-dir", "/x"])).unwrap_err();
+        assert!(e.to_string().starts_with("id:"));
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("n.toml");
+        std::fs::write(&p, "id = 4\ndata_dir = \"/d\"\nzone = \"z9\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let a = Args::parse_from(["rouse-node", "--config", p.to_str().unwrap(), "--zone", "z1"]);
+        let c = NodeConfig::resolve(a).unwrap();
+        assert_eq!((c.id, c.zone.as_str(), c.listen.port()), (4, "z1", 9000));
+        std::fs::write(&p, "id = 4\nunknown = 1\n").unwrap();
+        let a = Args::parse_from(["rouse-node", "--config", p.to_str().unwrap()]);
+        assert!(NodeConfig::resolve(a).unwrap_err().to_string().contains("unknown"));
+    }
+}

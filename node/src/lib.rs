@@ -1,0 +1,37 @@
+//! A rouse node: one member of a rouse cluster.
+//!
+//! ```text
+//!            rouse CLI / SDK
+//!                  │ gRPC (--listen)
+//!   ┌──────────────▼──────────────┐        peer gRPC (same port)
+//!   │ api      validate → Command │──forward writes / read index──▶ leader
+//!   └──────────────┬──────────────┘
+//!                  │ cluster::Cluster::write / read
+//!   ┌──────────────▼──────────────┐
+//!   │ raft     openraft + network │◀──── peer: vote, append, snapshot chunks
+//!   └──────────────┬──────────────┘
+//!                  │ apply (deterministic)
+//!   ┌──────────────▼──────────────┐
+//!   │ store    sled log + state   │   state: domain types, Command, apply
+//!   └─────────────────────────────┘
+//! ```
+//!
+//! - [`config`]: flags, `ROUSE_*` env vars and the TOML file, one struct.
+//! - [`state`]: the replicated state and its commands; pure.
+//! - [`store`]: openraft storage on sled.
+//! - [`raft`]: openraft types and the peer network.
+//! - [`cluster`]: writes with leader forwarding, linearizable reads, joins.
+//! - [`peer`]: the peer gRPC service.
+//! - [`api`]: the public gRPC services and the one error → status mapping.
+//! - [`server`]: binds everything and runs until shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod peer;
+pub mod raft;
+pub mod server;
+pub mod state;
+pub mod store;

@@ -1,0 +1,116 @@
+//! The peer gRPC service: Raft RPCs from other nodes, and the calls a
+//! follower makes on the leader for its clients (forwarded writes, read
+//! index, join, leave).
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::InstallSnapshotRequest;
+use rouse_proto::peer::raft_peer_server::RaftPeer;
+use rouse_proto::peer::{
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, PingRequest, PingResponse, RaftMessage,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, ClusterError, WriteOutcome, NOT_LEADER};
+use crate::raft::{decode, encode, TypeConfig};
+use crate::state::{NodeRecord, Proposal};
+
+pub struct PeerService {
+    cluster: Arc<Cluster>,
+}
+
+impl PeerService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        PeerService { cluster }
+    }
+}
+
+fn bad_payload(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("payload: {e}"))
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = encode(v).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+fn not_leader(message: String) -> Status {
+    let mut s = Status::unavailable(message);
+    s.metadata_mut().insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
+    s
+}
+
+fn cluster_status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Remote(s) => s,
+        ClusterError::UnknownMember(_) => Status::not_found(e.to_string()),
+        ClusterError::Precondition(_) => Status::failed_precondition(e.to_string()),
+        ClusterError::Rejected(_) => Status::failed_precondition(e.to_string()),
+        e if e.is_unavailable() => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode(&req.into_inner().payload).map_err(bad_payload)?;
+        reply(&self.cluster.raft.vote(rpc).await)
+    }
+
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode(&req.into_inner().payload).map_err(bad_payload)?;
+        reply(&self.cluster.raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<SnapshotChunk>) -> Result<Response<RaftMessage>, Status> {
+        let c = req.into_inner();
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: decode(&c.vote).map_err(bad_payload)?,
+            meta: decode(&c.meta).map_err(bad_payload)?,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        };
+        reply(&self.cluster.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let p: Proposal = decode(&req.into_inner().payload).map_err(bad_payload)?;
+        match self.cluster.raft.client_write(p).await {
+            Ok(r) => reply(&WriteOutcome { index: r.log_id.index, response: r.data }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(not_leader(format!("node {} is not the leader (leader: {:?})", self.cluster.id, f.leader_id)))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        match self.cluster.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(Response::new(ReadIndexResponse { index: read.map_or(0, |l| l.index) })),
+            Err(e) => Err(not_leader(e.to_string())),
+        }
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let r = req.into_inner();
+        let record: NodeRecord = decode(&r.node).map_err(bad_payload)?;
+        if record.id != r.id || record.id == 0 {
+            return Err(Status::invalid_argument("id: must match the node record and be at least 1"));
+        }
+        let leader_id = self.cluster.join(record).await.map_err(cluster_status)?;
+        Ok(Response::new(JoinResponse { leader_id }))
+    }
+
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        self.cluster.remove(req.into_inner().id).await.map_err(cluster_status)?;
+        Ok(Response::new(LeaveResponse {}))
+    }
+
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse { id: self.cluster.id }))
+    }
+}

@@ -1,0 +1,184 @@
+//! Starts a node: opens the store, builds Raft, serves the API and peer
+//! service on one listener, bootstraps or joins, and stops on shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+use rouse_proto::peer::raft_peer_server::RaftPeerServer;
+use rouse_proto::v1::cluster_service_server::ClusterServiceServer;
+use rouse_proto::v1::container_service_server::ContainerServiceServer;
+use rouse_proto::v1::namespace_service_server::NamespaceServiceServer;
+use rouse_proto::v1::secret_service_server::SecretServiceServer;
+use rouse_proto::v1::token_service_server::TokenServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::Api;
+use crate::cluster::Cluster;
+use crate::config::NodeConfig;
+use crate::peer::PeerService;
+use crate::raft::{Network, PeerPool, Raft, PEER_MAX_MESSAGE};
+use crate::state::Command;
+
+/// Largest public API message.
+const API_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Runs a node on an already-bound listener until `shutdown` resolves.
+pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
+    let (log, sm) = crate::store::open(&config.data_dir)?;
+    let shared = sm.shared();
+
+    let hb = config.heartbeat_ms;
+    let raft_config = openraft::Config {
+        cluster_name: "rouse".into(),
+        heartbeat_interval: hb,
+        election_timeout_min: hb * 5,
+        election_timeout_max: hb * 10,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_logs.min(1000),
+        enable_tick: true,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+
+    let pool = PeerPool::default();
+    let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(pool.clone()), log, sm)
+        .await
+        .context("starting raft")?;
+    let cluster = Arc::new(Cluster { id: config.id, raft: raft.clone(), sm: shared, pool, config: config.clone() });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ClusterServiceServer<Api>>().await;
+    health_reporter.set_serving::<NamespaceServiceServer<Api>>().await;
+    health_reporter.set_serving::<ContainerServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rouse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rouse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let api = Api::new(cluster.clone());
+    let router = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(60))
+        .concurrency_limit_per_connection(256)
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(
+            RaftPeerServer::new(PeerService::new(cluster.clone()))
+                .max_decoding_message_size(PEER_MAX_MESSAGE)
+                .max_encoding_message_size(PEER_MAX_MESSAGE),
+        )
+        .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(NamespaceServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
+
+    let starter = tokio::spawn(start_membership(cluster.clone()));
+
+    shutdown.await;
+    tracing::info!(node = config.id, "shutting down");
+    starter.abort();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => return Err(e).context("gRPC server"),
+        Ok(Err(e)) => return Err(e).context("gRPC server task"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Bootstraps or joins on first start, then keeps this node's record in
+/// the replicated node table up to date.
+async fn start_membership(cluster: Arc<Cluster>) {
+    let initialized = cluster.raft.is_initialized().await.unwrap_or(false);
+    let cfg = &cluster.config;
+    if !initialized {
+        if cfg.bootstrap {
+            let members = BTreeMap::from([(cfg.id, BasicNode { addr: cfg.advertise.clone() })]);
+            match cluster.raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = cfg.id, "bootstrapped a new one-node cluster"),
+                Err(e) => tracing::error!(error = %e, "bootstrap failed"),
+            }
+        } else if let Some(target) = &cfg.join {
+            join_until_done(&cluster, target).await;
+        } else {
+            tracing::warn!(
+                node = cfg.id,
+                "this node belongs to no cluster yet: start it with --bootstrap or --join HOST:PORT"
+            );
+            return;
+        }
+    } else if cfg.bootstrap || cfg.join.is_some() {
+        tracing::info!("data dir already holds cluster state; --bootstrap/--join ignored");
+    }
+    // Register (or refresh) this node's record.
+    let record = cluster.own_record();
+    loop {
+        let current = cluster.sm.read().data.nodes.get(&cfg.id).cloned();
+        if current.as_ref() == Some(&record) {
+            break;
+        }
+        match cluster.write(Command::RegisterNode { node: record.clone() }).await {
+            Ok(_) => {
+                tracing::info!(node = cfg.id, zone = %record.zone, region = %record.region, "node registered");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "registering node; will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn join_until_done(cluster: &Cluster, target: &str) {
+    let record = cluster.own_record();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let res = async {
+            let mut client = cluster.pool.client(target)?;
+            let node = crate::raft::encode(&record)?;
+            let mut req = tonic::Request::new(rouse_proto::peer::JoinRequest { id: record.id, node });
+            req.set_timeout(Duration::from_secs(120));
+            let r = client.join(req).await?;
+            anyhow::Ok(r.into_inner().leader_id)
+        }
+        .await;
+        match res {
+            Ok(leader) => {
+                tracing::info!(node = record.id, leader, via = target, "joined the cluster");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, via = target, "join failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

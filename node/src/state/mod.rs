@@ -1,0 +1,335 @@
+//! The replicated state: domain types, the command log's vocabulary and
+//! its deterministic `apply`.
+//!
+//! ```text
+//!  API (validate) ──▶ Proposal{at_ms, Command} ──raft──▶ StateData::apply ──▶ Response
+//! ```
+//!
+//! `apply` performs no I/O and reads no clock: time arrives inside the
+//! proposal, so every node computes the same state from the same log.
+//! [`Command`] is append-only: variants are added at the end and never
+//! change meaning, so old logs and snapshots replay on newer nodes.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub type NodeId = u64;
+
+/// Version of the command encoding written into every log entry.
+pub const COMMAND_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    #[default]
+    Public,
+    Private,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub env: BTreeMap<String, String>,
+    pub revision: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// What an operator asks for when deploying a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub port: u32,
+    pub env: BTreeMap<String, String>,
+    pub cpu_mvcpu: u32,
+    pub memory_mb: u32,
+    pub min_scale: u32,
+    pub max_scale: u32,
+    pub max_concurrency: u32,
+    pub timeout_secs: u32,
+    pub privacy: Privacy,
+    pub protocol: Protocol,
+    pub scale_to_zero_after_secs: u32,
+}
+
+impl ContainerSpec {
+    pub const DEFAULT_PORT: u32 = 8080;
+    pub const DEFAULT_CPU_MVCPU: u32 = 1000;
+    pub const DEFAULT_MEMORY_MB: u32 = 256;
+    pub const DEFAULT_MAX_SCALE: u32 = 5;
+    pub const DEFAULT_MAX_CONCURRENCY: u32 = 80;
+    pub const DEFAULT_TIMEOUT_SECS: u32 = 300;
+    pub const DEFAULT_SCALE_TO_ZERO_AFTER_SECS: u32 = 300;
+
+    /// A spec with every field at its default, for the given image.
+    pub fn with_image(image: impl Into<String>) -> Self {
+        ContainerSpec {
+            image: image.into(),
+            port: Self::DEFAULT_PORT,
+            env: BTreeMap::new(),
+            cpu_mvcpu: Self::DEFAULT_CPU_MVCPU,
+            memory_mb: Self::DEFAULT_MEMORY_MB,
+            min_scale: 0,
+            max_scale: Self::DEFAULT_MAX_SCALE,
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            timeout_secs: Self::DEFAULT_TIMEOUT_SECS,
+            privacy: Privacy::Public,
+            protocol: Protocol::Http1,
+            scale_to_zero_after_secs: Self::DEFAULT_SCALE_TO_ZERO_AFTER_SECS,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub namespace: String,
+    pub name: String,
+    pub spec: ContainerSpec,
+    pub revision: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// A cluster member as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// gRPC API and peer address (`--advertise`, else `--listen`).
+    pub api_addr: String,
+    /// Routing-mesh address (`--http`).
+    pub http_addr: String,
+    pub zone: String,
+    pub region: String,
+    pub cpu_capacity_mvcpu: u32,
+    pub memory_capacity_mb: u32,
+}
+
+/// One entry's payload in the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Encoding version; see [`COMMAND_VERSION`].
+    pub v: u32,
+    /// Wall-clock time of the proposing node, in ms since the Unix epoch.
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+impl Proposal {
+    pub fn new(at_ms: u64, command: Command) -> Self {
+        Proposal { v: COMMAND_VERSION, at_ms, command }
+    }
+}
+
+/// The replicated commands. Append-only: never reorder, rename or change
+/// the meaning of a variant; add new ones at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Precondition: no namespace named `name`.
+    CreateNamespace { name: String, env: BTreeMap<String, String> },
+    /// Precondition: the namespace exists and, when `expected_revision` is
+    /// set, its revision equals it. Replaces the env vars.
+    UpdateNamespace { name: String, env: BTreeMap<String, String>, expected_revision: Option<u64> },
+    /// Precondition: the namespace exists and holds no container.
+    DeleteNamespace { name: String },
+    /// Creates or replaces a container. Preconditions: the namespace
+    /// exists; `expected_revision` `Some(0)` means the container must not
+    /// exist, `Some(r)` that its revision is `r`.
+    PutContainer { namespace: String, name: String, spec: ContainerSpec, expected_revision: Option<u64> },
+    /// Precondition: the container exists.
+    DeleteContainer { namespace: String, name: String },
+    /// Inserts or replaces a node's record. No precondition.
+    RegisterNode { node: NodeRecord },
+    /// Removes a node's record. No precondition.
+    RemoveNode { id: NodeId },
+}
+
+/// Why `apply` refused a command. Deterministic: every node refuses alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The object changed since the caller read it; retry with a fresh read.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The result of applying one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Response {
+    /// The state's revision after the entry (unchanged when rejected).
+    pub revision: u64,
+    pub rejection: Option<Rejection>,
+}
+
+/// The whole replicated state. Ordered maps keep serialisation, and so
+/// snapshots and digests, deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StateData {
+    /// Bumped by every command that changes something.
+    pub revision: u64,
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Keyed by `namespace/name`.
+    pub containers: BTreeMap<String, Container>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+}
+
+pub fn container_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl StateData {
+    /// Applies one proposal. Pure: same state and proposal, same result.
+    pub fn apply(&mut self, p: &Proposal) -> Response {
+        match self.apply_command(p.at_ms, &p.command) {
+            Ok(()) => Response { revision: self.revision, rejection: None },
+            Err(r) => Response { revision: self.revision, rejection: Some(r) },
+        }
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn apply_command(&mut self, at_ms: u64, cmd: &Command) -> Result<(), Rejection> {
+        match cmd {
+            Command::CreateNamespace { name, env } => {
+                if self.namespaces.contains_key(name) {
+                    return Err(Rejection::AlreadyExists(format!("namespace {name:?} already exists")));
+                }
+                let revision = self.bump();
+                self.namespaces.insert(
+                    name.clone(),
+                    Namespace { name: name.clone(), env: env.clone(), revision, created_at_ms: at_ms, updated_at_ms: at_ms },
+                );
+            }
+            Command::UpdateNamespace { name, env, expected_revision } => {
+                self.namespace_for_update(name, *expected_revision)?;
+                let revision = self.bump();
+                if let Some(ns) = self.namespaces.get_mut(name) {
+                    ns.env = env.clone();
+                    ns.revision = revision;
+                    ns.updated_at_ms = at_ms;
+                }
+            }
+            Command::DeleteNamespace { name } => {
+                if !self.namespaces.contains_key(name) {
+                    return Err(Rejection::NotFound(format!("namespace {name:?} not found")));
+                }
+                let prefix = format!("{name}/");
+                let held = self.containers.keys().filter(|k| k.starts_with(&prefix)).count();
+                if held > 0 {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "namespace {name:?} still holds {held} container(s); delete them first"
+                    )));
+                }
+                self.bump();
+                self.namespaces.remove(name);
+            }
+            Command::PutContainer { namespace, name, spec, expected_revision } => {
+                if !self.namespaces.contains_key(namespace) {
+                    return Err(Rejection::NotFound(format!("namespace {namespace:?} not found")));
+                }
+                let key = container_key(namespace, name);
+                let existing = self.containers.get(&key);
+                match (expected_revision, existing) {
+                    (Some(0), Some(_)) => {
+                        return Err(Rejection::Conflict(format!("container {key:?} was created concurrently")))
+                    }
+                    (Some(r), Some(c)) if *r != c.revision => {
+                        return Err(Rejection::Conflict(format!(
+                            "container {key:?} changed (revision {} != {r})",
+                            c.revision
+                        )))
+                    }
+                    (Some(r), None) if *r != 0 => {
+                        return Err(Rejection::Conflict(format!("container {key:?} was deleted concurrently")))
+                    }
+                    _ => {}
+                }
+                let created_at_ms = existing.map_or(at_ms, |c| c.created_at_ms);
+                let revision = self.bump();
+                self.containers.insert(
+                    key,
+                    Container {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        revision,
+                        created_at_ms,
+                        updated_at_ms: at_ms,
+                    },
+                );
+            }
+            Command::DeleteContainer { namespace, name } => {
+                let key = container_key(namespace, name);
+                if !self.containers.contains_key(&key) {
+                    return Err(Rejection::NotFound(format!("container {key:?} not found")));
+                }
+                self.bump();
+                self.containers.remove(&key);
+            }
+            Command::RegisterNode { node } => {
+                self.bump();
+                self.nodes.insert(node.id, node.clone());
+            }
+            Command::RemoveNode { id } => {
+                self.bump();
+                self.nodes.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn namespace_for_update(&self, name: &str, expected: Option<u64>) -> Result<&Namespace, Rejection> {
+        let ns = self
+            .namespaces
+            .get(name)
+            .ok_or_else(|| Rejection::NotFound(format!("namespace {name:?} not found")))?;
+        if let Some(r) = expected {
+            if r != ns.revision {
+                return Err(Rejection::Conflict(format!(
+                    "namespace {name:?} changed (revision {} != {r})",
+                    ns.revision
+                )));
+            }
+        }
+        Ok(ns)
+    }
+
+    pub fn container(&self, namespace: &str, name: &str) -> Option<&Container> {
+        self.containers.get(&container_key(namespace, name))
+    }
+
+    pub fn containers_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers.values().filter(move |c| c.namespace == namespace)
+    }
+
+    /// SHA-256 of the canonical JSON encoding, hex. Equal states, equal digests.
+    pub fn digest(&self) -> String {
+        // Serialising plain maps of strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests;
