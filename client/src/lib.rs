@@ -1,1 +1,172 @@
+//! Rust SDK for rouse.
+//!
+//! [`Client`] talks to any node's gRPC API; the node forwards writes to the
+//! Raft leader, so callers never chase leaders. Reads are linearizable
+//! unless a stale read is asked for.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rouse_client::Error> {
+//! let mut c = rouse_client::Client::connect("http://127.0.0.1:7070", None).await?;
+//! c.create_namespace("shop", Default::default()).await?;
+//! # Ok(()) }
+//! ```
 
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use rouse_proto::v1 as pb;
+use pb::cluster_service_client::ClusterServiceClient;
+use pb::container_service_client::ContainerServiceClient;
+use pb::namespace_service_client::NamespaceServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("endpoint {endpoint:?}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+}
+
+impl Error {
+    /// The gRPC code, when the server answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            Error::Endpoint { .. } => None,
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone)]
+pub struct Auth {
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Auth>;
+
+/// A connection to one rouse node.
+#[derive(Clone)]
+pub struct Client {
+    cluster: ClusterServiceClient<Svc>,
+    namespaces: NamespaceServiceClient<Svc>,
+    containers: ContainerServiceClient<Svc>,
+}
+
+/// Normalises `host:port` to `http://host:port`.
+pub fn endpoint_url(s: &str) -> String {
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    }
+}
+
+fn read(stale: bool) -> Option<pb::ReadOptions> {
+    Some(pb::ReadOptions { stale })
+}
+
+impl Client {
+    /// Connects to the node at `endpoint` (`http://host:port` or `host:port`).
+    pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self, Error> {
+        let url = endpoint_url(endpoint);
+        let bad = |message: String| Error::Endpoint { endpoint: endpoint.to_string(), message };
+        let ep = Endpoint::from_shared(url.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(60));
+        let channel = ep.connect().await.map_err(|e| bad(format!("cannot connect: {e}")))?;
+        Ok(Self::from_channel(channel, token).map_err(bad)?)
+    }
+
+    /// Wraps an existing channel.
+    pub fn from_channel(channel: Channel, token: Option<&str>) -> Result<Self, String> {
+        let header = match token {
+            Some(t) => Some(
+                format!("Bearer {t}").parse().map_err(|_| "token: contains characters not allowed in a header".to_string())?,
+            ),
+            None => None,
+        };
+        let auth = Auth { header };
+        Ok(Client {
+            cluster: ClusterServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            namespaces: NamespaceServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            containers: ContainerServiceClient::with_interceptor(channel, auth),
+        })
+    }
+
+    pub async fn cluster_status(&mut self) -> Result<pb::ClusterStatus, Error> {
+        Ok(self.cluster.status(pb::ClusterStatusRequest {}).await?.into_inner())
+    }
+
+    pub async fn remove_node(&mut self, id: u64) -> Result<(), Error> {
+        self.cluster.remove_node(pb::RemoveNodeRequest { id }).await?;
+        Ok(())
+    }
+
+    pub async fn node_info(&mut self) -> Result<pb::NodeInfoResponse, Error> {
+        Ok(self.cluster.node_info(pb::NodeInfoRequest {}).await?.into_inner())
+    }
+
+    pub async fn create_namespace(&mut self, name: &str, env: HashMap<String, String>) -> Result<pb::Namespace, Error> {
+        let req = pb::CreateNamespaceRequest { name: name.into(), env, secrets: HashMap::new() };
+        Ok(self.namespaces.create(req).await?.into_inner())
+    }
+
+    pub async fn create_namespace_with(&mut self, req: pb::CreateNamespaceRequest) -> Result<pb::Namespace, Error> {
+        Ok(self.namespaces.create(req).await?.into_inner())
+    }
+
+    pub async fn update_namespace(&mut self, req: pb::UpdateNamespaceRequest) -> Result<pb::Namespace, Error> {
+        Ok(self.namespaces.update(req).await?.into_inner())
+    }
+
+    pub async fn get_namespace(&mut self, name: &str, stale: bool) -> Result<pb::Namespace, Error> {
+        let req = pb::GetNamespaceRequest { name: name.into(), read: read(stale) };
+        Ok(self.namespaces.get(req).await?.into_inner())
+    }
+
+    pub async fn list_namespaces(&mut self, stale: bool) -> Result<Vec<pb::Namespace>, Error> {
+        Ok(self.namespaces.list(pb::ListNamespacesRequest { read: read(stale) }).await?.into_inner().namespaces)
+    }
+
+    pub async fn delete_namespace(&mut self, name: &str) -> Result<(), Error> {
+        self.namespaces.delete(pb::DeleteNamespaceRequest { name: name.into() }).await?;
+        Ok(())
+    }
+
+    pub async fn deploy_container(&mut self, req: pb::DeployContainerRequest) -> Result<pb::Container, Error> {
+        Ok(self.containers.deploy(req).await?.into_inner())
+    }
+
+    pub async fn get_container(&mut self, namespace: &str, name: &str, stale: bool) -> Result<pb::Container, Error> {
+        let req = pb::GetContainerRequest { namespace: namespace.into(), name: name.into(), read: read(stale) };
+        Ok(self.containers.get(req).await?.into_inner())
+    }
+
+    /// Containers of `namespace`, or of every namespace when it is empty.
+    pub async fn list_containers(&mut self, namespace: &str, stale: bool) -> Result<Vec<pb::Container>, Error> {
+        let req = pb::ListContainersRequest { namespace: namespace.into(), read: read(stale) };
+        Ok(self.containers.list(req).await?.into_inner().containers)
+    }
+
+    pub async fn delete_container(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
+        self.containers.delete(pb::DeleteContainerRequest { namespace: namespace.into(), name: name.into() }).await?;
+        Ok(())
+    }
+}

@@ -1,1 +1,573 @@
-fn main() {}
+//! `rouse`: the command-line tool for operators.
+//!
+//! Errors print one line on stderr naming the field, and exit non-zero.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{presets, Table};
+use rouse_client::{pb, Client};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "rouse", version, about = "Operate a rouse cluster")]
+struct Cli {
+    /// Any node's API address.
+    #[arg(long, global = true, env = "ROUSE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// API token.
+    #[arg(long, global = true, env = "ROUSE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Namespaces group containers and share env vars.
+    #[command(subcommand, alias = "ns")]
+    Namespace(NamespaceCmd),
+    /// Containers: an image plus its serving configuration.
+    #[command(subcommand, alias = "ct")]
+    Container(ContainerCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term and members.
+    Status,
+    /// Remove a node from the cluster.
+    Remove { id: u64 },
+    /// Raft progress of the node at --endpoint.
+    NodeInfo,
+}
+
+#[derive(Args)]
+struct ReadFlags {
+    /// Answer from the contacted node's state without checking with the leader.
+    #[arg(long)]
+    stale: bool,
+}
+
+#[derive(Subcommand)]
+enum NamespaceCmd {
+    Create {
+        name: String,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        #[arg(long = "secret", value_name = "K=V")]
+        secret: Vec<String>,
+    },
+    /// Set env vars (merged into the current ones unless --replace-env).
+    Update {
+        name: String,
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Replace all env vars with the given ones.
+        #[arg(long)]
+        replace_env: bool,
+        #[arg(long = "secret", value_name = "K=V")]
+        secret: Vec<String>,
+    },
+    Get {
+        name: String,
+        #[command(flatten)]
+        read: ReadFlags,
+    },
+    Delete {
+        name: String,
+    },
+    List {
+        #[command(flatten)]
+        read: ReadFlags,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContainerCmd {
+    /// Create a container, or update the settings given.
+    Deploy(Deploy),
+    Get {
+        /// NAMESPACE/NAME
+        target: String,
+        #[command(flatten)]
+        read: ReadFlags,
+    },
+    Delete {
+        /// NAMESPACE/NAME
+        target: String,
+    },
+    List {
+        /// Only this namespace.
+        namespace: Option<String>,
+        #[command(flatten)]
+        read: ReadFlags,
+    },
+}
+
+#[derive(Args)]
+struct Deploy {
+    /// NAMESPACE/NAME
+    target: String,
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    port: Option<u32>,
+    #[arg(long)]
+    min_scale: Option<u32>,
+    #[arg(long)]
+    max_scale: Option<u32>,
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    /// Request timeout, e.g. 30s or 5m (10s-900s).
+    #[arg(long)]
+    timeout: Option<String>,
+    /// CPU in mVCPU (1000 = 1 vCPU).
+    #[arg(long)]
+    cpu: Option<u32>,
+    /// Memory in MB.
+    #[arg(long)]
+    memory: Option<u32>,
+    #[arg(long, value_enum)]
+    privacy: Option<PrivacyArg>,
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
+    /// Env var (repeatable); merged into the current ones unless --replace-env.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Replace all env vars with the given ones.
+    #[arg(long)]
+    replace_env: bool,
+    #[arg(long = "secret", value_name = "K=V")]
+    secret: Vec<String>,
+    /// Idle time before scaling to zero, e.g. 5m.
+    #[arg(long)]
+    scale_to_zero_after: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrivacyArg {
+    Public,
+    Private,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Http1,
+    H2c,
+}
+
+/// A CLI failure: one line, naming the field where there is one.
+struct Fail(String);
+
+impl From<rouse_client::Error> for Fail {
+    fn from(e: rouse_client::Error) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>, Fail> {
+    let mut m = HashMap::new();
+    for it in items {
+        let (k, v) = it.split_once('=').ok_or_else(|| Fail(format!("{field}: {it:?} is not K=V")))?;
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+fn target(s: &str) -> Result<(String, String), Fail> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(Fail(format!("target: {s:?} is not NAMESPACE/NAME"))),
+    }
+}
+
+fn seconds(field: &str, s: &str) -> Result<u32, Fail> {
+    let d = if let Ok(n) = s.parse::<u64>() {
+        std::time::Duration::from_secs(n)
+    } else {
+        humantime::parse_duration(s).map_err(|e| Fail(format!("{field}: {s:?} is not a duration such as 30s or 5m ({e})")))?
+    };
+    if d.subsec_nanos() != 0 {
+        return Err(Fail(format!("{field}: {s:?} must be a whole number of seconds")));
+    }
+    u32::try_from(d.as_secs()).map_err(|_| Fail(format!("{field}: {s:?} is too long")))
+}
+
+// ------------------------------------------------------------- output
+
+#[derive(Serialize)]
+struct StatusOut {
+    leader_id: u64,
+    term: u64,
+    members: Vec<MemberOut>,
+}
+
+#[derive(Serialize)]
+struct MemberOut {
+    id: u64,
+    address: String,
+    role: String,
+    zone: String,
+    region: String,
+    healthy: bool,
+}
+
+#[derive(Serialize)]
+struct NamespaceOut {
+    name: String,
+    env: std::collections::BTreeMap<String, String>,
+    secret_names: Vec<String>,
+    revision: u64,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl From<pb::Namespace> for NamespaceOut {
+    fn from(n: pb::Namespace) -> Self {
+        NamespaceOut {
+            name: n.name,
+            env: n.env.into_iter().collect(),
+            secret_names: n.secret_names,
+            revision: n.revision,
+            created_at_ms: n.created_at_ms,
+            updated_at_ms: n.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ContainerOut {
+    namespace: String,
+    name: String,
+    image: String,
+    port: u32,
+    env: std::collections::BTreeMap<String, String>,
+    secret_names: Vec<String>,
+    cpu_mvcpu: u32,
+    memory_mb: u32,
+    min_scale: u32,
+    max_scale: u32,
+    max_concurrency: u32,
+    timeout_seconds: u32,
+    privacy: &'static str,
+    protocol: &'static str,
+    scale_to_zero_after_seconds: u32,
+    revision: u64,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl From<pb::Container> for ContainerOut {
+    fn from(c: pb::Container) -> Self {
+        let privacy = match c.privacy() {
+            pb::Privacy::Private => "private",
+            _ => "public",
+        };
+        let protocol = match c.protocol() {
+            pb::Protocol::H2c => "h2c",
+            _ => "http1",
+        };
+        ContainerOut {
+            namespace: c.namespace,
+            name: c.name,
+            image: c.image,
+            port: c.port,
+            env: c.env.into_iter().collect(),
+            secret_names: c.secret_names,
+            cpu_mvcpu: c.cpu_mvcpu,
+            memory_mb: c.memory_mb,
+            min_scale: c.min_scale,
+            max_scale: c.max_scale,
+            max_concurrency: c.max_concurrency,
+            timeout_seconds: c.timeout_seconds,
+            privacy,
+            protocol,
+            scale_to_zero_after_seconds: c.scale_to_zero_after_seconds,
+            revision: c.revision,
+            created_at_ms: c.created_at_ms,
+            updated_at_ms: c.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NodeInfoOut {
+    id: u64,
+    state: String,
+    term: u64,
+    leader_id: u64,
+    last_log_index: u64,
+    last_applied_index: u64,
+    snapshot_index: u64,
+    purged_index: u64,
+    snapshots_installed: u64,
+    state_digest: String,
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    t.set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+}
+
+fn emit<T: Serialize>(fmt: Format, value: &T, human: impl FnOnce() -> String) -> Result<(), Fail> {
+    let s = match fmt {
+        Format::Json => serde_json::to_string_pretty(value).map_err(|e| Fail(format!("output: {e}")))?,
+        Format::Yaml => serde_yaml::to_string(value).map_err(|e| Fail(format!("output: {e}")))?,
+        Format::Table => human(),
+    };
+    println!("{}", s.trim_end());
+    Ok(())
+}
+
+fn env_text(env: &std::collections::BTreeMap<String, String>) -> String {
+    env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+fn container_rows(cs: &[ContainerOut]) -> String {
+    table(
+        &["NAMESPACE", "NAME", "IMAGE", "PORT", "CPU", "MEMORY", "SCALE", "CONCURRENCY", "TIMEOUT", "PRIVACY", "PROTOCOL", "REVISION"],
+        cs.iter()
+            .map(|c| {
+                vec![
+                    c.namespace.clone(),
+                    c.name.clone(),
+                    c.image.clone(),
+                    c.port.to_string(),
+                    format!("{}m", c.cpu_mvcpu),
+                    format!("{}MB", c.memory_mb),
+                    format!("{}-{}", c.min_scale, c.max_scale),
+                    c.max_concurrency.to_string(),
+                    format!("{}s", c.timeout_seconds),
+                    c.privacy.to_string(),
+                    c.protocol.to_string(),
+                    c.revision.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn namespace_rows(ns: &[NamespaceOut]) -> String {
+    table(
+        &["NAME", "ENV", "REVISION"],
+        ns.iter().map(|n| vec![n.name.clone(), env_text(&n.env), n.revision.to_string()]).collect(),
+    )
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let fmt = cli.output;
+    let mut c = Client::connect(&cli.endpoint, cli.token.as_deref()).await?;
+    match cli.cmd {
+        Cmd::Cluster(ClusterCmd::Status) => {
+            let s = c.cluster_status().await?;
+            let out = StatusOut {
+                leader_id: s.leader_id,
+                term: s.term,
+                members: s
+                    .members
+                    .into_iter()
+                    .map(|m| MemberOut { id: m.id, address: m.address, role: m.role, zone: m.zone, region: m.region, healthy: m.healthy })
+                    .collect(),
+            };
+            emit(fmt, &out, || {
+                let rows = out
+                    .members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.to_string(),
+                            m.address.clone(),
+                            if m.id == out.leader_id { format!("{} (leader)", m.role) } else { m.role.clone() },
+                            m.zone.clone(),
+                            m.region.clone(),
+                            if m.healthy { "yes".into() } else { "NO".into() },
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "leader: {}  term: {}\n{}",
+                    out.leader_id,
+                    out.term,
+                    table(&["ID", "ADDRESS", "ROLE", "ZONE", "REGION", "HEALTHY"], rows)
+                )
+            })
+        }
+        Cmd::Cluster(ClusterCmd::Remove { id }) => {
+            c.remove_node(id).await?;
+            emit(fmt, &serde_json::json!({ "removed": id }), || format!("node {id} removed"))
+        }
+        Cmd::Cluster(ClusterCmd::NodeInfo) => {
+            let i = c.node_info().await?;
+            let out = NodeInfoOut {
+                id: i.id,
+                state: i.state,
+                term: i.term,
+                leader_id: i.leader_id,
+                last_log_index: i.last_log_index,
+                last_applied_index: i.last_applied_index,
+                snapshot_index: i.snapshot_index,
+                purged_index: i.purged_index,
+                snapshots_installed: i.snapshots_installed,
+                state_digest: i.state_digest,
+            };
+            emit(fmt, &out, || {
+                format!(
+                    "node {} ({}), term {}, leader {}\nlog {} applied {} snapshot {} purged {} (installed {} snapshots)\ndigest {}",
+                    out.id, out.state, out.term, out.leader_id, out.last_log_index, out.last_applied_index,
+                    out.snapshot_index, out.purged_index, out.snapshots_installed, out.state_digest
+                )
+            })
+        }
+        Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
+        Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+    }
+}
+
+async fn namespace(c: &mut Client, fmt: Format, cmd: NamespaceCmd) -> Result<(), Fail> {
+    let show = |n: pb::Namespace| {
+        let out = NamespaceOut::from(n);
+        emit(fmt, &out, || namespace_rows(std::slice::from_ref(&out)))
+    };
+    match cmd {
+        NamespaceCmd::Create { name, env, secret } => {
+            let req = pb::CreateNamespaceRequest { name, env: pairs("env", &env)?, secrets: pairs("secret", &secret)? };
+            show(c.create_namespace_with(req).await?)
+        }
+        NamespaceCmd::Update { name, env, replace_env, secret } => {
+            let req = pb::UpdateNamespaceRequest {
+                name,
+                env: pairs("env", &env)?,
+                replace_env,
+                secrets: pairs("secret", &secret)?,
+            };
+            show(c.update_namespace(req).await?)
+        }
+        NamespaceCmd::Get { name, read } => show(c.get_namespace(&name, read.stale).await?),
+        NamespaceCmd::Delete { name } => {
+            c.delete_namespace(&name).await?;
+            emit(fmt, &serde_json::json!({ "deleted": name }), || format!("namespace {name} deleted"))
+        }
+        NamespaceCmd::List { read } => {
+            let out: Vec<NamespaceOut> = c.list_namespaces(read.stale).await?.into_iter().map(Into::into).collect();
+            emit(fmt, &out, || namespace_rows(&out))
+        }
+    }
+}
+
+async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(), Fail> {
+    let show = |ct: pb::Container| {
+        let out = ContainerOut::from(ct);
+        emit(fmt, &out, || {
+            format!("{}\nenv: {}", container_rows(std::slice::from_ref(&out)), env_text(&out.env))
+        })
+    };
+    match cmd {
+        ContainerCmd::Deploy(d) => {
+            let (namespace, name) = target(&d.target)?;
+            let req = pb::DeployContainerRequest {
+                namespace,
+                name,
+                image: d.image,
+                port: d.port,
+                env: pairs("env", &d.env)?,
+                replace_env: d.replace_env,
+                secrets: pairs("secret", &d.secret)?,
+                cpu_mvcpu: d.cpu,
+                memory_mb: d.memory,
+                min_scale: d.min_scale,
+                max_scale: d.max_scale,
+                max_concurrency: d.max_concurrency,
+                timeout_seconds: d.timeout.as_deref().map(|t| seconds("timeout", t)).transpose()?,
+                privacy: match d.privacy {
+                    None => pb::Privacy::Unspecified,
+                    Some(PrivacyArg::Public) => pb::Privacy::Public,
+                    Some(PrivacyArg::Private) => pb::Privacy::Private,
+                }
+                .into(),
+                protocol: match d.protocol {
+                    None => pb::Protocol::Unspecified,
+                    Some(ProtocolArg::Http1) => pb::Protocol::Http1,
+                    Some(ProtocolArg::H2c) => pb::Protocol::H2c,
+                }
+                .into(),
+                scale_to_zero_after_seconds: d
+                    .scale_to_zero_after
+                    .as_deref()
+                    .map(|t| seconds("scale_to_zero_after", t))
+                    .transpose()?,
+            };
+            show(c.deploy_container(req).await?)
+        }
+        ContainerCmd::Get { target: t, read } => {
+            let (ns, name) = target(&t)?;
+            show(c.get_container(&ns, &name, read.stale).await?)
+        }
+        ContainerCmd::Delete { target: t } => {
+            let (ns, name) = target(&t)?;
+            c.delete_container(&ns, &name).await?;
+            emit(fmt, &serde_json::json!({ "deleted": t }), || format!("container {t} deleted"))
+        }
+        ContainerCmd::List { namespace, read } => {
+            let out: Vec<ContainerOut> = c
+                .list_containers(namespace.as_deref().unwrap_or(""), read.stale)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            emit(fmt, &out, || container_rows(&out))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("rouse: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rouse: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg)) => {
+            eprintln!("rouse: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
