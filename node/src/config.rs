@@ -240,7 +240,7 @@ impl NodeConfig {
             scale_cap,
             snapshot_logs,
             heartbeat_ms,
-            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log: args.log.or(file.log).unwrap_or_else(|| "info,openraft=warn".into()),
         })
     }
 }

@@ -26,6 +26,7 @@
 //! - [`server`]: binds everything and runs until shutdown.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
 pub mod cluster;

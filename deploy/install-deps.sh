@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and running rouse needs on a Debian machine:
+# protoc for the API, and the parts later tests use (containerd, runc, an
+# OCI registry and image tools, etcd for the control-plane benchmark).
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have protoc || need+=(protobuf-compiler)
+have containerd || need+=(containerd)
+have runc || need+=(runc)
+have docker-registry || need+=(docker-registry)
+have skopeo || need+=(skopeo)
+have umoci || need+=(umoci)
+have busybox || need+=(busybox-static)
+have etcd || need+=(etcd-server)
+have etcdctl || need+=(etcd-client)
+have iptables || need+=(iptables)
+have ip || need+=(iproute2)
+have bc || need+=(bc)
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi

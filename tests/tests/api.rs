@@ -1,0 +1,192 @@
+//! End-to-end: the API's contract on a real node — validation errors name
+//! the field, status codes, CLI output and errors, health and reflection.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use rouse_client::pb;
+use rouse_e2e::TestCluster;
+use tonic::Code;
+
+fn deploy(ns: &str, name: &str) -> pb::DeployContainerRequest {
+    pb::DeployContainerRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        image: Some("registry.local/app:1".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_is_refused_with_the_field_named() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("ok", HashMap::new()).await.unwrap();
+
+    let cases: Vec<(pb::DeployContainerRequest, &str)> = vec![
+        (pb::DeployContainerRequest { timeout_seconds: Some(5), ..deploy("ok", "a") }, "timeout: 5s is below the minimum 10s"),
+        (pb::DeployContainerRequest { timeout_seconds: Some(901), ..deploy("ok", "a") }, "timeout:"),
+        (pb::DeployContainerRequest { cpu_mvcpu: Some(50), ..deploy("ok", "a") }, "cpu:"),
+        (pb::DeployContainerRequest { memory_mb: Some(70_000), ..deploy("ok", "a") }, "memory:"),
+        (pb::DeployContainerRequest { max_concurrency: Some(0), ..deploy("ok", "a") }, "max_concurrency:"),
+        (pb::DeployContainerRequest { max_scale: Some(51), ..deploy("ok", "a") }, "max_scale:"),
+        (pb::DeployContainerRequest { min_scale: Some(4), max_scale: Some(3), ..deploy("ok", "a") }, "min_scale:"),
+        (pb::DeployContainerRequest { image: None, ..deploy("ok", "a") }, "image:"),
+        (deploy("ok", "Bad_Name"), "name:"),
+        (deploy("-bad", "a"), "namespace:"),
+        (
+            pb::DeployContainerRequest {
+                env: HashMap::from([("1X".into(), "v".into())]),
+                ..deploy("ok", "a")
+            },
+            "env.1X:",
+        ),
+    ];
+    for (req, want) in cases {
+        let e = c.deploy_container(req).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+        assert!(e.to_string().starts_with(want), "got {e:?}, want prefix {want:?}");
+    }
+    let e = c.create_namespace(&"x".repeat(64), HashMap::new()).await.unwrap_err();
+    assert!(e.to_string().starts_with("name:"), "{e}");
+    // Nothing was stored by any refused call.
+    assert!(c.list_containers("", false).await.unwrap().is_empty());
+
+    // NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION.
+    let e = c.deploy_container(deploy("missing", "a")).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    let e = c.create_namespace("ok", HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}");
+    c.deploy_container(deploy("ok", "web")).await.unwrap();
+    let e = c.delete_namespace("ok").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    let e = c.get_container("ok", "nope", false).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+
+    // Deploy updates only the fields it sets.
+    let got = c
+        .deploy_container(pb::DeployContainerRequest {
+            namespace: "ok".into(),
+            name: "web".into(),
+            min_scale: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((got.min_scale, got.image.as_str(), got.timeout_seconds), (2, "registry.local/app:1", 300));
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_refused_and_never_stored() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    let secret = "s3cr3t-value-that-must-not-leak";
+    let e = c
+        .create_namespace_with(pb::CreateNamespaceRequest {
+            name: "vault".into(),
+            env: HashMap::new(),
+            secrets: HashMap::from([("DB_PASSWORD".into(), secret.into())]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unimplemented));
+    assert!(e.to_string().starts_with("secrets:"), "{e}");
+    let (code, _out, err) = cluster.cli(1, &["container", "deploy", "a/b", "--image", "x", "--secret", &format!("K={secret}")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("secrets:"), "{err}");
+    // No file under the data dir holds the value.
+    let mut stack = vec![cluster.nodes[&1].data_dir.clone()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the secret", path.display());
+            }
+        }
+    }
+    assert!(!cluster.nodes[&1].log_text().contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_contract() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let (code, out, err) = cluster.cli(1, &["cluster", "status", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["leader_id"], 1);
+    assert!(v["term"].as_u64().unwrap() >= 1);
+    let m = &v["members"][0];
+    assert_eq!(m["id"], 1);
+    assert_eq!(m["role"], "voter");
+    assert_eq!(m["zone"], "z1");
+    assert_eq!(m["region"], "default");
+    assert_eq!(m["healthy"], true);
+    assert_eq!(m["address"], cluster.nodes[&1].listen);
+
+    let (code, _, err) = cluster.cli(1, &["namespace", "create", "web", "--env", "A=1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cluster.cli(
+        1,
+        &["container", "deploy", "web/api", "--image", "reg.local/api:2", "--port", "9000", "--min-scale", "1",
+          "--max-scale", "4", "--max-concurrency", "10", "--timeout", "2m", "--cpu", "500", "--memory", "128",
+          "--privacy", "private", "--protocol", "h2c", "--env", "B=2", "--scale-to-zero-after", "15m"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cluster.cli(1, &["container", "get", "web/api", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["timeout_seconds"], 120);
+    assert_eq!(v["scale_to_zero_after_seconds"], 900);
+    assert_eq!(v["privacy"], "private");
+    assert_eq!(v["protocol"], "h2c");
+    assert_eq!(v["cpu_mvcpu"], 500);
+    assert_eq!(v["env"]["B"], "2");
+    let (code, out, _) = cluster.cli(1, &["container", "list", "web", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("name: api"), "{out}");
+
+    // Errors: one line on stderr naming the field, non-zero exit.
+    for (args, field) in [
+        (vec!["container", "deploy", "web/api", "--timeout", "5s"], "timeout:"),
+        (vec!["container", "deploy", "web/api", "--timeout", "soon"], "timeout:"),
+        (vec!["container", "deploy", "webapi", "--image", "x"], "target:"),
+        (vec!["namespace", "create", "UPPER"], "name:"),
+        (vec!["namespace", "create", "x", "--env", "NOEQUALS"], "env:"),
+    ] {
+        let (code, out, err) = cluster.cli(1, &args);
+        assert_ne!(code, 0, "{args:?} succeeded: {out}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.starts_with(&format!("rouse: {field}")), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tokio_stream::StreamExt;
+    let cluster = TestCluster::start(1, &[]).await;
+    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint()).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "rouse.v1.NamespaceService"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
+        assert_eq!(r.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    }
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["rouse.v1.ClusterService", "rouse.v1.NamespaceService", "rouse.v1.ContainerService",
+                 "rouse.v1.SecretService", "rouse.v1.TokenService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    }
+}
