@@ -1,1 +1,250 @@
-fn main() {}
+//! `rouse-bench`: benchmarks that always measure a baseline in the same run
+//! and print the ratio. Not a test.
+//!
+//! `rouse-bench control-plane` — replicated writes on a 3-node rouse
+//! cluster on loopback vs a 3-member etcd cluster on loopback, both driven
+//! by this harness at 1 and 64 concurrent clients.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rouse-bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Control-plane writes: rouse vs etcd, same harness, same run.
+    ControlPlane {
+        /// Writes per client at concurrency 1.
+        #[arg(long, default_value_t = 1000)]
+        serial_writes: usize,
+        /// Writes in all at concurrency 64.
+        #[arg(long, default_value_t = 10000)]
+        parallel_writes: usize,
+        /// Concurrent clients for the parallel round.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    ops: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Stats {
+    fn from(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+        lat.sort();
+        let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+        Stats { ops: lat.len(), secs: wall.as_secs_f64(), p50_ms: pick(0.50), p99_ms: pick(0.99) }
+    }
+    fn tput(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+/// Runs `total` writes over `clients` tasks; `op(client, seq)` does one write.
+async fn drive<F, Fut>(clients: usize, total: usize, op: F) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let per = total / clients;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                op(c, i).await.expect("write failed");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    Stats::from(all, start.elapsed())
+}
+
+async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<String> {
+    let node = bin_dir.join("rouse-node");
+    let mut eps = Vec::new();
+    for id in 1..=3u64 {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "--id".into(), id.to_string(),
+            "--data-dir".into(), dir.join(format!("rouse{id}")).display().to_string(),
+            "--listen".into(), listen.clone(),
+            "--http".into(), format!("127.0.0.1:{}", free_port()),
+            "--log".into(), "warn".into(),
+        ];
+        if id == 1 {
+            args.push("--bootstrap".into());
+        } else {
+            args.push("--join".into());
+            args.push(eps[0].trim_start_matches("http://").to_string());
+        }
+        procs.0.push(spawn(&node, &args, &dir.join(format!("rouse{id}.log"))));
+        eps.push(format!("http://{listen}"));
+        if id == 1 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = rouse_client::Client::connect(&eps[0], None).await {
+            if let Ok(s) = c.cluster_status().await {
+                if s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() == 3 {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "rouse cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eps
+}
+
+async fn start_etcd(dir: &Path, procs: &mut Procs) -> Vec<String> {
+    let peers: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = peers
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut eps = Vec::new();
+    for (i, (c, p)) in peers.iter().enumerate() {
+        let args: Vec<String> = vec![
+            "--name".into(), format!("e{i}"),
+            "--data-dir".into(), dir.join(format!("etcd{i}")).display().to_string(),
+            "--listen-client-urls".into(), format!("http://127.0.0.1:{c}"),
+            "--advertise-client-urls".into(), format!("http://127.0.0.1:{c}"),
+            "--listen-peer-urls".into(), format!("http://127.0.0.1:{p}"),
+            "--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{p}"),
+            "--initial-cluster".into(), initial.clone(),
+            "--initial-cluster-state".into(), "new".into(),
+            "--initial-cluster-token".into(), "rouse-bench".into(),
+            "--log-level".into(), "warn".into(),
+        ];
+        procs.0.push(spawn(Path::new("etcd"), &args, &dir.join(format!("etcd{i}.log"))));
+        eps.push(format!("http://127.0.0.1:{c}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut c) = etcd_client::Client::connect(eps.clone(), None).await {
+            if c.put("bench/ready", "1", None).await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd cluster did not form");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eps
+}
+
+/// A namespace-sized value, so both systems store similar bytes.
+fn payload(i: usize) -> String {
+    format!(r#"{{"name":"ns-{i}","env":{{"GREETING":"hello"}},"revision":{i},"created_at_ms":1795952134873}}"#)
+}
+
+async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow::Result<()> {
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let rouse_eps = start_rouse(tmp.path(), &bin_dir, &mut procs).await;
+    let etcd_eps = start_etcd(tmp.path(), &mut procs).await;
+
+    let mut rouse_clients = Vec::new();
+    for i in 0..clients.max(1) {
+        rouse_clients.push(rouse_client::Client::connect(&rouse_eps[i % 3], None).await?);
+    }
+    let rouse_clients = Arc::new(rouse_clients);
+    let etcd = etcd_client::Client::connect(etcd_eps.clone(), None).await?;
+
+    let mut rows = Vec::new();
+    for (label, n_clients, total) in [("1 client", 1usize, serial), (&*format!("{clients} clients"), clients, parallel)] {
+        let label = label.to_string();
+        let rc = rouse_clients.clone();
+        let tag = n_clients;
+        let rouse = drive(n_clients, total, move |c, i| {
+            let mut client = rc[c].clone();
+            async move {
+                client.create_namespace(&format!("b{tag}-c{c}-{i}"), Default::default()).await?;
+                Ok(())
+            }
+        })
+        .await;
+        let e = etcd.clone();
+        let etcd_stats = drive(n_clients, total, move |c, i| {
+            let mut kv = e.kv_client();
+            async move {
+                kv.put(format!("/namespaces/b{tag}-c{c}-{i}"), payload(i), None).await?;
+                Ok(())
+            }
+        })
+        .await;
+        rows.push((label, rouse, etcd_stats));
+    }
+
+    println!("control-plane writes, 3 nodes on loopback, same harness, same run");
+    println!("{:<12} {:>8} {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10} {:>9} {:>9}",
+        "clients", "writes", "rouse op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "tput ratio", "p50 x", "p99 x");
+    for (label, r, e) in &rows {
+        println!("{:<12} {:>8} {:>12.0} {:>9.2} {:>9.2} | {:>12.0} {:>9.2} {:>9.2} | {:>10.2} {:>9.2} {:>9.2}",
+            label, r.ops, r.tput(), r.p50_ms, r.p99_ms, e.tput(), e.p50_ms, e.p99_ms,
+            r.tput() / e.tput(), r.p50_ms / e.p50_ms, r.p99_ms / e.p99_ms);
+    }
+    println!("tput ratio = rouse/etcd throughput (higher is better for rouse); p50 x, p99 x = rouse/etcd latency (lower is better)");
+    drop(procs);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::ControlPlane { serial_writes, parallel_writes, clients } => {
+            control_plane(serial_writes, parallel_writes, clients).await
+        }
+    }
+}
