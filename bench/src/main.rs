@@ -108,7 +108,7 @@ where
 
 async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<String> {
     let node = bin_dir.join("rouse-node");
-    let mut eps = Vec::new();
+    let mut eps: Vec<String> = Vec::new();
     for id in 1..=3u64 {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = vec![

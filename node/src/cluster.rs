@@ -44,6 +44,9 @@ pub enum ClusterError {
     Remote(tonic::Status),
     #[error("timed out after {0:?} waiting for the cluster")]
     Timeout(Duration),
+    /// The write is committed, but this node is too far behind to show it.
+    #[error("the change was committed at log index {0}, but this node has not applied it yet; read it again later")]
+    CommittedNotApplied(u64),
     #[error("node {0} is not a member of the cluster")]
     UnknownMember(NodeId),
     #[error("{0}")]
@@ -120,7 +123,7 @@ impl Cluster {
             .wait(Some(PATIENCE))
             .applied_index_at_least(Some(out.index), "apply own write")
             .await
-            .map_err(|_| ClusterError::Timeout(PATIENCE))?;
+            .map_err(|_| ClusterError::CommittedNotApplied(out.index))?;
         into_result(out.response)
     }
 

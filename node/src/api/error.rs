@@ -39,6 +39,7 @@ impl From<ApiError> for Status {
                 },
                 ClusterError::Remote(s) => s,
                 ClusterError::UnknownMember(_) => Status::not_found(c.to_string()),
+                ClusterError::CommittedNotApplied(_) => Status::deadline_exceeded(c.to_string()),
                 ClusterError::Precondition(m) => Status::failed_precondition(m),
                 c if c.is_unavailable() => Status::unavailable(c.to_string()),
                 c => Status::internal(c.to_string()),
