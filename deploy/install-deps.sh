@@ -27,6 +27,11 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+if ! python3 -c "import grpc, grpc_tools" 2>/dev/null; then
+  echo "installing grpcio-tools (Python client test)" >&2
+  python3 -m pip install --quiet grpcio grpcio-tools 2>&1 | grep -v "Running pip as the .root. user" || true
+fi
+
 if ! have cargo; then
   echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
   exit 1

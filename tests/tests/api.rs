@@ -190,3 +190,19 @@ async fn health_and_reflection_are_served() {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
 }
+
+/// A Python grpcio client generated from `proto/` as it is works against a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_built_from_proto_works() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let out = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpcio_client.py");
+    let res = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&cluster.nodes[&1].listen)
+        .arg(out.path())
+        .output()
+        .expect("python3 (deploy/install-deps.sh installs grpcio-tools)");
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success() && stdout.trim() == "ok", "{stdout}{}", String::from_utf8_lossy(&res.stderr));
+}
