@@ -33,6 +33,8 @@ pub mod cluster;
 pub mod config;
 pub mod peer;
 pub mod raft;
+pub mod runtime;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

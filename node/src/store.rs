@@ -29,7 +29,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::raft::TypeConfig;
-use crate::state::{container_key, Command, NodeId, Response, StateData};
+use crate::state::{Key, NodeId, Response, StateData};
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -272,28 +272,37 @@ struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
 }
 
-/// One key of the state machine tree touched by a command.
-enum Touched {
-    Namespace(String),
-    Container(String),
-    Node(NodeId),
-}
-
-fn touched(cmd: &Command) -> Touched {
-    match cmd {
-        Command::CreateNamespace { name, .. }
-        | Command::UpdateNamespace { name, .. }
-        | Command::DeleteNamespace { name } => Touched::Namespace(name.clone()),
-        Command::PutContainer { namespace, name, .. } | Command::DeleteContainer { namespace, name } => {
-            Touched::Container(container_key(namespace, name))
-        }
-        Command::RegisterNode { node } => Touched::Node(node.id),
-        Command::RemoveNode { id } => Touched::Node(*id),
-    }
-}
-
 fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(v)
+}
+
+/// Writes the current value of `key` (or its removal) into `batch`.
+fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), serde_json::Error> {
+    match key {
+        Key::Namespace(k) => match d.namespaces.get(k) {
+            Some(v) => batch.insert(format!("ns/{k}").as_bytes(), json(v)?),
+            None => batch.remove(format!("ns/{k}").as_bytes()),
+        },
+        Key::Container(k) => match d.containers.get(k) {
+            Some(v) => batch.insert(format!("ct/{k}").as_bytes(), json(v)?),
+            None => batch.remove(format!("ct/{k}").as_bytes()),
+        },
+        Key::Node(id) => match d.nodes.get(id) {
+            Some(v) => batch.insert(format!("node/{id:020}").as_bytes(), json(v)?),
+            None => batch.remove(format!("node/{id:020}").as_bytes()),
+        },
+        Key::Instance(k) => {
+            match d.instances.get(k) {
+                Some(v) => batch.insert(format!("in/{k}").as_bytes(), json(v)?),
+                None => batch.remove(format!("in/{k}").as_bytes()),
+            }
+            match d.statuses.get(k) {
+                Some(v) => batch.insert(format!("st/{k}").as_bytes(), json(v)?),
+                None => batch.remove(format!("st/{k}").as_bytes()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes every key of `a` into a batch (used on snapshot install).
@@ -310,6 +319,12 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     }
     for (k, v) in &a.data.nodes {
         b.insert(format!("node/{k:020}").as_bytes(), json(v)?);
+    }
+    for (k, v) in &a.data.instances {
+        b.insert(format!("in/{k}").as_bytes(), json(v)?);
+    }
+    for (k, v) in &a.data.statuses {
+        b.insert(format!("st/{k}").as_bytes(), json(v)?);
     }
     Ok(b)
 }
@@ -331,6 +346,10 @@ impl StateMachineStore {
                 a.data.namespaces.insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(name) = key.strip_prefix("ct/") {
                 a.data.containers.insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+            } else if let Some(id) = key.strip_prefix("in/") {
+                a.data.instances.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+            } else if let Some(id) = key.strip_prefix("st/") {
+                a.data.statuses.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if key.starts_with("node/") {
                 let n: crate::state::NodeRecord = serde_json::from_slice(&v).map_err(bad)?;
                 a.data.nodes.insert(n.id, n);
@@ -430,22 +449,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         out.push(Response { revision: a.data.revision, rejection: None });
                     }
                     EntryPayload::Normal(p) => {
-                        let resp = a.data.apply(&p);
+                        let mut keys = Vec::new();
+                        let resp = a.data.apply_tracked(&p, &mut keys);
+                        for k in keys {
+                            write_key(&mut batch, &a.data, &k).map_err(sm_err)?;
+                        }
                         if resp.rejection.is_none() {
-                            match touched(&p.command) {
-                                Touched::Namespace(k) => match a.data.namespaces.get(&k) {
-                                    Some(v) => batch.insert(format!("ns/{k}").as_bytes(), json(v).map_err(sm_err)?),
-                                    None => batch.remove(format!("ns/{k}").as_bytes()),
-                                },
-                                Touched::Container(k) => match a.data.containers.get(&k) {
-                                    Some(v) => batch.insert(format!("ct/{k}").as_bytes(), json(v).map_err(sm_err)?),
-                                    None => batch.remove(format!("ct/{k}").as_bytes()),
-                                },
-                                Touched::Node(id) => match a.data.nodes.get(&id) {
-                                    Some(v) => batch.insert(format!("node/{id:020}").as_bytes(), json(v).map_err(sm_err)?),
-                                    None => batch.remove(format!("node/{id:020}").as_bytes()),
-                                },
-                            }
                             batch.insert(SM_REVISION, json(&a.data.revision).map_err(sm_err)?);
                         }
                         out.push(resp);
@@ -520,7 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_reopen_and_snapshot_restores() -> anyhow::Result<()> {
-        use crate::state::Proposal;
+        use crate::state::{Command, Proposal};
         let dir = tempfile::tempdir()?;
         {
             let (_log, mut sm) = open(dir.path())?;

@@ -100,6 +100,81 @@ pub struct Container {
     pub revision: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Changes when what instances run changes (image, port, env, limits,
+    /// protocol, or the namespace's env); instances of an older generation
+    /// are replaced. Scale settings alone keep the generation.
+    #[serde(default)]
+    pub generation: u64,
+    /// `image@sha256:…` the generation's tag resolved to, pinned once so
+    /// that every instance of a generation runs the same bits.
+    #[serde(default)]
+    pub resolved_image: Option<String>,
+}
+
+impl ContainerSpec {
+    /// Whether instances of `self` and `other` would run differently.
+    pub fn runtime_differs(&self, other: &ContainerSpec) -> bool {
+        self.image != other.image
+            || self.port != other.port
+            || self.env != other.env
+            || self.cpu_mvcpu != other.cpu_mvcpu
+            || self.memory_mb != other.memory_mb
+            || self.protocol != other.protocol
+    }
+}
+
+/// One placed instance of a container generation on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub namespace: String,
+    pub container: String,
+    pub generation: u64,
+    pub node: NodeId,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Placed; the node has not reported yet.
+    #[default]
+    Pending,
+    Pulling,
+    Starting,
+    Ready,
+    /// Exited or killed; the node restarts it after a backoff.
+    Crashed,
+    /// Cannot start (bad image, unreachable registry…); retried slowly.
+    Failed,
+    Stopping,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Pulling => "pulling",
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Crashed => "crashed",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopping => "stopping",
+        }
+    }
+}
+
+/// What the node running an instance last reported about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub restarts: u32,
+    /// Host port the instance listens on (host networking).
+    pub port: u32,
+    pub updated_at_ms: u64,
 }
 
 /// A cluster member as the scheduler sees it.
@@ -152,8 +227,19 @@ pub enum Command {
     DeleteContainer { namespace: String, name: String },
     /// Inserts or replaces a node's record. No precondition.
     RegisterNode { node: NodeRecord },
-    /// Removes a node's record. No precondition.
+    /// Removes a node's record and the instances placed on it. No precondition.
     RemoveNode { id: NodeId },
+    /// A placement plan from the leader's scheduler. Entries whose
+    /// preconditions fail are skipped: an added instance needs its container
+    /// at that generation, a registered node and a fresh id; a removed one
+    /// must exist.
+    PlaceInstances { add: Vec<Instance>, remove: Vec<String> },
+    /// A node reports an instance's status. Precondition: the instance is
+    /// placed on that node.
+    ReportInstanceStatus { id: String, node: NodeId, status: InstanceStatus },
+    /// Pins the image a generation runs. Preconditions: the container is at
+    /// that generation and has no pinned image yet.
+    PinImage { namespace: String, name: String, generation: u64, image: String },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -189,6 +275,20 @@ pub struct StateData {
     /// Keyed by `namespace/name`.
     pub containers: BTreeMap<String, Container>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    #[serde(default)]
+    pub instances: BTreeMap<String, Instance>,
+    #[serde(default)]
+    pub statuses: BTreeMap<String, InstanceStatus>,
+}
+
+/// A key of the state an applied command changed (for write-through storage).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Namespace(String),
+    Container(String),
+    Node(NodeId),
+    /// The instance and its status.
+    Instance(String),
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -198,7 +298,12 @@ pub fn container_key(namespace: &str, name: &str) -> String {
 impl StateData {
     /// Applies one proposal. Pure: same state and proposal, same result.
     pub fn apply(&mut self, p: &Proposal) -> Response {
-        match self.apply_command(p.at_ms, &p.command) {
+        self.apply_tracked(p, &mut Vec::new())
+    }
+
+    /// Like [`Self::apply`], and records the keys it changed in `touched`.
+    pub fn apply_tracked(&mut self, p: &Proposal, touched: &mut Vec<Key>) -> Response {
+        match self.apply_command(p.at_ms, &p.command, touched) {
             Ok(()) => Response { revision: self.revision, rejection: None },
             Err(r) => Response { revision: self.revision, rejection: Some(r) },
         }
@@ -209,7 +314,14 @@ impl StateData {
         self.revision
     }
 
-    fn apply_command(&mut self, at_ms: u64, cmd: &Command) -> Result<(), Rejection> {
+    fn remove_instance(&mut self, id: &str, touched: &mut Vec<Key>) {
+        if self.instances.remove(id).is_some() {
+            self.statuses.remove(id);
+            touched.push(Key::Instance(id.to_string()));
+        }
+    }
+
+    fn apply_command(&mut self, at_ms: u64, cmd: &Command, touched: &mut Vec<Key>) -> Result<(), Rejection> {
         match cmd {
             Command::CreateNamespace { name, env } => {
                 if self.namespaces.contains_key(name) {
@@ -220,14 +332,24 @@ impl StateData {
                     name.clone(),
                     Namespace { name: name.clone(), env: env.clone(), revision, created_at_ms: at_ms, updated_at_ms: at_ms },
                 );
+                touched.push(Key::Namespace(name.clone()));
             }
             Command::UpdateNamespace { name, env, expected_revision } => {
-                self.namespace_for_update(name, *expected_revision)?;
+                let env_changed = &self.namespace_for_update(name, *expected_revision)?.env != env;
                 let revision = self.bump();
                 if let Some(ns) = self.namespaces.get_mut(name) {
                     ns.env = env.clone();
                     ns.revision = revision;
                     ns.updated_at_ms = at_ms;
+                }
+                touched.push(Key::Namespace(name.clone()));
+                if env_changed {
+                    // Instances carry the namespace's env: start a new generation.
+                    for (key, c) in self.containers.iter_mut().filter(|(_, c)| &c.namespace == name) {
+                        c.generation = revision;
+                        c.resolved_image = None;
+                        touched.push(Key::Container(key.clone()));
+                    }
                 }
             }
             Command::DeleteNamespace { name } => {
@@ -243,6 +365,7 @@ impl StateData {
                 }
                 self.bump();
                 self.namespaces.remove(name);
+                touched.push(Key::Namespace(name.clone()));
             }
             Command::PutContainer { namespace, name, spec, expected_revision } => {
                 if !self.namespaces.contains_key(namespace) {
@@ -266,7 +389,10 @@ impl StateData {
                     _ => {}
                 }
                 let created_at_ms = existing.map_or(at_ms, |c| c.created_at_ms);
+                let kept = existing.filter(|c| !c.spec.runtime_differs(spec)).map(|c| (c.generation, c.resolved_image.clone()));
                 let revision = self.bump();
+                let (generation, resolved_image) = kept.unwrap_or((revision, None));
+                touched.push(Key::Container(key.clone()));
                 self.containers.insert(
                     key,
                     Container {
@@ -276,6 +402,8 @@ impl StateData {
                         revision,
                         created_at_ms,
                         updated_at_ms: at_ms,
+                        generation,
+                        resolved_image,
                     },
                 );
             }
@@ -286,17 +414,78 @@ impl StateData {
                 }
                 self.bump();
                 self.containers.remove(&key);
+                touched.push(Key::Container(key));
+                let gone: Vec<String> = self
+                    .instances
+                    .values()
+                    .filter(|i| &i.namespace == namespace && &i.container == name)
+                    .map(|i| i.id.clone())
+                    .collect();
+                for id in gone {
+                    self.remove_instance(&id, touched);
+                }
             }
             Command::RegisterNode { node } => {
                 self.bump();
                 self.nodes.insert(node.id, node.clone());
+                touched.push(Key::Node(node.id));
             }
             Command::RemoveNode { id } => {
                 self.bump();
                 self.nodes.remove(id);
+                touched.push(Key::Node(*id));
+                let gone: Vec<String> = self.instances.values().filter(|i| i.node == *id).map(|i| i.id.clone()).collect();
+                for iid in gone {
+                    self.remove_instance(&iid, touched);
+                }
+            }
+            Command::PlaceInstances { add, remove } => {
+                let before = touched.len();
+                for id in remove {
+                    self.remove_instance(id, touched);
+                }
+                for inst in add {
+                    let fits = self
+                        .container(&inst.namespace, &inst.container)
+                        .is_some_and(|c| c.generation == inst.generation)
+                        && self.nodes.contains_key(&inst.node)
+                        && !self.instances.contains_key(&inst.id);
+                    if fits {
+                        self.instances.insert(inst.id.clone(), inst.clone());
+                        touched.push(Key::Instance(inst.id.clone()));
+                    }
+                }
+                if touched.len() == before {
+                    return Err(Rejection::FailedPrecondition("placement plan is stale: nothing in it applies".into()));
+                }
+                self.bump();
+            }
+            Command::ReportInstanceStatus { id, node, status } => {
+                match self.instances.get(id) {
+                    Some(i) if i.node == *node => {}
+                    _ => return Err(Rejection::NotFound(format!("instance {id:?} is not placed on node {node}"))),
+                }
+                self.bump();
+                self.statuses.insert(id.clone(), status.clone());
+                touched.push(Key::Instance(id.clone()));
+            }
+            Command::PinImage { namespace, name, generation, image } => {
+                let key = container_key(namespace, name);
+                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                if c.generation != *generation || c.resolved_image.is_some() {
+                    return Err(Rejection::Conflict(format!("container {key:?} generation {generation} is gone or pinned")));
+                }
+                c.resolved_image = Some(image.clone());
+                self.bump();
+                touched.push(Key::Container(key));
             }
         }
         Ok(())
+    }
+
+    /// Instances of one container.
+    pub fn instances_of<'a>(&'a self, namespace: &'a str, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances.values().filter(move |i| i.namespace == namespace && i.container == name)
     }
 
     fn namespace_for_update(&self, name: &str, expected: Option<u64>) -> Result<&Namespace, Rejection> {

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds rouse's small test and demo image from busybox-static, with no
+# network: an HTTP server on $PORT (busybox httpd) that serves
+#   /            "hello from rouse"
+#   /cgi-bin/env the process environment
+#   /cgi-bin/slow?SECONDS  answers after sleeping
+# and pushes it to a registry, or writes an OCI-layout tarball.
+#
+#   build-hello.sh push REGISTRY REPO:TAG     (plain-HTTP registry on loopback)
+#   build-hello.sh tar FILE.tar NAME:TAG
+set -euo pipefail
+mode=$1; dest=$2; ref=$3
+BUSYBOX=$(command -v busybox)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+umoci init --layout "$work/oci" >/dev/null
+umoci new --image "$work/oci:img" >/dev/null
+umoci unpack --rootless --image "$work/oci:img" "$work/bundle" >/dev/null 2>&1 || umoci unpack --image "$work/oci:img" "$work/bundle" >/dev/null
+root="$work/bundle/rootfs"
+mkdir -p "$root/bin" "$root/www/cgi-bin" "$root/tmp" "$root/etc"
+cp "$BUSYBOX" "$root/bin/busybox"
+for app in sh httpd env sleep cat echo ls; do ln -sf busybox "$root/bin/$app"; done
+echo "hello from rouse" > "$root/www/index.html"
+cat > "$root/www/cgi-bin/env" <<'CGI'
+#!/bin/sh
+echo "Content-Type: text/plain"
+echo
+env
+CGI
+cat > "$root/www/cgi-bin/slow" <<'CGI'
+#!/bin/sh
+sleep "${QUERY_STRING:-1}"
+echo "Content-Type: text/plain"
+echo
+echo "slept ${QUERY_STRING:-1}"
+CGI
+chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow"
+echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
+echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
+umoci repack --image "$work/oci:img" "$work/bundle" >/dev/null
+umoci config --image "$work/oci:img" \
+  --config.entrypoint /bin/sh --config.entrypoint -c \
+  --config.cmd 'exec httpd -f -p "${PORT:-8080}" -h /www' \
+  --config.workingdir /www --config.env GREETING_FROM_IMAGE=image \
+  --config.exposedports 8080/tcp --architecture amd64 --os linux >/dev/null
+umoci gc --layout "$work/oci" >/dev/null
+
+case "$mode" in
+  push) skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:img" "docker://$dest/$ref" ;;
+  tar)
+    # An OCI-layout tarball whose index names the image.
+    skopeo copy --quiet "oci:$work/oci:img" "oci-archive:$dest:$ref" ;;
+  *) echo "usage: $0 push REGISTRY REPO:TAG | tar FILE NAME:TAG" >&2; exit 2 ;;
+esac
