@@ -85,6 +85,8 @@ pub struct Cluster {
     pub sm: Arc<SmShared>,
     pub pool: PeerPool,
     pub config: NodeConfig,
+    /// The node agent, once containerd is reachable.
+    pub agent: std::sync::OnceLock<Arc<crate::runtime::agent::Agent>>,
 }
 
 /// Whether a forwarded call failed before it reached the leader.

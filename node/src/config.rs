@@ -85,6 +85,18 @@ pub struct Args {
     /// Log filter, as RUST_LOG (default: info).
     #[arg(long, env = "ROUSE_LOG")]
     pub log: Option<String>,
+    /// Host ports given to instances, LO-HI (default 20000-29999).
+    #[arg(long, env = "ROUSE_INSTANCE_PORTS")]
+    pub instance_ports: Option<String>,
+    /// Time an instance gets between SIGTERM and SIGKILL (default 10s).
+    #[arg(long, env = "ROUSE_STOP_GRACE")]
+    pub stop_grace: Option<String>,
+    /// Delete images no instance here has used for this long (default 10m).
+    #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
+    pub image_gc_after: Option<String>,
+    /// TOML file of registry credentials: ["host:port"] username/password or token.
+    #[arg(long, env = "ROUSE_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings, all optional, nothing unknown.
@@ -110,6 +122,10 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub log: Option<String>,
+    pub instance_ports: Option<String>,
+    pub stop_grace: Option<String>,
+    pub image_gc_after: Option<String>,
+    pub registry_auth: Option<PathBuf>,
 }
 
 /// Resolved, validated node settings.
@@ -134,6 +150,10 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
     pub log: String,
+    pub instance_ports: (u16, u16),
+    pub stop_grace: std::time::Duration,
+    pub image_gc_after: std::time::Duration,
+    pub registry_auth: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -221,7 +241,19 @@ impl NodeConfig {
         if !(20..=5000).contains(&heartbeat_ms) {
             return Err(invalid("heartbeat_ms", format!("{heartbeat_ms} is outside 20..=5000")));
         }
+        let ports_s = args.instance_ports.or(file.instance_ports).unwrap_or_else(|| "20000-29999".into());
+        let instance_ports = ports_s
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+            .filter(|(a, b)| *a >= 1024 && a <= b)
+            .ok_or_else(|| invalid("instance_ports", format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535")))?;
+        let stop_grace = duration("stop_grace", args.stop_grace.or(file.stop_grace), "10s")?;
+        let image_gc_after = duration("image_gc_after", args.image_gc_after.or(file.image_gc_after), "10m")?;
         Ok(NodeConfig {
+            instance_ports,
+            stop_grace,
+            image_gc_after,
+            registry_auth: args.registry_auth.or(file.registry_auth),
             id,
             data_dir,
             listen,
@@ -249,6 +281,11 @@ fn load_file(p: &Path) -> Result<FileConfig, ConfigError> {
     let path = p.display().to_string();
     let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
     toml::from_str(&text).map_err(|e| ConfigError::File { path, message: e.to_string() })
+}
+
+fn duration(field: &'static str, v: Option<String>, default: &str) -> Result<std::time::Duration, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_string());
+    humantime::parse_duration(&s).map_err(|e| invalid(field, format!("{s:?} is not a duration such as 10s or 5m ({e})")))
 }
 
 fn host_port(field: &'static str, v: &str) -> Result<(), ConfigError> {

@@ -53,7 +53,14 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(pool.clone()), log, sm)
         .await
         .context("starting raft")?;
-    let cluster = Arc::new(Cluster { id: config.id, raft: raft.clone(), sm: shared, pool, config: config.clone() });
+    let cluster = Arc::new(Cluster {
+        id: config.id,
+        raft: raft.clone(),
+        sm: shared,
+        pool,
+        config: config.clone(),
+        agent: Default::default(),
+    });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ClusterServiceServer<Api>>().await;
@@ -96,10 +103,15 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
 
     let starter = tokio::spawn(start_membership(cluster.clone()));
+    let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
+    let agent = tokio::spawn(run_agent(cluster.clone()));
 
     shutdown.await;
     tracing::info!(node = config.id, "shutting down");
     starter.abort();
+    scheduler.abort();
+    // Instances keep running under containerd; a restarted node adopts them.
+    agent.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
@@ -181,4 +193,72 @@ async fn join_until_done(cluster: &Cluster, target: &str) {
             }
         }
     }
+}
+
+/// On the leader, turns the state into placement plans, committed through
+/// Raft in one command per pass.
+async fn run_scheduler(cluster: Arc<Cluster>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            continue;
+        }
+        let plan = {
+            let sm = cluster.sm.read();
+            crate::scheduler::plan(&sm.data, crate::cluster::now_ms(), rand::random::<u32>)
+        };
+        for (container, reason) in &plan.pending {
+            tracing::debug!(%container, %reason, "instances pending");
+        }
+        if plan.is_empty() {
+            continue;
+        }
+        tracing::info!(add = plan.add.len(), remove = plan.remove.len(), "committing placement");
+        if let Err(e) = cluster.write(Command::PlaceInstances { add: plan.add, remove: plan.remove }).await {
+            tracing::debug!(error = %e, "placement not committed");
+        }
+    }
+}
+
+/// Connects to containerd (retrying, loudly) and runs the node agent.
+async fn run_agent(cluster: Arc<Cluster>) {
+    use crate::runtime::{agent, ctr, image, task};
+    let cfg = cluster.config.clone();
+    let credentials = match load_credentials(cfg.registry_auth.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "registry_auth: cannot read; pulling anonymously");
+            Default::default()
+        }
+    };
+    let mut delay = Duration::from_secs(1);
+    let ctr = loop {
+        match ctr::Ctr::connect(&cfg.containerd, &cfg.containerd_namespace).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach containerd; this node runs no instances until it can");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    tracing::info!(socket = %cfg.containerd.display(), namespace = %cfg.containerd_namespace, "connected to containerd");
+    let images = Arc::new(image::Images::new(ctr.clone(), &cfg.insecure_registries, credentials, cfg.data_dir.join("tmp")));
+    let tasks = Arc::new(task::Tasks::new(ctr, cfg.data_dir.join("logs"), cfg.id));
+    let a = agent::Agent::new(
+        cluster.clone(),
+        images,
+        tasks,
+        agent::AgentConfig { ports: cfg.instance_ports, stop_grace: cfg.stop_grace, image_gc_after: cfg.image_gc_after },
+    );
+    let _ = cluster.agent.set(a.clone());
+    a.run().await;
+}
+
+fn load_credentials(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::HashMap<String, crate::runtime::image::RegistryCredentials>> {
+    let Some(p) = path else { return Ok(Default::default()) };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?)
 }

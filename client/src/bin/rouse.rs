@@ -272,6 +272,38 @@ struct ContainerOut {
     revision: u64,
     created_at_ms: u64,
     updated_at_ms: u64,
+    generation: u64,
+    resolved_image: String,
+    instances: Vec<InstanceOut>,
+}
+
+#[derive(Serialize)]
+struct InstanceOut {
+    id: String,
+    node: u64,
+    generation: u64,
+    state: String,
+    message: String,
+    exit_code: Option<i32>,
+    oom_killed: bool,
+    restarts: u32,
+    port: u32,
+}
+
+impl From<pb::Instance> for InstanceOut {
+    fn from(i: pb::Instance) -> Self {
+        InstanceOut {
+            id: i.id,
+            node: i.node,
+            generation: i.generation,
+            state: i.state,
+            message: i.message,
+            exit_code: i.exit_code,
+            oom_killed: i.oom_killed,
+            restarts: i.restarts,
+            port: i.port,
+        }
+    }
 }
 
 impl From<pb::Container> for ContainerOut {
@@ -303,8 +335,29 @@ impl From<pb::Container> for ContainerOut {
             revision: c.revision,
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
+            generation: c.generation,
+            resolved_image: c.resolved_image,
+            instances: c.instances.into_iter().map(Into::into).collect(),
         }
     }
+}
+
+fn instance_rows(is: &[InstanceOut]) -> String {
+    table(
+        &["INSTANCE", "NODE", "STATE", "PORT", "RESTARTS", "MESSAGE"],
+        is.iter()
+            .map(|i| {
+                vec![
+                    i.id.clone(),
+                    i.node.to_string(),
+                    i.state.clone(),
+                    i.port.to_string(),
+                    i.restarts.to_string(),
+                    i.message.clone(),
+                ]
+            })
+            .collect(),
+    )
 }
 
 #[derive(Serialize)]
@@ -480,7 +533,14 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
     let show = |ct: pb::Container| {
         let out = ContainerOut::from(ct);
         emit(fmt, &out, || {
-            format!("{}\nenv: {}", container_rows(std::slice::from_ref(&out)), env_text(&out.env))
+            let mut text = format!("{}\nenv: {}", container_rows(std::slice::from_ref(&out)), env_text(&out.env));
+            if !out.resolved_image.is_empty() {
+                text.push_str(&format!("\nimage: {}", out.resolved_image));
+            }
+            if !out.instances.is_empty() {
+                text.push_str(&format!("\n\n{}", instance_rows(&out.instances)));
+            }
+            text
         })
     };
     match cmd {

@@ -3,7 +3,7 @@
 use rouse_proto::v1 as pb;
 
 use crate::cluster::MemberView;
-use crate::state::{Container, Namespace, Privacy, Protocol};
+use crate::state::{Container, Namespace, Privacy, Protocol, StateData};
 
 impl From<&Namespace> for pb::Namespace {
     fn from(n: &Namespace) -> Self {
@@ -51,10 +51,37 @@ pub fn protocol_from_pb(v: i32) -> Result<Option<Protocol>, String> {
     }
 }
 
+/// A container with its instances as the state holds them.
+pub fn container_with_instances(c: &Container, state: &StateData) -> pb::Container {
+    let mut out = pb::Container::from(c);
+    out.instances = state
+        .instances_of(&c.namespace, &c.name)
+        .map(|i| {
+            let st = state.statuses.get(&i.id).cloned().unwrap_or_default();
+            pb::Instance {
+                id: i.id.clone(),
+                node: i.node,
+                generation: i.generation,
+                state: st.state.as_str().into(),
+                message: st.message,
+                exit_code: st.exit_code,
+                oom_killed: st.oom_killed,
+                restarts: st.restarts,
+                port: st.port,
+                updated_at_ms: st.updated_at_ms,
+            }
+        })
+        .collect();
+    out
+}
+
 impl From<&Container> for pb::Container {
     fn from(c: &Container) -> Self {
         let s = &c.spec;
         pb::Container {
+            generation: c.generation,
+            resolved_image: c.resolved_image.clone().unwrap_or_default(),
+            instances: vec![],
             namespace: c.namespace.clone(),
             name: c.name.clone(),
             image: s.image.clone(),

@@ -265,7 +265,7 @@ impl Api {
         let sm = self.cluster.sm.read();
         sm.data
             .container(ns, name)
-            .map(pb::Container::from)
+            .map(|c| convert::container_with_instances(c, &sm.data))
             .ok_or_else(|| ApiError::NotFound(format!("container \"{ns}/{name}\" not found")))
     }
 }
@@ -303,7 +303,7 @@ impl ContainerService for Api {
                 .containers
                 .values()
                 .filter(|c| r.namespace.is_empty() || c.namespace == r.namespace)
-                .map(pb::Container::from)
+                .map(|c| convert::container_with_instances(c, &sm.data))
                 .collect();
             Ok(pb::ListContainersResponse { containers })
         };

@@ -378,22 +378,24 @@ impl Agent {
                 .filter(|i| i.node == self.cluster.id)
                 .filter_map(|i| sm.data.container(&i.namespace, &i.container))
                 .filter_map(|c| c.resolved_image.clone())
+                .flat_map(|r| [r.split('@').next().unwrap_or_default().to_string(), r])
                 .collect()
         };
         let now = Instant::now();
-        let mut used = self.image_use.lock().unwrap_or_else(|p| p.into_inner());
         let mut doomed = Vec::new();
-        for img in images {
-            if in_use.contains(&img.name) {
-                used.insert(img.name.clone(), now);
-                continue;
-            }
-            let last = *used.entry(img.name.clone()).or_insert(now);
-            if now.duration_since(last) >= self.config.image_gc_after {
-                doomed.push(img.name);
+        {
+            let mut used = self.image_use.lock().unwrap_or_else(|p| p.into_inner());
+            for img in images {
+                if in_use.contains(&img.name) {
+                    used.insert(img.name.clone(), now);
+                    continue;
+                }
+                let last = *used.entry(img.name.clone()).or_insert(now);
+                if now.duration_since(last) >= self.config.image_gc_after {
+                    doomed.push(img.name);
+                }
             }
         }
-        drop(used);
         for name in doomed {
             tracing::info!(image = %name, "deleting unused image");
             if self.images.delete(&name).await.is_ok() {

@@ -42,7 +42,7 @@ impl Ctr {
         let req = CreateNamespaceRequest {
             namespace: Some(Namespace { name: namespace.to_string(), labels: Default::default() }),
         };
-        match NamespacesClient::new(ctr.channel.clone()).create(req).await {
+        match NamespacesClient::new(ctr.channel.clone()).create(ctr.req(req, None)).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::AlreadyExists => {}
             Err(s) => return Err(RuntimeError::containerd("create namespace", s)),

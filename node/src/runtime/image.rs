@@ -127,6 +127,9 @@ impl Images {
         credentials: HashMap<String, RegistryCredentials>,
         tmp: PathBuf,
     ) -> Self {
+        // TLS to registries uses rustls with the ring provider; a provider
+        // installed earlier by the process is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = ClientConfig { protocol: ClientProtocol::HttpsExcept(insecure.to_vec()), ..Default::default() };
         Images {
             ctr,
@@ -274,6 +277,13 @@ impl Images {
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
         let refname = format!("rouse-{}-{}", digest.replace(':', "-"), rand::random::<u32>());
+        let send = |r: WriteContentRequest| {
+            let tx = tx.clone();
+            async move { tx.send(r).await.map_err(|_| image_err(digest, "content writer closed")) }
+        };
+        // containerd answers (and sends headers) only after the first
+        // message, so queue it before opening the stream.
+        send(WriteContentRequest { action: WriteAction::Stat.into(), r#ref: refname.clone(), ..Default::default() }).await?;
         let mut responses = self
             .ctr
             .content()
@@ -281,11 +291,6 @@ impl Images {
             .await
             .map_err(|s| RuntimeError::containerd("write content", s))?
             .into_inner();
-        let send = |r: WriteContentRequest| {
-            let tx = tx.clone();
-            async move { tx.send(r).await.map_err(|_| image_err(digest, "content writer closed")) }
-        };
-        send(WriteContentRequest { action: WriteAction::Stat.into(), r#ref: refname.clone(), ..Default::default() }).await?;
         next_msg(&mut responses, digest).await?;
         let mut hasher = Sha256::new();
         let mut offset: i64 = 0;
