@@ -18,6 +18,8 @@ have etcdctl || need+=(etcd-client)
 have iptables || need+=(iptables)
 have ip || need+=(iproute2)
 have bc || need+=(bc)
+have curl || need+=(curl)
+have tar || need+=(tar)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

@@ -40,7 +40,9 @@ TOML
     cat > "$BASE/registry/config.yml" <<YML
 version: 0.1
 log:
-  level: warn
+  level: info
+  accesslog:
+    disabled: false
 storage:
   filesystem:
     rootdirectory: $BASE/registry/data

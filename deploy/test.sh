@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/install-deps.sh
+# A private containerd and registry for the runtime tests, stopped on exit
+# (instances the tests left are removed by the tests themselves).
+eval "$(bash deploy/test-env.sh start)"
+trap 'bash deploy/test-env.sh stop' EXIT
 export CARGO_TERM_COLOR=never
 # End-to-end tests run the binaries from the same target dir.
 cargo build --bins

@@ -84,6 +84,54 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, Node>,
     bin: PathBuf,
     common: Vec<String>,
+    /// containerd namespace of this cluster's instances, when it has a runtime.
+    pub ctr_namespace: Option<String>,
+}
+
+/// The private containerd socket and registry that `deploy/test-env.sh`
+/// starts for the tests.
+pub fn runtime_env() -> (String, String) {
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD").unwrap_or_default();
+    let reg = std::env::var("ROUSE_TEST_REGISTRY").unwrap_or_default();
+    assert!(
+        !sock.is_empty() && !reg.is_empty(),
+        "ROUSE_TEST_CONTAINERD and ROUSE_TEST_REGISTRY are unset: run the tests with deploy/test.sh, \
+         which starts a private containerd and registry"
+    );
+    (sock, reg)
+}
+
+static PORT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Builds the busybox test image and pushes it as `repo:tag` to the test
+/// registry; returns the reference.
+pub fn push_test_image(repo: &str, tag: &str) -> String {
+    let (_, reg) = runtime_env();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let st = Command::new("bash").arg(script).args(["push", &reg, &format!("{repo}:{tag}")]).status().expect("build image");
+    assert!(st.success(), "building the test image failed");
+    format!("{reg}/{repo}:{tag}")
+}
+
+/// Writes the busybox test image as an OCI-layout tarball named `name`.
+pub fn tar_test_image(path: &Path, name: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let st = Command::new("bash").arg(script).args(["tar", &path.display().to_string(), name]).status().expect("build image");
+    assert!(st.success(), "building the test image tarball failed");
+}
+
+/// Runs `ctr` against the test containerd in `namespace`; returns stdout.
+pub fn ctr(namespace: &str, args: &[&str]) -> String {
+    let (sock, _) = runtime_env();
+    let out = Command::new("ctr").args(["--address", &sock, "-n", namespace]).args(args).output().expect("run ctr");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The registry's access-log lines that mention `needle`.
+pub fn registry_log_count(needle: &str) -> usize {
+    let base = std::env::var("ROUSE_TEST_BASE").unwrap_or_else(|_| "/tmp/rouse-test-env".into());
+    let log = std::fs::read_to_string(format!("{base}/registry/log")).unwrap_or_default();
+    log.lines().filter(|l| l.contains("\"GET ") && l.contains(needle)).count()
 }
 
 impl TestCluster {
@@ -94,7 +142,50 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             bin: bin_dir(),
             common: common.iter().map(|s| s.to_string()).collect(),
+            ctr_namespace: None,
         }
+    }
+
+    /// Like [`Self::start`], with every node on the test containerd (in a
+    /// containerd namespace of this cluster's own) and the test registry.
+    pub async fn start_with_runtime(n: u64, common: &[&str]) -> Self {
+        let (sock, reg) = runtime_env();
+        let ns = format!("rouse-test-{:08x}", std::process::id() ^ u32::from(free_port()) << 8);
+        let block = PORT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40;
+        let lo = 21000 + block * 200;
+        let ports = format!("{lo}-{}", lo + 199);
+        let mut flags: Vec<String> = vec![
+            "--containerd".into(), sock, "--containerd-namespace".into(), ns.clone(),
+            "--insecure-registry".into(), reg, "--instance-ports".into(), ports,
+            "--stop-grace".into(), "2s".into(),
+        ];
+        flags.extend(common.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut c = TestCluster::new(&refs);
+        c.ctr_namespace = Some(ns);
+        c.add_node(1, None, &["--zone", "z1"]);
+        for id in 2..=n {
+            c.add_node(id, Some(1), &["--zone", &format!("z{id}")]);
+        }
+        c.wait_voters(n as usize).await;
+        c
+    }
+
+    /// `ctr` in this cluster's containerd namespace.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        ctr(self.ctr_namespace.as_deref().expect("a cluster with a runtime"), args)
+    }
+
+    /// Ids of tasks in this cluster's containerd namespace, with pid and status.
+    pub fn tasks(&self) -> Vec<(String, u32, String)> {
+        self.ctr(&["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next()?.parse().ok()?, f.next()?.to_string()))
+            })
+            .collect()
     }
 
     /// Starts `n` nodes: node 1 bootstraps, the others join through it,
@@ -231,6 +322,19 @@ impl Drop for TestCluster {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);
+        }
+        // Instances outlive their node process: remove what the test left.
+        if let Some(ns) = self.ctr_namespace.clone() {
+            for (id, _, _) in self.tasks() {
+                ctr(&ns, &["tasks", "kill", "-s", "SIGKILL", &id]);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            for (id, _, _) in self.tasks() {
+                ctr(&ns, &["tasks", "rm", "-f", &id]);
+            }
+            for line in ctr(&ns, &["containers", "ls", "-q"]).lines() {
+                ctr(&ns, &["containers", "rm", line.trim()]);
+            }
         }
         if std::thread::panicking() {
             // Keep the logs of a failed test for whoever reads the output.

@@ -1,0 +1,187 @@
+//! End-to-end on a real containerd and a real registry (both private,
+//! started by deploy/test-env.sh): instances run with the limits and env
+//! asked for, restart when killed, disappear when deleted, share one pull,
+//! report bad images clearly, and survive a rouse-node restart.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use rouse_client::{pb, Client};
+use rouse_e2e::{eventually, push_test_image, registry_log_count, TestCluster};
+
+fn deploy(ns: &str, name: &str, image: &str, min: u32) -> pb::DeployContainerRequest {
+    pb::DeployContainerRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        image: Some(image.into()),
+        min_scale: Some(min),
+        ..Default::default()
+    }
+}
+
+/// Waits until `ns/name` has `n` ready instances; returns them.
+async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> {
+    eventually(&format!("{n} ready instance(s) of {ns}/{name}"), || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container(ns, name, true).await.map_err(|e| e.to_string())?;
+            let r: Vec<pb::Instance> = ct.instances.iter().filter(|i| i.state == "ready").cloned().collect();
+            if r.len() == n { Ok(r) } else { Err(format!("{:?}", ct.instances)) }
+        }
+    })
+    .await
+}
+
+fn http_get(port: u32, path: &str) -> String {
+    let out = std::process::Command::new("curl").args(["-fsS", "--max-time", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cgroup(controller: &str, id: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/rouse/{id}/{file}")).unwrap_or_default().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_runs_with_limits_env_restarts_and_is_removed() {
+    let image = push_test_image("rouse-test/limits", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("shop", HashMap::from([("NS_VAR".into(), "from-namespace".into())])).await.unwrap();
+    let mut req = deploy("shop", "web", &image, 1);
+    req.cpu_mvcpu = Some(250);
+    req.memory_mb = Some(128);
+    req.env = HashMap::from([("CT_VAR".into(), "from-container".into())]);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "shop", "web", 1).await.remove(0);
+
+    // cgroup files show the limits asked for.
+    assert_eq!(cgroup("cpu", &inst.id, "cpu.cfs_quota_us"), "25000");
+    assert_eq!(cgroup("cpu", &inst.id, "cpu.cfs_period_us"), "100000");
+    assert_eq!(cgroup("memory", &inst.id, "memory.limit_in_bytes"), (128u64 * 1024 * 1024).to_string());
+    // The environment: image < namespace < container, plus PORT.
+    let env = http_get(inst.port, "/cgi-bin/env");
+    for want in ["NS_VAR=from-namespace", "CT_VAR=from-container", &format!("PORT={}", inst.port), "GREETING_FROM_IMAGE=image"] {
+        assert!(env.lines().any(|l| l == want), "{want} missing from:\n{env}");
+    }
+    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+
+    // Kill the container's process: it is restarted.
+    let (_, pid, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let again = eventually("restarted after kill", || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container("shop", "web", true).await.map_err(|e| e.to_string())?;
+            let i = ct.instances.first().cloned().ok_or("no instance")?;
+            if i.restarts >= 1 && i.state == "ready" { Ok(i) } else { Err(format!("{i:?}")) }
+        }
+    })
+    .await;
+    let (_, new_pid, status) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    assert_ne!(new_pid, pid);
+    assert_eq!(status, "RUNNING");
+    assert_eq!(again.exit_code, Some(137), "{again:?}");
+    assert_eq!(http_get(again.port, "/").trim(), "hello from rouse");
+
+    // Delete: task, container and snapshot are gone.
+    c.delete_container("shop", "web").await.unwrap();
+    eventually("instance removed from containerd", || async {
+        let tasks = cluster.ctr(&["tasks", "ls", "-q"]);
+        let containers = cluster.ctr(&["containers", "ls", "-q"]);
+        let snaps = cluster.ctr(&["snapshots", "ls"]);
+        if tasks.contains(&inst.id) || containers.contains(&inst.id) || snaps.contains(&inst.id) {
+            Err(format!("tasks {tasks:?} containers {containers:?} snapshots {snaps:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(cgroup("memory", &inst.id, "memory.limit_in_bytes").is_empty(), "cgroup left behind");
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_one_image_pull_it_once() {
+    let image = push_test_image("rouse-test/once", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    let mut req = deploy("n", "twice", &image, 2);
+    req.cpu_mvcpu = Some(100);
+    req.memory_mb = Some(64);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "n", "twice", 2).await;
+    assert_ne!(inst[0].port, inst[1].port);
+    // Every layer blob of the image was fetched from the registry once.
+    let ct = c.get_container("n", "twice", true).await.unwrap();
+    let manifest = std::process::Command::new("curl")
+        .args(["-fsS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("http://{}/v2/rouse-test/once/manifests/1", rouse_e2e::runtime_env().1))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        let digest = l["digest"].as_str().unwrap();
+        assert_eq!(registry_log_count(&format!("/v2/rouse-test/once/blobs/{digest}")), 1, "layer {digest} fetched more than once");
+    }
+    assert!(ct.resolved_image.contains("@sha256:"), "tag pinned to a digest: {}", ct.resolved_image);
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_image_and_unreachable_registry_give_a_clear_status() {
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    let (_, reg) = rouse_e2e::runtime_env();
+    c.deploy_container(deploy("n", "missing", &format!("{reg}/rouse-test/no-such-image:1"), 1)).await.unwrap();
+    c.deploy_container(deploy("n", "unreachable", "127.0.0.1:1/rouse-test/x:1", 1)).await.unwrap();
+    for (name, want) in [("missing", "resolving the tag"), ("unreachable", "resolving the tag")] {
+        let i = eventually(&format!("{name} reports failure"), || {
+            let mut c = c.clone();
+            async move {
+                let ct = c.get_container("n", name, true).await.map_err(|e| e.to_string())?;
+                let i = ct.instances.first().cloned().ok_or("no instance")?;
+                if i.state == "failed" { Ok(i) } else { Err(format!("{i:?}")) }
+            }
+        })
+        .await;
+        assert!(i.message.contains(want), "{name}: {}", i.message);
+        println!("{name}: {}", i.message);
+    }
+    // The node is still serving and the failed instances ran nothing.
+    assert!(c.node_info().await.is_ok());
+    assert!(cluster.tasks().is_empty());
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restart_adopts_running_instances() {
+    let image = push_test_image("rouse-test/adopt", "1");
+    let mut cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    c.deploy_container(deploy("n", "keep", &image, 1)).await.unwrap();
+    let inst = ready(&c, "n", "keep", 1).await.remove(0);
+    let (_, pid, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+
+    cluster.kill(1);
+    // The instance keeps serving while rouse-node is down.
+    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+    cluster.restart(1);
+    let c = cluster.client(1).await;
+    eventually("adopted", || async {
+        if cluster.nodes[&1].log_text().contains("adopted running instance") { Ok(()) } else { Err("not yet") }
+    })
+    .await;
+    let after = ready(&c, "n", "keep", 1).await.remove(0);
+    assert_eq!(after.id, inst.id);
+    assert_eq!(after.port, inst.port);
+    assert_eq!(after.restarts, 0);
+    let (_, pid_after, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    assert_eq!(pid_after, pid, "the task was restarted instead of adopted");
+    cluster.assert_no_panics();
+}
