@@ -19,6 +19,7 @@ use std::time::Duration;
 pub use rouse_proto::v1 as pb;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::container_service_client::ContainerServiceClient;
+use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -66,6 +67,7 @@ pub struct Client {
     cluster: ClusterServiceClient<Svc>,
     namespaces: NamespaceServiceClient<Svc>,
     containers: ContainerServiceClient<Svc>,
+    images: ImageServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -106,7 +108,9 @@ impl Client {
         Ok(Client {
             cluster: ClusterServiceClient::with_interceptor(channel.clone(), auth.clone()),
             namespaces: NamespaceServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            containers: ContainerServiceClient::with_interceptor(channel, auth),
+            containers: ContainerServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            images: ImageServiceClient::with_interceptor(channel, auth)
+                .max_encoding_message_size(4 * 1024 * 1024),
         })
     }
 
@@ -163,6 +167,43 @@ impl Client {
     pub async fn list_containers(&mut self, namespace: &str, stale: bool) -> Result<Vec<pb::Container>, Error> {
         let req = pb::ListContainersRequest { namespace: namespace.into(), read: read(stale) };
         Ok(self.containers.list(req).await?.into_inner().containers)
+    }
+
+    /// Streams the logs of a container's instances.
+    pub async fn logs(&mut self, req: pb::LogsRequest) -> Result<tonic::Streaming<pb::LogChunk>, Error> {
+        Ok(self.containers.logs(req).await?.into_inner())
+    }
+
+    /// Imports an OCI-layout tarball on every node of the cluster.
+    pub async fn import_image(&mut self, path: &std::path::Path, name: Option<&str>) -> Result<pb::ImportImageResponse, Error> {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(path).await.map_err(|e| Error::Endpoint {
+            endpoint: path.display().to_string(),
+            message: format!("file: {e}"),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportImageChunk>(4);
+        let name = name.unwrap_or_default().to_string();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut first = true;
+            while let Ok(n) = f.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let chunk = pb::ImportImageChunk {
+                    data: buf[..n].to_vec(),
+                    name: if first { name.clone() } else { String::new() },
+                    local_only: false,
+                };
+                first = false;
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = self.images.import(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        reader.abort();
+        Ok(r?.into_inner())
     }
 
     pub async fn delete_container(&mut self, namespace: &str, name: &str) -> Result<(), Error> {

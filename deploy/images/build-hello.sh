@@ -41,7 +41,7 @@ echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 umoci repack --image "$work/oci:img" "$work/bundle" >/dev/null
 umoci config --image "$work/oci:img" \
   --config.entrypoint /bin/sh --config.entrypoint -c \
-  --config.cmd 'exec httpd -f -p "${PORT:-8080}" -h /www' \
+  --config.cmd 'echo "rouse hello listening on ${PORT:-8080}"; exec httpd -f -v -p "${PORT:-8080}" -h /www' \
   --config.workingdir /www --config.env GREETING_FROM_IMAGE=image \
   --config.exposedports 8080/tcp --architecture amd64 --os linux >/dev/null
 umoci gc --layout "$work/oci" >/dev/null

@@ -185,3 +185,46 @@ async fn node_restart_adopts_running_instances() {
     assert_eq!(pid_after, pid, "the task was restarted instead of adopted");
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_import_works_offline_and_logs_come_from_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("hello.tar");
+    // A registry host that does not exist: only the import can provide it.
+    let name = "offline.invalid/rouse-test/hello:1";
+    rouse_e2e::tar_test_image(&tar, name);
+    let cluster = TestCluster::start_with_runtime(2, &[]).await;
+    let (code, out, err) = cluster.cli(1, &["image", "import", tar.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["images"][0], name);
+    assert_eq!(v["nodes"].as_array().unwrap().iter().filter(|n| n["ok"] == true).count(), 2, "{v}");
+
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    let mut req = deploy("n", "offline", name, 2);
+    req.cpu_mvcpu = Some(100);
+    req.memory_mb = Some(64);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "n", "offline", 2).await;
+    let mut nodes: Vec<u64> = inst.iter().map(|i| i.node).collect();
+    nodes.sort();
+    assert_eq!(nodes, [1, 2], "one instance per node");
+
+    // Logs of the instance on node 2, asked of node 1.
+    let remote = inst.iter().find(|i| i.node == 2).unwrap();
+    let _ = http_get(remote.port, "/cgi-bin/env");
+    let want = format!("rouse hello listening on {}", remote.port);
+    eventually("logs relayed from node 2", || async {
+        let (code, out, err) = cluster.cli(1, &["container", "logs", "n/offline", "--instance", &remote.id]);
+        if code == 0 && out.contains(&want) { Ok(()) } else { Err(format!("{code} {out} {err}")) }
+    })
+    .await;
+    // Without --instance, every instance's lines, prefixed.
+    let (code, out, _) = cluster.cli(2, &["container", "logs", "n/offline"]);
+    assert_eq!(code, 0);
+    for i in &inst {
+        assert!(out.contains(&format!("[{}] rouse hello listening on {}", i.id, i.port)), "{out}");
+    }
+    cluster.assert_no_panics();
+}

@@ -44,6 +44,20 @@ enum Cmd {
     /// Containers: an image plus its serving configuration.
     #[command(subcommand, alias = "ct")]
     Container(ContainerCmd),
+    /// Images on the cluster's nodes.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Load an OCI-layout tarball on every node (no registry needed).
+    Import {
+        file: std::path::PathBuf,
+        /// Name for an image whose tarball carries none.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +130,20 @@ enum ContainerCmd {
         namespace: Option<String>,
         #[command(flatten)]
         read: ReadFlags,
+    },
+    /// stdout and stderr of the container's instances.
+    Logs {
+        /// NAMESPACE/NAME
+        target: String,
+        /// Only this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Keep streaming.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start this many bytes before the end.
+        #[arg(long, default_value_t = 0)]
+        tail: u64,
     },
 }
 
@@ -495,6 +523,23 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+        Cmd::Image(ImageCmd::Import { file, name }) => {
+            let r = c.import_image(&file, name.as_deref()).await?;
+            let failed: Vec<String> =
+                r.nodes.iter().filter(|n| !n.ok).map(|n| format!("node {}: {}", n.node, n.error)).collect();
+            let out = serde_json::json!({
+                "images": r.images,
+                "nodes": r.nodes.iter().map(|n| serde_json::json!({"node": n.node, "ok": n.ok, "error": n.error})).collect::<Vec<_>>(),
+            });
+            emit(fmt, &out, || {
+                let mut t = format!("imported {} on {} node(s)", r.images.join(", "), r.nodes.iter().filter(|n| n.ok).count());
+                for f in &failed {
+                    t.push_str(&format!("\nnot imported on {f}"));
+                }
+                t
+            })?;
+            if failed.is_empty() { Ok(()) } else { Err(Fail(format!("data: import failed on {}", failed.join("; ")))) }
+        }
     }
 }
 
@@ -588,6 +633,32 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             let (ns, name) = target(&t)?;
             c.delete_container(&ns, &name).await?;
             emit(fmt, &serde_json::json!({ "deleted": t }), || format!("container {t} deleted"))
+        }
+        ContainerCmd::Logs { target: t, instance, follow, tail } => {
+            use std::io::Write;
+            let (ns, name) = target(&t)?;
+            let prefix = instance.is_none();
+            let req = pb::LogsRequest {
+                namespace: ns,
+                name,
+                instance: instance.unwrap_or_default(),
+                follow,
+                tail_bytes: tail,
+                local_only: false,
+            };
+            let mut stream = c.logs(req).await?;
+            let mut stdout = std::io::stdout();
+            while let Some(chunk) = stream.message().await.map_err(rouse_client::Error::from)? {
+                if prefix {
+                    for line in String::from_utf8_lossy(&chunk.data).split_inclusive('\n') {
+                        let _ = write!(stdout, "[{}] {line}", chunk.instance);
+                    }
+                } else {
+                    let _ = stdout.write_all(&chunk.data);
+                }
+                let _ = stdout.flush();
+            }
+            Ok(())
         }
         ContainerCmd::List { namespace, read } => {
             let out: Vec<ContainerOut> = c

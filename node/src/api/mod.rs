@@ -9,6 +9,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod runtime;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -272,6 +273,12 @@ impl Api {
 
 #[tonic::async_trait]
 impl ContainerService for Api {
+    type LogsStream = runtime::LogStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> ApiResult<Self::LogsStream> {
+        Ok(Response::new(self.logs_stream(req.into_inner()).await?))
+    }
+
     async fn deploy(&self, req: Request<pb::DeployContainerRequest>) -> ApiResult<pb::Container> {
         Ok(Response::new(Api::deploy(self, req.into_inner()).await?))
     }

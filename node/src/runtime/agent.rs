@@ -75,6 +75,8 @@ pub struct Agent {
     image_use: Mutex<HashMap<String, Instant>>,
 }
 
+/// Largest log kept per instance (plus one rotated file of the same size).
+pub const LOG_CAP_BYTES: u64 = 8 * 1024 * 1024;
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const FAIL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -102,6 +104,7 @@ impl Agent {
                 last_gc = Instant::now();
                 self.collect_images().await;
             }
+            self.cap_logs();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -365,6 +368,26 @@ impl Agent {
         self.tasks.delete_task(&inst.id).await?;
         self.tasks.start(&inst.id).await?;
         Ok(())
+    }
+
+    /// Keeps each instance's log under [`LOG_CAP_BYTES`]: past it, the log
+    /// moves to `<id>.log.1` (replacing the older one) and starts afresh.
+    /// The shim appends (O_APPEND), so truncating under it is safe.
+    fn cap_logs(&self) {
+        let ids: Vec<String> = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for id in ids {
+            let path = self.tasks.log_path(&id);
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.len() <= LOG_CAP_BYTES {
+                continue;
+            }
+            let rotated = path.with_extension("log.1");
+            if std::fs::copy(&path, &rotated).is_ok() {
+                if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
+                    let _ = f.set_len(0);
+                }
+            }
+        }
     }
 
     /// Deletes images no instance here has wanted for `image_gc_after`.

@@ -160,8 +160,9 @@ impl Images {
     /// else asks the registry.
     pub async fn resolve(&self, reference: &str) -> Result<String, RuntimeError> {
         if let Some(img) = self.get_image(reference).await? {
+            // Keep the local name (tag included) so `ensure` finds the record.
             let digest = img.target.map(|t| t.digest).unwrap_or_default();
-            return Ok(format!("{}@{digest}", strip_tag_digest(reference)));
+            return Ok(format!("{reference}@{digest}"));
         }
         let r = Self::parse(reference)?;
         if let Some(d) = r.digest() {
