@@ -36,6 +36,14 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         clients: usize,
     },
+    /// Cold deploy to first 200 (pull + unpack + start) vs `ctr images
+    /// pull` + `ctr run` of an identical image, same containerd, same run.
+    /// Needs ROUSE_TEST_CONTAINERD and ROUSE_TEST_REGISTRY
+    /// (`eval "$(bash deploy/test-env.sh start)"`).
+    Runtime {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 fn free_port() -> u16 {
@@ -240,11 +248,133 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
     Ok(())
 }
 
+fn build_image(registry: &str, repo_tag: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let st = Command::new("bash").arg(script).args(["push", registry, repo_tag]).status().unwrap();
+    assert!(st.success(), "building {repo_tag}");
+}
+
+/// Polls http://127.0.0.1:port/ until it answers 200.
+async fn first_200(port: u16, deadline: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.is_ok() {
+                let mut buf = [0u8; 16];
+                if let Ok(n) = s.read(&mut buf).await {
+                    if buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200") {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        anyhow::ensure!(start.elapsed() < deadline, "no 200 on port {port} within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn runtime(rounds: usize) -> anyhow::Result<()> {
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD").map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
+    let reg = std::env::var("ROUSE_TEST_REGISTRY").map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
+    let run = rand_suffix();
+    eprintln!("building {} pairs of identical test images…", rounds);
+    for i in 0..rounds {
+        build_image(&reg, &format!("bench-{run}/rouse:{i}"));
+        build_image(&reg, &format!("bench-{run}/ctr:{i}"));
+    }
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ns = format!("bench-rouse-{run}");
+    let args: Vec<String> = [
+        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
+        "--http", &format!("127.0.0.1:{}", free_port()), "--containerd", &sock, "--containerd-namespace", &ns,
+        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    let ep = format!("http://{listen}");
+    let mut c = loop {
+        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+            if c.create_namespace("bench", Default::default()).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ctr_ns = format!("bench-ctr-{run}");
+    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", &sock, "-n", &ctr_ns]).args(args).output();
+    let (mut rouse_t, mut ctr_t) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // rouse: deploy → scheduled → pulled → unpacked → started → first 200.
+        let name = format!("r{i}");
+        let t = Instant::now();
+        c.deploy_container(rouse_client::pb::DeployContainerRequest {
+            namespace: "bench".into(),
+            name: name.clone(),
+            image: Some(format!("{reg}/bench-{run}/rouse:{i}")),
+            min_scale: Some(1),
+            cpu_mvcpu: Some(100),
+            memory_mb: Some(64),
+            ..Default::default()
+        })
+        .await?;
+        let port = loop {
+            let ct = c.get_container("bench", &name, true).await?;
+            if let Some(p) = ct.instances.iter().find(|i| i.port != 0 && (i.state == "starting" || i.state == "ready")).map(|i| i.port) {
+                break u16::try_from(p)?;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "rouse instance did not start: {:?}", ct.instances);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        first_200(port, Duration::from_secs(60)).await?;
+        rouse_t.push(t.elapsed().as_secs_f64() * 1000.0);
+        c.delete_container("bench", &name).await?;
+
+        // Baseline: ctr images pull + ctr run, same containerd.
+        let image = format!("{reg}/bench-{run}/ctr:{i}");
+        let port = free_port();
+        let t = Instant::now();
+        let out = ctr(&["images", "pull", "--plain-http", &image])?;
+        anyhow::ensure!(out.status.success(), "ctr pull: {}", String::from_utf8_lossy(&out.stderr));
+        let out = ctr(&["run", "-d", "--net-host", "--env", &format!("PORT={port}"), &image, &format!("c{i}")])?;
+        anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+        first_200(port, Duration::from_secs(60)).await?;
+        ctr_t.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("c{i}")]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = ctr(&["tasks", "rm", "-f", &format!("c{i}")]);
+        let _ = ctr(&["containers", "rm", &format!("c{i}")]);
+        eprintln!("round {i}: rouse {:.0} ms, ctr {:.0} ms", rouse_t[i], ctr_t[i]);
+    }
+    let (r, b) = (median(rouse_t), median(ctr_t));
+    println!("cold start from a registry to first HTTP 200, {rounds} rounds, medians");
+    println!("{:<44} {:>10}", "rouse (deploy → schedule → pull → unpack → start)", format!("{r:.0} ms"));
+    println!("{:<44} {:>10}", "ctr images pull + ctr run (baseline)", format!("{b:.0} ms"));
+    println!("ratio rouse/ctr: {:.2}", r / b);
+    drop(procs);
+    Ok(())
+}
+
+fn rand_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::ControlPlane { serial_writes, parallel_writes, clients } => {
             control_plane(serial_writes, parallel_writes, clients).await
         }
+        Cmd::Runtime { rounds } => runtime(rounds).await,
     }
 }

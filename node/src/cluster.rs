@@ -96,6 +96,24 @@ fn never_sent(status: &tonic::Status) -> bool {
 }
 
 impl Cluster {
+    /// Waits until the applied index moves past `*seen` (updating it), or
+    /// `max` passes. Loops that react to state changes use it.
+    pub async fn applied_change(&self, seen: &mut u64, max: Duration) {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let applied = rx.borrow().last_applied.map_or(0, |l| l.index);
+            if applied != *seen {
+                *seen = applied;
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
     /// This node's own record, as it registers itself.
     pub fn own_record(&self) -> NodeRecord {
         NodeRecord {

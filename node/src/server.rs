@@ -199,8 +199,10 @@ async fn join_until_done(cluster: &Cluster, target: &str) {
 /// On the leader, turns the state into placement plans, committed through
 /// Raft in one command per pass.
 async fn run_scheduler(cluster: Arc<Cluster>) {
+    let mut seen = 0;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Plan on every applied change, and at least twice a second.
+        cluster.applied_change(&mut seen, Duration::from_millis(500)).await;
         if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
             continue;
         }

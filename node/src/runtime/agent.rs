@@ -96,6 +96,7 @@ impl Agent {
     /// Runs reconcile passes until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let mut last_gc = Instant::now();
+        let mut seen = 0;
         loop {
             if let Err(e) = self.clone().reconcile().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
@@ -105,7 +106,8 @@ impl Agent {
                 self.collect_images().await;
             }
             self.cap_logs();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Reconcile on every applied change, and at least twice a second.
+            self.cluster.applied_change(&mut seen, Duration::from_millis(500)).await;
         }
     }
 
