@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs a local 3-node rouse cluster on loopback and deploys a demo
-# namespace and container spec. Ctrl-C stops the cluster; its data stays
-# in .rouse-local/ (delete it to start afresh).
+# Runs a local 3-node rouse cluster on loopback with its own containerd and
+# registry, and deploys a demo container. Ctrl-C stops the cluster (and the
+# demo's instances); its data stays in .rouse-local/ (delete it to start
+# afresh).
 #
 #   node 1: API 127.0.0.1:7071  mesh 127.0.0.1:8081  (bootstraps)
 #   node 2: API 127.0.0.1:7072  mesh 127.0.0.1:8082
@@ -17,16 +18,30 @@ cargo build --bins
 BIN="$ROOT/target/debug"
 mkdir -p "$STATE"
 
+# containerd and an OCI registry of the cluster's own.
+export ROUSE_TEST_BASE="$STATE/env" ROUSE_TEST_REGISTRY=127.0.0.1:5056
+eval "$(bash deploy/test-env.sh start)"
+SOCK=$ROUSE_TEST_CONTAINERD REG=$ROUSE_TEST_REGISTRY
+if ! curl -fsS "http://$REG/v2/rouse/hello/tags/list" 2>/dev/null | grep -q latest; then
+  echo "building the demo image" >&2
+  bash deploy/images/build-hello.sh push "$REG" rouse/hello:latest
+fi
+
 pids=()
 stop() {
   echo "stopping rouse nodes" >&2
+  "$BIN/rouse" --endpoint http://127.0.0.1:7071 container delete demo/hello >/dev/null 2>&1 || true
+  sleep 3
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  bash deploy/test-env.sh stop
 }
 trap stop EXIT INT TERM
 
 for id in 1 2 3; do
-  flags=(--id "$id" --data-dir "$STATE/node$id" --listen "127.0.0.1:707$id" --http "127.0.0.1:808$id" --zone "zone-$id")
+  flags=(--id "$id" --data-dir "$STATE/node$id" --listen "127.0.0.1:707$id" --http "127.0.0.1:808$id"
+         --zone "zone-$id" --containerd "$SOCK" --containerd-namespace rouse-local
+         --insecure-registry "$REG" --instance-ports "2${id}000-2${id}999")
   if [ ! -d "$STATE/node$id" ]; then
     if [ "$id" = 1 ]; then flags+=(--bootstrap); else flags+=(--join 127.0.0.1:7071); fi
   fi
@@ -37,15 +52,27 @@ done
 
 export ROUSE_ENDPOINT=http://127.0.0.1:7071
 for _ in $(seq 1 100); do
-  if "$BIN/rouse" cluster status -o json 2>/dev/null | grep -q '"healthy": true' \
-     && [ "$("$BIN/rouse" cluster status -o json | grep -c '"role": "voter"')" = 3 ]; then break; fi
+  if [ "$("$BIN/rouse" cluster status -o json 2>/dev/null | grep -c '"healthy": true')" = 3 ]; then break; fi
   sleep 0.2
 done
 "$BIN/rouse" cluster status
 "$BIN/rouse" namespace get demo >/dev/null 2>&1 || "$BIN/rouse" namespace create demo --env GREETING=hello >/dev/null
 "$BIN/rouse" --endpoint http://127.0.0.1:7072 container deploy demo/hello \
-  --image 127.0.0.1:5000/rouse/hello:latest --port 8080 --min-scale 1 --max-scale 3 >/dev/null
-"$BIN/rouse" --endpoint http://127.0.0.1:7073 container list
+  --image "$REG/rouse/hello:latest" --min-scale 1 --max-scale 3 --cpu 250 --memory 64 >/dev/null
+port=""
+for _ in $(seq 1 150); do
+  port=$("$BIN/rouse" container get demo/hello -o json | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+print(next((str(i["port"]) for i in c["instances"] if i["state"] == "ready"), ""))')
+  [ -n "$port" ] && break
+  sleep 0.2
+done
+"$BIN/rouse" --endpoint http://127.0.0.1:7073 container get demo/hello
+if [ -n "$port" ]; then
+  echo
+  echo "the demo answers: $(curl -fsS "http://127.0.0.1:$port/")   (curl http://127.0.0.1:$port/)"
+fi
 
 cat <<MSG
 
@@ -53,6 +80,7 @@ rouse is running (logs in $STATE/node*.log). Try:
   export ROUSE_ENDPOINT=http://127.0.0.1:7072
   $BIN/rouse cluster status
   $BIN/rouse container get demo/hello -o yaml
+  $BIN/rouse container logs demo/hello -f
 Press Ctrl-C to stop.
 MSG
 wait

@@ -87,6 +87,10 @@ pub struct Cluster {
     pub config: NodeConfig,
     /// The node agent, once containerd is reachable.
     pub agent: std::sync::OnceLock<Arc<crate::runtime::agent::Agent>>,
+    /// The routing mesh of this node.
+    pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
+    /// Load reports and scaling decisions (acts only on the leader).
+    pub autoscaler: Arc<crate::mesh::Autoscaler>,
 }
 
 /// Whether a forwarded call failed before it reached the leader.

@@ -23,6 +23,9 @@
 //! - [`cluster`]: writes with leader forwarding, linearizable reads, joins.
 //! - [`peer`]: the peer gRPC service.
 //! - [`api`]: the public gRPC services and the one error → status mapping.
+//! - [`runtime`]: instances on containerd (images, specs, tasks, agent).
+//! - [`scheduler`]: placement, a pure function of the state.
+//! - [`mesh`]: the HTTP routing mesh, activator and autoscaler.
 //! - [`server`]: binds everything and runs until shutdown.
 
 #![forbid(unsafe_code)]
@@ -31,6 +34,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod mesh;
 pub mod peer;
 pub mod raft;
 pub mod runtime;

@@ -39,6 +39,9 @@ async fn serve(config: rouse_node::config::NodeConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let http = tokio::net::TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("http: cannot bind {}", config.http))?;
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(s) => s,
@@ -52,5 +55,5 @@ async fn serve(config: rouse_node::config::NodeConfig) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    rouse_node::server::run(config, listener, shutdown).await
+    rouse_node::server::run(config, listener, http, shutdown).await
 }

@@ -110,6 +110,15 @@ impl RaftPeer for PeerService {
         Ok(Response::new(LeaveResponse {}))
     }
 
+    async fn report_load(
+        &self,
+        req: Request<rouse_proto::peer::LoadReport>,
+    ) -> Result<Response<rouse_proto::peer::LoadAck>, Status> {
+        let r = req.into_inner();
+        self.cluster.autoscaler.report(r.node, r.containers);
+        Ok(Response::new(rouse_proto::peer::LoadAck {}))
+    }
+
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse { id: self.cluster.id }))
     }

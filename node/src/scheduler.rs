@@ -52,7 +52,7 @@ pub fn plan(state: &StateData, now_ms: u64, mut suffix: impl FnMut() -> u32) -> 
     for c in state.containers.values() {
         let mine: Vec<&Instance> = state.instances_of(&c.namespace, &c.name).collect();
         let (cur, old): (Vec<&Instance>, Vec<&Instance>) = mine.into_iter().partition(|i| i.generation == c.generation);
-        let want = c.spec.min_scale as usize;
+        let want = c.target_scale() as usize;
         let key = format!("{}/{}", c.namespace, c.name);
         if cur.len() < want {
             let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();

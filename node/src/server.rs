@@ -28,7 +28,12 @@ use crate::state::Command;
 const API_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// Runs a node on an already-bound listener until `shutdown` resolves.
-pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
     let (log, sm) = crate::store::open(&config.data_dir)?;
@@ -60,6 +65,8 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         pool,
         config: config.clone(),
         agent: Default::default(),
+        mesh: Default::default(),
+        autoscaler: Default::default(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -106,11 +113,20 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let starter = tokio::spawn(start_membership(cluster.clone()));
     let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
     let agent = tokio::spawn(run_agent(cluster.clone()));
+    let mesh = crate::mesh::Mesh::new(cluster.clone());
+    let _ = cluster.mesh.set(mesh.clone());
+    let mesh_task = tokio::spawn(mesh.clone().serve(http_listener));
+    let loads = tokio::spawn(crate::mesh::report_load(cluster.clone(), mesh, cluster.autoscaler.clone()));
+    let autoscaler = tokio::spawn(cluster.autoscaler.clone().run(cluster.clone()));
+    tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
 
     shutdown.await;
     tracing::info!(node = config.id, "shutting down");
     starter.abort();
     scheduler.abort();
+    mesh_task.abort();
+    loads.abort();
+    autoscaler.abort();
     // Instances keep running under containerd; a restarted node adopts them.
     agent.abort();
     if let Err(e) = raft.shutdown().await {

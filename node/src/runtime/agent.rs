@@ -329,6 +329,10 @@ impl Agent {
             crash_backoff = (crash_backoff * 2).min(CRASH_BACKOFF_MAX);
         }
         tracing::info!(instance = %id, "stopping");
+        // No new requests reach it (it left the state); let in-flight ones finish.
+        if let Some(mesh) = self.cluster.mesh.get() {
+            mesh.drain(&id, Duration::from_secs(900)).await;
+        }
         if let Err(e) = self.tasks.remove(&id, self.config.stop_grace).await {
             tracing::warn!(instance = %id, error = %e, "removing instance");
         }

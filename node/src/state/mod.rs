@@ -109,6 +109,17 @@ pub struct Container {
     /// that every instance of a generation runs the same bits.
     #[serde(default)]
     pub resolved_image: Option<String>,
+    /// Instances the autoscaler (or the activator, on a cold start) wants;
+    /// the scheduler runs `clamp(max(min_scale, desired_scale), max_scale)`.
+    #[serde(default)]
+    pub desired_scale: u32,
+}
+
+impl Container {
+    /// How many instances the scheduler should run.
+    pub fn target_scale(&self) -> u32 {
+        self.desired_scale.max(self.spec.min_scale).min(self.spec.max_scale)
+    }
 }
 
 impl ContainerSpec {
@@ -240,6 +251,9 @@ pub enum Command {
     /// Pins the image a generation runs. Preconditions: the container is at
     /// that generation and has no pinned image yet.
     PinImage { namespace: String, name: String, generation: u64, image: String },
+    /// Sets a container's desired scale. Precondition: the container exists
+    /// and its desired scale differs.
+    Scale { namespace: String, name: String, replicas: u32 },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -390,6 +404,7 @@ impl StateData {
                 }
                 let created_at_ms = existing.map_or(at_ms, |c| c.created_at_ms);
                 let kept = existing.filter(|c| !c.spec.runtime_differs(spec)).map(|c| (c.generation, c.resolved_image.clone()));
+                let desired_scale = existing.map_or(0, |c| c.desired_scale);
                 let revision = self.bump();
                 let (generation, resolved_image) = kept.unwrap_or((revision, None));
                 touched.push(Key::Container(key.clone()));
@@ -404,6 +419,7 @@ impl StateData {
                         updated_at_ms: at_ms,
                         generation,
                         resolved_image,
+                        desired_scale,
                     },
                 );
             }
@@ -468,6 +484,16 @@ impl StateData {
                 self.bump();
                 self.statuses.insert(id.clone(), status.clone());
                 touched.push(Key::Instance(id.clone()));
+            }
+            Command::Scale { namespace, name, replicas } => {
+                let key = container_key(namespace, name);
+                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                if c.desired_scale == *replicas {
+                    return Err(Rejection::FailedPrecondition(format!("container {key:?} already wants {replicas}")));
+                }
+                c.desired_scale = *replicas;
+                self.bump();
+                touched.push(Key::Container(key));
             }
             Command::PinImage { namespace, name, generation, image } => {
                 let key = container_key(namespace, name);
