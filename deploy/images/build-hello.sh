@@ -31,9 +31,10 @@ CGI
 cat > "$root/www/cgi-bin/slow" <<'CGI'
 #!/bin/sh
 sleep "${QUERY_STRING:-1}"
+host=$(cat /proc/sys/kernel/hostname)
 echo "Content-Type: text/plain"
 echo
-echo "slept ${QUERY_STRING:-1}"
+echo "slept ${QUERY_STRING:-1} on $host"
 CGI
 chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"

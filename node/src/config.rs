@@ -94,6 +94,9 @@ pub struct Args {
     /// Delete images no instance here has used for this long (default 10m).
     #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
     pub image_gc_after: Option<String>,
+    /// Autoscaler stable window (default 60s); the panic window is a tenth.
+    #[arg(long, env = "ROUSE_AUTOSCALE_WINDOW")]
+    pub autoscale_window: Option<String>,
     /// TOML file of registry credentials: ["host:port"] username/password or token.
     #[arg(long, env = "ROUSE_REGISTRY_AUTH")]
     pub registry_auth: Option<PathBuf>,
@@ -126,6 +129,7 @@ pub struct FileConfig {
     pub stop_grace: Option<String>,
     pub image_gc_after: Option<String>,
     pub registry_auth: Option<PathBuf>,
+    pub autoscale_window: Option<String>,
 }
 
 /// Resolved, validated node settings.
@@ -154,6 +158,7 @@ pub struct NodeConfig {
     pub stop_grace: std::time::Duration,
     pub image_gc_after: std::time::Duration,
     pub registry_auth: Option<PathBuf>,
+    pub autoscale_window: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -249,7 +254,12 @@ impl NodeConfig {
             .ok_or_else(|| invalid("instance_ports", format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535")))?;
         let stop_grace = duration("stop_grace", args.stop_grace.or(file.stop_grace), "10s")?;
         let image_gc_after = duration("image_gc_after", args.image_gc_after.or(file.image_gc_after), "10m")?;
+        let autoscale_window = duration("autoscale_window", args.autoscale_window.or(file.autoscale_window), "60s")?;
+        if autoscale_window < std::time::Duration::from_secs(2) {
+            return Err(invalid("autoscale_window", "must be at least 2s"));
+        }
         Ok(NodeConfig {
+            autoscale_window,
             instance_ports,
             stop_grace,
             image_gc_after,

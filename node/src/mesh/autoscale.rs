@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 
 pub const STABLE_WINDOW_MS: u64 = 60_000;
-pub const PANIC_WINDOW_MS: u64 = 6_000;
 pub const TARGET_UTILISATION: f64 = 0.7;
 /// Enter panic mode when the panic window wants this many times the current scale.
 pub const PANIC_THRESHOLD: f64 = 2.0;
@@ -28,7 +27,7 @@ impl Window {
 
     pub fn record(&mut self, now_ms: u64, concurrency: f64) {
         self.samples.push_back((now_ms, concurrency));
-        while self.samples.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > STABLE_WINDOW_MS) {
+        while self.samples.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > 10 * STABLE_WINDOW_MS) {
             self.samples.pop_front();
         }
     }
@@ -46,6 +45,8 @@ impl Window {
 /// Inputs of one decision.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
+    /// Stable window; the panic window is a tenth of it.
+    pub window_ms: u64,
     pub min_scale: u32,
     pub max_scale: u32,
     pub max_concurrency: u32,
@@ -56,8 +57,8 @@ pub struct Params {
 /// Desired instances for a container.
 pub fn desired(w: &Window, p: Params, now_ms: u64) -> u32 {
     let per = f64::from(p.max_concurrency.max(1)) * TARGET_UTILISATION;
-    let stable = (w.average(now_ms, STABLE_WINDOW_MS) / per).ceil();
-    let panic = (w.average(now_ms, PANIC_WINDOW_MS) / per).ceil();
+    let stable = (w.average(now_ms, p.window_ms) / per).ceil();
+    let panic = (w.average(now_ms, p.window_ms / 10) / per).ceil();
     let mut want = if panic >= PANIC_THRESHOLD * f64::from(p.current.max(1)) {
         // Panic: scale up at once and do not scale down.
         panic.max(f64::from(p.current))
@@ -78,7 +79,7 @@ mod tests {
     use super::*;
 
     fn p(current: u32) -> Params {
-        Params { min_scale: 0, max_scale: 10, max_concurrency: 10, scale_to_zero_after_ms: 30_000, current }
+        Params { window_ms: STABLE_WINDOW_MS, min_scale: 0, max_scale: 10, max_concurrency: 10, scale_to_zero_after_ms: 30_000, current }
     }
 
     #[test]
@@ -95,10 +96,10 @@ mod tests {
     #[test]
     fn panics_on_a_burst() {
         let mut w = Window::default();
-        for t in 0..54 {
+        for t in 0..53 {
             w.record(t * 1000, 0.0);
         }
-        for t in 54..60 {
+        for t in 53..60 {
             w.record(t * 1000, 40.0);
         }
         w.last_request_ms = 59_000;

@@ -506,6 +506,7 @@ impl Autoscaler {
                 w.last_request_ms = w.last_request_ms.max(last);
                 let ready = cluster.sm.read().data.instances_of(&c.namespace, &c.name).count() as u32;
                 let p = autoscale::Params {
+                    window_ms: u64::try_from(cluster.config.autoscale_window.as_millis()).unwrap_or(u64::MAX),
                     min_scale: c.spec.min_scale,
                     max_scale: c.spec.max_scale,
                     max_concurrency: c.spec.max_concurrency,

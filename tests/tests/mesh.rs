@@ -1,0 +1,197 @@
+//! End-to-end: the routing mesh on real nodes and a real containerd —
+//! cold start from zero, scale to zero and wake, concurrency spread over
+//! instances, timeouts, cross-node serving, and no request dropped while a
+//! container scales 0 → N → 0.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rouse_client::{pb, Client};
+use rouse_e2e::{eventually, push_test_image, TestCluster};
+
+const DOMAIN: &str = "rouse.localhost";
+
+/// GET through a node's mesh; returns (status, body).
+fn get(mesh: &str, host: &str, path: &str, max_secs: u64) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", &max_secs.to_string(), "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Host: {host}")])
+        .arg(format!("http://{mesh}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+async fn running_tasks(cluster: &TestCluster) -> usize {
+    cluster.tasks().into_iter().filter(|t| t.2 == "RUNNING").count()
+}
+
+fn spec(ns: &str, name: &str, image: &str) -> pb::DeployContainerRequest {
+    pb::DeployContainerRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        image: Some(image.into()),
+        min_scale: Some(0),
+        cpu_mvcpu: Some(100),
+        memory_mb: Some(64),
+        ..Default::default()
+    }
+}
+
+async fn instances(c: &Client, ns: &str, name: &str) -> Vec<pb::Instance> {
+    c.clone().get_container(ns, name, true).await.unwrap().instances
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
+    let image = push_test_image("rouse-test/mesh", "1");
+    let cluster = TestCluster::start_with_runtime(1, &["--autoscale-window", "4s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("web", HashMap::new()).await.unwrap();
+    let mut req = spec("web", "hello", &image);
+    req.scale_to_zero_after_seconds = Some(10);
+    req.timeout_seconds = Some(10);
+    c.deploy_container(req).await.unwrap();
+    let mesh = cluster.nodes[&1].http.clone();
+    let host = format!("hello.web.{DOMAIN}");
+    assert_eq!(running_tasks(&cluster).await, 0, "min-scale 0 starts nothing");
+
+    // Cold start: the first request is held until an instance is ready.
+    let t = Instant::now();
+    let (code, body) = get(&mesh, &host, "/", 30);
+    assert_eq!((code, body.trim()), (200, "hello from rouse"));
+    println!("cold start (image pulled on demand) answered in {:?}", t.elapsed());
+
+    // A request longer than the timeout gets 504.
+    let t = Instant::now();
+    let (code, body) = get(&mesh, &host, "/cgi-bin/slow?20", 30);
+    assert_eq!(code, 504, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(15), "504 after {:?}", t.elapsed());
+
+    // Unknown hosts get a short 404.
+    let (code, body) = get(&mesh, &format!("nope.web.{DOMAIN}"), "/", 5);
+    assert_eq!(code, 404);
+    assert!(body.contains("no container"), "{body}");
+    let (code, _) = get(&mesh, "example.com", "/", 5);
+    assert_eq!(code, 404);
+
+    // After scale-to-zero-after with no traffic: no running task.
+    let t = Instant::now();
+    eventually("scaled to zero", || async {
+        let n = running_tasks(&cluster).await;
+        if n == 0 { Ok(()) } else { Err(format!("{n} tasks running")) }
+    })
+    .await;
+    println!("scaled to zero {:?} after the last request", t.elapsed() + Duration::from_secs(10));
+    assert!(instances(&c, "web", "hello").await.is_empty());
+
+    // The next request wakes it.
+    let t = Instant::now();
+    let (code, body) = get(&mesh, &host, "/", 30);
+    assert_eq!((code, body.trim()), (200, "hello from rouse"));
+    println!("wake from zero (image cached) answered in {:?}", t.elapsed());
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
+    let image = push_test_image("rouse-test/burst", "1");
+    let cluster = TestCluster::start_with_runtime(2, &["--autoscale-window", "4s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("web", HashMap::new()).await.unwrap();
+    let mut req = spec("web", "slow", &image);
+    req.max_concurrency = Some(1);
+    req.max_scale = Some(4);
+    req.min_scale = Some(1);
+    c.deploy_container(req).await.unwrap();
+    eventually("one ready instance", || async {
+        let i = instances(&c, "web", "slow").await;
+        if i.iter().any(|i| i.state == "ready") { Ok(i) } else { Err(format!("{i:?}")) }
+    })
+    .await;
+    // Requests at the node without the instance are served by the other's.
+    let inst = instances(&c, "web", "slow").await;
+    let other = if inst[0].node == 1 { 2 } else { 1 };
+    let host = format!("slow.web.{DOMAIN}");
+    let (code, body) = get(&cluster.nodes[&other].http, &host, "/", 10);
+    assert_eq!((code, body.trim()), (200, "hello from rouse"), "cross-node");
+
+    // A burst of slow requests, one at a time per instance: all succeed,
+    // spread over several instances.
+    let meshes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let mut handles = Vec::new();
+    for i in 0..6 {
+        let mesh = meshes[i % meshes.len()].clone();
+        let host = host.clone();
+        handles.push(std::thread::spawn(move || get(&mesh, &host, "/cgi-bin/slow?3", 60)));
+    }
+    let mut served_by = HashSet::new();
+    for h in handles {
+        let (code, body) = h.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+        served_by.insert(body.trim().rsplit(' ').next().unwrap().to_string());
+    }
+    println!("6 concurrent slow requests served by {} instances: {served_by:?}", served_by.len());
+    assert!(served_by.len() >= 2, "served by {served_by:?}");
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
+    let image = push_test_image("rouse-test/nodrop", "1");
+    let cluster = TestCluster::start_with_runtime(2, &["--autoscale-window", "4s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("web", HashMap::new()).await.unwrap();
+    let mut req = spec("web", "steady", &image);
+    req.max_concurrency = Some(2);
+    req.max_scale = Some(4);
+    req.scale_to_zero_after_seconds = Some(10);
+    c.deploy_container(req).await.unwrap();
+    let host = format!("steady.web.{DOMAIN}");
+    let meshes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+
+    // Phases of (clients, seconds, path): cold start, burst, trickle.
+    let phases = [(1usize, 4u64, "/"), (8, 12, "/cgi-bin/slow?1"), (1, 8, "/")];
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut max_instances = 0;
+    for (clients, secs, path) in phases {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut handles = Vec::new();
+        for k in 0..clients {
+            let mesh = meshes[k % meshes.len()].clone();
+            let host = host.clone();
+            handles.push(std::thread::spawn(move || {
+                let mut codes = Vec::new();
+                while Instant::now() < until {
+                    codes.push(get(&mesh, &host, path, 60).0);
+                }
+                codes
+            }));
+        }
+        while handles.iter().any(|h| !h.is_finished()) {
+            max_instances = max_instances.max(instances(&c, "web", "steady").await.len());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for h in handles {
+            for code in h.join().unwrap() {
+                *counts.entry(code).or_default() += 1;
+            }
+        }
+    }
+    let total: usize = counts.values().sum();
+    println!("{total} requests while scaling 0 → {max_instances} → …: {counts:?}");
+    assert!(max_instances >= 2, "never scaled out: {max_instances}");
+    // Every answer is a 200 (a 503 would be a documented full queue).
+    assert!(counts.keys().all(|c| *c == 200 || *c == 503), "{counts:?}");
+    assert!(counts.get(&200).copied().unwrap_or(0) > 20);
+    // And back to zero once traffic stops.
+    eventually("back to zero", || async {
+        let n = instances(&c, "web", "steady").await.len();
+        if n == 0 { Ok(()) } else { Err(format!("{n} instances")) }
+    })
+    .await;
+    cluster.assert_no_panics();
+}
