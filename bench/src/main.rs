@@ -44,6 +44,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The mesh: cold start (image cached) through the mesh vs `ctr run`
+    /// to first 200; warm throughput and latency with wrk through the mesh
+    /// vs straight to the instance vs nginx proxy_pass to it.
+    Mesh {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn free_port() -> u16 {
@@ -365,6 +375,170 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+fn wrk(url: &str, host: Option<&str>, seconds: u64) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency"]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = Wrk { rps: 0.0, p50_ms: 0.0, p99_ms: 0.0, errors: 0 };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => w.p50_ms = parse_ms(v),
+            ["99%", v] => w.p99_ms = parse_ms(v),
+            ["Non-2xx", "or", "3xx", "responses:", v] => w.errors += v.parse::<u64>().unwrap_or(0),
+            _ if line.trim_start().starts_with("Socket errors:") => {
+                w.errors += line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(w.rps > 0.0, "wrk gave no result:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    Ok(w)
+}
+
+async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD").map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
+    let reg = std::env::var("ROUSE_TEST_REGISTRY").map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
+    let run = rand_suffix();
+    build_image(&reg, &format!("bench-{run}/mesh:1"));
+    let image = format!("{reg}/bench-{run}/mesh:1");
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
+        "--http", &http, "--containerd", &sock, "--containerd-namespace", &format!("bench-mesh-{run}"),
+        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    let ep = format!("http://{listen}");
+    let mut c = loop {
+        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+            if c.create_namespace("bench", Default::default()).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mesh_port: u16 = http.rsplit(':').next().unwrap_or("0").parse()?;
+    let deploy = |name: &str, min: u32| rouse_client::pb::DeployContainerRequest {
+        namespace: "bench".into(),
+        name: name.into(),
+        image: Some(image.clone()),
+        min_scale: Some(min),
+        max_scale: Some(1),
+        max_concurrency: Some(1000),
+        cpu_mvcpu: Some(1000),
+        memory_mb: Some(128),
+        ..Default::default()
+    };
+    // Warm the image cache once.
+    c.deploy_container(deploy("warmup", 1)).await?;
+    let port = loop {
+        let ct = c.get_container("bench", "warmup", true).await?;
+        if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
+            break u16::try_from(i.port)?;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Cold start through the mesh (stopped, image cached) vs ctr run.
+    let ctr_ns = format!("bench-mesh-ctr-{run}");
+    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", &sock, "-n", &ctr_ns]).args(args).output();
+    let out = ctr(&["images", "pull", "--plain-http", &image])?;
+    anyhow::ensure!(out.status.success(), "ctr pull failed");
+    let (mut cold, mut base) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let name = format!("cold{i}");
+        c.deploy_container(deploy(&name, 0)).await?;
+        let t = Instant::now();
+        let host = format!("{name}.bench.rouse.localhost");
+        loop {
+            let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "60", "-H", &format!("Host: {host}")])
+                .arg(format!("http://127.0.0.1:{mesh_port}/")).output()?;
+            if String::from_utf8_lossy(&out.stdout) == "200" {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no cold start");
+        }
+        cold.push(t.elapsed().as_secs_f64() * 1000.0);
+        c.delete_container("bench", &name).await?;
+        let p = free_port();
+        let t = Instant::now();
+        let out = ctr(&["run", "-d", "--net-host", "--env", &format!("PORT={p}"), &image, &format!("b{i}")])?;
+        anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+        first_200(p, Duration::from_secs(60)).await?;
+        base.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("b{i}")]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = ctr(&["tasks", "rm", "-f", &format!("b{i}")]);
+        let _ = ctr(&["containers", "rm", &format!("b{i}")]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (cm, bm) = (median(cold), median(base));
+
+    // Warm: wrk through the mesh, straight to the instance, via nginx.
+    let nginx_port = free_port();
+    let conf = tmp.path().join("nginx.conf");
+    std::fs::write(&conf, format!(
+        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; upstream u {{ server 127.0.0.1:{port}; }}\n\
+         server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; }} }} }}\n",
+        pid = tmp.path().join("nginx.pid").display(), err = tmp.path().join("nginx.err").display()))?;
+    procs.0.push(spawn(Path::new("nginx"), &["-c".into(), conf.display().to_string(), "-p".into(), tmp.path().display().to_string()], &tmp.path().join("nginx.log")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let direct = wrk(&format!("http://127.0.0.1:{port}/"), None, seconds)?;
+    let via_mesh = wrk(&format!("http://127.0.0.1:{mesh_port}/"), Some("warmup.bench.rouse.localhost"), seconds)?;
+    let via_nginx = wrk(&format!("http://127.0.0.1:{nginx_port}/"), None, seconds)?;
+
+    println!("cold start to first 200, image cached, {rounds} rounds, medians");
+    println!("  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms");
+    println!("  ctr run (baseline):                                          {bm:.0} ms");
+    println!("  ratio rouse/ctr: {:.2}", cm / bm);
+    println!("warm, wrk -t2 -c32 -d{seconds}s, busybox httpd instance");
+    println!("  {:<22} {:>10} {:>9} {:>9} {:>7}", "path", "req/s", "p50 ms", "p99 ms", "errors");
+    for (label, w) in [("direct to instance", &direct), ("through rouse mesh", &via_mesh), ("nginx proxy_pass", &via_nginx)] {
+        println!("  {:<22} {:>10.0} {:>9.2} {:>9.2} {:>7}", label, w.rps, w.p50_ms, w.p99_ms, w.errors);
+    }
+    println!("  mesh/direct throughput {:.2}, mesh/nginx throughput {:.2}, mesh/direct p99 {:.2}",
+        via_mesh.rps / direct.rps, via_mesh.rps / via_nginx.rps, via_mesh.p99_ms / direct.p99_ms);
+    c.delete_container("bench", "warmup").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(procs);
+    Ok(())
+}
+
 fn rand_suffix() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0))
 }
@@ -376,5 +550,6 @@ async fn main() -> anyhow::Result<()> {
             control_plane(serial_writes, parallel_writes, clients).await
         }
         Cmd::Runtime { rounds } => runtime(rounds).await,
+        Cmd::Mesh { rounds, seconds } => mesh(rounds, seconds).await,
     }
 }
