@@ -39,12 +39,26 @@ CGI
 chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
+# APP_BINARY=/path: ship that (dynamically linked) program and its
+# libraries as /app and run it instead of httpd.
+if [ -n "${APP_BINARY:-}" ]; then
+  cp "$APP_BINARY" "$root/app"
+  for lib in $(ldd "$APP_BINARY" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+fi
 umoci repack --image "$work/oci:img" "$work/bundle" >/dev/null
+if [ -n "${APP_BINARY:-}" ]; then
+  umoci config --image "$work/oci:img" --config.entrypoint /app \
+    --architecture amd64 --os linux >/dev/null
+else
 umoci config --image "$work/oci:img" \
   --config.entrypoint /bin/sh --config.entrypoint -c \
   --config.cmd 'echo "rouse hello listening on ${PORT:-8080}"; exec httpd -f -v -p "${PORT:-8080}" -h /www' \
   --config.workingdir /www --config.env GREETING_FROM_IMAGE=image \
   --config.exposedports 8080/tcp --architecture amd64 --os linux >/dev/null
+fi
 umoci gc --layout "$work/oci" >/dev/null
 
 case "$mode" in

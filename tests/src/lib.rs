@@ -113,6 +113,21 @@ pub fn push_test_image(repo: &str, tag: &str) -> String {
     format!("{reg}/{repo}:{tag}")
 }
 
+/// Builds an image that runs `binary` (with its libraries) as /app and
+/// pushes it as `repo:tag`; returns the reference.
+pub fn push_binary_image(binary: &Path, repo: &str, tag: &str) -> String {
+    let (_, reg) = runtime_env();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .args(["push", &reg, &format!("{repo}:{tag}")])
+        .env("APP_BINARY", binary)
+        .status()
+        .expect("build image");
+    assert!(st.success(), "building the binary image failed");
+    format!("{reg}/{repo}:{tag}")
+}
+
 /// Writes the busybox test image as an OCI-layout tarball named `name`.
 pub fn tar_test_image(path: &Path, name: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");

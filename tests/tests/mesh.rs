@@ -195,3 +195,39 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
     .await;
     cluster.assert_no_panics();
 }
+
+/// A gRPC service deployed with `--protocol h2c`, called through the mesh
+/// by a tonic client (HTTP/2 end to end, trailers included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_through_the_mesh() {
+    let bin = rouse_e2e::bin_dir().join("grpc-health-server");
+    assert!(bin.exists(), "{} missing: cargo build --bins", bin.display());
+    let image = rouse_e2e::push_binary_image(&bin, "rouse-test/grpc", "1");
+    let cluster = TestCluster::start_with_runtime(2, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("rpc", HashMap::new()).await.unwrap();
+    let mut req = spec("rpc", "health", &image);
+    req.protocol = pb::Protocol::H2c.into();
+    c.deploy_container(req).await.unwrap();
+    // Through each node's mesh (one of them forwards to the other), from zero.
+    for node in [1u64, 2] {
+        let mesh = cluster.nodes[&node].http.clone();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{mesh}"))
+            .unwrap()
+            .origin(format!("http://health.rpc.{DOMAIN}").parse().unwrap())
+            .timeout(Duration::from_secs(60))
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let r = client
+            .check(tonic_health::pb::HealthCheckRequest { service: "rouse.test".into() })
+            .await
+            .unwrap_or_else(|s| panic!("via node {node}: {s}"));
+        assert_eq!(r.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+        // A gRPC error status (in trailers) passes through too.
+        let e = client.check(tonic_health::pb::HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "via node {node}: {e}");
+    }
+    cluster.assert_no_panics();
+}
