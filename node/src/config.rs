@@ -94,6 +94,9 @@ pub struct Args {
     /// Delete images no instance here has used for this long (default 10m).
     #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
     pub image_gc_after: Option<String>,
+    /// Pause an instance idle this long (memory kept, wakes in ms); 0 disables (default 30s).
+    #[arg(long, env = "ROUSE_SUSPEND_AFTER")]
+    pub suspend_after: Option<String>,
     /// Autoscaler stable window (default 60s); the panic window is a tenth.
     #[arg(long, env = "ROUSE_AUTOSCALE_WINDOW")]
     pub autoscale_window: Option<String>,
@@ -130,6 +133,7 @@ pub struct FileConfig {
     pub image_gc_after: Option<String>,
     pub registry_auth: Option<PathBuf>,
     pub autoscale_window: Option<String>,
+    pub suspend_after: Option<String>,
 }
 
 /// Resolved, validated node settings.
@@ -159,6 +163,8 @@ pub struct NodeConfig {
     pub image_gc_after: std::time::Duration,
     pub registry_auth: Option<PathBuf>,
     pub autoscale_window: std::time::Duration,
+    /// Zero: never suspend.
+    pub suspend_after: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -258,7 +264,9 @@ impl NodeConfig {
         if autoscale_window < std::time::Duration::from_secs(2) {
             return Err(invalid("autoscale_window", "must be at least 2s"));
         }
+        let suspend_after = duration("suspend_after", args.suspend_after.or(file.suspend_after), "30s")?;
         Ok(NodeConfig {
+            suspend_after,
             autoscale_window,
             instance_ports,
             stop_grace,

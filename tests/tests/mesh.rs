@@ -231,3 +231,43 @@ async fn grpc_over_h2c_through_the_mesh() {
     }
     cluster.assert_no_panics();
 }
+
+/// An idle instance is suspended (paused, memory kept) and the next
+/// request wakes it in milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_instance_wakes_on_request() {
+    let image = push_test_image("rouse-test/suspend", "1");
+    let cluster = TestCluster::start_with_runtime(1, &["--suspend-after", "2s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("web", HashMap::new()).await.unwrap();
+    let mut req = spec("web", "nap", &image);
+    req.min_scale = Some(1);
+    c.deploy_container(req).await.unwrap();
+    let mesh = cluster.nodes[&1].http.clone();
+    let host = format!("nap.web.{DOMAIN}");
+    assert_eq!(get(&mesh, &host, "/", 30).0, 200);
+    let inst = eventually("suspended", || async {
+        let i = instances(&c, "web", "nap").await;
+        let paused = cluster.tasks().iter().any(|t| t.2 == "PAUSED");
+        match i.first() {
+            Some(i) if i.state == "suspended" && paused => Ok(i.clone()),
+            other => Err(format!("{other:?} paused={paused}")),
+        }
+    })
+    .await;
+    let t = Instant::now();
+    let (code, body) = get(&mesh, &host, "/", 10);
+    let took = t.elapsed();
+    assert_eq!((code, body.trim()), (200, "hello from rouse"));
+    println!("wake from suspended answered in {took:?}");
+    assert!(took < Duration::from_secs(2), "wake took {took:?}");
+    let (_, _, status) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    assert_eq!(status, "RUNNING");
+    eventually("ready again", || async {
+        let i = instances(&c, "web", "nap").await;
+        if i.first().is_some_and(|i| i.state == "ready" || i.state == "suspended") { Ok(()) } else { Err(format!("{i:?}")) }
+    })
+    .await;
+    assert_eq!(instances(&c, "web", "nap").await[0].restarts, 0, "woken, not restarted");
+    cluster.assert_no_panics();
+}

@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::cluster::{now_ms, Cluster};
-use crate::state::{Command, InstanceState, NodeId, Protocol};
+use crate::state::{Command, NodeId, Protocol};
 
 type RespBody = BoxBody<Bytes, hyper::Error>;
 
@@ -56,6 +56,12 @@ struct Demand {
 
 pub struct Mesh {
     cluster: Arc<Cluster>,
+    /// Last time each local instance was handed a request.
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
+    /// Local instances paused by the agent; resumed on the next request.
+    suspended: Mutex<std::collections::HashSet<String>>,
+    /// Serialises resumes per instance.
+    resuming: tokio::sync::Mutex<()>,
     slots: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
     demand: Mutex<HashMap<(String, String), Demand>>,
@@ -135,6 +141,9 @@ impl Mesh {
         let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(conn);
         Arc::new(Mesh {
             cluster,
+            last_used: Mutex::new(HashMap::new()),
+            suspended: Mutex::new(Default::default()),
+            resuming: tokio::sync::Mutex::new(()),
             slots: Mutex::new(HashMap::new()),
             wake: Mutex::new(HashMap::new()),
             demand: Mutex::new(HashMap::new()),
@@ -179,6 +188,39 @@ impl Mesh {
         s.entry(id.to_string()).or_default().clone()
     }
 
+    /// How long a local instance has had no request (none yet: since `since`).
+    pub fn idle_for(&self, id: &str, since: std::time::Instant) -> Duration {
+        let last = self.last_used.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied().unwrap_or(since);
+        last.max(since).elapsed()
+    }
+
+    /// Marks a local instance suspended (the agent paused it).
+    pub fn mark_suspended(&self, id: &str) {
+        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+    }
+
+    pub fn is_suspended(&self, id: &str) -> bool {
+        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Thaws a suspended local instance before a request goes to it.
+    async fn wake(&self, id: &str) -> Result<(), String> {
+        if !self.is_suspended(id) {
+            return Ok(());
+        }
+        let _one = self.resuming.lock().await;
+        if !self.is_suspended(id) {
+            return Ok(());
+        }
+        let agent = self.cluster.agent.get().cloned().ok_or("the node agent is not running")?;
+        let t = std::time::Instant::now();
+        agent.tasks.resume(id).await.map_err(|e| e.to_string())?;
+        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        tracing::info!(instance = id, took = ?t.elapsed(), "resumed suspended instance");
+        agent.resumed(id);
+        Ok(())
+    }
+
     /// Requests in flight to a local instance.
     pub fn in_flight(&self, id: &str) -> usize {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id).map_or(0, |s| s.load(Ordering::Acquire))
@@ -191,6 +233,8 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.last_used.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Per-container demand on this node, for the autoscaler.
@@ -252,7 +296,7 @@ impl Mesh {
         let mut remote: HashMap<NodeId, usize> = HashMap::new();
         for i in sm.data.instances_of(ns, name) {
             let Some(st) = sm.data.statuses.get(&i.id) else { continue };
-            if st.state != InstanceState::Ready {
+            if !st.state.routable() {
                 continue;
             }
             if i.node == me {
@@ -315,7 +359,11 @@ impl Mesh {
                         slot.fetch_sub(1, Ordering::AcqRel);
                         continue;
                     }
+                    self.last_used.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
                     let guard = SlotGuard { slot, wake: wake.clone(), _demand: Some(demand) };
+                    if let Err(e) = self.wake(&id).await {
+                        return text(StatusCode::BAD_GATEWAY, format!("rouse: could not resume instance {id}: {e}"));
+                    }
                     let uri = format!("http://127.0.0.1:{port}");
                     return self.forward(req, &uri, protocol, remote, false, Some(guard), None).await;
                 }

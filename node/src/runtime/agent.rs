@@ -73,6 +73,8 @@ pub struct Agent {
     ports: Mutex<HashSet<u16>>,
     /// Last time each image name was wanted by an instance here.
     image_use: Mutex<HashMap<String, Instant>>,
+    /// When each local instance last became ready or was resumed.
+    ready_at: Mutex<HashMap<String, Instant>>,
 }
 
 /// Largest log kept per instance (plus one rotated file of the same size).
@@ -90,6 +92,7 @@ impl Agent {
             supervisors: Mutex::new(HashMap::new()),
             ports: Mutex::new(HashSet::new()),
             image_use: Mutex::new(HashMap::new()),
+            ready_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -106,6 +109,7 @@ impl Agent {
                 self.collect_images().await;
             }
             self.cap_logs();
+            self.suspend_idle().await;
             // Reconcile on every applied change, and at least twice a second.
             self.cluster.applied_change(&mut seen, Duration::from_millis(500)).await;
         }
@@ -248,7 +252,13 @@ impl Agent {
             };
             status.port = u32::from(p);
             let running = match self.tasks.state(&id).await {
-                Ok(TaskState::Running { .. }) | Ok(TaskState::Paused { .. }) => existing.is_some(),
+                Ok(TaskState::Running { .. }) => existing.is_some(),
+                Ok(TaskState::Paused { .. }) => {
+                    // Suspended before a restart of this node: thaw it, as
+                    // nothing here remembers to on the next request.
+                    let _ = self.tasks.resume(&id).await;
+                    existing.is_some()
+                }
                 _ => false,
             };
             if running {
@@ -292,6 +302,7 @@ impl Agent {
                 _ = stop.changed() => { exit.abort(); break 'outer; }
             };
             if ready {
+                self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Instant::now());
                 status.state = InstanceState::Ready;
                 status.message = String::new();
                 self.report(&id, stamp(&status)).await;
@@ -374,6 +385,60 @@ impl Agent {
         self.tasks.delete_task(&inst.id).await?;
         self.tasks.start(&inst.id).await?;
         Ok(())
+    }
+
+    /// Pauses ready local instances idle for `suspend_after` (tier one of
+    /// scale to zero: memory kept, wakes in milliseconds).
+    async fn suspend_idle(&self) {
+        let after = self.cluster.config.suspend_after;
+        let Some(mesh) = self.cluster.mesh.get() else { return };
+        if after.is_zero() {
+            return;
+        }
+        let candidates: Vec<(String, InstanceStatus)> = {
+            let sm = self.cluster.sm.read();
+            sm.data
+                .instances
+                .values()
+                .filter(|i| i.node == self.cluster.id)
+                .filter_map(|i| sm.data.statuses.get(&i.id).map(|s| (i.id.clone(), s.clone())))
+                .filter(|(_, s)| s.state == InstanceState::Ready)
+                .collect()
+        };
+        for (id, status) in candidates {
+            let since = self.ready_since(&id);
+            if mesh.is_suspended(&id) || mesh.in_flight(&id) > 0 || mesh.idle_for(&id, since) < after {
+                continue;
+            }
+            if !matches!(self.tasks.state(&id).await, Ok(TaskState::Running { .. })) {
+                continue;
+            }
+            match self.tasks.pause(&id).await {
+                Ok(()) => {
+                    mesh.mark_suspended(&id);
+                    tracing::info!(instance = %id, "suspended idle instance");
+                    self.report(&id, stamp(&InstanceStatus { state: InstanceState::Suspended, ..status })).await;
+                }
+                Err(e) => tracing::warn!(instance = %id, error = %e, "suspending"),
+            }
+        }
+    }
+
+    fn ready_since(&self, id: &str) -> Instant {
+        *self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_insert_with(Instant::now)
+    }
+
+    /// The mesh resumed an instance: record it ready again.
+    pub fn resumed(self: &Arc<Self>, id: &str) {
+        self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), Instant::now());
+        let agent = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let status = agent.cluster.sm.read().data.statuses.get(&id).cloned();
+            if let Some(s) = status {
+                agent.report(&id, stamp(&InstanceStatus { state: InstanceState::Ready, ..s })).await;
+            }
+        });
     }
 
     /// Keeps each instance's log under [`LOG_CAP_BYTES`]: past it, the log

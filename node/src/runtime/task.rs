@@ -172,8 +172,24 @@ impl Tasks {
         ignore_not_found(self.ctr.tasks().delete(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("delete task", s)))
     }
 
+    /// Freezes the task (cgroup freezer); its memory is kept.
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = containerd_client::services::v1::PauseTaskRequest { container_id: id.to_string() };
+        self.ctr.tasks().pause(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("pause task", s))
+    }
+
+    /// Thaws a paused task.
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let req = containerd_client::services::v1::ResumeTaskRequest { container_id: id.to_string() };
+        self.ctr.tasks().resume(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("resume task", s))
+    }
+
     /// SIGTERM, then SIGKILL after `grace`, then deletes the task.
     pub async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if matches!(self.state(id).await?, TaskState::Paused { .. }) {
+            // A frozen task cannot handle SIGTERM; thaw it first.
+            let _ = self.resume(id).await;
+        }
         if matches!(self.state(id).await?, TaskState::Running { .. } | TaskState::Paused { .. }) {
             self.kill(id, 15).await?;
             let waited = tokio::time::timeout(grace, self.wait(id)).await;

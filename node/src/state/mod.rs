@@ -159,9 +159,17 @@ pub enum InstanceState {
     /// Cannot start (bad image, unreachable registry…); retried slowly.
     Failed,
     Stopping,
+    /// Paused (memory kept) after an idle time; the mesh still routes to it
+    /// and its node resumes it on the next request.
+    Suspended,
 }
 
 impl InstanceState {
+    /// Whether the mesh may send it requests.
+    pub fn routable(self) -> bool {
+        matches!(self, InstanceState::Ready | InstanceState::Suspended)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             InstanceState::Pending => "pending",
@@ -171,6 +179,7 @@ impl InstanceState {
             InstanceState::Crashed => "crashed",
             InstanceState::Failed => "failed",
             InstanceState::Stopping => "stopping",
+            InstanceState::Suspended => "suspended",
         }
     }
 }
