@@ -65,6 +65,29 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
     assert_eq!((code, body.trim()), (200, "hello from rouse"));
     println!("cold start (image pulled on demand) answered in {:?}", t.elapsed());
 
+    // The cold start is measured, by phase, in `container get` and metrics.
+    let cs = eventually("cold start recorded", || async {
+        let (code, out, err) = cluster.cli(1, &["container", "get", "web/hello", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{code} {e} {err}"))?;
+        if v["cold_start"]["samples"].as_u64().unwrap_or(0) >= 1 { Ok(v["cold_start"].clone()) } else { Err(out) }
+    })
+    .await;
+    println!("cold start phases: {cs}");
+    let total = cs["last_total_ms"].as_u64().unwrap();
+    let phases: u64 = ["last_placement_ms", "last_pull_ms", "last_create_ms", "last_start_ms", "last_ready_ms"]
+        .iter()
+        .map(|k| cs[*k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, phases);
+    assert!(total > 0);
+    let (code, metrics) = get(&mesh, "127.0.0.1", "/metrics", 5);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("rouse_cold_start_last_seconds{") && metrics.contains("phase=\"pull\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rouse_cold_start_median_seconds{"), "{metrics}");
+
     // A request longer than the timeout gets 504.
     let t = Instant::now();
     let (code, body) = get(&mesh, &host, "/cgi-bin/slow?20", 30);

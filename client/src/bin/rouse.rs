@@ -303,6 +303,19 @@ struct ContainerOut {
     generation: u64,
     resolved_image: String,
     instances: Vec<InstanceOut>,
+    cold_start: Option<ColdStartOut>,
+}
+
+#[derive(Serialize)]
+struct ColdStartOut {
+    samples: u32,
+    median_total_ms: u64,
+    last_total_ms: u64,
+    last_placement_ms: u64,
+    last_pull_ms: u64,
+    last_create_ms: u64,
+    last_start_ms: u64,
+    last_ready_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -366,6 +379,16 @@ impl From<pb::Container> for ContainerOut {
             generation: c.generation,
             resolved_image: c.resolved_image,
             instances: c.instances.into_iter().map(Into::into).collect(),
+            cold_start: c.cold_start.map(|s| ColdStartOut {
+                samples: s.samples,
+                median_total_ms: s.median_total_ms,
+                last_total_ms: s.last_total_ms,
+                last_placement_ms: s.last_placement_ms,
+                last_pull_ms: s.last_pull_ms,
+                last_create_ms: s.last_create_ms,
+                last_start_ms: s.last_start_ms,
+                last_ready_ms: s.last_ready_ms,
+            }),
         }
     }
 }
@@ -581,6 +604,13 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             let mut text = format!("{}\nenv: {}", container_rows(std::slice::from_ref(&out)), env_text(&out.env));
             if !out.resolved_image.is_empty() {
                 text.push_str(&format!("\nimage: {}", out.resolved_image));
+            }
+            if let Some(cs) = &out.cold_start {
+                text.push_str(&format!(
+                    "\ncold start: last {} ms (placement {} + pull {} + create {} + start {} + ready {}), median {} ms over {}",
+                    cs.last_total_ms, cs.last_placement_ms, cs.last_pull_ms, cs.last_create_ms, cs.last_start_ms,
+                    cs.last_ready_ms, cs.median_total_ms, cs.samples
+                ));
             }
             if !out.instances.is_empty() {
                 text.push_str(&format!("\n\n{}", instance_rows(&out.instances)));

@@ -14,6 +14,7 @@
 //! - [`autoscale`]: the scaling decision (pure) — the leader loop is here.
 
 pub mod autoscale;
+pub mod metrics;
 pub mod route;
 
 use std::collections::HashMap;
@@ -260,6 +261,14 @@ impl Mesh {
             .or_else(|| req.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
         let Some((ns, name)) = route::parse_host(&host, &self.cluster.config.base_domain) else {
+            if req.uri().path() == "/metrics" {
+                let mut r = text(StatusCode::OK, metrics::render(&self.cluster, &self));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                return r;
+            }
             return text(StatusCode::NOT_FOUND, format!("rouse: no container is served at host {host:?}"));
         };
         let (timeout, protocol, max_conc) = {

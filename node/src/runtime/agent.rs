@@ -24,7 +24,7 @@ use super::spec::{self, InstanceSpec};
 use super::task::{TaskState, Tasks};
 use super::{labels, RuntimeError};
 use crate::cluster::{now_ms, Cluster};
-use crate::state::{Command, Container, Instance, InstanceState, InstanceStatus};
+use crate::state::{ColdStart, Command, Container, Instance, InstanceState, InstanceStatus};
 
 /// What one reconcile pass should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +227,7 @@ impl Agent {
         let mut port: Option<u16> = None;
         let mut fail_backoff = Duration::from_secs(2);
         let mut crash_backoff = Duration::from_secs(1);
+        let mut pending_cold: Option<ColdStart> = None;
         'outer: loop {
             if *stop.borrow() {
                 break;
@@ -273,6 +274,13 @@ impl Agent {
                     r = self.start_instance(&inst, &container, &ns_env, p) => r,
                     _ = stop.changed() => break 'outer,
                 };
+                let started = match started {
+                    Ok(cs) => {
+                        pending_cold = Some(cs);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = started {
                     tracing::warn!(instance = %id, error = %e, "instance cannot start");
                     status.state = InstanceState::Failed;
@@ -293,6 +301,7 @@ impl Agent {
             }
             // Ready when the port accepts connections; watch for exit meanwhile.
             let started_at = Instant::now();
+            let started_ms = now_ms();
             let tasks = self.tasks.clone();
             let wid = id.clone();
             let mut exit = tokio::spawn(async move { tasks.wait(&wid).await });
@@ -302,6 +311,13 @@ impl Agent {
                 _ = stop.changed() => { exit.abort(); break 'outer; }
             };
             if ready {
+                if let Some(mut cs) = pending_cold.take() {
+                    cs.ready_ms = now_ms().saturating_sub(started_ms);
+                    cs.total_ms = cs.placement_ms + cs.pull_ms + cs.create_ms + cs.start_ms + cs.ready_ms;
+                    cs.at_ms = now_ms();
+                    tracing::info!(instance = %id, total_ms = cs.total_ms, pull_ms = cs.pull_ms, ready_ms = cs.ready_ms, "cold start");
+                    status.cold_start = Some(cs);
+                }
                 self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Instant::now());
                 status.state = InstanceState::Ready;
                 status.message = String::new();
@@ -358,9 +374,13 @@ impl Agent {
         c: &Container,
         ns_env: &BTreeMap<String, String>,
         port: u16,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<ColdStart, RuntimeError> {
+        let mut cs = ColdStart { placement_ms: now_ms().saturating_sub(inst.created_at_ms), ..Default::default() };
+        let t = Instant::now();
         let reference = self.pinned_image(c).await?;
         let image = self.images.ensure(&reference).await?;
+        cs.pull_ms = ms(t.elapsed());
+        let t = Instant::now();
         self.image_use.lock().unwrap_or_else(|p| p.into_inner()).insert(image.name.clone(), Instant::now());
         let s = InstanceSpec {
             id: &inst.id,
@@ -383,8 +403,11 @@ impl Agent {
         ]);
         self.tasks.create(&inst.id, &image, &oci, labels).await?;
         self.tasks.delete_task(&inst.id).await?;
+        cs.create_ms = ms(t.elapsed());
+        let t = Instant::now();
         self.tasks.start(&inst.id).await?;
-        Ok(())
+        cs.start_ms = ms(t.elapsed());
+        Ok(cs)
     }
 
     /// Pauses ready local instances idle for `suspend_after` (tier one of
@@ -497,6 +520,10 @@ impl Agent {
             }
         }
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn stamp(s: &InstanceStatus) -> InstanceStatus {

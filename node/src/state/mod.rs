@@ -113,9 +113,20 @@ pub struct Container {
     /// the scheduler runs `clamp(max(min_scale, desired_scale), max_scale)`.
     #[serde(default)]
     pub desired_scale: u32,
+    /// Recent cold starts of the container's instances, oldest first.
+    #[serde(default)]
+    pub cold_starts: Vec<ColdStart>,
 }
 
 impl Container {
+    /// The most recent cold start and the median total.
+    pub fn cold_start_summary(&self) -> Option<(ColdStart, u64)> {
+        let last = *self.cold_starts.last()?;
+        let mut totals: Vec<u64> = self.cold_starts.iter().map(|c| c.total_ms).collect();
+        totals.sort_unstable();
+        Some((last, totals[totals.len() / 2]))
+    }
+
     /// How many instances the scheduler should run.
     pub fn target_scale(&self) -> u32 {
         self.desired_scale.max(self.spec.min_scale).min(self.spec.max_scale)
@@ -195,7 +206,31 @@ pub struct InstanceStatus {
     /// Host port the instance listens on (host networking).
     pub port: u32,
     pub updated_at_ms: u64,
+    /// The instance's last cold start, once it has been ready.
+    #[serde(default)]
+    pub cold_start: Option<ColdStart>,
 }
+
+/// How long a cold start took, by phase, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ColdStart {
+    /// Placement committed → the node started working on it.
+    pub placement_ms: u64,
+    /// Tag resolution, pull and unpack (near zero when cached).
+    pub pull_ms: u64,
+    /// Spec, snapshot and container record.
+    pub create_ms: u64,
+    /// Task create and start.
+    pub start_ms: u64,
+    /// Task started → its port accepts connections.
+    pub ready_ms: u64,
+    pub total_ms: u64,
+    /// When the instance became ready.
+    pub at_ms: u64,
+}
+
+/// Cold starts kept per container.
+pub const COLD_START_HISTORY: usize = 32;
 
 /// A cluster member as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -414,6 +449,7 @@ impl StateData {
                 let created_at_ms = existing.map_or(at_ms, |c| c.created_at_ms);
                 let kept = existing.filter(|c| !c.spec.runtime_differs(spec)).map(|c| (c.generation, c.resolved_image.clone()));
                 let desired_scale = existing.map_or(0, |c| c.desired_scale);
+                let cold_starts = existing.map(|c| c.cold_starts.clone()).unwrap_or_default();
                 let revision = self.bump();
                 let (generation, resolved_image) = kept.unwrap_or((revision, None));
                 touched.push(Key::Container(key.clone()));
@@ -429,6 +465,7 @@ impl StateData {
                         generation,
                         resolved_image,
                         desired_scale,
+                        cold_starts,
                     },
                 );
             }
@@ -491,8 +528,19 @@ impl StateData {
                     _ => return Err(Rejection::NotFound(format!("instance {id:?} is not placed on node {node}"))),
                 }
                 self.bump();
-                self.statuses.insert(id.clone(), status.clone());
+                let previous = self.statuses.insert(id.clone(), status.clone());
                 touched.push(Key::Instance(id.clone()));
+                let new_cold_start = status.cold_start.filter(|c| previous.and_then(|p| p.cold_start) != Some(*c));
+                if let (Some(cs), Some(inst)) = (new_cold_start, self.instances.get(id)) {
+                    let key = container_key(&inst.namespace, &inst.container);
+                    if let Some(c) = self.containers.get_mut(&key) {
+                        c.cold_starts.push(cs);
+                        if c.cold_starts.len() > COLD_START_HISTORY {
+                            c.cold_starts.remove(0);
+                        }
+                        touched.push(Key::Container(key));
+                    }
+                }
             }
             Command::Scale { namespace, name, replicas } => {
                 let key = container_key(namespace, name);
