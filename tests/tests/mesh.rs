@@ -294,3 +294,37 @@ async fn suspended_instance_wakes_on_request() {
     assert_eq!(instances(&c, "web", "nap").await[0].restarts, 0, "woken, not restarted");
     cluster.assert_no_panics();
 }
+
+/// Upgrades (the WebSocket handshake) pass through the mesh, and the
+/// upgraded connection carries bytes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_passes_through() {
+    use std::io::{Read, Write};
+    let bin = rouse_e2e::bin_dir().join("upgrade-echo-server");
+    let image = rouse_e2e::push_binary_image(&bin, "rouse-test/upgrade", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("ws", HashMap::new()).await.unwrap();
+    c.deploy_container(spec("ws", "echo", &image)).await.unwrap();
+    let mesh = cluster.nodes[&1].http.clone();
+    let host = format!("echo.ws.{DOMAIN}");
+    assert_eq!(get(&mesh, &host, "/", 30), (200, "plain\n".to_string()));
+    let mut s = std::net::TcpStream::connect(&mesh).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed during handshake: {:?}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping", "a longer message through the tunnel"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), msg);
+    }
+    cluster.assert_no_panics();
+}

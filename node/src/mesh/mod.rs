@@ -68,6 +68,8 @@ pub struct Mesh {
     demand: Mutex<HashMap<(String, String), Demand>>,
     http1: Client<HttpConnector, Incoming>,
     h2: Client<HttpConnector, Incoming>,
+    /// For upgrade requests (WebSocket and the like), whose body is empty.
+    upgrades: Client<HttpConnector, http_body_util::Empty<Bytes>>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<RespBody> {
@@ -139,7 +141,8 @@ impl Mesh {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(3)));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(conn.clone());
-        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(conn);
+        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(conn.clone());
+        let upgrades = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(conn);
         Arc::new(Mesh {
             cluster,
             last_used: Mutex::new(HashMap::new()),
@@ -150,6 +153,7 @@ impl Mesh {
             demand: Mutex::new(HashMap::new()),
             http1,
             h2,
+            upgrades,
         })
     }
 
@@ -449,9 +453,15 @@ impl Mesh {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("rouse: bad request path: {e}")),
         };
         *req.uri_mut() = uri;
+        let upgrade = is_upgrade(req.headers());
+        let upgrade_header = req.headers().get(http::header::UPGRADE).cloned();
         let h = req.headers_mut();
         for name in route::HOP_BY_HOP {
             h.remove(*name);
+        }
+        if let (true, Some(u)) = (upgrade, upgrade_header) {
+            h.insert(http::header::UPGRADE, u);
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
             h.remove(http::header::TE);
@@ -483,6 +493,9 @@ impl Mesh {
                 h.insert(HOST, host.clone());
             }
         }
+        if upgrade {
+            return self.tunnel(req, base, guard, demand).await;
+        }
         let result = match protocol {
             Protocol::H2c => {
                 *req.version_mut() = Version::HTTP_2;
@@ -507,6 +520,55 @@ impl Mesh {
                 text(StatusCode::BAD_GATEWAY, format!("rouse: the instance did not answer: {e}"))
             }
         }
+    }
+}
+
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    h.contains_key(http::header::UPGRADE)
+        && h.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+impl Mesh {
+    /// Passes an HTTP/1.1 upgrade (WebSocket…) through: forwards the
+    /// handshake, and on 101 splices the two upgraded connections.
+    async fn tunnel(
+        &self,
+        mut req: Request<Incoming>,
+        base: &str,
+        guard: Option<SlotGuard>,
+        demand: Option<DemandGuard>,
+    ) -> Response<RespBody> {
+        let client_side = hyper::upgrade::on(&mut req);
+        let (mut parts, _body) = req.into_parts();
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
+        let mut resp = match self.upgrades.request(upstream_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, upstream = base, "upgrade request failed");
+                return text(StatusCode::BAD_GATEWAY, format!("rouse: the instance did not answer: {e}"));
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            return Response::from_parts(parts, Guarded { inner: body, _guard: guard, _demand: demand }.boxed());
+        }
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _held = (guard, demand);
+            match tokio::try_join!(client_side, upstream_side) {
+                Ok((a, b)) => {
+                    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
     }
 }
 
