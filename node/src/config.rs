@@ -97,6 +97,12 @@ pub struct Args {
     /// Pause an instance idle this long (memory kept, wakes in ms); 0 disables (default 30s).
     #[arg(long, env = "ROUSE_SUSPEND_AFTER")]
     pub suspend_after: Option<String>,
+    /// A node silent this long is marked down and its instances replaced (default 3s).
+    #[arg(long, env = "ROUSE_NODE_GRACE")]
+    pub node_grace: Option<String>,
+    /// Place up to capacity × this ratio of cpu and memory (default 1.0).
+    #[arg(long, env = "ROUSE_OVERCOMMIT")]
+    pub overcommit: Option<f64>,
     /// Autoscaler stable window (default 60s); the panic window is a tenth.
     #[arg(long, env = "ROUSE_AUTOSCALE_WINDOW")]
     pub autoscale_window: Option<String>,
@@ -134,6 +140,8 @@ pub struct FileConfig {
     pub registry_auth: Option<PathBuf>,
     pub autoscale_window: Option<String>,
     pub suspend_after: Option<String>,
+    pub node_grace: Option<String>,
+    pub overcommit: Option<f64>,
 }
 
 /// Resolved, validated node settings.
@@ -165,6 +173,8 @@ pub struct NodeConfig {
     pub autoscale_window: std::time::Duration,
     /// Zero: never suspend.
     pub suspend_after: std::time::Duration,
+    pub node_grace: std::time::Duration,
+    pub overcommit: f64,
 }
 
 impl NodeConfig {
@@ -265,7 +275,17 @@ impl NodeConfig {
             return Err(invalid("autoscale_window", "must be at least 2s"));
         }
         let suspend_after = duration("suspend_after", args.suspend_after.or(file.suspend_after), "30s")?;
+        let node_grace = duration("node_grace", args.node_grace.or(file.node_grace), "3s")?;
+        if node_grace < std::time::Duration::from_secs(1) {
+            return Err(invalid("node_grace", "must be at least 1s"));
+        }
+        let overcommit = args.overcommit.or(file.overcommit).unwrap_or(1.0);
+        if !(1.0..=10.0).contains(&overcommit) {
+            return Err(invalid("overcommit", format!("{overcommit} is outside 1.0..=10.0")));
+        }
         Ok(NodeConfig {
+            node_grace,
+            overcommit,
             suspend_after,
             autoscale_window,
             instance_ports,

@@ -112,6 +112,7 @@ pub async fn run(
 
     let starter = tokio::spawn(start_membership(cluster.clone()));
     let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
+    let liveness = tokio::spawn(run_liveness(cluster.clone()));
     let agent = tokio::spawn(run_agent(cluster.clone()));
     let mesh = crate::mesh::Mesh::new(cluster.clone());
     let _ = cluster.mesh.set(mesh.clone());
@@ -124,6 +125,7 @@ pub async fn run(
     tracing::info!(node = config.id, "shutting down");
     starter.abort();
     scheduler.abort();
+    liveness.abort();
     mesh_task.abort();
     loads.abort();
     autoscaler.abort();
@@ -222,12 +224,16 @@ async fn run_scheduler(cluster: Arc<Cluster>) {
         if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
             continue;
         }
+        let params = crate::scheduler::Params { overcommit: cluster.config.overcommit };
         let plan = {
             let sm = cluster.sm.read();
-            crate::scheduler::plan(&sm.data, crate::cluster::now_ms(), rand::random::<u32>)
+            crate::scheduler::plan(&sm.data, crate::cluster::now_ms(), params, rand::random::<u32>)
         };
-        for (container, reason) in &plan.pending {
-            tracing::debug!(%container, %reason, "instances pending");
+        for (namespace, name, reason) in plan.pending.clone() {
+            if let Some(r) = &reason {
+                tracing::info!(%namespace, container = %name, reason = %r, "instances pending");
+            }
+            let _ = cluster.write(Command::SetPending { namespace, name, reason }).await;
         }
         if plan.is_empty() {
             continue;
@@ -280,4 +286,40 @@ fn load_credentials(
     let Some(p) = path else { return Ok(Default::default()) };
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     Ok(toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?)
+}
+
+/// On the leader: marks nodes down when their lease (the load report they
+/// send about every 500 ms) is older than the grace, and up when it is
+/// fresh again. A new leader gives every node a full grace first.
+async fn run_liveness(cluster: Arc<Cluster>) {
+    let mut since_leader: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            since_leader = None;
+            continue;
+        }
+        let started = *since_leader.get_or_insert_with(std::time::Instant::now);
+        let grace = cluster.config.node_grace;
+        if started.elapsed() < grace {
+            continue;
+        }
+        let now = crate::cluster::now_ms();
+        let seen = cluster.autoscaler.last_seen();
+        let nodes: Vec<(u64, bool)> = {
+            let sm = cluster.sm.read();
+            sm.data.nodes.keys().map(|id| (*id, sm.data.node_state(*id).down)).collect()
+        };
+        for (id, down) in nodes {
+            let fresh = id == cluster.id
+                || seen.get(&id).is_some_and(|t| now.saturating_sub(*t) <= u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+            if fresh == down {
+                tracing::warn!(node = id, up = fresh, "node liveness changed");
+                let cmd = Command::SetNodeState { id, down: Some(!fresh), cordoned: None, draining: None };
+                if let Err(e) = cluster.write(cmd).await {
+                    tracing::debug!(error = %e, "liveness not committed");
+                }
+            }
+        }
+    }
 }

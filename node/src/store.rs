@@ -287,10 +287,16 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
             Some(v) => batch.insert(format!("ct/{k}").as_bytes(), json(v)?),
             None => batch.remove(format!("ct/{k}").as_bytes()),
         },
-        Key::Node(id) => match d.nodes.get(id) {
-            Some(v) => batch.insert(format!("node/{id:020}").as_bytes(), json(v)?),
-            None => batch.remove(format!("node/{id:020}").as_bytes()),
-        },
+        Key::Node(id) => {
+            match d.nodes.get(id) {
+                Some(v) => batch.insert(format!("node/{id:020}").as_bytes(), json(v)?),
+                None => batch.remove(format!("node/{id:020}").as_bytes()),
+            }
+            match d.node_states.get(id) {
+                Some(v) => batch.insert(format!("nstate/{id:020}").as_bytes(), json(v)?),
+                None => batch.remove(format!("nstate/{id:020}").as_bytes()),
+            }
+        }
         Key::Instance(k) => {
             match d.instances.get(k) {
                 Some(v) => batch.insert(format!("in/{k}").as_bytes(), json(v)?),
@@ -323,6 +329,9 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     for (k, v) in &a.data.instances {
         b.insert(format!("in/{k}").as_bytes(), json(v)?);
     }
+    for (k, v) in &a.data.node_states {
+        b.insert(format!("nstate/{k:020}").as_bytes(), json(v)?);
+    }
     for (k, v) in &a.data.statuses {
         b.insert(format!("st/{k}").as_bytes(), json(v)?);
     }
@@ -350,6 +359,9 @@ impl StateMachineStore {
                 a.data.instances.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("st/") {
                 a.data.statuses.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+            } else if let Some(id) = key.strip_prefix("nstate/") {
+                let id: NodeId = id.parse().map_err(|e| format!("key {key}: {e}"))?;
+                a.data.node_states.insert(id, serde_json::from_slice(&v).map_err(bad)?);
             } else if key.starts_with("node/") {
                 let n: crate::state::NodeRecord = serde_json::from_slice(&v).map_err(bad)?;
                 a.data.nodes.insert(n.id, n);

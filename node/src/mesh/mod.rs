@@ -314,7 +314,7 @@ impl Mesh {
             }
             if i.node == me {
                 local.push((i.id.clone(), st.port));
-            } else if sm.data.nodes.contains_key(&i.node) {
+            } else if sm.data.nodes.contains_key(&i.node) && !sm.data.node_state(i.node).down {
                 *remote.entry(i.node).or_default() += 1;
             }
         }
@@ -582,6 +582,11 @@ pub struct Autoscaler {
 impl Autoscaler {
     pub fn report(&self, node: NodeId, loads: Vec<rouse_proto::peer::ContainerLoad>) {
         self.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(node, (now_ms(), loads));
+    }
+
+    /// When each node last reported (its liveness lease), in ms.
+    pub fn last_seen(&self) -> HashMap<NodeId, u64> {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, (t, _))| (*k, *t)).collect()
     }
 
     /// Runs while this node lives; acts only while it leads.

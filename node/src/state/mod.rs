@@ -62,6 +62,9 @@ pub struct ContainerSpec {
     pub privacy: Privacy,
     pub protocol: Protocol,
     pub scale_to_zero_after_secs: u32,
+    /// Place instances only on nodes of this region.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 impl ContainerSpec {
@@ -88,6 +91,7 @@ impl ContainerSpec {
             privacy: Privacy::Public,
             protocol: Protocol::Http1,
             scale_to_zero_after_secs: Self::DEFAULT_SCALE_TO_ZERO_AFTER_SECS,
+            region: None,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct Container {
     /// Recent cold starts of the container's instances, oldest first.
     #[serde(default)]
     pub cold_starts: Vec<ColdStart>,
+    /// Why instances the container wants are not placed, when some are not.
+    #[serde(default)]
+    pub pending_reason: Option<String>,
 }
 
 impl Container {
@@ -246,6 +253,27 @@ pub struct NodeRecord {
     pub memory_capacity_mb: u32,
 }
 
+/// What the cluster decided about a node (its record is what the node says
+/// about itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeState {
+    /// Silent past the liveness grace: its instances are replaced elsewhere
+    /// and the mesh stops routing to it.
+    pub down: bool,
+    /// Gets no new instances.
+    pub cordoned: bool,
+    /// Cordoned, and its instances are moved off (replacements first).
+    pub draining: bool,
+    pub since_ms: u64,
+}
+
+impl NodeState {
+    /// Whether new instances may be placed on the node.
+    pub fn schedulable(&self) -> bool {
+        !self.down && !self.cordoned && !self.draining
+    }
+}
+
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
@@ -298,6 +326,13 @@ pub enum Command {
     /// Sets a container's desired scale. Precondition: the container exists
     /// and its desired scale differs.
     Scale { namespace: String, name: String, replicas: u32 },
+    /// Changes the cluster's view of a node (liveness, cordon, drain); unset
+    /// fields keep their value. Precondition: the node is registered and
+    /// something changes.
+    SetNodeState { id: NodeId, down: Option<bool>, cordoned: Option<bool>, draining: Option<bool> },
+    /// Records (or clears) why a container's wanted instances are not
+    /// placed. Precondition: the container exists and the reason changes.
+    SetPending { namespace: String, name: String, reason: Option<String> },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -337,6 +372,8 @@ pub struct StateData {
     pub instances: BTreeMap<String, Instance>,
     #[serde(default)]
     pub statuses: BTreeMap<String, InstanceStatus>,
+    #[serde(default)]
+    pub node_states: BTreeMap<NodeId, NodeState>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -450,6 +487,7 @@ impl StateData {
                 let kept = existing.filter(|c| !c.spec.runtime_differs(spec)).map(|c| (c.generation, c.resolved_image.clone()));
                 let desired_scale = existing.map_or(0, |c| c.desired_scale);
                 let cold_starts = existing.map(|c| c.cold_starts.clone()).unwrap_or_default();
+                let pending_reason = existing.and_then(|c| c.pending_reason.clone());
                 let revision = self.bump();
                 let (generation, resolved_image) = kept.unwrap_or((revision, None));
                 touched.push(Key::Container(key.clone()));
@@ -466,6 +504,7 @@ impl StateData {
                         resolved_image,
                         desired_scale,
                         cold_starts,
+                        pending_reason,
                     },
                 );
             }
@@ -495,6 +534,7 @@ impl StateData {
             Command::RemoveNode { id } => {
                 self.bump();
                 self.nodes.remove(id);
+                self.node_states.remove(id);
                 touched.push(Key::Node(*id));
                 let gone: Vec<String> = self.instances.values().filter(|i| i.node == *id).map(|i| i.id.clone()).collect();
                 for iid in gone {
@@ -552,6 +592,34 @@ impl StateData {
                 self.bump();
                 touched.push(Key::Container(key));
             }
+            Command::SetNodeState { id, down, cordoned, draining } => {
+                if !self.nodes.contains_key(id) {
+                    return Err(Rejection::NotFound(format!("node {id} is not registered")));
+                }
+                let cur = self.node_states.get(id).cloned().unwrap_or_default();
+                let next = NodeState {
+                    down: down.unwrap_or(cur.down),
+                    cordoned: cordoned.unwrap_or(cur.cordoned),
+                    draining: draining.unwrap_or(cur.draining),
+                    since_ms: at_ms,
+                };
+                if (next.down, next.cordoned, next.draining) == (cur.down, cur.cordoned, cur.draining) {
+                    return Err(Rejection::FailedPrecondition(format!("node {id} is already in that state")));
+                }
+                self.bump();
+                self.node_states.insert(*id, next);
+                touched.push(Key::Node(*id));
+            }
+            Command::SetPending { namespace, name, reason } => {
+                let key = container_key(namespace, name);
+                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                if &c.pending_reason == reason {
+                    return Err(Rejection::FailedPrecondition("pending reason unchanged".into()));
+                }
+                c.pending_reason = reason.clone();
+                self.bump();
+                touched.push(Key::Container(key));
+            }
             Command::PinImage { namespace, name, generation, image } => {
                 let key = container_key(namespace, name);
                 let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
@@ -589,6 +657,11 @@ impl StateData {
 
     pub fn container(&self, namespace: &str, name: &str) -> Option<&Container> {
         self.containers.get(&container_key(namespace, name))
+    }
+
+    /// The cluster's view of a node (default: up, schedulable).
+    pub fn node_state(&self, id: NodeId) -> NodeState {
+        self.node_states.get(&id).cloned().unwrap_or_default()
     }
 
     pub fn containers_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
