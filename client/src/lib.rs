@@ -21,6 +21,7 @@ use pb::cluster_service_client::ClusterServiceClient;
 use pb::container_service_client::ContainerServiceClient;
 use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
+use pb::node_service_client::NodeServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -68,6 +69,7 @@ pub struct Client {
     namespaces: NamespaceServiceClient<Svc>,
     containers: ContainerServiceClient<Svc>,
     images: ImageServiceClient<Svc>,
+    nodes: NodeServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -109,9 +111,26 @@ impl Client {
             cluster: ClusterServiceClient::with_interceptor(channel.clone(), auth.clone()),
             namespaces: NamespaceServiceClient::with_interceptor(channel.clone(), auth.clone()),
             containers: ContainerServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            nodes: NodeServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
         })
+    }
+
+    pub async fn list_nodes(&mut self, stale: bool) -> Result<Vec<pb::Node>, Error> {
+        Ok(self.nodes.list(pb::ListNodesRequest { read: read(stale) }).await?.into_inner().nodes)
+    }
+
+    pub async fn cordon(&mut self, id: u64) -> Result<pb::Node, Error> {
+        Ok(self.nodes.cordon(pb::NodeRequest { id }).await?.into_inner())
+    }
+
+    pub async fn uncordon(&mut self, id: u64) -> Result<pb::Node, Error> {
+        Ok(self.nodes.uncordon(pb::NodeRequest { id }).await?.into_inner())
+    }
+
+    pub async fn drain(&mut self, id: u64) -> Result<pb::Node, Error> {
+        Ok(self.nodes.drain(pb::NodeRequest { id }).await?.into_inner())
     }
 
     pub async fn cluster_status(&mut self) -> Result<pb::ClusterStatus, Error> {

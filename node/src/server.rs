@@ -101,6 +101,7 @@ pub async fn run(
         .add_service(NamespaceServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(rouse_proto::v1::node_service_server::NodeServiceServer::new(api.clone()))
         .add_service(rouse_proto::v1::image_service_server::ImageServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
 

@@ -86,6 +86,8 @@ pub struct TestCluster {
     common: Vec<String>,
     /// containerd namespace of this cluster's instances, when it has a runtime.
     pub ctr_namespace: Option<String>,
+    /// First host port of this cluster's instance port block (40 per node).
+    ports_base: Option<u16>,
 }
 
 /// The private containerd socket and registry that `deploy/test-env.sh`
@@ -158,6 +160,7 @@ impl TestCluster {
             bin: bin_dir(),
             common: common.iter().map(|s| s.to_string()).collect(),
             ctr_namespace: None,
+            ports_base: None,
         }
     }
 
@@ -168,16 +171,15 @@ impl TestCluster {
         let ns = format!("rouse-test-{:08x}", std::process::id() ^ u32::from(free_port()) << 8);
         let block = PORT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40;
         let lo = 21000 + block * 200;
-        let ports = format!("{lo}-{}", lo + 199);
         let mut flags: Vec<String> = vec![
             "--containerd".into(), sock, "--containerd-namespace".into(), ns.clone(),
-            "--insecure-registry".into(), reg, "--instance-ports".into(), ports,
-            "--stop-grace".into(), "2s".into(),
+            "--insecure-registry".into(), reg, "--stop-grace".into(), "2s".into(),
         ];
         flags.extend(common.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut c = TestCluster::new(&refs);
         c.ctr_namespace = Some(ns);
+        c.ports_base = Some(lo);
         c.add_node(1, None, &["--zone", "z1"]);
         for id in 2..=n {
             c.add_node(id, Some(1), &["--zone", &format!("z{id}")]);
@@ -237,6 +239,12 @@ impl TestCluster {
         ];
         args.extend(self.common.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(base) = self.ports_base {
+            // Nodes share this host: give each its own instance ports.
+            let lo = base + u16::try_from(id % 5).unwrap_or(0) * 40;
+            args.push("--instance-ports".into());
+            args.push(format!("{lo}-{}", lo + 39));
+        }
         let mut first = args.clone();
         match join {
             None => first.push("--bootstrap".into()),

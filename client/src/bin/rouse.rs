@@ -47,6 +47,77 @@ enum Cmd {
     /// Images on the cluster's nodes.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Nodes: capacity, state, cordon and drain.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Capacity, allocation, zone, region, state and instances per node.
+    List {
+        #[command(flatten)]
+        read: ReadFlags,
+    },
+    /// No new instances on the node.
+    Cordon { id: u64 },
+    /// Schedulable again (also ends a drain).
+    Uncordon { id: u64 },
+    /// Cordon and move the node's instances elsewhere, replacements first.
+    Drain { id: u64 },
+}
+
+#[derive(Serialize)]
+struct NodeOut {
+    id: u64,
+    address: String,
+    http_address: String,
+    zone: String,
+    region: String,
+    state: String,
+    cpu_capacity_mvcpu: u32,
+    memory_capacity_mb: u32,
+    cpu_allocated_mvcpu: u32,
+    memory_allocated_mb: u32,
+    instances: u32,
+}
+
+impl From<pb::Node> for NodeOut {
+    fn from(n: pb::Node) -> Self {
+        NodeOut {
+            id: n.id,
+            address: n.address,
+            http_address: n.http_address,
+            zone: n.zone,
+            region: n.region,
+            state: n.state,
+            cpu_capacity_mvcpu: n.cpu_capacity_mvcpu,
+            memory_capacity_mb: n.memory_capacity_mb,
+            cpu_allocated_mvcpu: n.cpu_allocated_mvcpu,
+            memory_allocated_mb: n.memory_allocated_mb,
+            instances: n.instances,
+        }
+    }
+}
+
+fn node_rows(ns: &[NodeOut]) -> String {
+    table(
+        &["ID", "ADDRESS", "ZONE", "REGION", "STATE", "CPU", "MEMORY", "INSTANCES"],
+        ns.iter()
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.address.clone(),
+                    n.zone.clone(),
+                    n.region.clone(),
+                    n.state.clone(),
+                    format!("{}/{}m", n.cpu_allocated_mvcpu, n.cpu_capacity_mvcpu),
+                    format!("{}/{}MB", n.memory_allocated_mb, n.memory_capacity_mb),
+                    n.instances.to_string(),
+                ]
+            })
+            .collect(),
+    )
 }
 
 #[derive(Subcommand)]
@@ -185,6 +256,9 @@ struct Deploy {
     /// Idle time before scaling to zero, e.g. 5m.
     #[arg(long)]
     scale_to_zero_after: Option<String>,
+    /// Place instances only on nodes of this region ("" clears it).
+    #[arg(long)]
+    region: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -304,6 +378,8 @@ struct ContainerOut {
     resolved_image: String,
     instances: Vec<InstanceOut>,
     cold_start: Option<ColdStartOut>,
+    region: String,
+    pending_reason: String,
 }
 
 #[derive(Serialize)]
@@ -379,6 +455,8 @@ impl From<pb::Container> for ContainerOut {
             generation: c.generation,
             resolved_image: c.resolved_image,
             instances: c.instances.into_iter().map(Into::into).collect(),
+            region: c.region,
+            pending_reason: c.pending_reason,
             cold_start: c.cold_start.map(|s| ColdStartOut {
                 samples: s.samples,
                 median_total_ms: s.median_total_ms,
@@ -546,6 +624,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+        Cmd::Node(cmd) => {
+            let out: Vec<NodeOut> = match cmd {
+                NodeCmd::List { read } => c.list_nodes(read.stale).await?.into_iter().map(Into::into).collect(),
+                NodeCmd::Cordon { id } => vec![c.cordon(id).await?.into()],
+                NodeCmd::Uncordon { id } => vec![c.uncordon(id).await?.into()],
+                NodeCmd::Drain { id } => vec![c.drain(id).await?.into()],
+            };
+            emit(fmt, &out, || node_rows(&out))
+        }
         Cmd::Image(ImageCmd::Import { file, name }) => {
             let r = c.import_image(&file, name.as_deref()).await?;
             let failed: Vec<String> =
@@ -605,6 +692,9 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             if !out.resolved_image.is_empty() {
                 text.push_str(&format!("\nimage: {}", out.resolved_image));
             }
+            if !out.pending_reason.is_empty() {
+                text.push_str(&format!("\npending: {}", out.pending_reason));
+            }
             if let Some(cs) = &out.cold_start {
                 text.push_str(&format!(
                     "\ncold start: last {} ms (placement {} + pull {} + create {} + start {} + ready {}), median {} ms over {}",
@@ -647,6 +737,7 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                     Some(ProtocolArg::H2c) => pb::Protocol::H2c,
                 }
                 .into(),
+                region: d.region,
                 scale_to_zero_after_seconds: d
                     .scale_to_zero_after
                     .as_deref()

@@ -82,6 +82,8 @@ impl From<&Container> for pb::Container {
             generation: c.generation,
             resolved_image: c.resolved_image.clone().unwrap_or_default(),
             instances: vec![],
+            region: c.spec.region.clone().unwrap_or_default(),
+            pending_reason: c.pending_reason.clone().unwrap_or_default(),
             cold_start: c.cold_start_summary().map(|(last, median)| pb::ColdStartSummary {
                 samples: u32::try_from(c.cold_starts.len()).unwrap_or(u32::MAX),
                 median_total_ms: median,
@@ -129,5 +131,40 @@ impl From<MemberView> for pb::Member {
             memory_capacity_mb: r.memory_capacity_mb,
             http_address: r.http_addr,
         }
+    }
+}
+
+/// A node as `rouse node list` shows it.
+pub fn node_view(n: &crate::state::NodeRecord, state: &StateData) -> pb::Node {
+    let st = state.node_state(n.id);
+    let label = if st.down {
+        "down"
+    } else if st.draining {
+        "draining"
+    } else if st.cordoned {
+        "cordoned"
+    } else {
+        "up"
+    };
+    let (mut cpu, mut mem, mut count) = (0u32, 0u32, 0u32);
+    for i in state.instances.values().filter(|i| i.node == n.id) {
+        if let Some(c) = state.container(&i.namespace, &i.container) {
+            cpu = cpu.saturating_add(c.spec.cpu_mvcpu);
+            mem = mem.saturating_add(c.spec.memory_mb);
+        }
+        count += 1;
+    }
+    pb::Node {
+        id: n.id,
+        address: n.api_addr.clone(),
+        http_address: n.http_addr.clone(),
+        zone: n.zone.clone(),
+        region: n.region.clone(),
+        state: label.into(),
+        cpu_capacity_mvcpu: n.cpu_capacity_mvcpu,
+        memory_capacity_mb: n.memory_capacity_mb,
+        cpu_allocated_mvcpu: cpu,
+        memory_allocated_mb: mem,
+        instances: count,
     }
 }

@@ -101,6 +101,42 @@ impl ClusterService for Api {
     }
 }
 
+// ------------------------------------------------------------------ nodes
+
+impl Api {
+    async fn set_node(&self, id: u64, cordoned: Option<bool>, draining: Option<bool>) -> Result<pb::Node, ApiError> {
+        if !self.cluster.sm.read().data.nodes.contains_key(&id) {
+            return Err(ApiError::NotFound(format!("node {id} is not registered")));
+        }
+        match self.cluster.write(Command::SetNodeState { id, down: None, cordoned, draining }).await {
+            Ok(_) | Err(ClusterError::Rejected(Rejection::FailedPrecondition(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let sm = self.cluster.sm.read();
+        let n = sm.data.nodes.get(&id).ok_or_else(|| ApiError::NotFound(format!("node {id} is not registered")))?;
+        Ok(convert::node_view(n, &sm.data))
+    }
+}
+
+#[tonic::async_trait]
+impl rouse_proto::v1::node_service_server::NodeService for Api {
+    async fn list(&self, req: Request<pb::ListNodesRequest>) -> ApiResult<pb::ListNodesResponse> {
+        self.cluster.read_barrier(stale(&req.into_inner().read)).await.map_err(ApiError::from)?;
+        let sm = self.cluster.sm.read();
+        let nodes = sm.data.nodes.values().map(|n| convert::node_view(n, &sm.data)).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+    async fn cordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        Ok(Response::new(self.set_node(req.into_inner().id, Some(true), None).await?))
+    }
+    async fn uncordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        Ok(Response::new(self.set_node(req.into_inner().id, Some(false), Some(false)).await?))
+    }
+    async fn drain(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        Ok(Response::new(self.set_node(req.into_inner().id, Some(true), Some(true)).await?))
+    }
+}
+
 // ------------------------------------------------------------- namespaces
 
 impl Api {
@@ -243,6 +279,14 @@ impl Api {
             }
             if let Some(p) = protocol {
                 spec.protocol = p;
+            }
+            if let Some(r) = &r.region {
+                if r.is_empty() {
+                    spec.region = None;
+                } else {
+                    validate::dns_label("region", r)?;
+                    spec.region = Some(r.clone());
+                }
             }
             validate::container_spec(&spec, cap)?;
             let cmd = Command::PutContainer {
