@@ -100,6 +100,9 @@ pub struct Args {
     /// A node silent this long is marked down and its instances replaced (default 3s).
     #[arg(long, env = "ROUSE_NODE_GRACE")]
     pub node_grace: Option<String>,
+    /// Placements per Raft proposal (0: the whole plan of a pass in one).
+    #[arg(long, env = "ROUSE_PLACEMENT_BATCH")]
+    pub placement_batch: Option<usize>,
     /// Place up to capacity × this ratio of cpu and memory (default 1.0).
     #[arg(long, env = "ROUSE_OVERCOMMIT")]
     pub overcommit: Option<f64>,
@@ -142,6 +145,7 @@ pub struct FileConfig {
     pub suspend_after: Option<String>,
     pub node_grace: Option<String>,
     pub overcommit: Option<f64>,
+    pub placement_batch: Option<usize>,
 }
 
 /// Resolved, validated node settings.
@@ -175,6 +179,8 @@ pub struct NodeConfig {
     pub suspend_after: std::time::Duration,
     pub node_grace: std::time::Duration,
     pub overcommit: f64,
+    /// Zero: one proposal per scheduling pass.
+    pub placement_batch: usize,
 }
 
 impl NodeConfig {
@@ -284,6 +290,7 @@ impl NodeConfig {
             return Err(invalid("overcommit", format!("{overcommit} is outside 1.0..=10.0")));
         }
         Ok(NodeConfig {
+            placement_batch: args.placement_batch.or(file.placement_batch).unwrap_or(0),
             node_grace,
             overcommit,
             suspend_after,

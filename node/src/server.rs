@@ -240,8 +240,21 @@ async fn run_scheduler(cluster: Arc<Cluster>) {
             continue;
         }
         tracing::info!(add = plan.add.len(), remove = plan.remove.len(), "committing placement");
-        if let Err(e) = cluster.write(Command::PlaceInstances { add: plan.add, remove: plan.remove }).await {
-            tracing::debug!(error = %e, "placement not committed");
+        let batch = match cluster.config.placement_batch {
+            0 => plan.add.len().max(1),
+            n => n,
+        };
+        let mut remove = plan.remove;
+        let mut chunks: Vec<Vec<crate::state::Instance>> = plan.add.chunks(batch).map(<[_]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        for add in chunks {
+            let cmd = Command::PlaceInstances { add, remove: std::mem::take(&mut remove) };
+            if let Err(e) = cluster.write(cmd).await {
+                tracing::debug!(error = %e, "placement not committed");
+                break;
+            }
         }
     }
 }
