@@ -228,3 +228,37 @@ async fn image_import_works_offline_and_logs_come_from_any_node() {
     }
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_path_gates_readiness() {
+    let image = push_test_image("rouse-test/health", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    let mut req = deploy("n", "h", &image, 1);
+    req.health_path = Some("/missing".into());
+    c.deploy_container(req).await.unwrap();
+    // The port accepts, but the path answers 404: starting, never ready.
+    let i = eventually("task running", || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container("n", "h", true).await.map_err(|e| e.to_string())?;
+            let i = ct.instances.first().cloned().ok_or("none")?;
+            if i.state == "starting" { Ok(i) } else { Err(format!("{i:?}")) }
+        }
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(http_get(i.port, "/").trim(), "hello from rouse");
+    let ct = c.get_container("n", "h", true).await.unwrap();
+    assert_eq!(ct.instances[0].state, "starting", "a 404 health path must not make it ready");
+    // A path that answers 2xx: the new generation becomes ready.
+    let (code, out, err) = cluster.cli(1, &["container", "deploy", "n/h", "--health-path", "/index.html"]);
+    assert_eq!(code, 0, "{out}{err}");
+    ready(&c, "n", "h", 1).await;
+    let e = c
+        .deploy_container(pb::DeployContainerRequest { health_path: Some("no-slash".into()), ..deploy("n", "h", &image, 1) })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("health_path:"), "{e}");
+}

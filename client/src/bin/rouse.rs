@@ -259,6 +259,9 @@ struct Deploy {
     /// Place instances only on nodes of this region ("" clears it).
     #[arg(long)]
     region: Option<String>,
+    /// Ready when this path answers 2xx ("" clears it; default: port open).
+    #[arg(long)]
+    health_path: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -380,6 +383,7 @@ struct ContainerOut {
     cold_start: Option<ColdStartOut>,
     region: String,
     pending_reason: String,
+    health_path: String,
 }
 
 #[derive(Serialize)]
@@ -457,6 +461,7 @@ impl From<pb::Container> for ContainerOut {
             instances: c.instances.into_iter().map(Into::into).collect(),
             region: c.region,
             pending_reason: c.pending_reason,
+            health_path: c.health_path,
             cold_start: c.cold_start.map(|s| ColdStartOut {
                 samples: s.samples,
                 median_total_ms: s.median_total_ms,
@@ -738,6 +743,7 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                 }
                 .into(),
                 region: d.region,
+                health_path: d.health_path,
                 scale_to_zero_after_seconds: d
                     .scale_to_zero_after
                     .as_deref()

@@ -83,6 +83,7 @@ impl From<&Container> for pb::Container {
             resolved_image: c.resolved_image.clone().unwrap_or_default(),
             instances: vec![],
             region: c.spec.region.clone().unwrap_or_default(),
+            health_path: c.spec.health_path.clone().unwrap_or_default(),
             pending_reason: c.pending_reason.clone().unwrap_or_default(),
             cold_start: c.cold_start_summary().map(|(last, median)| pb::ColdStartSummary {
                 samples: u32::try_from(c.cold_starts.len()).unwrap_or(u32::MAX),

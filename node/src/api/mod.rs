@@ -280,6 +280,9 @@ impl Api {
             if let Some(p) = protocol {
                 spec.protocol = p;
             }
+            if let Some(h) = &r.health_path {
+                spec.health_path = (!h.is_empty()).then(|| h.clone());
+            }
             if let Some(r) = &r.region {
                 if r.is_empty() {
                     spec.region = None;

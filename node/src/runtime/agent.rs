@@ -305,8 +305,9 @@ impl Agent {
             let tasks = self.tasks.clone();
             let wid = id.clone();
             let mut exit = tokio::spawn(async move { tasks.wait(&wid).await });
+            let health = container.spec.health_path.clone();
             let ready = tokio::select! {
-                _ = wait_port(p) => true,
+                _ = wait_ready(p, health.as_deref()) => true,
                 _ = &mut exit => false,
                 _ = stop.changed() => { exit.abort(); break 'outer; }
             };
@@ -541,14 +542,41 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
-/// Resolves once 127.0.0.1:`port` accepts a connection.
-async fn wait_port(port: u16) {
+/// Resolves once 127.0.0.1:`port` accepts a connection and, with a
+/// health path, once that path answers 2xx.
+async fn wait_ready(port: u16, health_path: Option<&str>) {
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
+        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            match health_path {
+                None => return,
+                Some(path) => {
+                    if health_ok(stream, port, path).await {
+                        return;
+                    }
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn health_ok(stream: tokio::net::TcpStream, port: u16, path: &str) -> bool {
+    use http_body_util::Empty;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(io).await else {
+        return false;
+    };
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get(path).header(http::header::HOST, format!("127.0.0.1:{port}")).body(Empty::new());
+    let ok = match req {
+        Ok(req) => matches!(
+            tokio::time::timeout(Duration::from_secs(2), sender.send_request(req)).await,
+            Ok(Ok(resp)) if resp.status().is_success()
+        ),
+        Err(_) => false,
+    };
+    driver.abort();
+    ok
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ pub struct ContainerSpec {
     /// Place instances only on nodes of this region.
     #[serde(default)]
     pub region: Option<String>,
+    /// Ready when this path answers 2xx (default: when the port accepts).
+    #[serde(default)]
+    pub health_path: Option<String>,
 }
 
 impl ContainerSpec {
@@ -92,6 +95,7 @@ impl ContainerSpec {
             protocol: Protocol::Http1,
             scale_to_zero_after_secs: Self::DEFAULT_SCALE_TO_ZERO_AFTER_SECS,
             region: None,
+            health_path: None,
         }
     }
 }
@@ -149,6 +153,7 @@ impl ContainerSpec {
             || self.cpu_mvcpu != other.cpu_mvcpu
             || self.memory_mb != other.memory_mb
             || self.protocol != other.protocol
+            || self.health_path != other.health_path
     }
 }
 

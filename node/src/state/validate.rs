@@ -131,6 +131,11 @@ pub fn container_spec(spec: &ContainerSpec, scale_cap: u32) -> Result<(), Invali
         MAX_SCALE_TO_ZERO_SECS,
         "s",
     )?;
+    if let Some(p) = &spec.health_path {
+        if !p.starts_with('/') || p.len() > 1024 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("health_path", format!("{p:?} must be an absolute URL path such as /healthz")));
+        }
+    }
     if spec.max_scale == 0 {
         return Err(invalid("max_scale", "must be at least 1"));
     }
