@@ -445,7 +445,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let args: Vec<String> = [
         "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
         "--http", &http, "--containerd", &sock, "--containerd-namespace", &format!("bench-mesh-{run}"),
-        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s",
+        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s", "--suspend-after", "0s",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -532,6 +532,13 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let via_mesh = wrk(&format!("http://127.0.0.1:{mesh_port}/"), Some("warmup.bench.rouse.localhost"), seconds)?;
     let via_nginx = wrk(&format!("http://127.0.0.1:{nginx_port}/"), None, seconds)?;
 
+    let (wake, warm) = wake_rounds(&sock, &reg, &image, rounds, &run).await?;
+    let (wm, ww) = (median(wake), median(warm));
+
+    println!("wake from suspended (paused, memory kept) through the mesh, {rounds} rounds, medians");
+    println!("  first request to a suspended instance: {wm:.1} ms");
+    println!("  next request, instance running:        {ww:.1} ms");
+    println!("  ratio wake/warm: {:.1}", wm / ww);
     println!("cold start to first 200, image cached, {rounds} rounds, medians");
     println!("  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms");
     println!("  ctr run (baseline):                                          {bm:.0} ms");
@@ -657,6 +664,71 @@ async fn placement(nodes: u64, containers: u32, per: u32) -> anyhow::Result<()> 
     println!("  ratio batched/single: {:.1}", batched / single);
     println!("  context: Nomad's published C1M run committed 3,750 placements/s (different hardware and scale)");
     Ok(())
+}
+
+/// A node of its own with --suspend-after 2s: time the first request to a
+/// suspended instance through the mesh, and the next one (running).
+async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = [
+        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
+        "--http", &http, "--containerd", sock, "--containerd-namespace", &format!("bench-wake-{run}"),
+        "--insecure-registry", reg, "--log", "warn", "--stop-grace", "1s", "--suspend-after", "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    let ep = format!("http://{listen}");
+    let mut c = loop {
+        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+            if c.create_namespace("bench", Default::default()).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    c.deploy_container(rouse_client::pb::DeployContainerRequest {
+        namespace: "bench".into(),
+        name: "nap".into(),
+        image: Some(image.to_string()),
+        min_scale: Some(1),
+        cpu_mvcpu: Some(1000),
+        memory_mb: Some(128),
+        ..Default::default()
+    })
+    .await?;
+    let one = |host: &str| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "-H", &format!("Host: {host}")])
+            .arg(format!("http://{http}/"))
+            .output()?;
+        anyhow::ensure!(String::from_utf8_lossy(&out.stdout) == "200", "request failed");
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let (mut wake, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        loop {
+            let ct = c.get_container("bench", "nap", true).await?;
+            if ct.instances.iter().any(|i| i.state == "suspended") {
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "never suspended: {:?}", ct.instances);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wake.push(one("nap.bench.rouse.localhost")?);
+        warm.push(one("nap.bench.rouse.localhost")?);
+    }
+    c.delete_container("bench", "nap").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(procs);
+    Ok((wake, warm))
 }
 
 fn rand_suffix() -> String {
