@@ -69,10 +69,11 @@ print(next((str(i["port"]) for i in c["instances"] if i["state"] == "ready"), ""
   sleep 0.2
 done
 "$BIN/rouse" --endpoint http://127.0.0.1:7073 container get demo/hello
-if [ -n "$port" ]; then
-  echo
-  echo "the demo answers: $(curl -fsS "http://127.0.0.1:$port/")   (curl http://127.0.0.1:$port/)"
-fi
+echo
+echo "through the mesh of each node:"
+for id in 1 2 3; do
+  echo "  curl -H 'Host: hello.demo.rouse.localhost' http://127.0.0.1:808$id/  →  $(curl -fsS -m 30 -H 'Host: hello.demo.rouse.localhost' "http://127.0.0.1:808$id/")"
+done
 
 cat <<MSG
 
@@ -81,6 +82,7 @@ rouse is running (logs in $STATE/node*.log). Try:
   $BIN/rouse cluster status
   $BIN/rouse container get demo/hello -o yaml
   $BIN/rouse container logs demo/hello -f
+  curl -H 'Host: hello.demo.rouse.localhost' http://127.0.0.1:8082/
 Press Ctrl-C to stop.
 MSG
 wait

@@ -100,6 +100,10 @@ pub struct Args {
     /// A node silent this long is marked down and its instances replaced (default 3s).
     #[arg(long, env = "ROUSE_NODE_GRACE")]
     pub node_grace: Option<String>,
+    /// Chaos-suite sabotage: answer reads from local state without the
+    /// leader check (breaks linearizability on purpose).
+    #[arg(long, hide = true)]
+    pub sabotage_stale_reads: bool,
     /// Placements per Raft proposal (0: the whole plan of a pass in one).
     #[arg(long, env = "ROUSE_PLACEMENT_BATCH")]
     pub placement_batch: Option<usize>,
@@ -181,6 +185,7 @@ pub struct NodeConfig {
     pub overcommit: f64,
     /// Zero: one proposal per scheduling pass.
     pub placement_batch: usize,
+    pub sabotage_stale_reads: bool,
 }
 
 impl NodeConfig {
@@ -290,6 +295,7 @@ impl NodeConfig {
             return Err(invalid("overcommit", format!("{overcommit} is outside 1.0..=10.0")));
         }
         Ok(NodeConfig {
+            sabotage_stale_reads: args.sabotage_stale_reads,
             placement_batch: args.placement_batch.or(file.placement_batch).unwrap_or(0),
             node_grace,
             overcommit,

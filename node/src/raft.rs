@@ -45,9 +45,16 @@ pub const PEER_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Source address of connections to peers (this node's listen IP), so
+    /// peers and fault proxies can tell nodes apart.
+    local: Option<std::net::IpAddr>,
 }
 
 impl PeerPool {
+    pub fn with_local_address(local: Option<std::net::IpAddr>) -> Self {
+        PeerPool { channels: Default::default(), local }
+    }
+
     /// A client for the peer service at `addr` (host:port).
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -59,6 +66,7 @@ impl PeerPool {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
+                    .local_address(self.local)
                     .connect_lazy();
                 map.insert(addr.to_string(), ch.clone());
                 ch

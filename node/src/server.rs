@@ -54,7 +54,11 @@ pub async fn run(
     .validate()
     .context("raft configuration")?;
 
-    let pool = PeerPool::default();
+    let local = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+    let pool = PeerPool::with_local_address(local);
+    if config.sabotage_stale_reads {
+        tracing::error!("SABOTAGE: reads are answered from local state without the leader check; never use this outside the chaos suite");
+    }
     let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(pool.clone()), log, sm)
         .await
         .context("starting raft")?;
