@@ -1,0 +1,20 @@
+//! `rouse-chaos`: a seeded, Jepsen-style harness over real rouse-node
+//! processes.
+//!
+//! - [`cluster`]: node processes, each behind a [`proxy`] that can cut,
+//!   delay or drop its links;
+//! - [`workload`]: clients recording a history of register reads and writes
+//!   and create-only writes;
+//! - [`run`]: the seeded fault schedule, heal and checks;
+//! - [`check`]: one module per invariant (linearizability, lost writes);
+//! - [`report`]: JSON, summary and an SVG timeline.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod check;
+pub mod cluster;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,336 @@
+//! One chaos run: start, load, break, heal, check, report.
+//!
+//! ```text
+//!  start N nodes (+ a fault proxy each) ─▶ clients record a history
+//!      ─▶ seeded faults: process (kill, pause), network (partitions,
+//!         delay), membership (remove a node, add a fresh one)
+//!      ─▶ heal ─▶ convergence (equal digests) ─▶ checks ─▶ report
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rouse_client::Client;
+use serde::Serialize;
+
+use crate::check::linearizable::{self, Kind, Op, Verdict};
+use crate::cluster::Cluster;
+use crate::workload::{self, Event, Outcome};
+
+pub struct Options {
+    pub nodes: u64,
+    pub duration: Duration,
+    pub seed: u64,
+    pub sabotage_stale_reads: bool,
+    pub clients: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    pub kind: String,
+    pub detail: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: u64,
+    pub duration_s: f64,
+    pub sabotage: Option<String>,
+    pub operations: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub faults: Vec<Fault>,
+    /// `true`, `false`, or `null` when the checker ran out of budget.
+    pub linearizable: Option<bool>,
+    pub keys: BTreeMap<String, String>,
+    pub lost_acknowledged_writes: usize,
+    pub lost: Vec<String>,
+    pub converged: bool,
+    pub converged_after_s: Option<f64>,
+    pub write_after_heal: bool,
+    pub panics: Vec<String>,
+    pub passed: bool,
+    #[serde(skip)]
+    pub history: Vec<Event>,
+}
+
+async fn node_info(url: &str) -> Option<rouse_client::pb::NodeInfoResponse> {
+    let fut = async {
+        let mut c = Client::connect(url, None).await.ok()?;
+        c.node_info().await.ok()
+    };
+    tokio::time::timeout(Duration::from_millis(800), fut).await.ok().flatten()
+}
+
+async fn leader(cluster: &Cluster) -> Option<u64> {
+    for id in cluster.members() {
+        if cluster.nodes[&id].paused || cluster.nodes[&id].child.is_none() {
+            continue;
+        }
+        if let Some(i) = node_info(&cluster.endpoint(id)).await {
+            if i.leader_id != 0 && cluster.members().contains(&i.leader_id) {
+                return Some(i.leader_id);
+            }
+        }
+    }
+    None
+}
+
+async fn wait_voters(cluster: &Cluster, n: usize, within: Duration) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        for id in cluster.members() {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), Client::connect(&cluster.endpoint(id), None)).await {
+                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.cluster_status()).await {
+                    if s.leader_id != 0 && s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() >= n {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        anyhow::ensure!(t.elapsed() < within, "the cluster did not form {n} healthy voters within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn endpoints_of(cluster: &Cluster) -> Vec<(u64, String)> {
+    cluster.members().into_iter().map(|id| (id, cluster.endpoint(id))).collect()
+}
+
+pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Report> {
+    let mut extra = Vec::new();
+    if opts.sabotage_stale_reads {
+        extra.push("--sabotage-stale-reads".to_string());
+    }
+    let mut cluster = Cluster::new(&dir, bin, extra);
+    cluster.add(1, None).await?;
+    wait_voters(&cluster, 1, Duration::from_secs(20)).await?;
+    for id in 2..=opts.nodes {
+        cluster.add(id, Some(1)).await?;
+    }
+    wait_voters(&cluster, opts.nodes as usize, Duration::from_secs(60)).await?;
+    workload::setup(&cluster.endpoint(1)).await?;
+
+    let history: workload::History = Arc::new(Mutex::new(Vec::new()));
+    let endpoints = Arc::new(Mutex::new(endpoints_of(&cluster)));
+    let start = Instant::now();
+    let until = start + opts.duration;
+    let mut clients = Vec::new();
+    for id in 0..opts.clients {
+        clients.push(tokio::spawn(workload::client(id, opts.seed, endpoints.clone(), start, until, history.clone())));
+    }
+
+    // The fault schedule comes from the seed alone.
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let ms = |t: Instant| u64::try_from(t.duration_since(start).as_millis()).unwrap_or(u64::MAX);
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut membership_done = false;
+    let mut next_id = opts.nodes + 1;
+    let mut first = true;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while Instant::now() + Duration::from_secs(5) < until {
+        let hold = Duration::from_millis(rng.random_range(1500..3500));
+        let members = cluster.members();
+        let kinds = ["kill", "pause", "isolate-leader", "split", "bridge", "delay", "membership", "isolate-follower"];
+        let kind = if first { "isolate-follower" } else { kinds[rng.random_range(0..kinds.len())] };
+        first = false;
+        let pick = |rng: &mut StdRng, from: &[u64]| from[rng.random_range(0..from.len())];
+        let t0 = Instant::now();
+        let lead = leader(&cluster).await;
+        let (kind_label, detail) = match kind {
+            "kill" => {
+                let v = pick(&mut rng, &members);
+                cluster.kill(v);
+                tokio::time::sleep(hold).await;
+                cluster.restart(v)?;
+                ("process-kill", format!("SIGKILL node {v}, restarted after {hold:?}"))
+            }
+            "pause" => {
+                let v = pick(&mut rng, &members);
+                cluster.pause(v);
+                tokio::time::sleep(hold).await;
+                cluster.resume(v);
+                ("process-pause", format!("SIGSTOP node {v} for {hold:?}"))
+            }
+            "isolate-leader" | "isolate-follower" => {
+                let followers: Vec<u64> = members.iter().copied().filter(|m| Some(*m) != lead).collect();
+                let v = if kind == "isolate-leader" { lead.unwrap_or(members[0]) } else { pick(&mut rng, &followers) };
+                let rest: Vec<u64> = members.iter().copied().filter(|m| *m != v).collect();
+                cluster.net.partition(&[v], &rest);
+                tokio::time::sleep(hold).await;
+                cluster.net.heal();
+                ("network-isolate", format!("isolated node {v} ({}) for {hold:?}", if Some(v) == lead { "leader" } else { "follower" }))
+            }
+            "split" => {
+                let mut shuffled = members.clone();
+                for i in (1..shuffled.len()).rev() {
+                    let j = rng.random_range(0..=i);
+                    shuffled.swap(i, j);
+                }
+                let (minority, majority) = shuffled.split_at(shuffled.len() / 2);
+                cluster.net.partition(minority, majority);
+                tokio::time::sleep(hold).await;
+                cluster.net.heal();
+                ("network-split", format!("minority {minority:?} / majority {majority:?} for {hold:?}"))
+            }
+            "bridge" if members.len() >= 3 => {
+                // Two halves that only the bridge node sees both of.
+                let b = pick(&mut rng, &members);
+                let others: Vec<u64> = members.iter().copied().filter(|m| *m != b).collect();
+                let (x, y) = others.split_at(others.len() / 2);
+                cluster.net.partition(x, y);
+                tokio::time::sleep(hold).await;
+                cluster.net.heal();
+                ("network-bridge", format!("bridge through node {b}: {x:?} cut from {y:?} for {hold:?}"))
+            }
+            "delay" => {
+                let v = pick(&mut rng, &members);
+                let d = Duration::from_millis(rng.random_range(30..150));
+                cluster.net.set_delay(v, d);
+                tokio::time::sleep(hold).await;
+                cluster.net.heal();
+                ("network-delay", format!("{d:?} added latency on links to node {v} for {hold:?}"))
+            }
+            "membership" if !membership_done && members.len() >= 3 => {
+                membership_done = true;
+                let followers: Vec<u64> = members.iter().copied().filter(|m| Some(*m) != lead).collect();
+                let v = pick(&mut rng, &followers);
+                let via = members.iter().copied().find(|m| *m != v).unwrap_or(1);
+                let removed = match Client::connect(&cluster.endpoint(via), None).await {
+                    Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.remove_node(v)).await.map(|r| r.is_ok()).unwrap_or(false),
+                    Err(_) => false,
+                };
+                if removed {
+                    if let Some(n) = cluster.nodes.get_mut(&v) {
+                        n.removed = true;
+                    }
+                    *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
+                    cluster.kill(v);
+                    let fresh = next_id;
+                    next_id += 1;
+                    cluster.add(fresh, Some(via)).await?;
+                    let joined = wait_voters(&cluster, members.len(), Duration::from_secs(20)).await.is_ok();
+                    *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
+                    ("membership", format!("removed node {v}, added fresh node {fresh} (joined: {joined})"))
+                } else {
+                    ("membership", "remove refused (no quorum?); membership unchanged".to_string())
+                }
+            }
+            _ => {
+                let v = pick(&mut rng, &members);
+                cluster.pause(v);
+                tokio::time::sleep(hold).await;
+                cluster.resume(v);
+                ("process-pause", format!("SIGSTOP node {v} for {hold:?}"))
+            }
+        };
+        faults.push(Fault { kind: kind_label.to_string(), detail, start_ms: ms(t0), end_ms: ms(Instant::now()) });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+
+    // Heal everything.
+    cluster.net.heal();
+    for id in cluster.members() {
+        cluster.resume(id);
+        if cluster.nodes[&id].child.is_none() {
+            cluster.restart(id)?;
+        }
+    }
+    let heal_start = Instant::now();
+    let mut converged_after = None;
+    while heal_start.elapsed() < Duration::from_secs(30) {
+        let mut infos = Vec::new();
+        for id in cluster.members() {
+            infos.push(node_info(&cluster.endpoint(id)).await.map(|i| (i.last_applied_index, i.state_digest)));
+        }
+        if infos.iter().all(|i| i.is_some()) && infos.windows(2).all(|w| w[0] == w[1]) {
+            converged_after = Some(heal_start.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut write_after_heal = false;
+    for id in cluster.members() {
+        if let Ok(mut c) = Client::connect(&cluster.endpoint(id), None).await {
+            if tokio::time::timeout(Duration::from_secs(10), c.create_namespace("after-heal", Default::default())).await.is_ok_and(|r| r.is_ok()) {
+                write_after_heal = true;
+                break;
+            }
+        }
+    }
+
+    let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // No acknowledged create lost, on any node.
+    let mut lost: BTreeSet<String> = BTreeSet::new();
+    for id in cluster.members() {
+        let names: BTreeSet<String> = match Client::connect(&cluster.endpoint(id), None).await {
+            Ok(mut c) => c.list_namespaces(true).await.map(|v| v.into_iter().map(|n| n.name).collect()).unwrap_or_default(),
+            Err(_) => BTreeSet::new(),
+        };
+        lost.extend(crate::check::lost::missing(&history, &names));
+    }
+
+    // Per-key linearizability.
+    let mut keys = BTreeMap::new();
+    let mut verdicts = Vec::new();
+    for k in 0..workload::KEYS {
+        let key = workload::register_name(k);
+        let ops: Vec<Op> = history
+            .iter()
+            .filter(|e| e.key == key)
+            .filter_map(|e| match (e.op, &e.outcome) {
+                ("write", Outcome::Ok) => Some(Op { invoke: e.invoke_ms, complete: Some(e.complete_ms), kind: Kind::Write(e.value.clone()) }),
+                ("write", Outcome::Unknown) => Some(Op { invoke: e.invoke_ms, complete: None, kind: Kind::Write(e.value.clone()) }),
+                ("read", Outcome::Ok) => Some(Op { invoke: e.invoke_ms, complete: Some(e.complete_ms), kind: Kind::Read(e.value.clone()) }),
+                _ => None,
+            })
+            .collect();
+        let v = tokio::task::spawn_blocking(move || linearizable::check(workload::INITIAL, &ops, 5_000_000)).await?;
+        keys.insert(key, format!("{v:?}").to_lowercase());
+        verdicts.push(v);
+    }
+    let linearizable = if verdicts.contains(&Verdict::NotLinearizable) {
+        Some(false)
+    } else if verdicts.contains(&Verdict::Unknown) {
+        None
+    } else {
+        Some(true)
+    };
+    let panics = cluster.panics();
+    let count = |o: Outcome| history.iter().filter(|e| e.outcome == o).count();
+    let converged = converged_after.is_some();
+    let passed = linearizable == Some(true) && lost.is_empty() && converged && write_after_heal && panics.is_empty();
+    cluster.stop_all();
+    Ok(Report {
+        seed: opts.seed,
+        nodes: opts.nodes,
+        duration_s: opts.duration.as_secs_f64(),
+        sabotage: opts.sabotage_stale_reads.then(|| "stale-reads".to_string()),
+        operations: history.len(),
+        ok: count(Outcome::Ok),
+        failed: count(Outcome::Fail),
+        unknown: count(Outcome::Unknown),
+        faults,
+        linearizable,
+        keys,
+        lost_acknowledged_writes: lost.len(),
+        lost: lost.into_iter().collect(),
+        converged,
+        converged_after_s: converged_after,
+        write_after_heal,
+        panics,
+        passed,
+        history,
+    })
+}
