@@ -28,7 +28,10 @@ if ! curl -fsS "http://$REG/v2/rouse/hello/tags/list" 2>/dev/null | grep -q late
 fi
 
 pids=()
+stopped=0
 stop() {
+  [ "$stopped" = 1 ] && return
+  stopped=1
   echo "stopping rouse nodes" >&2
   "$BIN/rouse" --endpoint http://127.0.0.1:7071 container delete demo/hello >/dev/null 2>&1 || true
   sleep 3
