@@ -37,6 +37,17 @@ stop() {
   sleep 3
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Instances outlive rouse-node by design; this demo removes them.
+  for t in $(ctr --address "$SOCK" -n rouse-local tasks ls -q 2>/dev/null); do
+    ctr --address "$SOCK" -n rouse-local tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+  done
+  sleep 0.5
+  for t in $(ctr --address "$SOCK" -n rouse-local tasks ls -q 2>/dev/null); do
+    ctr --address "$SOCK" -n rouse-local tasks rm -f "$t" >/dev/null 2>&1 || true
+  done
+  for c in $(ctr --address "$SOCK" -n rouse-local containers ls -q 2>/dev/null); do
+    ctr --address "$SOCK" -n rouse-local containers rm "$c" >/dev/null 2>&1 || true
+  done
   bash deploy/test-env.sh stop
 }
 trap stop EXIT INT TERM

@@ -382,6 +382,8 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     println!("{:<44} {:>10}", "ctr images pull + ctr run (baseline)", format!("{b:.0} ms"));
     println!("ratio rouse/ctr: {:.2}", r / b);
     drop(procs);
+    ctr_cleanup(&sock, &ns);
+    ctr_cleanup(&sock, &ctr_ns);
     Ok(())
 }
 
@@ -553,6 +555,8 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     c.delete_container("bench", "warmup").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(procs);
+    ctr_cleanup(&sock, &format!("bench-mesh-{run}"));
+    ctr_cleanup(&sock, &ctr_ns);
     Ok(())
 }
 
@@ -728,7 +732,26 @@ async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &st
     c.delete_container("bench", "nap").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(procs);
+    ctr_cleanup(sock, &format!("bench-wake-{run}"));
     Ok((wake, warm))
+}
+
+/// Removes every task and container a benchmark left in `ns`.
+fn ctr_cleanup(sock: &str, ns: &str) {
+    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", sock, "-n", ns]).args(args).output();
+    let ids = |what: &str| -> Vec<String> {
+        ctr(&[what, "ls", "-q"]).map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+    };
+    for t in ids("tasks") {
+        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &t]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for t in ids("tasks") {
+        let _ = ctr(&["tasks", "rm", "-f", &t]);
+    }
+    for c in ids("containers") {
+        let _ = ctr(&["containers", "rm", &c]);
+    }
 }
 
 fn rand_suffix() -> String {
