@@ -55,6 +55,7 @@ trap stop EXIT INT TERM
 for id in 1 2 3; do
   flags=(--id "$id" --data-dir "$STATE/node$id" --listen "127.0.0.1:707$id" --http "127.0.0.1:808$id"
          --zone "zone-$id" --containerd "$SOCK" --containerd-namespace rouse-local
+         --master-key-file "$STATE/master.key"
          --insecure-registry "$REG" --instance-ports "2${id}000-2${id}999")
   if [ ! -d "$STATE/node$id" ]; then
     if [ "$id" = 1 ]; then flags+=(--bootstrap); else flags+=(--join 127.0.0.1:7071); fi

@@ -22,6 +22,7 @@ use pb::container_service_client::ContainerServiceClient;
 use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
+use pb::secret_service_client::SecretServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -70,6 +71,7 @@ pub struct Client {
     containers: ContainerServiceClient<Svc>,
     images: ImageServiceClient<Svc>,
     nodes: NodeServiceClient<Svc>,
+    secrets: SecretServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -112,9 +114,27 @@ impl Client {
             namespaces: NamespaceServiceClient::with_interceptor(channel.clone(), auth.clone()),
             containers: ContainerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            secrets: SecretServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
         })
+    }
+
+    /// Sets secrets in a namespace (`container` None) or a container.
+    pub async fn set_secrets(&mut self, namespace: &str, container: Option<&str>, values: HashMap<String, String>) -> Result<Vec<pb::SecretInfo>, Error> {
+        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
+        Ok(self.secrets.set(pb::SetSecretsRequest { scope, values }).await?.into_inner().secrets)
+    }
+
+    pub async fn list_secrets(&mut self, namespace: &str, container: Option<&str>) -> Result<Vec<pb::SecretInfo>, Error> {
+        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
+        Ok(self.secrets.list(pb::ListSecretsRequest { scope }).await?.into_inner().secrets)
+    }
+
+    pub async fn delete_secret(&mut self, namespace: &str, container: Option<&str>, key: &str) -> Result<(), Error> {
+        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
+        self.secrets.delete(pb::DeleteSecretRequest { scope, key: key.into() }).await?;
+        Ok(())
     }
 
     pub async fn list_nodes(&mut self, stale: bool) -> Result<Vec<pb::Node>, Error> {

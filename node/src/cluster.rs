@@ -91,6 +91,10 @@ pub struct Cluster {
     pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
     /// Load reports and scaling decisions (acts only on the leader).
     pub autoscaler: Arc<crate::mesh::Autoscaler>,
+    /// The master key (KEK) from `--master-key-file`, once read.
+    pub kek: std::sync::OnceLock<crate::secrets::Key>,
+    /// The cluster data key, once unwrapped.
+    pub data_key: std::sync::OnceLock<crate::secrets::Key>,
 }
 
 /// Whether a forwarded call failed before it reached the leader.
@@ -116,6 +120,34 @@ impl Cluster {
                 r = rx.changed() => if r.is_err() { return },
             }
         }
+    }
+
+    /// The cluster data key (unwrapped with this node's master key).
+    pub fn data_key(&self) -> Result<crate::secrets::Key, ClusterError> {
+        if let Some(k) = self.data_key.get() {
+            return Ok(k.clone());
+        }
+        let kek = match self.kek.get() {
+            Some(k) => k.clone(),
+            None => {
+                let k = crate::secrets::Key::load_or_create(&self.config.master_key_file, false).map_err(|e| {
+                    ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets"))
+                })?;
+                let _ = self.kek.set(k.clone());
+                k
+            }
+        };
+        let wrapped = self.sm.read().data.data_key.clone().ok_or_else(|| {
+            ClusterError::Precondition("the cluster data key is not set up yet; retry in a moment".into())
+        })?;
+        let dk = kek.unwrap_key(&wrapped).map_err(|_| {
+            ClusterError::Precondition(format!(
+                "master_key_file: {} does not open the cluster data key (a different key than the cluster's)",
+                self.config.master_key_file.display()
+            ))
+        })?;
+        let _ = self.data_key.set(dk.clone());
+        Ok(dk)
     }
 
     /// This node's own record, as it registers itself.

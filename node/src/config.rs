@@ -100,6 +100,11 @@ pub struct Args {
     /// A node silent this long is marked down and its instances replaced (default 3s).
     #[arg(long, env = "ROUSE_NODE_GRACE")]
     pub node_grace: Option<String>,
+    /// File with the master key that wraps the cluster data key (64 hex
+    /// characters, mode 0600; created by --bootstrap if absent). Every node
+    /// needs the same key to open secrets. Default: <data-dir>/master.key.
+    #[arg(long, env = "ROUSE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
     /// Chaos-suite sabotage: answer reads from local state without the
     /// leader check (breaks linearizability on purpose).
     #[arg(long, hide = true)]
@@ -150,6 +155,7 @@ pub struct FileConfig {
     pub node_grace: Option<String>,
     pub overcommit: Option<f64>,
     pub placement_batch: Option<usize>,
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// Resolved, validated node settings.
@@ -186,6 +192,7 @@ pub struct NodeConfig {
     /// Zero: one proposal per scheduling pass.
     pub placement_batch: usize,
     pub sabotage_stale_reads: bool,
+    pub master_key_file: PathBuf,
 }
 
 impl NodeConfig {
@@ -294,7 +301,9 @@ impl NodeConfig {
         if !(1.0..=10.0).contains(&overcommit) {
             return Err(invalid("overcommit", format!("{overcommit} is outside 1.0..=10.0")));
         }
+        let master_key_file = args.master_key_file.or(file.master_key_file).unwrap_or_else(|| data_dir.join("master.key"));
         Ok(NodeConfig {
+            master_key_file,
             sabotage_stale_reads: args.sabotage_stale_reads,
             placement_batch: args.placement_batch.or(file.placement_batch).unwrap_or(0),
             node_grace,

@@ -39,6 +39,7 @@ pub mod peer;
 pub mod raft;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -62,7 +62,16 @@ pub async fn run(
     let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(pool.clone()), log, sm)
         .await
         .context("starting raft")?;
+    let kek = std::sync::OnceLock::new();
+    match crate::secrets::Key::load_or_create(&config.master_key_file, config.bootstrap) {
+        Ok(k) => {
+            let _ = kek.set(k);
+        }
+        Err(e) => tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one"),
+    }
     let cluster = Arc::new(Cluster {
+        kek,
+        data_key: Default::default(),
         id: config.id,
         raft: raft.clone(),
         sm: shared,
@@ -229,6 +238,7 @@ async fn run_scheduler(cluster: Arc<Cluster>) {
         if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
             continue;
         }
+        ensure_data_key(&cluster).await;
         let params = crate::scheduler::Params { overcommit: cluster.config.overcommit };
         let plan = {
             let sm = cluster.sm.read();
@@ -339,5 +349,19 @@ async fn run_liveness(cluster: Arc<Cluster>) {
                 }
             }
         }
+    }
+}
+
+/// On the leader: creates the cluster data key once, wrapped by the master key.
+async fn ensure_data_key(cluster: &Cluster) {
+    if cluster.sm.read().data.data_key.is_some() {
+        return;
+    }
+    let Some(kek) = cluster.kek.get() else { return };
+    let dk = crate::secrets::Key::random();
+    let Ok(wrapped) = kek.wrap(&dk) else { return };
+    match cluster.write(Command::InitDataKey { wrapped }).await {
+        Ok(_) => tracing::info!("created the cluster data key"),
+        Err(e) => tracing::debug!(error = %e, "data key"),
     }
 }

@@ -264,6 +264,7 @@ pub struct StateMachineStore {
 const SM_LAST_APPLIED: &[u8] = b"meta/last_applied";
 const SM_MEMBERSHIP: &[u8] = b"meta/membership";
 const SM_REVISION: &[u8] = b"meta/revision";
+const SM_DATA_KEY: &[u8] = b"meta/data_key";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -297,6 +298,14 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
                 None => batch.remove(format!("nstate/{id:020}").as_bytes()),
             }
         }
+        Key::Secrets(scope) => match d.secrets.get(scope) {
+            Some(v) => batch.insert(format!("sec/{scope}").as_bytes(), json(v)?),
+            None => batch.remove(format!("sec/{scope}").as_bytes()),
+        },
+        Key::DataKey => match &d.data_key {
+            Some(v) => batch.insert(SM_DATA_KEY, json(v)?),
+            None => batch.remove(SM_DATA_KEY),
+        },
         Key::Instance(k) => {
             match d.instances.get(k) {
                 Some(v) => batch.insert(format!("in/{k}").as_bytes(), json(v)?),
@@ -329,6 +338,12 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     for (k, v) in &a.data.instances {
         b.insert(format!("in/{k}").as_bytes(), json(v)?);
     }
+    for (k, v) in &a.data.secrets {
+        b.insert(format!("sec/{k}").as_bytes(), json(v)?);
+    }
+    if let Some(dk) = &a.data.data_key {
+        b.insert(SM_DATA_KEY, json(dk)?);
+    }
     for (k, v) in &a.data.node_states {
         b.insert(format!("nstate/{k:020}").as_bytes(), json(v)?);
     }
@@ -349,6 +364,10 @@ impl StateMachineStore {
                 a.last_applied = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_MEMBERSHIP {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
+            } else if k.as_ref() == SM_DATA_KEY {
+                a.data.data_key = serde_json::from_slice(&v).map_err(bad)?;
+            } else if let Some(scope) = key.strip_prefix("sec/") {
+                a.data.secrets.insert(scope.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if k.as_ref() == SM_REVISION {
                 a.data.revision = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(name) = key.strip_prefix("ns/") {

@@ -154,11 +154,16 @@ pub fn registry_log_count(needle: &str) -> usize {
 impl TestCluster {
     /// An empty cluster; `common` flags go to every node.
     pub fn new(common: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // One master key for the whole cluster; node 1 creates it.
+        let mut common: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        common.push("--master-key-file".into());
+        common.push(dir.path().join("master.key").display().to_string());
         TestCluster {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
             nodes: BTreeMap::new(),
             bin: bin_dir(),
-            common: common.iter().map(|s| s.to_string()).collect(),
+            common,
             ctr_namespace: None,
             ports_base: None,
         }

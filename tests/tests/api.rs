@@ -78,38 +78,81 @@ async fn invalid_input_is_refused_with_the_field_named() {
     cluster.assert_no_panics();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_are_refused_and_never_stored() {
-    let cluster = TestCluster::start(1, &[]).await;
-    let mut c = cluster.client(1).await;
-    let secret = "s3cr3t-value-that-must-not-leak";
-    let e = c
-        .create_namespace_with(pb::CreateNamespaceRequest {
-            name: "vault".into(),
-            env: HashMap::new(),
-            secrets: HashMap::from([("DB_PASSWORD".into(), secret.into())]),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some(Code::Unimplemented));
-    assert!(e.to_string().starts_with("secrets:"), "{e}");
-    let (code, _out, err) = cluster.cli(1, &["container", "deploy", "a/b", "--image", "x", "--secret", &format!("K={secret}")]);
-    assert_ne!(code, 0);
-    assert!(err.contains("secrets:"), "{err}");
-    // No file under the data dir holds the value.
-    let mut stack = vec![cluster.nodes[&1].data_dir.clone()];
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
         for entry in std::fs::read_dir(&p).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let bytes = std::fs::read(&path).unwrap();
-                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the secret", path.display());
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    hits.push(path.display().to_string());
+                }
             }
         }
     }
-    assert!(!cluster.nodes[&1].log_text().contains(secret));
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_write_only_and_sealed_at_rest() {
+    let cluster = TestCluster::start(3, &["--snapshot-logs", "20"]).await;
+    let mut c = cluster.client(2).await;
+    let secret = "s3cr3t-value-that-must-not-leak";
+    let ns = rouse_e2e::eventually("data key ready", || {
+        let mut c = c.clone();
+        async move {
+            c.create_namespace_with(pb::CreateNamespaceRequest {
+                name: "vault".into(),
+                env: HashMap::new(),
+                secrets: HashMap::from([("DB_PASSWORD".into(), secret.into())]),
+            })
+            .await
+        }
+    })
+    .await;
+    assert_eq!(ns.secret_names, ["DB_PASSWORD"]);
+    // Through the CLI, on a container, from another node.
+    c.deploy_container(deploy("vault", "app")).await.unwrap();
+    let (code, out, err) = cluster.cli(3, &["secret", "set", "vault/app", &format!("API_KEY={secret}-2"), "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cluster.cli(1, &["secret", "set", "vault/app", &format!("API_KEY={secret}-3")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let listed = c.list_secrets("vault", Some("app")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].key.as_str(), listed[0].version), ("API_KEY", 2));
+    assert_eq!(listed[0].value_sha256.len(), 64);
+    // More writes so snapshots are taken, then look for the value everywhere.
+    for i in 0..40 {
+        c.create_namespace(&format!("pad-{i}"), HashMap::new()).await.unwrap();
+    }
+    let (_, out, _) = cluster.cli(1, &["namespace", "get", "vault", "-o", "json"]);
+    let (_, out2, _) = cluster.cli(1, &["container", "get", "vault/app", "-o", "json"]);
+    let (_, out3, _) = cluster.cli(1, &["secret", "list", "vault/app", "-o", "json"]);
+    for text in [&out, &out2, &out3] {
+        assert!(!text.contains(secret), "an API answer holds the secret: {text}");
+    }
+    assert!(out2.contains("API_KEY"), "{out2}");
+    for (id, node) in &cluster.nodes {
+        let hits = files_containing(&node.data_dir, secret);
+        assert!(hits.is_empty(), "node {id}: {hits:?} hold the secret");
+        assert!(!node.log_text().contains(secret), "node {id}'s log holds the secret");
+    }
+    // Bad input names the field; delete works.
+    let (code, _, err) = cluster.cli(1, &["secret", "set", "vault", "1BAD=x"]);
+    assert_ne!(code, 0);
+    assert!(err.starts_with("rouse: values.1BAD:"), "{err}");
+    let (code, _, err) = cluster.cli(1, &["secret", "set", "vault", "PORT=1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("PORT"), "{err}");
+    c.delete_secret("vault", None, "DB_PASSWORD").await.unwrap();
+    assert!(c.list_secrets("vault", None).await.unwrap().is_empty());
+    let e = c.delete_secret("vault", None, "DB_PASSWORD").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +200,7 @@ async fn cli_contract() {
         (vec!["container", "deploy", "webapi", "--image", "x"], "target:"),
         (vec!["namespace", "create", "UPPER"], "name:"),
         (vec!["namespace", "create", "x", "--env", "NOEQUALS"], "env:"),
+        (vec!["secret", "set", "a/b/c", "K=V"], "scope:"),
     ] {
         let (code, out, err) = cluster.cli(1, &args);
         assert_ne!(code, 0, "{args:?} succeeded: {out}");

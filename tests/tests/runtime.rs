@@ -262,3 +262,46 @@ async fn health_path_gates_readiness() {
         .unwrap_err();
     assert!(e.to_string().starts_with("health_path:"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_container_environment_only() {
+    let image = push_test_image("rouse-test/secrets", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    let secret = "sekrit-7e1f9c-in-env-only";
+    eventually("namespace with a secret", || {
+        let mut c = c.clone();
+        async move {
+            c.create_namespace_with(pb::CreateNamespaceRequest {
+                name: "n".into(),
+                env: HashMap::new(),
+                secrets: HashMap::from([("SHARED".into(), "from-namespace".into()), ("TOKEN".into(), "ns-level".into())]),
+            })
+            .await
+        }
+    })
+    .await;
+    let mut req = deploy("n", "app", &image, 1);
+    req.secrets = HashMap::from([("TOKEN".into(), secret.into())]);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "n", "app", 1).await.remove(0);
+    let env = http_get(inst.port, "/cgi-bin/env");
+    assert!(env.lines().any(|l| l == format!("TOKEN={secret}")), "container secret wins:\n{env}");
+    assert!(env.lines().any(|l| l == "SHARED=from-namespace"), "{env}");
+    let (_, out, _) = cluster.cli(1, &["container", "get", "n/app", "-o", "json"]);
+    assert!(!out.contains(secret) && out.contains("TOKEN"), "{out}");
+    let node = &cluster.nodes[&1];
+    assert!(!node.log_text().contains(secret));
+    let mut stack = vec![node.data_dir.clone()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let b = std::fs::read(&path).unwrap_or_default();
+                assert!(!b.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the secret", path.display());
+            }
+        }
+    }
+}

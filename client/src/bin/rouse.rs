@@ -50,6 +50,41 @@ enum Cmd {
     /// Nodes: capacity, state, cordon and drain.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Secrets: write-only values injected as env (container wins over namespace).
+    #[command(subcommand)]
+    Secret(SecretCmd),
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Set secrets: NS or NS/NAME, then KEY=VALUE...
+    Set {
+        scope: String,
+        #[arg(required = true, value_name = "K=V")]
+        values: Vec<String>,
+    },
+    /// Names, versions and fingerprints (never values).
+    List { scope: String },
+    Delete { scope: String, key: String },
+}
+
+#[derive(Serialize)]
+struct SecretOut {
+    key: String,
+    version: u64,
+    fingerprint: String,
+}
+
+fn scope_arg(s: &str) -> Result<(String, Option<String>), Fail> {
+    match s.split_once('/') {
+        None if !s.is_empty() => Ok((s.to_string(), None)),
+        Some((ns, c)) if !ns.is_empty() && !c.is_empty() && !c.contains('/') => Ok((ns.to_string(), Some(c.to_string()))),
+        _ => Err(Fail(format!("scope: {s:?} is not NAMESPACE or NAMESPACE/NAME"))),
+    }
+}
+
+fn secret_rows(v: &[SecretOut]) -> String {
+    table(&["KEY", "VERSION", "FINGERPRINT"], v.iter().map(|s| vec![s.key.clone(), s.version.to_string(), s.fingerprint.clone()]).collect())
 }
 
 #[derive(Subcommand)]
@@ -629,6 +664,26 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+        Cmd::Secret(cmd) => {
+            let infos = match cmd {
+                SecretCmd::Set { scope, values } => {
+                    let (ns, ct) = scope_arg(&scope)?;
+                    c_secrets_set(&mut c, &ns, ct.as_deref(), pairs("values", &values)?).await?
+                }
+                SecretCmd::List { scope } => {
+                    let (ns, ct) = scope_arg(&scope)?;
+                    c.list_secrets(&ns, ct.as_deref()).await?
+                }
+                SecretCmd::Delete { scope, key } => {
+                    let (ns, ct) = scope_arg(&scope)?;
+                    c.delete_secret(&ns, ct.as_deref(), &key).await?;
+                    c.list_secrets(&ns, ct.as_deref()).await?
+                }
+            };
+            let out: Vec<SecretOut> =
+                infos.into_iter().map(|i| SecretOut { key: i.key, version: i.version, fingerprint: i.value_sha256 }).collect();
+            emit(fmt, &out, || secret_rows(&out))
+        }
         Cmd::Node(cmd) => {
             let out: Vec<NodeOut> = match cmd {
                 NodeCmd::List { read } => c.list_nodes(read.stale).await?.into_iter().map(Into::into).collect(),
@@ -656,6 +711,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if failed.is_empty() { Ok(()) } else { Err(Fail(format!("data: import failed on {}", failed.join("; ")))) }
         }
     }
+}
+
+async fn c_secrets_set(
+    c: &mut Client,
+    ns: &str,
+    container: Option<&str>,
+    values: HashMap<String, String>,
+) -> Result<Vec<pb::SecretInfo>, Fail> {
+    Ok(c.set_secrets(ns, container, values).await?)
 }
 
 async fn namespace(c: &mut Client, fmt: Format, cmd: NamespaceCmd) -> Result<(), Fail> {

@@ -47,12 +47,3 @@ impl From<ApiError> for Status {
         }
     }
 }
-
-/// The error for a request that carries secret values before secrets can
-/// be stored encrypted.
-pub fn secrets_unavailable(field: &str) -> ApiError {
-    ApiError::Unimplemented(format!(
-        "{field}: secrets are not available yet; values must be encrypted before they enter the \
-         replicated log and encryption at rest is not built, so nothing was stored"
-    ))
-}

@@ -27,7 +27,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::state::validate::{self, Invalid, RESERVED_ENV};
 use crate::state::{Command, ContainerSpec, Rejection};
 use convert::{privacy_from_pb, protocol_from_pb};
-use error::{secrets_unavailable, ApiError};
+use error::ApiError;
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
@@ -55,6 +55,64 @@ fn env_map(m: std::collections::HashMap<String, String>) -> BTreeMap<String, Str
 
 fn inv(field: &str, rule: impl Into<String>) -> ApiError {
     ApiError::Invalid(Invalid { field: field.into(), rule: rule.into() })
+}
+
+// ---------------------------------------------------------------- secrets
+
+/// Largest secret value.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+impl Api {
+    /// Validates and seals `values` for `scope`; never logs them.
+    fn seal(&self, field: &str, scope: &str, values: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, crate::state::SealedSecret>, ApiError> {
+        let names: BTreeMap<String, String> = values.keys().map(|k| (k.clone(), String::new())).collect();
+        validate::env(field, &names, RESERVED_ENV)?;
+        let dk = self.cluster.data_key()?;
+        let mut out = BTreeMap::new();
+        for (k, v) in values {
+            if v.len() > MAX_SECRET_BYTES {
+                return Err(inv(&format!("{field}.{k}"), format!("value is {} bytes; at most {MAX_SECRET_BYTES}", v.len())));
+            }
+            let sealed = dk
+                .seal(v.as_bytes(), &crate::secrets::aad(scope, &k))
+                .map_err(|e| ApiError::Cluster(ClusterError::Raft(e.to_string())))?;
+            out.insert(k, crate::state::SealedSecret { sealed, fingerprint: dk.fingerprint(&v) });
+        }
+        Ok(out)
+    }
+
+    async fn set_secrets(&self, field: &str, scope: &str, values: std::collections::HashMap<String, String>) -> Result<(), ApiError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let entries = self.seal(field, scope, values)?;
+        self.cluster.write(Command::SetSecrets { scope: scope.to_string(), entries }).await?;
+        Ok(())
+    }
+
+    fn scope_of(s: &Option<pb::SecretScope>) -> Result<String, ApiError> {
+        let s = s.as_ref().ok_or_else(|| inv("scope", "is required (a namespace, optionally a container)"))?;
+        validate::dns_label("scope.namespace", &s.namespace)?;
+        if s.container.is_empty() {
+            Ok(s.namespace.clone())
+        } else {
+            validate::dns_label("scope.container", &s.container)?;
+            Ok(format!("{}/{}", s.namespace, s.container))
+        }
+    }
+
+    fn secret_infos(&self, scope: &str) -> Vec<pb::SecretInfo> {
+        let sm = self.cluster.sm.read();
+        sm.data
+            .secrets
+            .get(scope)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| pb::SecretInfo { key: k.clone(), version: v.version, value_sha256: v.fingerprint.clone() })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 // ---------------------------------------------------------------- cluster
@@ -143,7 +201,7 @@ impl Api {
     async fn update_namespace(&self, r: pb::UpdateNamespaceRequest) -> Result<pb::Namespace, ApiError> {
         validate::dns_label("name", &r.name)?;
         if !r.secrets.is_empty() {
-            return Err(secrets_unavailable("secrets"));
+            self.seal("secrets", &r.name, r.secrets.clone())?;
         }
         let patch = env_map(r.env);
         validate::env("env", &patch, &[])?;
@@ -168,6 +226,7 @@ impl Api {
                 }
             }
         }
+        self.set_secrets("secrets", &r.name, r.secrets).await?;
         self.get_namespace_local(&r.name)
     }
 
@@ -176,7 +235,7 @@ impl Api {
         sm.data
             .namespaces
             .get(name)
-            .map(pb::Namespace::from)
+            .map(|n| pb::Namespace { secret_names: sm.data.secret_names(name), ..pb::Namespace::from(n) })
             .ok_or_else(|| ApiError::NotFound(format!("namespace {name:?} not found")))
     }
 }
@@ -187,12 +246,14 @@ impl NamespaceService for Api {
         let r = req.into_inner();
         let run = async {
             validate::dns_label("name", &r.name)?;
-            if !r.secrets.is_empty() {
-                return Err(secrets_unavailable("secrets"));
-            }
             let env = env_map(r.env);
             validate::env("env", &env, &[])?;
+            if !r.secrets.is_empty() {
+                // Check the secrets before anything is written.
+                self.seal("secrets", &r.name, r.secrets.clone())?;
+            }
             self.cluster.write(Command::CreateNamespace { name: r.name.clone(), env }).await?;
+            self.set_secrets("secrets", &r.name, r.secrets).await?;
             self.get_namespace_local(&r.name)
         };
         Ok(Response::new(run.await?))
@@ -212,7 +273,13 @@ impl NamespaceService for Api {
     async fn list(&self, req: Request<pb::ListNamespacesRequest>) -> ApiResult<pb::ListNamespacesResponse> {
         let r = req.into_inner();
         self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
-        let namespaces = self.cluster.sm.read().data.namespaces.values().map(pb::Namespace::from).collect();
+        let sm = self.cluster.sm.read();
+        let namespaces = sm
+            .data
+            .namespaces
+            .values()
+            .map(|n| pb::Namespace { secret_names: sm.data.secret_names(&n.name), ..pb::Namespace::from(n) })
+            .collect();
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
@@ -230,8 +297,9 @@ impl Api {
     async fn deploy(&self, r: pb::DeployContainerRequest) -> Result<pb::Container, ApiError> {
         validate::dns_label("namespace", &r.namespace)?;
         validate::dns_label("name", &r.name)?;
+        let scope = format!("{}/{}", r.namespace, r.name);
         if !r.secrets.is_empty() {
-            return Err(secrets_unavailable("secrets"));
+            self.seal("secrets", &scope, r.secrets.clone())?;
         }
         let privacy = privacy_from_pb(r.privacy).map_err(|e| inv("privacy", e))?;
         let protocol = protocol_from_pb(r.protocol).map_err(|e| inv("protocol", e))?;
@@ -306,6 +374,7 @@ impl Api {
                 }
             }
         }
+        self.set_secrets("secrets", &scope, r.secrets.clone()).await?;
         self.get_container_local(&r.namespace, &r.name)
     }
 
@@ -378,20 +447,32 @@ impl ContainerService for Api {
 
 // ----------------------------------------------------- secrets and tokens
 
+#[allow(dead_code)]
 fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} are not available yet in this version of rouse"))
 }
 
 #[tonic::async_trait]
 impl SecretService for Api {
-    async fn set(&self, _req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
-        Err(secrets_unavailable("values").into())
+    async fn set(&self, req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
+        let r = req.into_inner();
+        let scope = Self::scope_of(&r.scope)?;
+        if r.values.is_empty() {
+            return Err(ApiError::from(inv("values", "give at least one KEY=VALUE")).into());
+        }
+        self.set_secrets("values", &scope, r.values).await?;
+        Ok(Response::new(pb::SetSecretsResponse { secrets: self.secret_infos(&scope) }))
     }
-    async fn list(&self, _req: Request<pb::ListSecretsRequest>) -> ApiResult<pb::ListSecretsResponse> {
-        Err(not_yet("secrets"))
+    async fn list(&self, req: Request<pb::ListSecretsRequest>) -> ApiResult<pb::ListSecretsResponse> {
+        let scope = Self::scope_of(&req.into_inner().scope)?;
+        self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListSecretsResponse { secrets: self.secret_infos(&scope) }))
     }
-    async fn delete(&self, _req: Request<pb::DeleteSecretRequest>) -> ApiResult<pb::DeleteSecretResponse> {
-        Err(not_yet("secrets"))
+    async fn delete(&self, req: Request<pb::DeleteSecretRequest>) -> ApiResult<pb::DeleteSecretResponse> {
+        let r = req.into_inner();
+        let scope = Self::scope_of(&r.scope)?;
+        self.cluster.write(Command::DeleteSecret { scope, key: r.key }).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::DeleteSecretResponse {}))
     }
 }
 

@@ -383,11 +383,13 @@ impl Agent {
         cs.pull_ms = ms(t.elapsed());
         let t = Instant::now();
         self.image_use.lock().unwrap_or_else(|p| p.into_inner()).insert(image.name.clone(), Instant::now());
+        let secrets = self.open_secrets(&inst.namespace, &inst.container)?;
         let s = InstanceSpec {
             id: &inst.id,
             image: &image,
             namespace_env: ns_env,
             container_env: &c.spec.env,
+            secrets: &secrets,
             port,
             cpu_mvcpu: c.spec.cpu_mvcpu,
             memory_mb: c.spec.memory_mb,
@@ -483,6 +485,33 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Opens the namespace's and the container's secrets (the container's win).
+    fn open_secrets(&self, ns: &str, name: &str) -> Result<BTreeMap<String, crate::secrets::SecretValue>, RuntimeError> {
+        let sealed: Vec<(String, String, crate::state::StoredSecret)> = {
+            let sm = self.cluster.sm.read();
+            let mut v = Vec::new();
+            for scope in [ns.to_string(), format!("{ns}/{name}")] {
+                if let Some(m) = sm.data.secrets.get(&scope) {
+                    v.extend(m.iter().map(|(k, s)| (scope.clone(), k.clone(), s.clone())));
+                }
+            }
+            v
+        };
+        if sealed.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let dk = self.cluster.data_key().map_err(|e| RuntimeError::Spec(format!("secrets: {e}")))?;
+        let mut out = BTreeMap::new();
+        for (scope, k, s) in sealed {
+            let plain = dk
+                .open(&s.sealed, &crate::secrets::aad(&scope, &k))
+                .map_err(|e| RuntimeError::Spec(format!("secrets: {scope}/{k}: {e}")))?;
+            let v = String::from_utf8(plain).map_err(|_| RuntimeError::Spec(format!("secrets: {scope}/{k} is not UTF-8")))?;
+            out.insert(k, crate::secrets::SecretValue::new(v));
+        }
+        Ok(out)
     }
 
     /// Deletes images no instance here has wanted for `image_gc_after`.

@@ -33,12 +33,14 @@ pub struct InstanceSpec<'a> {
     pub image: &'a ImageInfo,
     pub namespace_env: &'a BTreeMap<String, String>,
     pub container_env: &'a BTreeMap<String, String>,
+    /// Opened secrets (namespace's, then container's, which win).
+    pub secrets: &'a BTreeMap<String, crate::secrets::SecretValue>,
     pub port: u16,
     pub cpu_mvcpu: u32,
     pub memory_mb: u32,
 }
 
-/// Merges env vars: image < namespace < container, then `PORT`.
+/// Merges env vars: image < namespace < container < secrets, then `PORT`.
 pub fn merged_env(s: &InstanceSpec<'_>) -> Vec<String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for kv in &s.image.env {
@@ -48,6 +50,7 @@ pub fn merged_env(s: &InstanceSpec<'_>) -> Vec<String> {
     }
     env.extend(s.namespace_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(s.container_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(s.secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_string())));
     env.insert("PORT".into(), s.port.to_string());
     env.entry("PATH".into())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -206,7 +209,7 @@ mod tests {
         let img = image();
         let ns = BTreeMap::from([("B".to_string(), "ns".to_string()), ("C".to_string(), "ns".to_string())]);
         let ct = BTreeMap::from([("C".to_string(), "ct".to_string())]);
-        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &ns, container_env: &ct, port: 20001, cpu_mvcpu: 250, memory_mb: 128 };
+        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &ns, container_env: &ct, secrets: &BTreeMap::new(), port: 20001, cpu_mvcpu: 250, memory_mb: 128 };
         let env = merged_env(&s);
         assert_eq!(env, ["A=image", "B=ns", "C=ct", "PATH=/bin", "PORT=20001"]);
     }
@@ -215,7 +218,7 @@ mod tests {
     fn limits_args_and_user() {
         let img = image();
         let e = BTreeMap::new();
-        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &e, container_env: &e, port: 1, cpu_mvcpu: 250, memory_mb: 128 };
+        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 250, memory_mb: 128 };
         let spec = build(&s).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let res = linux.resources().as_ref().unwrap();
@@ -240,10 +243,10 @@ mod tests {
         let mut img = image();
         img.user = "nginx".into();
         let e = BTreeMap::new();
-        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, port: 1, cpu_mvcpu: 100, memory_mb: 64 };
+        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 100, memory_mb: 64 };
         assert!(build(&s).unwrap_err().to_string().contains("user:"));
         let img = ImageInfo::default();
-        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, port: 1, cpu_mvcpu: 100, memory_mb: 64 };
+        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 100, memory_mb: 64 };
         assert!(build(&s).is_err());
     }
 }

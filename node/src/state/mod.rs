@@ -279,6 +279,31 @@ impl NodeState {
     }
 }
 
+/// A secret as the replicated state holds it: sealed, never in plain text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    pub sealed: crate::secrets::Envelope,
+    /// HMAC-SHA256 of the value under the data key (what reads show).
+    pub fingerprint: String,
+    pub version: u64,
+    pub updated_at_ms: u64,
+}
+
+/// A secret on its way into the state (sealed by the proposing node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub sealed: crate::secrets::Envelope,
+    pub fingerprint: String,
+}
+
+/// `namespace` or `namespace/container`.
+pub fn secret_scope(namespace: &str, container: Option<&str>) -> String {
+    match container {
+        Some(c) => format!("{namespace}/{c}"),
+        None => namespace.to_string(),
+    }
+}
+
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
@@ -338,6 +363,14 @@ pub enum Command {
     /// Records (or clears) why a container's wanted instances are not
     /// placed. Precondition: the container exists and the reason changes.
     SetPending { namespace: String, name: String, reason: Option<String> },
+    /// Records the cluster data key, wrapped by the master key.
+    /// Precondition: no data key yet.
+    InitDataKey { wrapped: crate::secrets::Envelope },
+    /// Sets sealed secrets in a scope (`ns` or `ns/container`), bumping
+    /// each key's version. Precondition: the namespace (and container) exist.
+    SetSecrets { scope: String, entries: BTreeMap<String, SealedSecret> },
+    /// Precondition: the secret exists.
+    DeleteSecret { scope: String, key: String },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -379,6 +412,12 @@ pub struct StateData {
     pub statuses: BTreeMap<String, InstanceStatus>,
     #[serde(default)]
     pub node_states: BTreeMap<NodeId, NodeState>,
+    /// The cluster data key, wrapped by the nodes' master key.
+    #[serde(default)]
+    pub data_key: Option<crate::secrets::Envelope>,
+    /// Scope (`ns` or `ns/container`) → key → sealed secret.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, BTreeMap<String, StoredSecret>>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -389,6 +428,9 @@ pub enum Key {
     Node(NodeId),
     /// The instance and its status.
     Instance(String),
+    /// A scope's secrets.
+    Secrets(String),
+    DataKey,
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -412,6 +454,27 @@ impl StateData {
     fn bump(&mut self) -> u64 {
         self.revision += 1;
         self.revision
+    }
+
+    /// New generation for the containers a secret scope feeds.
+    fn regenerate(&mut self, scope: &str, touched: &mut Vec<Key>) {
+        let rev = self.revision;
+        let (ns, only) = match scope.split_once('/') {
+            Some((ns, c)) => (ns.to_string(), Some(c.to_string())),
+            None => (scope.to_string(), None),
+        };
+        for (key, c) in self.containers.iter_mut() {
+            if c.namespace == ns && only.as_ref().is_none_or(|o| o == &c.name) {
+                c.generation = rev;
+                c.resolved_image = None;
+                touched.push(Key::Container(key.clone()));
+            }
+        }
+    }
+
+    /// Secret names of a scope.
+    pub fn secret_names(&self, scope: &str) -> Vec<String> {
+        self.secrets.get(scope).map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }
 
     fn remove_instance(&mut self, id: &str, touched: &mut Vec<Key>) {
@@ -466,6 +529,9 @@ impl StateData {
                 self.bump();
                 self.namespaces.remove(name);
                 touched.push(Key::Namespace(name.clone()));
+                if self.secrets.remove(name).is_some() {
+                    touched.push(Key::Secrets(name.clone()));
+                }
             }
             Command::PutContainer { namespace, name, spec, expected_revision } => {
                 if !self.namespaces.contains_key(namespace) {
@@ -520,6 +586,9 @@ impl StateData {
                 }
                 self.bump();
                 self.containers.remove(&key);
+                if self.secrets.remove(&key).is_some() {
+                    touched.push(Key::Secrets(key.clone()));
+                }
                 touched.push(Key::Container(key));
                 let gone: Vec<String> = self
                     .instances
@@ -614,6 +683,47 @@ impl StateData {
                 self.bump();
                 self.node_states.insert(*id, next);
                 touched.push(Key::Node(*id));
+            }
+            Command::InitDataKey { wrapped } => {
+                if self.data_key.is_some() {
+                    return Err(Rejection::AlreadyExists("the cluster data key is already set".into()));
+                }
+                self.bump();
+                self.data_key = Some(wrapped.clone());
+                touched.push(Key::DataKey);
+            }
+            Command::SetSecrets { scope, entries } => {
+                let exists = match scope.split_once('/') {
+                    Some((ns, c)) => self.container(ns, c).is_some(),
+                    None => self.namespaces.contains_key(scope),
+                };
+                if !exists {
+                    return Err(Rejection::NotFound(format!("{scope:?} not found")));
+                }
+                self.bump();
+                let slot = self.secrets.entry(scope.clone()).or_default();
+                for (k, v) in entries {
+                    let version = slot.get(k).map_or(1, |s| s.version + 1);
+                    slot.insert(
+                        k.clone(),
+                        StoredSecret { sealed: v.sealed.clone(), fingerprint: v.fingerprint.clone(), version, updated_at_ms: at_ms },
+                    );
+                }
+                touched.push(Key::Secrets(scope.clone()));
+                // Instances carry their secrets: start a new generation.
+                self.regenerate(scope, touched);
+            }
+            Command::DeleteSecret { scope, key } => {
+                let removed = self.secrets.get_mut(scope).and_then(|m| m.remove(key)).is_some();
+                if !removed {
+                    return Err(Rejection::NotFound(format!("secret {key:?} not found in {scope:?}")));
+                }
+                if self.secrets.get(scope).is_some_and(|m| m.is_empty()) {
+                    self.secrets.remove(scope);
+                }
+                self.bump();
+                touched.push(Key::Secrets(scope.clone()));
+                self.regenerate(scope, touched);
             }
             Command::SetPending { namespace, name, reason } => {
                 let key = container_key(namespace, name);
