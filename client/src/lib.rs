@@ -23,6 +23,7 @@ use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::secret_service_client::SecretServiceClient;
+use pb::token_service_client::TokenServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -72,6 +73,7 @@ pub struct Client {
     images: ImageServiceClient<Svc>,
     nodes: NodeServiceClient<Svc>,
     secrets: SecretServiceClient<Svc>,
+    tokens: TokenServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -115,6 +117,7 @@ impl Client {
             containers: ContainerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             nodes: NodeServiceClient::with_interceptor(channel.clone(), auth.clone()),
             secrets: SecretServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            tokens: TokenServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
         })
@@ -135,6 +138,25 @@ impl Client {
         let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
         self.secrets.delete(pb::DeleteSecretRequest { scope, key: key.into() }).await?;
         Ok(())
+    }
+
+    /// Issues a token for a namespace, or one container of it.
+    pub async fn create_token(&mut self, namespace: &str, container: Option<&str>, expires_in_seconds: u64) -> Result<pb::CreateTokenResponse, Error> {
+        let req = pb::CreateTokenRequest { namespace: namespace.into(), container: container.unwrap_or_default().into(), expires_in_seconds };
+        Ok(self.tokens.create(req).await?.into_inner())
+    }
+
+    pub async fn list_tokens(&mut self, namespace: &str) -> Result<Vec<pb::TokenInfo>, Error> {
+        Ok(self.tokens.list(pb::ListTokensRequest { namespace: namespace.into() }).await?.into_inner().tokens)
+    }
+
+    pub async fn revoke_token(&mut self, id: &str) -> Result<(), Error> {
+        self.tokens.revoke(pb::RevokeTokenRequest { id: id.into() }).await?;
+        Ok(())
+    }
+
+    pub async fn rotate_signing_key(&mut self) -> Result<String, Error> {
+        Ok(self.tokens.rotate_signing_key(pb::RotateSigningKeyRequest {}).await?.into_inner().kid)
     }
 
     pub async fn list_nodes(&mut self, stale: bool) -> Result<Vec<pb::Node>, Error> {

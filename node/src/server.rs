@@ -352,9 +352,20 @@ async fn run_liveness(cluster: Arc<Cluster>) {
     }
 }
 
-/// On the leader: creates the cluster data key once, wrapped by the master key.
+/// On the leader: creates the cluster data key once, wrapped by the master
+/// key, and the first token-signing key.
 async fn ensure_data_key(cluster: &Cluster) {
-    if cluster.sm.read().data.data_key.is_some() {
+    let (has_dk, has_sk) = {
+        let sm = cluster.sm.read();
+        (sm.data.data_key.is_some(), !sm.data.signing_keys.is_empty())
+    };
+    if has_dk && !has_sk {
+        if let Err(e) = add_signing_key(cluster).await {
+            tracing::debug!(error = %e, "signing key");
+        }
+        return;
+    }
+    if has_dk {
         return;
     }
     let Some(kek) = cluster.kek.get() else { return };
@@ -364,4 +375,24 @@ async fn ensure_data_key(cluster: &Cluster) {
         Ok(_) => tracing::info!("created the cluster data key"),
         Err(e) => tracing::debug!(error = %e, "data key"),
     }
+}
+
+/// Makes a new token-signing key (used for rotation too).
+pub async fn add_signing_key(cluster: &Cluster) -> Result<String, crate::cluster::ClusterError> {
+    use crate::cluster::ClusterError;
+    let dk = cluster.data_key()?;
+    let (private, public) = crate::tokens::generate().map_err(ClusterError::Raft)?;
+    let kid = format!("k{}", hex::encode(rand::random::<[u8; 6]>()));
+    let sealed_private = dk
+        .seal(&private, &format!("rouse/signing-key/{kid}"))
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+    let key = crate::state::SigningKey {
+        kid: kid.clone(),
+        public_hex: hex::encode(public),
+        sealed_private,
+        created_at_ms: crate::cluster::now_ms(),
+    };
+    cluster.write(Command::AddSigningKey { key }).await?;
+    tracing::info!(%kid, "added a token-signing key");
+    Ok(kid)
 }

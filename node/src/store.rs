@@ -265,6 +265,7 @@ const SM_LAST_APPLIED: &[u8] = b"meta/last_applied";
 const SM_MEMBERSHIP: &[u8] = b"meta/membership";
 const SM_REVISION: &[u8] = b"meta/revision";
 const SM_DATA_KEY: &[u8] = b"meta/data_key";
+const SM_SIGNING_KEYS: &[u8] = b"meta/signing_keys";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -301,6 +302,11 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
         Key::Secrets(scope) => match d.secrets.get(scope) {
             Some(v) => batch.insert(format!("sec/{scope}").as_bytes(), json(v)?),
             None => batch.remove(format!("sec/{scope}").as_bytes()),
+        },
+        Key::SigningKeys => batch.insert(SM_SIGNING_KEYS, json(&d.signing_keys)?),
+        Key::Token(id) => match d.tokens.get(id) {
+            Some(v) => batch.insert(format!("tok/{id}").as_bytes(), json(v)?),
+            None => batch.remove(format!("tok/{id}").as_bytes()),
         },
         Key::DataKey => match &d.data_key {
             Some(v) => batch.insert(SM_DATA_KEY, json(v)?),
@@ -344,6 +350,10 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     if let Some(dk) = &a.data.data_key {
         b.insert(SM_DATA_KEY, json(dk)?);
     }
+    b.insert(SM_SIGNING_KEYS, json(&a.data.signing_keys)?);
+    for (k, v) in &a.data.tokens {
+        b.insert(format!("tok/{k}").as_bytes(), json(v)?);
+    }
     for (k, v) in &a.data.node_states {
         b.insert(format!("nstate/{k:020}").as_bytes(), json(v)?);
     }
@@ -364,6 +374,10 @@ impl StateMachineStore {
                 a.last_applied = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_MEMBERSHIP {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
+            } else if k.as_ref() == SM_SIGNING_KEYS {
+                a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
+            } else if let Some(id) = key.strip_prefix("tok/") {
+                a.data.tokens.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if k.as_ref() == SM_DATA_KEY {
                 a.data.data_key = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(scope) = key.strip_prefix("sec/") {

@@ -53,6 +53,32 @@ enum Cmd {
     /// Secrets: write-only values injected as env (container wins over namespace).
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// Access tokens for private containers.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a token; it is printed once (last line), never stored.
+    Create {
+        #[arg(long)]
+        namespace: String,
+        /// Only this container of the namespace.
+        #[arg(long)]
+        container: Option<String>,
+        /// Lifetime, e.g. 24h or 30d (default one year).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// Ids, scope and expiry (never the token).
+    List {
+        #[arg(long)]
+        namespace: String,
+    },
+    Revoke { id: String },
+    /// New signing key for new tokens; existing tokens stay valid.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -664,6 +690,51 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+        Cmd::Token(cmd) => match cmd {
+            TokenCmd::Create { namespace, container, expires_in } => {
+                let secs = match expires_in.as_deref() {
+                    None => 0,
+                    Some(d) => humantime::parse_duration(d)
+                        .map_err(|e| Fail(format!("expires_in: {d:?} is not a duration such as 24h ({e})")))?
+                        .as_secs()
+                        .max(1),
+                };
+                let t = c.create_token(&namespace, container.as_deref(), secs).await?;
+                let out = serde_json::json!({ "id": t.id, "token": t.token, "expires_at": t.expires_at_ms / 1000 });
+                emit(fmt, &out, || {
+                    format!("id: {}\nexpires at: {} (unix seconds)\n{}", t.id, t.expires_at_ms / 1000, t.token)
+                })
+            }
+            TokenCmd::List { namespace } => {
+                let v: Vec<serde_json::Value> = c
+                    .list_tokens(&namespace)
+                    .await?
+                    .into_iter()
+                    .map(|t| serde_json::json!({"id": t.id, "namespace": t.namespace, "container": t.container, "expires_at": t.expires_at_ms / 1000, "revoked": t.revoked}))
+                    .collect();
+                emit(fmt, &v, || {
+                    table(
+                        &["ID", "NAMESPACE", "CONTAINER", "EXPIRES_AT", "REVOKED"],
+                        v.iter()
+                            .map(|t| {
+                                ["id", "namespace", "container", "expires_at", "revoked"]
+                                    .iter()
+                                    .map(|k| t[*k].to_string().trim_matches('"').to_string())
+                                    .collect()
+                            })
+                            .collect(),
+                    )
+                })
+            }
+            TokenCmd::Revoke { id } => {
+                c.revoke_token(&id).await?;
+                emit(fmt, &serde_json::json!({ "revoked": id }), || format!("token {id} revoked"))
+            }
+            TokenCmd::RotateKey => {
+                let kid = c.rotate_signing_key().await?;
+                emit(fmt, &serde_json::json!({ "kid": kid }), || format!("new signing key {kid}"))
+            }
+        },
         Cmd::Secret(cmd) => {
             let infos = match cmd {
                 SecretCmd::Set { scope, values } => {

@@ -447,10 +447,6 @@ impl ContainerService for Api {
 
 // ----------------------------------------------------- secrets and tokens
 
-#[allow(dead_code)]
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} are not available yet in this version of rouse"))
-}
 
 #[tonic::async_trait]
 impl SecretService for Api {
@@ -476,15 +472,102 @@ impl SecretService for Api {
     }
 }
 
+/// Longest token lifetime.
+const MAX_TOKEN_SECS: u64 = 10 * 365 * 24 * 3600;
+const DEFAULT_TOKEN_SECS: u64 = 365 * 24 * 3600;
+
 #[tonic::async_trait]
 impl TokenService for Api {
-    async fn create(&self, _req: Request<pb::CreateTokenRequest>) -> ApiResult<pb::CreateTokenResponse> {
-        Err(not_yet("tokens"))
+    async fn create(&self, req: Request<pb::CreateTokenRequest>) -> ApiResult<pb::CreateTokenResponse> {
+        let r = req.into_inner();
+        let run = async {
+            validate::dns_label("namespace", &r.namespace)?;
+            let container = if r.container.is_empty() {
+                None
+            } else {
+                validate::dns_label("container", &r.container)?;
+                Some(r.container.clone())
+            };
+            let secs = if r.expires_in_seconds == 0 { DEFAULT_TOKEN_SECS } else { r.expires_in_seconds };
+            if secs > MAX_TOKEN_SECS {
+                return Err(inv("expires_in", format!("{secs}s is above the maximum {MAX_TOKEN_SECS}s")));
+            }
+            self.cluster.read_barrier(false).await?;
+            let key = {
+                let sm = self.cluster.sm.read();
+                if !sm.data.namespaces.contains_key(&r.namespace) {
+                    return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+                }
+                if let Some(c) = &container {
+                    if sm.data.container(&r.namespace, c).is_none() {
+                        return Err(ApiError::NotFound(format!("container \"{}/{c}\" not found", r.namespace)));
+                    }
+                }
+                sm.data.signing_keys.last().cloned()
+            };
+            let key = key.ok_or_else(|| ApiError::Cluster(ClusterError::Precondition("no token-signing key yet; retry in a moment".into())))?;
+            let dk = self.cluster.data_key()?;
+            let private = dk
+                .open(&key.sealed_private, &format!("rouse/signing-key/{}", key.kid))
+                .map_err(|e| ApiError::Cluster(ClusterError::Precondition(format!("signing key: {e}"))))?;
+            let now = crate::cluster::now_ms();
+            let id = hex::encode(rand::random::<[u8; 12]>());
+            let exp_ms = now + secs * 1000;
+            let claims = crate::tokens::Claims {
+                iss: crate::tokens::ISSUER.into(),
+                jti: id.clone(),
+                ns: r.namespace.clone(),
+                ct: container.clone(),
+                iat: now / 1000,
+                exp: exp_ms / 1000,
+            };
+            let token = crate::tokens::sign(&private, &key.kid, &claims).map_err(|e| ApiError::Cluster(ClusterError::Raft(e)))?;
+            let record = crate::state::TokenRecord {
+                id: id.clone(),
+                namespace: r.namespace.clone(),
+                container,
+                expires_at_ms: (exp_ms / 1000) * 1000,
+                created_at_ms: now,
+                revoked: false,
+            };
+            self.cluster.write(Command::CreateToken { record }).await?;
+            Ok(pb::CreateTokenResponse { id, token, expires_at_ms: (exp_ms / 1000) * 1000 })
+        };
+        Ok(Response::new(run.await?))
     }
-    async fn list(&self, _req: Request<pb::ListTokensRequest>) -> ApiResult<pb::ListTokensResponse> {
-        Err(not_yet("tokens"))
+
+    async fn list(&self, req: Request<pb::ListTokensRequest>) -> ApiResult<pb::ListTokensResponse> {
+        let r = req.into_inner();
+        validate::dns_label("namespace", &r.namespace).map_err(ApiError::from)?;
+        self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
+        let sm = self.cluster.sm.read();
+        let tokens = sm
+            .data
+            .tokens
+            .values()
+            .filter(|t| t.namespace == r.namespace)
+            .map(|t| pb::TokenInfo {
+                id: t.id.clone(),
+                namespace: t.namespace.clone(),
+                container: t.container.clone().unwrap_or_default(),
+                expires_at_ms: t.expires_at_ms,
+                revoked: t.revoked,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
-    async fn revoke(&self, _req: Request<pb::RevokeTokenRequest>) -> ApiResult<pb::RevokeTokenResponse> {
-        Err(not_yet("tokens"))
+
+    async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> ApiResult<pb::RevokeTokenResponse> {
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(ApiError::from(inv("id", "is required")).into());
+        }
+        self.cluster.write(Command::RevokeToken { id }).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn rotate_signing_key(&self, _req: Request<pb::RotateSigningKeyRequest>) -> ApiResult<pb::RotateSigningKeyResponse> {
+        let kid = crate::server::add_signing_key(&self.cluster).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
     }
 }

@@ -275,13 +275,33 @@ impl Mesh {
             }
             return text(StatusCode::NOT_FOUND, format!("rouse: no container is served at host {host:?}"));
         };
-        let (timeout, protocol, max_conc) = {
+        let (timeout, protocol, max_conc, private) = {
             let sm = self.cluster.sm.read();
             match sm.data.container(&ns, &name) {
-                Some(c) => (Duration::from_secs(u64::from(c.spec.timeout_secs)), c.spec.protocol, c.spec.max_concurrency),
+                Some(c) => (
+                    Duration::from_secs(u64::from(c.spec.timeout_secs)),
+                    c.spec.protocol,
+                    c.spec.max_concurrency,
+                    c.spec.privacy == crate::state::Privacy::Private,
+                ),
                 None => return text(StatusCode::NOT_FOUND, format!("rouse: no container {name} in namespace {ns}")),
             }
         };
+        // Checked on every node, hops included: the token travels with the
+        // request, and a hop header proves nothing.
+        if private {
+            if let Err(e) = self.authorize(req.headers(), &ns, &name) {
+                let status = match e {
+                    crate::tokens::TokenError::WrongScope(_) => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                let mut r = text(status, format!("rouse: {e}"));
+                if status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"rouse\""));
+                }
+                return r;
+            }
+        }
         let key = (ns.clone(), name.clone());
         {
             let mut d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
@@ -298,6 +318,45 @@ impl Mesh {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("rouse: {ns}/{name} did not answer within its timeout of {}s", timeout.as_secs()),
             ),
+        }
+    }
+
+    /// Checks a private container's token (X-Auth-Token or Authorization: Bearer).
+    fn authorize(&self, headers: &http::HeaderMap, ns: &str, name: &str) -> Result<(), crate::tokens::TokenError> {
+        use crate::tokens::TokenError;
+        let token = headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .or_else(|| {
+                headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .map(str::trim)
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(TokenError::Missing)?;
+        let sm = self.cluster.sm.read();
+        let keys: Vec<(String, Vec<u8>)> = sm
+            .data
+            .signing_keys
+            .iter()
+            .filter_map(|k| hex::decode(&k.public_hex).ok().map(|p| (k.kid.clone(), p)))
+            .collect();
+        let claims = crate::tokens::verify(token, &keys, now_ms() / 1000)?;
+        let record = sm.data.tokens.get(&claims.jti).ok_or_else(|| TokenError::Invalid("unknown token".into()))?;
+        if record.revoked {
+            return Err(TokenError::Revoked);
+        }
+        if claims.ns != ns || record.namespace != ns {
+            return Err(TokenError::WrongScope(format!("namespace {}", claims.ns)));
+        }
+        match (&claims.ct, &record.container) {
+            (None, None) => Ok(()),
+            (Some(c), Some(rc)) if c == name && rc == name => Ok(()),
+            (Some(c), _) => Err(TokenError::WrongScope(format!("container {}/{c}", claims.ns))),
+            (None, Some(_)) => Err(TokenError::Invalid("claims and record disagree".into())),
         }
     }
 

@@ -296,6 +296,27 @@ pub struct SealedSecret {
     pub fingerprint: String,
 }
 
+/// A token-signing key: the private half sealed under the data key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub kid: String,
+    /// Raw Ed25519 public key, hex.
+    pub public_hex: String,
+    pub sealed_private: crate::secrets::Envelope,
+    pub created_at_ms: u64,
+}
+
+/// An issued access token (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub namespace: String,
+    pub container: Option<String>,
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
 /// `namespace` or `namespace/container`.
 pub fn secret_scope(namespace: &str, container: Option<&str>) -> String {
     match container {
@@ -371,6 +392,14 @@ pub enum Command {
     SetSecrets { scope: String, entries: BTreeMap<String, SealedSecret> },
     /// Precondition: the secret exists.
     DeleteSecret { scope: String, key: String },
+    /// Adds a token-signing key; the newest signs, all verify.
+    /// Precondition: its kid is new.
+    AddSigningKey { key: SigningKey },
+    /// Records an issued token. Preconditions: the namespace (and container)
+    /// exist and the id is new.
+    CreateToken { record: TokenRecord },
+    /// Precondition: the token exists.
+    RevokeToken { id: String },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -418,6 +447,11 @@ pub struct StateData {
     /// Scope (`ns` or `ns/container`) → key → sealed secret.
     #[serde(default)]
     pub secrets: BTreeMap<String, BTreeMap<String, StoredSecret>>,
+    /// Token-signing keys, oldest first.
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKey>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -431,6 +465,8 @@ pub enum Key {
     /// A scope's secrets.
     Secrets(String),
     DataKey,
+    SigningKeys,
+    Token(String),
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -724,6 +760,36 @@ impl StateData {
                 self.bump();
                 touched.push(Key::Secrets(scope.clone()));
                 self.regenerate(scope, touched);
+            }
+            Command::AddSigningKey { key } => {
+                if self.signing_keys.iter().any(|k| k.kid == key.kid) {
+                    return Err(Rejection::AlreadyExists(format!("signing key {:?} exists", key.kid)));
+                }
+                self.bump();
+                self.signing_keys.push(key.clone());
+                touched.push(Key::SigningKeys);
+            }
+            Command::CreateToken { record } => {
+                if !self.namespaces.contains_key(&record.namespace) {
+                    return Err(Rejection::NotFound(format!("namespace {:?} not found", record.namespace)));
+                }
+                if let Some(c) = &record.container {
+                    if self.container(&record.namespace, c).is_none() {
+                        return Err(Rejection::NotFound(format!("container \"{}/{c}\" not found", record.namespace)));
+                    }
+                }
+                if self.tokens.contains_key(&record.id) {
+                    return Err(Rejection::AlreadyExists(format!("token {:?} exists", record.id)));
+                }
+                self.bump();
+                self.tokens.insert(record.id.clone(), record.clone());
+                touched.push(Key::Token(record.id.clone()));
+            }
+            Command::RevokeToken { id } => {
+                let t = self.tokens.get_mut(id).ok_or_else(|| Rejection::NotFound(format!("token {id:?} not found")))?;
+                t.revoked = true;
+                self.bump();
+                touched.push(Key::Token(id.clone()));
             }
             Command::SetPending { namespace, name, reason } => {
                 let key = container_key(namespace, name);
