@@ -66,6 +66,8 @@ for id in 1 2 3; do
 done
 
 export ROUSE_ENDPOINT=http://127.0.0.1:7071
+for _ in $(seq 1 100); do [ -s "$STATE/node1/admin-token" ] && break; sleep 0.1; done
+export ROUSE_TOKEN=$(cat "$STATE/node1/admin-token")
 for _ in $(seq 1 100); do
   if [ "$("$BIN/rouse" cluster status -o json 2>/dev/null | grep -c '"healthy": true')" = 3 ]; then break; fi
   sleep 0.2
@@ -93,7 +95,7 @@ done
 cat <<MSG
 
 rouse is running (logs in $STATE/node*.log). Try:
-  export ROUSE_ENDPOINT=http://127.0.0.1:7072
+  export ROUSE_ENDPOINT=http://127.0.0.1:7072 ROUSE_TOKEN=\$(cat $STATE/node1/admin-token)
   $BIN/rouse cluster status
   $BIN/rouse container get demo/hello -o yaml
   $BIN/rouse container logs demo/hello -f

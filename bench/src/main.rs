@@ -66,6 +66,29 @@ enum Cmd {
     },
 }
 
+/// Admin key of the cluster under test (benchmarks start one at a time).
+static TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Waits for the bootstrap node's admin key under `data_dir` and uses it.
+async fn take_token(data_dir: &Path) {
+    let p = data_dir.join("admin-token");
+    for _ in 0..400 {
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            if !t.trim().is_empty() {
+                *TOKEN.lock().unwrap() = Some(t.trim().to_string());
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", p.display());
+}
+
+async fn connect(url: &str) -> Result<rouse_client::Client, rouse_client::Error> {
+    let t = TOKEN.lock().unwrap().clone();
+    rouse_client::Client::connect(url, t.as_deref()).await
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -155,12 +178,12 @@ async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<Strin
         procs.0.push(spawn(&node, &args, &dir.join(format!("rouse{id}.log"))));
         eps.push(format!("http://{listen}"));
         if id == 1 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            take_token(&dir.join("rouse1")).await;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut c) = rouse_client::Client::connect(&eps[0], None).await {
+        if let Ok(mut c) = connect(&eps[0]).await {
             if let Ok(s) = c.cluster_status().await {
                 if s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() == 3 {
                     break;
@@ -225,7 +248,7 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
 
     let mut rouse_clients = Vec::new();
     for i in 0..clients.max(1) {
-        rouse_clients.push(rouse_client::Client::connect(&rouse_eps[i % 3], None).await?);
+        rouse_clients.push(connect(&rouse_eps[i % 3]).await?);
     }
     let rouse_clients = Arc::new(rouse_clients);
     let etcd = etcd_client::Client::connect(etcd_eps.clone(), None).await?;
@@ -322,9 +345,10 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     .map(|s| s.to_string())
     .collect();
     procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    take_token(&tmp.path().join("n1")).await;
     let ep = format!("http://{listen}");
     let mut c = loop {
-        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+        if let Ok(mut c) = connect(&ep).await {
             if c.create_namespace("bench", Default::default()).await.is_ok() {
                 break c;
             }
@@ -453,9 +477,10 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     .map(|s| s.to_string())
     .collect();
     procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    take_token(&tmp.path().join("n1")).await;
     let ep = format!("http://{listen}");
     let mut c = loop {
-        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+        if let Ok(mut c) = connect(&ep).await {
             if c.create_namespace("bench", Default::default()).await.is_ok() {
                 break c;
             }
@@ -585,11 +610,11 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
         procs.0.push(spawn(&node, &args, &dir.join(format!("p{id}.log"))));
         eps.push(format!("http://{listen}"));
         if id == 1 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            take_token(&dir.join("p1")).await;
         }
     }
     loop {
-        if let Ok(mut c) = rouse_client::Client::connect(&eps[0], None).await {
+        if let Ok(mut c) = connect(&eps[0]).await {
             if let Ok(s) = c.cluster_status().await {
                 if s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() == 3 {
                     break;
@@ -626,7 +651,7 @@ async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> a
         let p = Proposal::new(0, Command::RegisterNode { node });
         peer.forward(rouse_proto::peer::RaftMessage { payload: serde_json::to_vec(&p)? }).await?;
     }
-    let mut c = rouse_client::Client::connect(&eps[0], None).await?;
+    let mut c = connect(&eps[0]).await?;
     c.create_namespace("sim", Default::default()).await?;
     let total = u64::from(containers) * u64::from(per);
     let t = Instant::now();
@@ -687,9 +712,10 @@ async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &st
     .map(|s| s.to_string())
     .collect();
     procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    take_token(&tmp.path().join("n1")).await;
     let ep = format!("http://{listen}");
     let mut c = loop {
-        if let Ok(mut c) = rouse_client::Client::connect(&ep, None).await {
+        if let Ok(mut c) = connect(&ep).await {
             if c.create_namespace("bench", Default::default()).await.is_ok() {
                 break c;
             }

@@ -79,6 +79,7 @@ impl Cluster {
             "--heartbeat-ms".into(), "100".into(),
             "--snapshot-logs".into(), "200".into(),
             "--log".into(), "info,openraft=warn".into(),
+            "--master-key-file".into(), self.dir.join("master.key").display().to_string(),
         ];
         args.extend(self.extra.iter().cloned());
         if !n.data_dir.exists() {
@@ -141,6 +142,12 @@ impl Cluster {
     /// Live (member, running) node ids.
     pub fn members(&self) -> Vec<u64> {
         self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect()
+    }
+
+    /// The admin key node 1 (the bootstrap node) wrote.
+    pub fn admin_token(&self) -> Option<String> {
+        let p = self.nodes.get(&1)?.data_dir.join("admin-token");
+        std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
     }
 
     pub fn endpoint(&self, id: u64) -> String {

@@ -18,3 +18,11 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod workload;
+
+/// The admin API key of the cluster under test, once node 1 wrote it.
+pub static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// An admin client of `url`.
+pub async fn connect(url: &str) -> Result<rouse_client::Client, rouse_client::Error> {
+    rouse_client::Client::connect(url, TOKEN.get().map(String::as_str)).await
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rouse_client::Client;
 use serde::Serialize;
 
 use crate::check::linearizable::{self, Kind, Op, Verdict};
@@ -64,7 +63,7 @@ pub struct Report {
 
 async fn node_info(url: &str) -> Option<rouse_client::pb::NodeInfoResponse> {
     let fut = async {
-        let mut c = Client::connect(url, None).await.ok()?;
+        let mut c = crate::connect(url).await.ok()?;
         c.node_info().await.ok()
     };
     tokio::time::timeout(Duration::from_millis(800), fut).await.ok().flatten()
@@ -88,7 +87,7 @@ async fn wait_voters(cluster: &Cluster, n: usize, within: Duration) -> anyhow::R
     let t = Instant::now();
     loop {
         for id in cluster.members() {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), Client::connect(&cluster.endpoint(id), None)).await {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), crate::connect(&cluster.endpoint(id))).await {
                 if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.cluster_status()).await {
                     if s.leader_id != 0 && s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() >= n {
                         return Ok(());
@@ -112,6 +111,15 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     let mut cluster = Cluster::new(&dir, bin, extra);
     cluster.add(1, None).await?;
+    let t = Instant::now();
+    let token = loop {
+        if let Some(t) = cluster.admin_token() {
+            break t;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "node 1 wrote no admin token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = crate::TOKEN.set(token);
     wait_voters(&cluster, 1, Duration::from_secs(20)).await?;
     for id in 2..=opts.nodes {
         cluster.add(id, Some(1)).await?;
@@ -204,7 +212,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 let followers: Vec<u64> = members.iter().copied().filter(|m| Some(*m) != lead).collect();
                 let v = pick(&mut rng, &followers);
                 let via = members.iter().copied().find(|m| *m != v).unwrap_or(1);
-                let removed = match Client::connect(&cluster.endpoint(via), None).await {
+                let removed = match crate::connect(&cluster.endpoint(via)).await {
                     Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.remove_node(v)).await.map(|r| r.is_ok()).unwrap_or(false),
                     Err(_) => false,
                 };
@@ -262,7 +270,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     let mut write_after_heal = false;
     for id in cluster.members() {
-        if let Ok(mut c) = Client::connect(&cluster.endpoint(id), None).await {
+        if let Ok(mut c) = crate::connect(&cluster.endpoint(id)).await {
             if tokio::time::timeout(Duration::from_secs(10), c.create_namespace("after-heal", Default::default())).await.is_ok_and(|r| r.is_ok()) {
                 write_after_heal = true;
                 break;
@@ -274,7 +282,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     // No acknowledged create lost, on any node.
     let mut lost: BTreeSet<String> = BTreeSet::new();
     for id in cluster.members() {
-        let names: BTreeSet<String> = match Client::connect(&cluster.endpoint(id), None).await {
+        let names: BTreeSet<String> = match crate::connect(&cluster.endpoint(id)).await {
             Ok(mut c) => c.list_namespaces(true).await.map(|v| v.into_iter().map(|n| n.name).collect()).unwrap_or_default(),
             Err(_) => BTreeSet::new(),
         };

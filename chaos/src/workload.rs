@@ -58,7 +58,7 @@ pub fn register_name(k: usize) -> String {
 
 /// Creates the register namespaces with their initial value.
 pub async fn setup(endpoint: &str) -> anyhow::Result<()> {
-    let mut c = Client::connect(endpoint, None).await?;
+    let mut c = crate::connect(endpoint).await?;
     for k in 0..KEYS {
         let env = HashMap::from([("V".to_string(), INITIAL.to_string())]);
         match c.create_namespace(&register_name(k), env).await {
@@ -92,7 +92,7 @@ pub async fn client(
         let (node, url) = eps[rng.random_range(0..eps.len())].clone();
         let client = match conns.get(&node) {
             Some(c) => c.clone(),
-            None => match tokio::time::timeout(Duration::from_millis(500), Client::connect(&url, None)).await {
+            None => match tokio::time::timeout(Duration::from_millis(500), crate::connect(&url)).await {
                 Ok(Ok(c)) => {
                     conns.insert(node, c.clone());
                     c

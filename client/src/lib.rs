@@ -23,6 +23,7 @@ use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::secret_service_client::SecretServiceClient;
+use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -74,6 +75,7 @@ pub struct Client {
     nodes: NodeServiceClient<Svc>,
     secrets: SecretServiceClient<Svc>,
     tokens: TokenServiceClient<Svc>,
+    api_keys: ApiKeyServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -118,6 +120,7 @@ impl Client {
             nodes: NodeServiceClient::with_interceptor(channel.clone(), auth.clone()),
             secrets: SecretServiceClient::with_interceptor(channel.clone(), auth.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            api_keys: ApiKeyServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
         })
@@ -157,6 +160,20 @@ impl Client {
 
     pub async fn rotate_signing_key(&mut self) -> Result<String, Error> {
         Ok(self.tokens.rotate_signing_key(pb::RotateSigningKeyRequest {}).await?.into_inner().kid)
+    }
+
+    /// Mints an API key that may manage only `namespace` (admin only).
+    pub async fn create_api_key(&mut self, namespace: &str) -> Result<pb::CreateApiKeyResponse, Error> {
+        Ok(self.api_keys.create(pb::CreateApiKeyRequest { namespace: namespace.into() }).await?.into_inner())
+    }
+
+    pub async fn list_api_keys(&mut self) -> Result<Vec<pb::ApiKeyInfo>, Error> {
+        Ok(self.api_keys.list(pb::ListApiKeysRequest {}).await?.into_inner().keys)
+    }
+
+    pub async fn revoke_api_key(&mut self, id: &str) -> Result<(), Error> {
+        self.api_keys.revoke(pb::RevokeApiKeyRequest { id: id.into() }).await?;
+        Ok(())
     }
 
     pub async fn list_nodes(&mut self, stale: bool) -> Result<Vec<pb::Node>, Error> {

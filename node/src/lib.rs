@@ -32,6 +32,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod mesh;

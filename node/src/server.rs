@@ -115,6 +115,7 @@ pub async fn run(
         .add_service(ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(rouse_proto::v1::node_service_server::NodeServiceServer::new(api.clone()))
+        .add_service(rouse_proto::v1::api_key_service_server::ApiKeyServiceServer::new(api.clone()))
         .add_service(rouse_proto::v1::image_service_server::ImageServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
 
@@ -169,6 +170,7 @@ async fn start_membership(cluster: Arc<Cluster>) {
                 Ok(()) => tracing::info!(node = cfg.id, "bootstrapped a new one-node cluster"),
                 Err(e) => tracing::error!(error = %e, "bootstrap failed"),
             }
+            register_admin_key(&cluster).await;
         } else if let Some(target) = &cfg.join {
             join_until_done(&cluster, target).await;
         } else {
@@ -180,6 +182,10 @@ async fn start_membership(cluster: Arc<Cluster>) {
         }
     } else if cfg.bootstrap || cfg.join.is_some() {
         tracing::info!("data dir already holds cluster state; --bootstrap/--join ignored");
+    }
+    // A bootstrap node that stopped before registering its admin key does it now.
+    if cfg.data_dir.join("admin-token").exists() {
+        register_admin_key(&cluster).await;
     }
     // Register (or refresh) this node's record.
     let record = cluster.own_record();
@@ -395,4 +401,34 @@ pub async fn add_signing_key(cluster: &Cluster) -> Result<String, crate::cluster
     cluster.write(Command::AddSigningKey { key }).await?;
     tracing::info!(%kid, "added a token-signing key");
     Ok(kid)
+}
+
+/// Records the admin key whose token the bootstrap node wrote to
+/// `<data-dir>/admin-token` (only its hash enters the state).
+async fn register_admin_key(cluster: &Cluster) {
+    let path = cluster.config.data_dir.join("admin-token");
+    let token = match crate::auth::admin_token_file(&path, cluster.config.bootstrap) {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "admin token");
+            return;
+        }
+    };
+    let Some(record) = crate::auth::record_for(&token, None, crate::cluster::now_ms()) else {
+        tracing::error!(path = %path.display(), "admin token file holds no valid key");
+        return;
+    };
+    loop {
+        if cluster.sm.read().data.api_keys.contains_key(&record.id) {
+            return;
+        }
+        match cluster.write(Command::CreateApiKey { key: record.clone() }).await {
+            Ok(_) | Err(crate::cluster::ClusterError::Rejected(_)) => {
+                tracing::info!(path = %path.display(), "admin API key registered");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }

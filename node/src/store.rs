@@ -303,6 +303,10 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
             Some(v) => batch.insert(format!("sec/{scope}").as_bytes(), json(v)?),
             None => batch.remove(format!("sec/{scope}").as_bytes()),
         },
+        Key::ApiKey(id) => match d.api_keys.get(id) {
+            Some(v) => batch.insert(format!("apikey/{id}").as_bytes(), json(v)?),
+            None => batch.remove(format!("apikey/{id}").as_bytes()),
+        },
         Key::SigningKeys => batch.insert(SM_SIGNING_KEYS, json(&d.signing_keys)?),
         Key::Token(id) => match d.tokens.get(id) {
             Some(v) => batch.insert(format!("tok/{id}").as_bytes(), json(v)?),
@@ -354,6 +358,9 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     for (k, v) in &a.data.tokens {
         b.insert(format!("tok/{k}").as_bytes(), json(v)?);
     }
+    for (k, v) in &a.data.api_keys {
+        b.insert(format!("apikey/{k}").as_bytes(), json(v)?);
+    }
     for (k, v) in &a.data.node_states {
         b.insert(format!("nstate/{k:020}").as_bytes(), json(v)?);
     }
@@ -376,6 +383,8 @@ impl StateMachineStore {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_SIGNING_KEYS {
                 a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
+            } else if let Some(id) = key.strip_prefix("apikey/") {
+                a.data.api_keys.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("tok/") {
                 a.data.tokens.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if k.as_ref() == SM_DATA_KEY {

@@ -279,16 +279,41 @@ impl TestCluster {
         n.child = Some(spawn(&bin, &n.args, &n.log));
     }
 
+    /// The admin API key the bootstrap node (node 1) wrote.
+    pub fn admin_token(&self) -> String {
+        let path = self.nodes[&1].data_dir.join("admin-token");
+        let start = Instant::now();
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&path) {
+                if !t.trim().is_empty() {
+                    return t.trim().to_string();
+                }
+            }
+            assert!(start.elapsed() < PATIENCE, "{} never appeared", path.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An admin client of node `id`.
     pub async fn client(&self, id: u64) -> Client {
         let ep = self.nodes[&id].endpoint();
-        eventually(&format!("connect to node {id}"), || Client::connect(&ep, None)).await
+        let token = self.admin_token();
+        let c = eventually(&format!("connect to node {id}"), || Client::connect(&ep, Some(&token))).await;
+        // The admin key is usable once its registration is applied here.
+        eventually(&format!("admin key accepted by node {id}"), || {
+            let mut c = c.clone();
+            async move { c.list_namespaces(true).await.map(|_| ()) }
+        })
+        .await;
+        c
     }
 
     /// The leader's id, as seen by the first running node that knows one.
     pub async fn leader(&self) -> u64 {
+        let token = self.admin_token();
         eventually("find the leader", || async {
             for n in self.nodes.values().filter(|n| n.is_running()) {
-                if let Ok(mut c) = Client::connect(&n.endpoint(), None).await {
+                if let Ok(mut c) = Client::connect(&n.endpoint(), Some(&token)).await {
                     if let Ok(i) = c.node_info().await {
                         if i.leader_id != 0 && self.nodes.get(&i.leader_id).is_some_and(|l| l.is_running()) {
                             return Ok(i.leader_id);
@@ -323,9 +348,15 @@ impl TestCluster {
 
     /// Runs the `rouse` CLI against node `id`; returns (exit code, stdout, stderr).
     pub fn cli(&self, id: u64, args: &[&str]) -> (i32, String, String) {
+        self.cli_as(id, &self.admin_token(), args)
+    }
+
+    /// Runs the `rouse` CLI with the given API key.
+    pub fn cli_as(&self, id: u64, token: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(self.bin.join("rouse"))
             .arg("--endpoint")
             .arg(self.nodes[&id].endpoint())
+            .env("ROUSE_TOKEN", token)
             .args(args)
             .output()
             .expect("run rouse");

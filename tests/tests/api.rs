@@ -245,8 +245,67 @@ async fn python_grpcio_client_built_from_proto_works() {
         .arg(script)
         .arg(&cluster.nodes[&1].listen)
         .arg(out.path())
+        .arg(cluster.admin_token())
         .output()
         .expect("python3 (deploy/install-deps.sh installs grpcio-tools)");
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(res.status.success() && stdout.trim() == "ok", "{stdout}{}", String::from_utf8_lossy(&res.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
+    let cluster = TestCluster::start(2, &[]).await;
+    let mut admin = cluster.client(2).await;
+    admin.create_namespace("mine", HashMap::new()).await.unwrap();
+    admin.create_namespace("theirs", HashMap::new()).await.unwrap();
+    let ep = cluster.nodes[&2].endpoint();
+    // No token, a malformed one, a forged one: UNAUTHENTICATED.
+    let admin_token = cluster.admin_token();
+    let mut forged = admin_token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    for t in [None, Some("garbage"), Some(forged.as_str())] {
+        let mut c = rouse_client::Client::connect(&ep, t).await.unwrap();
+        let e = c.list_namespaces(false).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::Unauthenticated), "{t:?}: {e}");
+        assert!(e.to_string().starts_with("authorization:"), "{e}");
+    }
+    let (code, _, err) = cluster.cli_as(1, "", &["namespace", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.starts_with("rouse: authorization:"), "{err}");
+    // A namespace key manages its namespace and nothing else.
+    let (code, out, err) = cluster.cli(1, &["apikey", "create", "--namespace", "mine", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let key = v["key"].as_str().unwrap().to_string();
+    let mut scoped = rouse_client::Client::connect(&ep, Some(&key)).await.unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if scoped.get_namespace("mine", false).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the scoped key never worked");
+    scoped.deploy_container(deploy("mine", "web")).await.unwrap();
+    let names: Vec<String> = scoped.list_namespaces(false).await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["mine"]);
+    for e in [
+        scoped.get_namespace("theirs", false).await.unwrap_err(),
+        scoped.deploy_container(deploy("theirs", "web")).await.unwrap_err(),
+        scoped.create_namespace("new", HashMap::new()).await.unwrap_err(),
+        scoped.cluster_status().await.unwrap_err(),
+        scoped.create_token("theirs", None, 60).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Some(Code::PermissionDenied), "{e}");
+    }
+    assert!(admin.list_containers("theirs", false).await.unwrap().is_empty(), "nothing was written to theirs");
+    // Revoked keys stop working.
+    let id = v["id"].as_str().unwrap();
+    let (code, _, err) = cluster.cli(2, &["apikey", "revoke", id]);
+    assert_eq!(code, 0, "{err}");
+    let e = scoped.get_namespace("mine", false).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unauthenticated));
+    // Health and reflection stay open (checked in health_and_reflection_are_served).
 }

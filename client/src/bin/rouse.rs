@@ -56,6 +56,20 @@ enum Cmd {
     /// Access tokens for private containers.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// API keys (admin): keys scoped to one namespace.
+    #[command(subcommand)]
+    Apikey(ApiKeyCmd),
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCmd {
+    /// Mint a key that may manage only this namespace; printed once (last line).
+    Create {
+        #[arg(long)]
+        namespace: String,
+    },
+    List,
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -690,6 +704,33 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
+        Cmd::Apikey(cmd) => match cmd {
+            ApiKeyCmd::Create { namespace } => {
+                let k = c.create_api_key(&namespace).await?;
+                let out = serde_json::json!({ "id": k.id, "key": k.key, "namespace": namespace });
+                emit(fmt, &out, || format!("id: {}\nnamespace: {namespace}\n{}", k.id, k.key))
+            }
+            ApiKeyCmd::List => {
+                let v: Vec<serde_json::Value> = c
+                    .list_api_keys()
+                    .await?
+                    .into_iter()
+                    .map(|k| serde_json::json!({"id": k.id, "namespace": k.namespace, "revoked": k.revoked}))
+                    .collect();
+                emit(fmt, &v, || {
+                    table(
+                        &["ID", "NAMESPACE", "REVOKED"],
+                        v.iter()
+                            .map(|k| ["id", "namespace", "revoked"].iter().map(|f| k[*f].to_string().trim_matches('"').to_string()).collect())
+                            .collect(),
+                    )
+                })
+            }
+            ApiKeyCmd::Revoke { id } => {
+                c.revoke_api_key(&id).await?;
+                emit(fmt, &serde_json::json!({ "revoked": id }), || format!("api key {id} revoked"))
+            }
+        },
         Cmd::Token(cmd) => match cmd {
             TokenCmd::Create { namespace, container, expires_in } => {
                 let secs = match expires_in.as_deref() {

@@ -115,17 +115,52 @@ impl Api {
     }
 }
 
+// ----------------------------------------------------------------- access
+
+impl Api {
+    /// The caller, from `authorization: Bearer …`.
+    pub(crate) fn principal<T>(&self, req: &Request<T>) -> Result<crate::auth::Principal, Status> {
+        let bearer = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim);
+        let sm = self.cluster.sm.read();
+        crate::auth::authenticate(&sm.data, bearer).map_err(|e| Status::unauthenticated(e.to_string()))
+    }
+
+    pub(crate) fn require_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match self.principal(req)? {
+            crate::auth::Principal::Admin => Ok(()),
+            _ => Err(Status::permission_denied(crate::auth::AuthError::AdminOnly.to_string())),
+        }
+    }
+
+    pub(crate) fn require_ns<T>(&self, req: &Request<T>, ns: &str) -> Result<crate::auth::Principal, Status> {
+        let p = self.principal(req)?;
+        match &p {
+            crate::auth::Principal::Namespace(n) if n != ns => {
+                Err(Status::permission_denied(crate::auth::AuthError::Scope(n.clone()).to_string()))
+            }
+            _ => Ok(p),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- cluster
 
 #[tonic::async_trait]
 impl ClusterService for Api {
     async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> ApiResult<pb::ClusterStatus> {
+        self.require_admin(&_req)?;
         let m = self.cluster.raft.metrics().borrow().clone();
         let members = self.cluster.members().await.into_iter().map(pb::Member::from).collect();
         Ok(Response::new(pb::ClusterStatus { leader_id: m.current_leader.unwrap_or(0), term: m.current_term, members }))
     }
 
     async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> ApiResult<pb::RemoveNodeResponse> {
+        self.require_admin(&req)?;
         let id = req.into_inner().id;
         if id == 0 {
             return Err(ApiError::from(inv("id", "must be at least 1")).into());
@@ -135,6 +170,7 @@ impl ClusterService for Api {
     }
 
     async fn node_info(&self, _req: Request<pb::NodeInfoRequest>) -> ApiResult<pb::NodeInfoResponse> {
+        self.require_admin(&_req)?;
         let m = self.cluster.raft.metrics().borrow().clone();
         let state = match m.state {
             ServerState::Leader => "leader",
@@ -179,18 +215,22 @@ impl Api {
 #[tonic::async_trait]
 impl rouse_proto::v1::node_service_server::NodeService for Api {
     async fn list(&self, req: Request<pb::ListNodesRequest>) -> ApiResult<pb::ListNodesResponse> {
+        self.require_admin(&req)?;
         self.cluster.read_barrier(stale(&req.into_inner().read)).await.map_err(ApiError::from)?;
         let sm = self.cluster.sm.read();
         let nodes = sm.data.nodes.values().map(|n| convert::node_view(n, &sm.data)).collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
     async fn cordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        self.require_admin(&req)?;
         Ok(Response::new(self.set_node(req.into_inner().id, Some(true), None).await?))
     }
     async fn uncordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        self.require_admin(&req)?;
         Ok(Response::new(self.set_node(req.into_inner().id, Some(false), Some(false)).await?))
     }
     async fn drain(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
+        self.require_admin(&req)?;
         Ok(Response::new(self.set_node(req.into_inner().id, Some(true), Some(true)).await?))
     }
 }
@@ -243,6 +283,7 @@ impl Api {
 #[tonic::async_trait]
 impl NamespaceService for Api {
     async fn create(&self, req: Request<pb::CreateNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        self.require_admin(&req)?;
         let r = req.into_inner();
         let run = async {
             validate::dns_label("name", &r.name)?;
@@ -260,10 +301,12 @@ impl NamespaceService for Api {
     }
 
     async fn update(&self, req: Request<pb::UpdateNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        self.require_ns(&req, &req.get_ref().name)?;
         Ok(Response::new(self.update_namespace(req.into_inner()).await?))
     }
 
     async fn get(&self, req: Request<pb::GetNamespaceRequest>) -> ApiResult<pb::Namespace> {
+        self.require_ns(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         validate::dns_label("name", &r.name).map_err(ApiError::from)?;
         self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
@@ -271,6 +314,7 @@ impl NamespaceService for Api {
     }
 
     async fn list(&self, req: Request<pb::ListNamespacesRequest>) -> ApiResult<pb::ListNamespacesResponse> {
+        let who = self.principal(&req)?;
         let r = req.into_inner();
         self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
         let sm = self.cluster.sm.read();
@@ -278,12 +322,14 @@ impl NamespaceService for Api {
             .data
             .namespaces
             .values()
+            .filter(|n| who.may(&n.name))
             .map(|n| pb::Namespace { secret_names: sm.data.secret_names(&n.name), ..pb::Namespace::from(n) })
             .collect();
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
     async fn delete(&self, req: Request<pb::DeleteNamespaceRequest>) -> ApiResult<pb::DeleteNamespaceResponse> {
+        self.require_admin(&req)?;
         let r = req.into_inner();
         validate::dns_label("name", &r.name).map_err(ApiError::from)?;
         self.cluster.write(Command::DeleteNamespace { name: r.name }).await.map_err(ApiError::from)?;
@@ -392,14 +438,18 @@ impl ContainerService for Api {
     type LogsStream = runtime::LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> ApiResult<Self::LogsStream> {
-        Ok(Response::new(self.logs_stream(req.into_inner()).await?))
+        self.require_ns(&req, &req.get_ref().namespace)?;
+        let bearer = req.metadata().get("authorization").cloned();
+        Ok(Response::new(self.logs_stream(req.into_inner(), bearer).await?))
     }
 
     async fn deploy(&self, req: Request<pb::DeployContainerRequest>) -> ApiResult<pb::Container> {
+        self.require_ns(&req, &req.get_ref().namespace)?;
         Ok(Response::new(Api::deploy(self, req.into_inner()).await?))
     }
 
     async fn get(&self, req: Request<pb::GetContainerRequest>) -> ApiResult<pb::Container> {
+        self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
             validate::dns_label("namespace", &r.namespace)?;
@@ -411,6 +461,10 @@ impl ContainerService for Api {
     }
 
     async fn list(&self, req: Request<pb::ListContainersRequest>) -> ApiResult<pb::ListContainersResponse> {
+        let who = self.principal(&req)?;
+        if !req.get_ref().namespace.is_empty() {
+            self.require_ns(&req, &req.get_ref().namespace)?;
+        }
         let r = req.into_inner();
         let run = async {
             if !r.namespace.is_empty() {
@@ -426,6 +480,7 @@ impl ContainerService for Api {
                 .containers
                 .values()
                 .filter(|c| r.namespace.is_empty() || c.namespace == r.namespace)
+                .filter(|c| who.may(&c.namespace))
                 .map(|c| convert::container_with_instances(c, &sm.data))
                 .collect();
             Ok(pb::ListContainersResponse { containers })
@@ -434,6 +489,7 @@ impl ContainerService for Api {
     }
 
     async fn delete(&self, req: Request<pb::DeleteContainerRequest>) -> ApiResult<pb::DeleteContainerResponse> {
+        self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
             validate::dns_label("namespace", &r.namespace)?;
@@ -451,6 +507,7 @@ impl ContainerService for Api {
 #[tonic::async_trait]
 impl SecretService for Api {
     async fn set(&self, req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
+        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         if r.values.is_empty() {
@@ -460,11 +517,13 @@ impl SecretService for Api {
         Ok(Response::new(pb::SetSecretsResponse { secrets: self.secret_infos(&scope) }))
     }
     async fn list(&self, req: Request<pb::ListSecretsRequest>) -> ApiResult<pb::ListSecretsResponse> {
+        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
         let scope = Self::scope_of(&req.into_inner().scope)?;
         self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListSecretsResponse { secrets: self.secret_infos(&scope) }))
     }
     async fn delete(&self, req: Request<pb::DeleteSecretRequest>) -> ApiResult<pb::DeleteSecretResponse> {
+        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         self.cluster.write(Command::DeleteSecret { scope, key: r.key }).await.map_err(ApiError::from)?;
@@ -479,6 +538,7 @@ const DEFAULT_TOKEN_SECS: u64 = 365 * 24 * 3600;
 #[tonic::async_trait]
 impl TokenService for Api {
     async fn create(&self, req: Request<pb::CreateTokenRequest>) -> ApiResult<pb::CreateTokenResponse> {
+        self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
             validate::dns_label("namespace", &r.namespace)?;
@@ -537,6 +597,7 @@ impl TokenService for Api {
     }
 
     async fn list(&self, req: Request<pb::ListTokensRequest>) -> ApiResult<pb::ListTokensResponse> {
+        self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         validate::dns_label("namespace", &r.namespace).map_err(ApiError::from)?;
         self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
@@ -558,6 +619,13 @@ impl TokenService for Api {
     }
 
     async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> ApiResult<pb::RevokeTokenResponse> {
+        let token_ns = self.cluster.sm.read().data.tokens.get(&req.get_ref().id).map(|t| t.namespace.clone());
+        match token_ns {
+            Some(ns) => {
+                self.require_ns(&req, &ns)?;
+            }
+            None => self.require_admin(&req)?,
+        }
         let id = req.into_inner().id;
         if id.is_empty() {
             return Err(ApiError::from(inv("id", "is required")).into());
@@ -567,7 +635,50 @@ impl TokenService for Api {
     }
 
     async fn rotate_signing_key(&self, _req: Request<pb::RotateSigningKeyRequest>) -> ApiResult<pb::RotateSigningKeyResponse> {
+        self.require_admin(&_req)?;
         let kid = crate::server::add_signing_key(&self.cluster).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+    }
+}
+
+// --------------------------------------------------------------- api keys
+
+#[tonic::async_trait]
+impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
+    async fn create(&self, req: Request<pb::CreateApiKeyRequest>) -> ApiResult<pb::CreateApiKeyResponse> {
+        self.require_admin(&req)?;
+        let ns = req.into_inner().namespace;
+        validate::dns_label("namespace", &ns).map_err(ApiError::from)?;
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let (key, record) = crate::auth::mint(&id, Some(ns), crate::cluster::now_ms());
+        self.cluster.write(Command::CreateApiKey { key: record }).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::CreateApiKeyResponse { id, key }))
+    }
+
+    async fn list(&self, req: Request<pb::ListApiKeysRequest>) -> ApiResult<pb::ListApiKeysResponse> {
+        self.require_admin(&req)?;
+        let sm = self.cluster.sm.read();
+        let keys = sm
+            .data
+            .api_keys
+            .values()
+            .map(|k| pb::ApiKeyInfo {
+                id: k.id.clone(),
+                namespace: k.namespace.clone().unwrap_or_default(),
+                revoked: k.revoked,
+                created_at_ms: k.created_at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListApiKeysResponse { keys }))
+    }
+
+    async fn revoke(&self, req: Request<pb::RevokeApiKeyRequest>) -> ApiResult<pb::RevokeApiKeyResponse> {
+        self.require_admin(&req)?;
+        let id = req.into_inner().id;
+        if id == crate::auth::ADMIN_ID {
+            return Err(ApiError::from(inv("id", "the bootstrap admin key cannot be revoked")).into());
+        }
+        self.cluster.write(Command::RevokeApiKey { id }).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RevokeApiKeyResponse {}))
     }
 }

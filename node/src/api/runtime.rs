@@ -26,7 +26,11 @@ const MAX_IMPORT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 const CHUNK: usize = 1024 * 1024;
 
 impl Api {
-    pub(super) async fn logs_stream(&self, r: pb::LogsRequest) -> Result<LogStream, Status> {
+    pub(super) async fn logs_stream(
+        &self,
+        r: pb::LogsRequest,
+        bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<LogStream, Status> {
         validate::dns_label("namespace", &r.namespace).map_err(|e| Status::invalid_argument(e.to_string()))?;
         validate::dns_label("name", &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (targets, nodes) = {
@@ -54,7 +58,10 @@ impl Api {
                 tokio::spawn(stream_local(id, path, r.follow, r.tail_bytes, tx));
             } else {
                 let Some(addr) = nodes.get(&node).map(|n| n.api_addr.clone()) else { continue };
-                let req = pb::LogsRequest { instance: id.clone(), local_only: true, ..r.clone() };
+                let mut req = tonic::Request::new(pb::LogsRequest { instance: id.clone(), local_only: true, ..r.clone() });
+                if let Some(b) = bearer.clone() {
+                    req.metadata_mut().insert("authorization", b);
+                }
                 tokio::spawn(async move {
                     let res = async {
                         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -145,6 +152,8 @@ async fn stream_local(
 #[tonic::async_trait]
 impl ImageService for Api {
     async fn import(&self, req: Request<Streaming<pb::ImportImageChunk>>) -> Result<Response<pb::ImportImageResponse>, Status> {
+        self.require_admin(&req)?;
+        let bearer = req.metadata().get("authorization").cloned();
         let agent = self
             .cluster
             .agent
@@ -186,7 +195,7 @@ impl ImageService for Api {
                     sm.data.nodes.values().filter(|n| n.id != self.cluster.id).map(|n| (n.id, n.api_addr.clone())).collect()
                 };
                 for (node, addr) in others {
-                    let r = send_import(&addr, &path, &name).await;
+                    let r = send_import(&addr, &path, &name, bearer.clone()).await;
                     nodes.push(pb::NodeImport { node, ok: r.is_ok(), error: r.err().map(|s| s.message().to_string()).unwrap_or_default() });
                 }
             }
@@ -199,7 +208,12 @@ impl ImageService for Api {
 }
 
 /// Streams a tarball to another node's ImageService for a local import.
-async fn send_import(addr: &str, path: &std::path::Path, name: &str) -> Result<(), Status> {
+async fn send_import(
+    addr: &str,
+    path: &std::path::Path,
+    name: &str,
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<(), Status> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Status::internal(e.to_string()))?
         .connect()
@@ -227,7 +241,11 @@ async fn send_import(addr: &str, path: &std::path::Path, name: &str) -> Result<(
             }
         }
     });
-    let r = ImageServiceClient::new(ch).import(ReceiverStream::new(rx)).await;
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(b) = bearer {
+        req.metadata_mut().insert("authorization", b);
+    }
+    let r = ImageServiceClient::new(ch).import(req).await;
     reader.abort();
     r.map(|_| ())
 }

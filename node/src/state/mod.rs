@@ -317,6 +317,18 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// An API key: only a hash of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    /// SHA-256 of the key's secret part, hex.
+    pub secret_sha256: String,
+    /// `None`: an admin key; `Some(ns)`: may manage only that namespace.
+    pub namespace: Option<String>,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
 /// `namespace` or `namespace/container`.
 pub fn secret_scope(namespace: &str, container: Option<&str>) -> String {
     match container {
@@ -400,6 +412,11 @@ pub enum Command {
     CreateToken { record: TokenRecord },
     /// Precondition: the token exists.
     RevokeToken { id: String },
+    /// Records an API key. Preconditions: its id is new; a namespace key's
+    /// namespace exists.
+    CreateApiKey { key: ApiKey },
+    /// Precondition: the key exists.
+    RevokeApiKey { id: String },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -452,6 +469,8 @@ pub struct StateData {
     pub signing_keys: Vec<SigningKey>,
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenRecord>,
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKey>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -467,6 +486,7 @@ pub enum Key {
     DataKey,
     SigningKeys,
     Token(String),
+    ApiKey(String),
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -790,6 +810,25 @@ impl StateData {
                 t.revoked = true;
                 self.bump();
                 touched.push(Key::Token(id.clone()));
+            }
+            Command::CreateApiKey { key } => {
+                if self.api_keys.contains_key(&key.id) {
+                    return Err(Rejection::AlreadyExists(format!("api key {:?} exists", key.id)));
+                }
+                if let Some(ns) = &key.namespace {
+                    if !self.namespaces.contains_key(ns) {
+                        return Err(Rejection::NotFound(format!("namespace {ns:?} not found")));
+                    }
+                }
+                self.bump();
+                self.api_keys.insert(key.id.clone(), key.clone());
+                touched.push(Key::ApiKey(key.id.clone()));
+            }
+            Command::RevokeApiKey { id } => {
+                let k = self.api_keys.get_mut(id).ok_or_else(|| Rejection::NotFound(format!("api key {id:?} not found")))?;
+                k.revoked = true;
+                self.bump();
+                touched.push(Key::ApiKey(id.clone()));
             }
             Command::SetPending { namespace, name, reason } => {
                 let key = container_key(namespace, name);
