@@ -168,6 +168,7 @@ async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<Strin
             "--listen".into(), listen.clone(),
             "--http".into(), format!("127.0.0.1:{}", free_port()),
             "--log".into(), "warn".into(),
+            "--master-key-file".into(), dir.join("master.key").display().to_string(),
         ];
         if id == 1 {
             args.push("--bootstrap".into());
@@ -599,6 +600,7 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
             "--log".into(), "warn".into(),
             "--containerd".into(), dir.join("no-containerd.sock").display().to_string(),
             "--node-grace".into(), "1h".into(),
+            "--master-key-file".into(), dir.join("master.key").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         if id == 1 {

@@ -122,21 +122,34 @@ impl Cluster {
         }
     }
 
+    /// The master key, read from `--master-key-file` on first use.
+    pub fn kek(&self) -> Result<crate::secrets::Key, crate::secrets::SecretError> {
+        if let Some(k) = self.kek.get() {
+            return Ok(k.clone());
+        }
+        let k = crate::secrets::Key::load_or_create(&self.config.master_key_file, false)?;
+        self.pool.set_secret(k.peer_credential());
+        let _ = self.kek.set(k.clone());
+        Ok(k)
+    }
+
+    /// Whether a peer call carries this cluster's credential.
+    pub fn peer_authorized(&self, presented: Option<&str>) -> bool {
+        let Ok(k) = self.kek() else { return false };
+        let want = k.peer_credential();
+        presented.is_some_and(|p| {
+            p.len() == want.len() && p.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        })
+    }
+
     /// The cluster data key (unwrapped with this node's master key).
     pub fn data_key(&self) -> Result<crate::secrets::Key, ClusterError> {
         if let Some(k) = self.data_key.get() {
             return Ok(k.clone());
         }
-        let kek = match self.kek.get() {
-            Some(k) => k.clone(),
-            None => {
-                let k = crate::secrets::Key::load_or_create(&self.config.master_key_file, false).map_err(|e| {
-                    ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets"))
-                })?;
-                let _ = self.kek.set(k.clone());
-                k
-            }
-        };
+        let kek = self
+            .kek()
+            .map_err(|e| ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets")))?;
         let wrapped = self.sm.read().data.data_key.clone().ok_or_else(|| {
             ClusterError::Precondition("the cluster data key is not set up yet; retry in a moment".into())
         })?;

@@ -48,15 +48,43 @@ pub struct PeerPool {
     /// Source address of connections to peers (this node's listen IP), so
     /// peers and fault proxies can tell nodes apart.
     local: Option<std::net::IpAddr>,
+    /// The cluster's peer credential, sent on every peer call.
+    secret: Arc<Mutex<Option<String>>>,
 }
+
+/// Header carrying the peer credential (derived from the master key).
+pub const PEER_AUTH: &str = "x-rouse-peer";
+
+/// Adds the peer credential to every call.
+#[derive(Clone)]
+pub struct PeerAuth {
+    secret: Arc<Mutex<Option<String>>>,
+}
+
+impl tonic::service::Interceptor for PeerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let s = self.secret.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(v) = s.and_then(|s| s.parse().ok()) {
+            req.metadata_mut().insert(PEER_AUTH, v);
+        }
+        Ok(req)
+    }
+}
+
+pub type PeerClient = RaftPeerClient<tonic::service::interceptor::InterceptedService<Channel, PeerAuth>>;
 
 impl PeerPool {
     pub fn with_local_address(local: Option<std::net::IpAddr>) -> Self {
-        PeerPool { channels: Default::default(), local }
+        PeerPool { channels: Default::default(), local, secret: Default::default() }
+    }
+
+    /// Sets the credential sent to peers.
+    pub fn set_secret(&self, secret: String) {
+        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret);
     }
 
     /// A client for the peer service at `addr` (host:port).
-    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let ch = match map.get(addr) {
             Some(ch) => ch.clone(),
@@ -72,7 +100,7 @@ impl PeerPool {
                 ch
             }
         };
-        Ok(RaftPeerClient::new(ch)
+        Ok(RaftPeerClient::with_interceptor(ch, PeerAuth { secret: self.secret.clone() })
             .max_decoding_message_size(PEER_MAX_MESSAGE)
             .max_encoding_message_size(PEER_MAX_MESSAGE))
     }
@@ -127,7 +155,7 @@ impl PeerConnection {
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
-        F: FnOnce(RaftPeerClient<Channel>, RaftMessage) -> Fut,
+        F: FnOnce(PeerClient, RaftMessage) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
         let client = self.pool.client(&self.addr).map_err(unreachable)?;

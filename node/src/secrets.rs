@@ -152,6 +152,11 @@ impl Key {
         Ok(Key(arr))
     }
 
+    /// The credential nodes present to each other's peer service.
+    pub fn peer_credential(&self) -> String {
+        self.fingerprint("rouse/peer-credential/v1")
+    }
+
     /// HMAC-SHA256 of a value: what reads show instead of it.
     pub fn fingerprint(&self, value: &str) -> String {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");

@@ -65,6 +65,7 @@ pub async fn run(
     let kek = std::sync::OnceLock::new();
     match crate::secrets::Key::load_or_create(&config.master_key_file, config.bootstrap) {
         Ok(k) => {
+            pool.set_secret(k.peer_credential());
             let _ = kek.set(k);
         }
         Err(e) => tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one"),
@@ -105,11 +106,24 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(
-            RaftPeerServer::new(PeerService::new(cluster.clone()))
-                .max_decoding_message_size(PEER_MAX_MESSAGE)
-                .max_encoding_message_size(PEER_MAX_MESSAGE),
-        )
+        .add_service({
+            // Only holders of the cluster's master key may use the peer service.
+            let c = cluster.clone();
+            let check = move |req: tonic::Request<()>| {
+                let presented = req.metadata().get(crate::raft::PEER_AUTH).and_then(|v| v.to_str().ok());
+                if c.peer_authorized(presented) {
+                    Ok(req)
+                } else {
+                    Err(tonic::Status::unauthenticated("peer: not a member of this cluster (no valid cluster credential)"))
+                }
+            };
+            tonic::service::interceptor::InterceptedService::new(
+                RaftPeerServer::new(PeerService::new(cluster.clone()))
+                    .max_decoding_message_size(PEER_MAX_MESSAGE)
+                    .max_encoding_message_size(PEER_MAX_MESSAGE),
+                check,
+            )
+        })
         .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(NamespaceServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
         .add_service(ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
@@ -211,6 +225,10 @@ async fn join_until_done(cluster: &Cluster, target: &str) {
     let record = cluster.own_record();
     let mut delay = Duration::from_millis(200);
     loop {
+        // Peers accept only holders of the cluster's master key.
+        if let Err(e) = cluster.kek() {
+            tracing::warn!(error = %e, "cannot join without the cluster's master key; waiting for it");
+        }
         let res = async {
             let mut client = cluster.pool.client(target)?;
             let node = crate::raft::encode(&record)?;

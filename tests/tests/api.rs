@@ -309,3 +309,40 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
     assert_eq!(e.code(), Some(Code::Unauthenticated));
     // Health and reflection stay open (checked in health_and_reflection_are_served).
 }
+
+/// The peer service (Raft, forwarding) answers only holders of the
+/// cluster's master key; a node with another key cannot join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_service_refuses_callers_without_the_cluster_credential() {
+    let cluster = TestCluster::start(1, &[]).await;
+    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint()).unwrap().connect().await.unwrap();
+    let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
+    let e = peer.ping(rouse_proto::peer::PingRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage { payload: b"{}".to_vec() });
+    req.metadata_mut().insert("x-rouse-peer", "0".repeat(64).parse().unwrap());
+    let e = peer.forward(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    // A node whose master key differs is never admitted.
+    let dir = cluster.dir.path().join("intruder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("other.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let mut intruder = std::process::Command::new(cluster.bin("rouse-node"))
+        .args(["--id", "2", "--data-dir", dir.join("data").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
+        .args(["--join", &cluster.nodes[&1].listen, "--master-key-file", key.to_str().unwrap()])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    let mut c = cluster.client(1).await;
+    let s = c.cluster_status().await.unwrap();
+    assert_eq!(s.members.len(), 1, "{s:?}");
+    let text = std::fs::read_to_string(dir.join("log")).unwrap();
+    assert!(text.contains("not a member of this cluster"), "{text}");
+}
