@@ -48,6 +48,12 @@ pub const HOP: &str = "x-rouse-hop";
 pub const ORIGINAL_HOST: &str = "x-rouse-host";
 /// Requests one container may queue on one node before 503.
 pub const QUEUE_CAP: usize = 1000;
+/// Open client connections one node's mesh accepts at once.
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Time a client gets to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head (HTTP/1 buffer, HTTP/2 header list).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Demand {
@@ -159,7 +165,11 @@ impl Mesh {
 
     /// Serves the mesh on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        // Bounded connections, header sizes and header read time, so slow or
+        // huge clients cannot starve the node.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let (stream, remote) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -171,11 +181,21 @@ impl Mesh {
             let _ = stream.set_nodelay(true);
             let mesh = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let svc = hyper::service::service_fn(move |req| {
                     let mesh = mesh.clone();
                     async move { Ok::<_, Infallible>(mesh.handle(req, remote).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES);
+                builder
+                    .http2()
+                    .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
+                    .max_concurrent_streams(1000);
                 if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
                     tracing::debug!(error = %e, "mesh connection");
                 }
