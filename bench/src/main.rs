@@ -332,30 +332,8 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         build_image(&reg, &format!("bench-{run}/rouse:{i}"));
         build_image(&reg, &format!("bench-{run}/ctr:{i}"));
     }
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let listen = format!("127.0.0.1:{}", free_port());
     let ns = format!("bench-rouse-{run}");
-    let args: Vec<String> = [
-        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
-        "--http", &format!("127.0.0.1:{}", free_port()), "--containerd", &sock, "--containerd-namespace", &ns,
-        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
-    take_token(&tmp.path().join("n1")).await;
-    let ep = format!("http://{listen}");
-    let mut c = loop {
-        if let Ok(mut c) = connect(&ep).await {
-            if c.create_namespace("bench", Default::default()).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (procs, mut c, _http, _tmp) = single_node(&sock, &reg, &ns, &[]).await?;
     let ctr_ns = format!("bench-ctr-{run}");
     let ctr = |args: &[&str]| Command::new("ctr").args(["--address", &sock, "-n", &ctr_ns]).args(args).output();
     let (mut rouse_t, mut ctr_t) = (Vec::new(), Vec::new());
@@ -464,30 +442,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let run = rand_suffix();
     build_image(&reg, &format!("bench-{run}/mesh:1"));
     let image = format!("{reg}/bench-{run}/mesh:1");
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let listen = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
-        "--http", &http, "--containerd", &sock, "--containerd-namespace", &format!("bench-mesh-{run}"),
-        "--insecure-registry", &reg, "--log", "warn", "--stop-grace", "1s", "--suspend-after", "0s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
-    take_token(&tmp.path().join("n1")).await;
-    let ep = format!("http://{listen}");
-    let mut c = loop {
-        if let Ok(mut c) = connect(&ep).await {
-            if c.create_namespace("bench", Default::default()).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut procs, mut c, http, tmp) = single_node(&sock, &reg, &format!("bench-mesh-{run}"), &["--suspend-after", "0s"]).await?;
     let mesh_port: u16 = http.rsplit(':').next().unwrap_or("0").parse()?;
     let deploy = |name: &str, min: u32| rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
@@ -700,30 +655,7 @@ async fn placement(nodes: u64, containers: u32, per: u32) -> anyhow::Result<()> 
 /// A node of its own with --suspend-after 2s: time the first request to a
 /// suspended instance through the mesh, and the next one (running).
 async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let listen = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = [
-        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
-        "--http", &http, "--containerd", sock, "--containerd-namespace", &format!("bench-wake-{run}"),
-        "--insecure-registry", reg, "--log", "warn", "--stop-grace", "1s", "--suspend-after", "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
-    take_token(&tmp.path().join("n1")).await;
-    let ep = format!("http://{listen}");
-    let mut c = loop {
-        if let Ok(mut c) = connect(&ep).await {
-            if c.create_namespace("bench", Default::default()).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (procs, mut c, http, _tmp) = single_node(sock, reg, &format!("bench-wake-{run}"), &["--suspend-after", "2s"]).await?;
     c.deploy_container(rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
         name: "nap".into(),
@@ -780,6 +712,37 @@ fn ctr_cleanup(sock: &str, ns: &str) {
     for c in ids("containers") {
         let _ = ctr(&["containers", "rm", &c]);
     }
+}
+
+/// One bootstrapped node on the test containerd, with a `bench` namespace:
+/// (processes, client, mesh address, temp dir).
+async fn single_node(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut args: Vec<String> = [
+        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
+        "--http", &http, "--containerd", sock, "--containerd-namespace", ns,
+        "--insecure-registry", reg, "--log", "warn", "--stop-grace", "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    take_token(&tmp.path().join("n1")).await;
+    let ep = format!("http://{listen}");
+    let c = loop {
+        if let Ok(mut c) = connect(&ep).await {
+            if c.create_namespace("bench", Default::default()).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok((procs, c, http, tmp))
 }
 
 fn rand_suffix() -> String {
