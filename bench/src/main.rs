@@ -591,7 +591,11 @@ async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> a
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
     let eps = three_nodes(tmp.path(), &bin_dir, &mut procs, &["--placement-batch", &batch.to_string()]).await;
-    // Simulated nodes, registered through the peer service's forwarding.
+    // Simulated nodes, registered through the peer service's forwarding
+    // (which wants the cluster credential, derived from the master key).
+    let credential = rouse_node::secrets::Key::load_or_create(&tmp.path().join("master.key"), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .peer_credential();
     let ch = tonic::transport::Endpoint::from_shared(eps[0].clone())?.connect().await?;
     let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
     for id in 0..nodes {
@@ -606,7 +610,9 @@ async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> a
             memory_capacity_mb: 262_144,
         };
         let p = Proposal::new(0, Command::RegisterNode { node });
-        peer.forward(rouse_proto::peer::RaftMessage { payload: serde_json::to_vec(&p)? }).await?;
+        let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage { payload: serde_json::to_vec(&p)? });
+        req.metadata_mut().insert("x-rouse-peer", credential.parse()?);
+        peer.forward(req).await?;
     }
     let mut c = connect(&eps[0]).await?;
     c.create_namespace("sim", Default::default()).await?;
