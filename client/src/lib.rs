@@ -101,7 +101,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(60));
         let channel = ep.connect().await.map_err(|e| bad(format!("cannot connect: {e}")))?;
-        Ok(Self::from_channel(channel, token).map_err(bad)?)
+        Self::from_channel(channel, token).map_err(bad)
     }
 
     /// Wraps an existing channel.

@@ -236,7 +236,7 @@ impl Cluster {
         match client.forward(req).await {
             Ok(r) => decode(&r.into_inner().payload).map_err(|e| ClusterError::Raft(e.to_string())),
             Err(s) if s.code() == Code::Unavailable && !s.metadata().contains_key(NOT_LEADER) => {
-                Err(unreachable(format!("{}", s.message())))
+                Err(unreachable(s.message().to_string()))
             }
             Err(s) => Err(ClusterError::Remote(s)),
         }

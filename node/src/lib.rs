@@ -30,6 +30,8 @@
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// openraft's StorageError (the storage traits' error type) is large by design.
+#![allow(clippy::result_large_err)]
 
 pub mod api;
 pub mod auth;

@@ -337,7 +337,7 @@ fn load_credentials(
 ) -> anyhow::Result<std::collections::HashMap<String, crate::runtime::image::RegistryCredentials>> {
     let Some(p) = path else { return Ok(Default::default()) };
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?)
+    toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
 /// On the leader: marks nodes down when their lease (the load report they

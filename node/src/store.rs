@@ -31,7 +31,11 @@ use serde::{Deserialize, Serialize};
 use crate::raft::TypeConfig;
 use crate::state::{Key, NodeId, Response, StateData};
 
+/// openraft's `StorageError` is large by design; it is the traits' error type.
+#[allow(clippy::result_large_err)]
 type StResult<T> = Result<T, StorageError<NodeId>>;
+
+type StoredSnapshotParts = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 /// Errors opening the store.
 #[derive(Debug, thiserror::Error)]
@@ -437,7 +441,7 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn read_snapshot(&self) -> StResult<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>> {
+    fn read_snapshot(&self) -> StResult<Option<StoredSnapshotParts>> {
         let (Some(m), Some(d)) = (self.snap.get(SNAP_META).map_err(read_err)?, self.snap.get(SNAP_DATA).map_err(read_err)?)
         else {
             return Ok(None);

@@ -163,7 +163,7 @@ impl ClusterService for Api {
         self.require_admin(&req)?;
         let id = req.into_inner().id;
         if id == 0 {
-            return Err(ApiError::from(inv("id", "must be at least 1")).into());
+            return Err(inv("id", "must be at least 1").into());
         }
         self.cluster.remove(id).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
@@ -511,7 +511,7 @@ impl SecretService for Api {
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         if r.values.is_empty() {
-            return Err(ApiError::from(inv("values", "give at least one KEY=VALUE")).into());
+            return Err(inv("values", "give at least one KEY=VALUE").into());
         }
         self.set_secrets("values", &scope, r.values).await?;
         Ok(Response::new(pb::SetSecretsResponse { secrets: self.secret_infos(&scope) }))
@@ -628,7 +628,7 @@ impl TokenService for Api {
         }
         let id = req.into_inner().id;
         if id.is_empty() {
-            return Err(ApiError::from(inv("id", "is required")).into());
+            return Err(inv("id", "is required").into());
         }
         self.cluster.write(Command::RevokeToken { id }).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
@@ -676,7 +676,7 @@ impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
         self.require_admin(&req)?;
         let id = req.into_inner().id;
         if id == crate::auth::ADMIN_ID {
-            return Err(ApiError::from(inv("id", "the bootstrap admin key cannot be revoked")).into());
+            return Err(inv("id", "the bootstrap admin key cannot be revoked").into());
         }
         self.cluster.write(Command::RevokeApiKey { id }).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::RevokeApiKeyResponse {}))

@@ -209,7 +209,7 @@ impl Images {
             match found {
                 Some(img) => {
                     let target = img.target.ok_or_else(|| image_err(reference, "image record has no target"))?;
-                    self.from_content(reference, &img.name, target, &lease).await
+                    self.open_stored(reference, &img.name, target, &lease).await
                 }
                 None => self.pull(reference, &lease).await,
             }
@@ -454,7 +454,7 @@ impl Images {
     }
 
     /// Reads an image already in the content store, unpacking what is missing.
-    async fn from_content(&self, reference: &str, name: &str, target: Descriptor, lease: &str) -> Result<ImageInfo, RuntimeError> {
+    async fn open_stored(&self, reference: &str, name: &str, target: Descriptor, lease: &str) -> Result<ImageInfo, RuntimeError> {
         let raw = self.read_content(&target.digest).await?;
         let manifest_raw = if is_index(&raw) {
             let index: ImageIndex = serde_json::from_slice(&raw).map_err(|e| image_err(reference, format!("index: {e}")))?;

@@ -109,7 +109,7 @@ fn register_and_remove_node() {
 
 #[test]
 fn apply_is_deterministic_and_digest_tracks_state() {
-    let log = vec![
+    let log = [
         Proposal::new(1, Command::CreateNamespace { name: "a".into(), env: env(&[]) }),
         Proposal::new(2, Command::CreateNamespace { name: "a".into(), env: env(&[]) }),
         Proposal::new(3, Command::PutContainer {

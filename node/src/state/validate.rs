@@ -187,7 +187,8 @@ mod tests {
     fn spec_rules_name_the_field() {
         let ok = ContainerSpec::with_image("registry.local/app:1");
         assert!(container_spec(&ok, DEFAULT_SCALE_CAP).is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("timeout", Box::new(|s| s.timeout_secs = 5)),
             ("timeout", Box::new(|s| s.timeout_secs = 901)),
             ("cpu", Box::new(|s| s.cpu_mvcpu = 99)),
