@@ -26,6 +26,9 @@
 //! - [`runtime`]: instances on containerd (images, specs, tasks, agent).
 //! - [`scheduler`]: placement, a pure function of the state.
 //! - [`mesh`]: the HTTP routing mesh, activator and autoscaler.
+//! - [`secrets`]: sealing secret values (AES-256-GCM, wrapped data key).
+//! - [`tokens`]: EdDSA access tokens for private containers.
+//! - [`auth`]: API keys and who may call what.
 //! - [`server`]: binds everything and runs until shutdown.
 
 #![forbid(unsafe_code)]

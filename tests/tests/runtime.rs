@@ -305,3 +305,26 @@ async fn secrets_reach_the_container_environment_only() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_images_are_garbage_collected_after_the_delay() {
+    let image = push_test_image("rouse-test/gc", "1");
+    let cluster = TestCluster::start_with_runtime(1, &["--image-gc-after", "4s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    c.deploy_container(deploy("n", "gc", &image, 1)).await.unwrap();
+    ready(&c, "n", "gc", 1).await;
+    let pinned = c.get_container("n", "gc", true).await.unwrap().resolved_image;
+    assert!(cluster.ctr(&["images", "ls", "-q"]).contains(&pinned));
+    // In use: kept past the delay.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert!(cluster.ctr(&["images", "ls", "-q"]).contains(&pinned), "an image in use was collected");
+    c.delete_container("n", "gc").await.unwrap();
+    let t = std::time::Instant::now();
+    eventually("unused image deleted", || async {
+        let imgs = cluster.ctr(&["images", "ls", "-q"]);
+        if imgs.contains(&pinned) { Err(imgs) } else { Ok(()) }
+    })
+    .await;
+    println!("unused image deleted {:?} after its last container", t.elapsed());
+}

@@ -104,7 +104,7 @@ impl Agent {
             if let Err(e) = self.clone().reconcile().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
             }
-            if last_gc.elapsed() > Duration::from_secs(30) {
+            if last_gc.elapsed() > (self.config.image_gc_after / 2).min(Duration::from_secs(30)) {
                 last_gc = Instant::now();
                 self.collect_images().await;
             }
