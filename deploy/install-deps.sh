@@ -19,6 +19,7 @@ have iptables || need+=(iptables)
 have ip || need+=(iproute2)
 have bc || need+=(bc)
 have curl || need+=(curl)
+have htpasswd || need+=(apache2-utils)
 have tar || need+=(tar)
 
 if ((${#need[@]})); then

@@ -9,6 +9,8 @@ set -euo pipefail
 
 BASE=${ROUSE_TEST_BASE:-/tmp/rouse-test-env}
 REGISTRY_ADDR=${ROUSE_TEST_REGISTRY:-127.0.0.1:5055}
+# A second registry that demands basic auth (user rouse, password rouse-pass).
+AUTH_REGISTRY_ADDR=${ROUSE_TEST_AUTH_REGISTRY:-127.0.0.1:5057}
 SOCK="$BASE/containerd/containerd.sock"
 
 start() {
@@ -59,12 +61,37 @@ YML
     done
     curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null || { echo "registry did not start; see $BASE/registry/log" >&2; exit 1; }
   fi
+  if ! curl -sS -o /dev/null "http://$AUTH_REGISTRY_ADDR/v2/" 2>/dev/null; then
+    mkdir -p "$BASE/auth-registry"
+    htpasswd -Bbn rouse rouse-pass > "$BASE/auth-registry/htpasswd"
+    cat > "$BASE/auth-registry/config.yml" <<YML
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $BASE/auth-registry/data
+http:
+  addr: $AUTH_REGISTRY_ADDR
+auth:
+  htpasswd:
+    realm: rouse-test
+    path: $BASE/auth-registry/htpasswd
+YML
+    docker-registry serve "$BASE/auth-registry/config.yml" >"$BASE/auth-registry/log" 2>&1 &
+    echo $! > "$BASE/auth-registry/pid"
+    for _ in $(seq 1 100); do
+      curl -sS -o /dev/null "http://$AUTH_REGISTRY_ADDR/v2/" 2>/dev/null && break
+      sleep 0.1
+    done
+  fi
   echo "export ROUSE_TEST_CONTAINERD=$SOCK"
   echo "export ROUSE_TEST_REGISTRY=$REGISTRY_ADDR"
+  echo "export ROUSE_TEST_AUTH_REGISTRY=$AUTH_REGISTRY_ADDR"
 }
 
 stop() {
-  for p in "$BASE/registry/pid" "$BASE/containerd/pid"; do
+  for p in "$BASE/registry/pid" "$BASE/auth-registry/pid" "$BASE/containerd/pid"; do
     if [ -f "$p" ]; then kill "$(cat "$p")" 2>/dev/null || true; rm -f "$p"; fi
   done
 }

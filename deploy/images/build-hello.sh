@@ -62,7 +62,7 @@ fi
 umoci gc --layout "$work/oci" >/dev/null
 
 case "$mode" in
-  push) skopeo copy --quiet --dest-tls-verify=false "oci:$work/oci:img" "docker://$dest/$ref" ;;
+  push) skopeo copy --quiet --dest-tls-verify=false ${DEST_CREDS:+--dest-creds "$DEST_CREDS"} "oci:$work/oci:img" "docker://$dest/$ref" ;;
   tar)
     # An OCI-layout tarball whose index names the image.
     skopeo copy --quiet "oci:$work/oci:img" "oci-archive:$dest:$ref" ;;

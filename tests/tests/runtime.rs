@@ -328,3 +328,52 @@ async fn unused_images_are_garbage_collected_after_the_delay() {
     .await;
     println!("unused image deleted {:?} after its last container", t.elapsed());
 }
+
+/// A registry that demands basic auth: without credentials the instance
+/// fails with a clear status; with `--registry-auth` it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_basic_auth() {
+    let auth_reg = std::env::var("ROUSE_TEST_AUTH_REGISTRY").expect("deploy/test-env.sh exports ROUSE_TEST_AUTH_REGISTRY");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let st = std::process::Command::new("bash")
+        .arg(script)
+        .args(["push", &auth_reg, "rouse-test/authed:1"])
+        .env("DEST_CREDS", "rouse:rouse-pass")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let image = format!("{auth_reg}/rouse-test/authed:1");
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("registries.toml");
+    std::fs::write(&creds, format!("[\"{auth_reg}\"]\nusername = \"rouse\"\npassword = \"rouse-pass\"\n")).unwrap();
+
+    // Without credentials: a clear failure.
+    let cluster = TestCluster::start_with_runtime(1, &["--insecure-registry", &auth_reg]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    c.deploy_container(deploy("n", "locked", &image, 1)).await.unwrap();
+    let i = eventually("failed without credentials", || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container("n", "locked", true).await.map_err(|e| e.to_string())?;
+            let i = ct.instances.first().cloned().ok_or("none")?;
+            if i.state == "failed" { Ok(i) } else { Err(format!("{i:?}")) }
+        }
+    })
+    .await;
+    println!("without credentials: {}", i.message);
+    assert!(i.message.to_lowercase().contains("authoriz"), "{}", i.message);
+    drop(cluster);
+
+    // With credentials: it runs.
+    let cluster = TestCluster::start_with_runtime(
+        1,
+        &["--insecure-registry", &auth_reg, "--registry-auth", creds.to_str().unwrap()],
+    )
+    .await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("n", HashMap::new()).await.unwrap();
+    c.deploy_container(deploy("n", "open", &image, 1)).await.unwrap();
+    let inst = ready(&c, "n", "open", 1).await.remove(0);
+    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+}
