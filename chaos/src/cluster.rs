@@ -17,6 +17,8 @@ pub struct Node {
     pub api: SocketAddr,
     /// The proxy in front of it (what peers use).
     pub advertise: SocketAddr,
+    /// Its routing mesh.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -30,6 +32,9 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     pub net: Arc<Net>,
     pub extra: Vec<String>,
+    /// containerd socket, registry and containerd namespace, for a run with
+    /// a mesh workload.
+    pub runtime: Option<(String, String, String)>,
 }
 
 fn free_port(ip: IpAddr) -> std::io::Result<u16> {
@@ -38,7 +43,7 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
 
 impl Cluster {
     pub fn new(dir: &Path, bin: PathBuf, extra: Vec<String>) -> Self {
-        Cluster { dir: dir.to_path_buf(), bin, nodes: BTreeMap::new(), net: Net::new(), extra }
+        Cluster { dir: dir.to_path_buf(), bin, nodes: BTreeMap::new(), net: Net::new(), extra, runtime: None }
     }
 
     /// Adds node `id` (bootstrapping when `join` is None) with its proxy.
@@ -49,11 +54,13 @@ impl Cluster {
         let advertise = listener.local_addr()?;
         self.net.register(ip, id);
         tokio::spawn(proxy::run(self.net.clone(), listener, api, id));
+        let http = SocketAddr::new(ip, free_port(ip)?);
         let node = Node {
             id,
             ip,
             api,
             advertise,
+            http,
             data_dir: self.dir.join(format!("node{id}")),
             log: self.dir.join(format!("node{id}.log")),
             child: None,
@@ -68,19 +75,31 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64, join: Option<String>) -> anyhow::Result<()> {
         let n = self.nodes.get_mut(&id).ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
-        let http = SocketAddr::new(n.ip, free_port(n.ip)?);
+        let http = n.http;
         let mut args: Vec<String> = vec![
             "--id".into(), id.to_string(),
             "--data-dir".into(), n.data_dir.display().to_string(),
             "--listen".into(), n.api.to_string(),
             "--advertise".into(), n.advertise.to_string(),
             "--http".into(), http.to_string(),
-            "--containerd".into(), self.dir.join("no-containerd.sock").display().to_string(),
             "--heartbeat-ms".into(), "100".into(),
             "--snapshot-logs".into(), "200".into(),
             "--log".into(), "info,openraft=warn".into(),
             "--master-key-file".into(), self.dir.join("master.key").display().to_string(),
         ];
+        match &self.runtime {
+            Some((sock, reg, ns)) => {
+                let lo = 24000 + id * 100;
+                args.extend([
+                    "--containerd".into(), sock.clone(),
+                    "--containerd-namespace".into(), ns.clone(),
+                    "--insecure-registry".into(), reg.clone(),
+                    "--instance-ports".into(), format!("{lo}-{}", lo + 99),
+                    "--stop-grace".into(), "1s".into(),
+                ]);
+            }
+            None => args.extend(["--containerd".into(), self.dir.join("no-containerd.sock").display().to_string()]),
+        }
         args.extend(self.extra.iter().cloned());
         if !n.data_dir.exists() {
             match join {

@@ -5,6 +5,8 @@
 //!   delay or drop its links;
 //! - [`workload`]: clients recording a history of register reads and writes
 //!   and create-only writes;
+//! - [`mesh`]: with containerd, requests through every node's mesh to a
+//!   min-scale 2 container, counting every answer;
 //! - [`run`]: the seeded fault schedule, heal and checks;
 //! - [`check`]: one module per invariant (linearizability, lost writes);
 //! - [`report`]: JSON, summary and an SVG timeline.
@@ -14,6 +16,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod mesh;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -39,12 +39,18 @@ enum Cmd {
         /// Keep the run's directory (data dirs and node logs).
         #[arg(long)]
         keep: bool,
+        /// containerd socket: adds a mesh workload (needs --registry).
+        #[arg(long, env = "ROUSE_TEST_CONTAINERD", requires = "registry")]
+        containerd: Option<String>,
+        /// Plain-HTTP registry on loopback for the mesh workload's image.
+        #[arg(long, env = "ROUSE_TEST_REGISTRY")]
+        registry: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cmd::Run { nodes, duration, seed, report, sabotage, clients, keep } = cli.cmd;
+    let Cmd::Run { nodes, duration, seed, report, sabotage, clients, keep, containerd, registry } = cli.cmd;
     let duration = match humantime::parse_duration(&duration) {
         Ok(d) => d,
         Err(e) => {
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
         seed,
         sabotage_stale_reads: sabotage == Some(Sabotage::StaleReads),
         clients,
+        runtime: containerd.zip(registry),
     };
     let result = rt.block_on(rouse_chaos::run::run(opts, dir.path().to_path_buf(), bin));
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -25,6 +25,9 @@ pub fn summary(r: &Report) -> String {
     let _ = writeln!(s, "converged after heal: {} {}", r.converged, r.converged_after_s.map(|t| format!("({t:.1}s)")).unwrap_or_default());
     let _ = writeln!(s, "write after heal: {}", r.write_after_heal);
     let _ = writeln!(s, "panics: {}", r.panics.len());
+    if let Some(m) = &r.mesh {
+        let _ = writeln!(s, "mesh: {} requests {:?}, answering on every node after heal: {}", m.requests, m.answers, m.ok_after_heal);
+    }
     let _ = writeln!(s, "{}", if r.passed { "PASS" } else { "FAIL" });
     s
 }

@@ -26,6 +26,18 @@ pub struct Options {
     pub seed: u64,
     pub sabotage_stale_reads: bool,
     pub clients: usize,
+    /// containerd socket and registry: adds a mesh workload on a min-scale 2
+    /// container.
+    pub runtime: Option<(String, String)>,
+}
+
+/// What the mesh workload saw.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct MeshReport {
+    pub requests: usize,
+    /// HTTP status (or "error" for no answer) → count.
+    pub answers: BTreeMap<String, usize>,
+    pub ok_after_heal: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +68,7 @@ pub struct Report {
     pub converged_after_s: Option<f64>,
     pub write_after_heal: bool,
     pub panics: Vec<String>,
+    pub mesh: Option<MeshReport>,
     pub passed: bool,
     #[serde(skip)]
     pub history: Vec<Event>,
@@ -110,6 +123,8 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         extra.push("--sabotage-stale-reads".to_string());
     }
     let mut cluster = Cluster::new(&dir, bin, extra);
+    let ctr_ns = format!("rouse-chaos-{}", std::process::id());
+    cluster.runtime = opts.runtime.clone().map(|(sock, reg)| (sock, reg, ctr_ns.clone()));
     cluster.add(1, None).await?;
     let t = Instant::now();
     let token = loop {
@@ -126,11 +141,26 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     wait_voters(&cluster, opts.nodes as usize, Duration::from_secs(60)).await?;
     workload::setup(&cluster.endpoint(1)).await?;
+    let mesh_on = match &opts.runtime {
+        Some((_, reg)) => {
+            crate::mesh::deploy(&cluster.endpoint(1), reg).await?;
+            true
+        }
+        None => false,
+    };
 
     let history: workload::History = Arc::new(Mutex::new(Vec::new()));
     let endpoints = Arc::new(Mutex::new(endpoints_of(&cluster)));
     let start = Instant::now();
     let until = start + opts.duration;
+    let mesh_addrs = Arc::new(Mutex::new(cluster.members().iter().map(|id| cluster.nodes[id].http).collect::<Vec<_>>()));
+    let mesh_counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let mut mesh_clients = Vec::new();
+    if mesh_on {
+        for k in 0..2u64 {
+            mesh_clients.push(tokio::spawn(crate::mesh::client(opts.seed ^ k, mesh_addrs.clone(), until, mesh_counts.clone())));
+        }
+    }
     let mut clients = Vec::new();
     for id in 0..opts.clients {
         clients.push(tokio::spawn(workload::client(id, opts.seed, endpoints.clone(), start, until, history.clone())));
@@ -246,6 +276,9 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     for c in clients {
         let _ = c.await;
     }
+    for c in mesh_clients {
+        let _ = c.await;
+    }
 
     // Heal everything.
     cluster.net.heal();
@@ -278,6 +311,25 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         }
     }
 
+    let mesh = if mesh_on {
+        let addrs: Vec<std::net::SocketAddr> = cluster.members().iter().map(|id| cluster.nodes[id].http).collect();
+        let mut ok_after_heal = false;
+        let t = Instant::now();
+        while !ok_after_heal && t.elapsed() < Duration::from_secs(30) {
+            ok_after_heal = true;
+            for a in &addrs {
+                ok_after_heal &= crate::mesh::get(*a).await == Some(200);
+            }
+            if !ok_after_heal {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        let answers = mesh_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        crate::mesh::undeploy(&cluster.endpoint(cluster.members()[0])).await;
+        Some(MeshReport { requests: answers.values().sum(), answers, ok_after_heal })
+    } else {
+        None
+    };
     let history = history.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // No acknowledged create lost, on any node.
     let mut lost: BTreeSet<String> = BTreeSet::new();
@@ -318,8 +370,16 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let panics = cluster.panics();
     let count = |o: Outcome| history.iter().filter(|e| e.outcome == o).count();
     let converged = converged_after.is_some();
-    let passed = linearizable == Some(true) && lost.is_empty() && converged && write_after_heal && panics.is_empty();
+    let passed = linearizable == Some(true)
+        && lost.is_empty()
+        && converged
+        && write_after_heal
+        && panics.is_empty()
+        && mesh.as_ref().is_none_or(|m| m.ok_after_heal);
     cluster.stop_all();
+    if let Some((sock, _)) = &opts.runtime {
+        crate::mesh::remove_leftovers(sock, &ctr_ns);
+    }
     Ok(Report {
         seed: opts.seed,
         nodes: opts.nodes,
@@ -338,6 +398,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         converged_after_s: converged_after,
         write_after_heal,
         panics,
+        mesh,
         passed,
         history,
     })

@@ -49,8 +49,22 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// A free TCP port on 127.0.0.1.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768+), so that no outgoing connection takes it while a node that
+/// owns it restarts.
 pub fn free_port() -> u16 {
+    const LO: u16 = 30_000;
+    const SPAN: u16 = 2_700;
+    let seed = u16::try_from(std::process::id() % u32::from(SPAN)).unwrap_or(0);
+    for _ in 0..SPAN {
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = LO + (seed.wrapping_add(n)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }

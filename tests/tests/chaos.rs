@@ -31,6 +31,12 @@ fn seeded_run_passes_and_sabotage_is_caught() {
     assert_eq!(v["seed"], 7);
     assert!(v["operations"].as_u64().unwrap() >= 500, "{}", v["operations"]);
     assert!(v["faults"].as_array().unwrap().len() >= 4);
+    // With the test containerd and registry (deploy/test.sh), the run also
+    // drives requests through every node's mesh.
+    if std::env::var("ROUSE_TEST_CONTAINERD").is_ok() {
+        assert_eq!(v["mesh"]["ok_after_heal"], true, "{}", v["mesh"]);
+        assert!(v["mesh"]["requests"].as_u64().unwrap() > 100, "{}", v["mesh"]);
+    }
 
     let (code, v, text) = run(&["--sabotage", "stale-reads"]);
     assert_ne!(code, 0, "sabotaged run passed:\n{text}");
