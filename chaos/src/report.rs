@@ -43,8 +43,20 @@ pub fn svg(r: &Report) -> String {
     let mut s = String::new();
     let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
     let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = write!(s, r#"<text x="10" y="20" font-size="14">rouse-chaos seed {} — {} ops, {} faults, linearizable: {:?}, lost: {}, converged: {}</text>"#,
-        r.seed, r.operations, r.faults.len(), r.linearizable, r.lost_acknowledged_writes, r.converged);
+    let lin = match r.linearizable {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "unknown",
+    };
+    let _ = write!(s, r#"<text x="10" y="20" font-size="14">rouse-chaos seed {} — {} ops, {} faults, linearizable: {lin}, lost: {}, converged: {}{}</text>"#,
+        r.seed, r.operations, r.faults.len(), r.lost_acknowledged_writes, r.converged,
+        if r.passed { " — PASS" } else { " — FAIL" });
+    let legend = [("#2e7d32", "ok"), ("#ef6c00", "failed"), ("#c62828", "unknown (timed out)")];
+    for (i, (color, label)) in legend.iter().enumerate() {
+        let lx = w - 420.0 + i as f64 * 130.0;
+        let _ = write!(s, r#"<rect x="{lx}" y="10" width="10" height="10" fill="{color}"/><text x="{}" y="19">{label}</text>"#, lx + 14.0);
+    }
+    let _ = write!(s, r##"<text x="{}" y="34" fill="#555">thick bars: writes, thin: reads; shaded: faults</text>"##, w - 420.0);
     for (i, f) in r.faults.iter().enumerate() {
         let (x0, x1) = (x(f.start_ms), x(f.end_ms));
         let _ = write!(s, r##"<rect x="{x0:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#6c8ebf" opacity="0.18"><title>{}: {}</title></rect>"##,
