@@ -90,7 +90,11 @@ async fn connect(url: &str) -> Result<rouse_client::Client, rouse_client::Error>
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Procs(Vec<Child>);
@@ -106,7 +110,12 @@ impl Drop for Procs {
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
     let f = std::fs::File::create(log).unwrap();
-    Command::new(bin).args(args).stdout(Stdio::null()).stderr(f).spawn().unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,8 +129,14 @@ struct Stats {
 impl Stats {
     fn from(mut lat: Vec<Duration>, wall: Duration) -> Stats {
         lat.sort();
-        let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
-        Stats { ops: lat.len(), secs: wall.as_secs_f64(), p50_ms: pick(0.50), p99_ms: pick(0.99) }
+        let pick =
+            |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0;
+        Stats {
+            ops: lat.len(),
+            secs: wall.as_secs_f64(),
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+        }
     }
     fn tput(&self) -> f64 {
         self.ops as f64 / self.secs
@@ -163,12 +178,18 @@ async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<Strin
     for id in 1..=3u64 {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = vec![
-            "--id".into(), id.to_string(),
-            "--data-dir".into(), dir.join(format!("rouse{id}")).display().to_string(),
-            "--listen".into(), listen.clone(),
-            "--http".into(), format!("127.0.0.1:{}", free_port()),
-            "--log".into(), "warn".into(),
-            "--master-key-file".into(), dir.join("master.key").display().to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.join(format!("rouse{id}")).display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--http".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--log".into(),
+            "warn".into(),
+            "--master-key-file".into(),
+            dir.join("master.key").display().to_string(),
         ];
         if id == 1 {
             args.push("--bootstrap".into());
@@ -176,7 +197,9 @@ async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<Strin
             args.push("--join".into());
             args.push(eps[0].trim_start_matches("http://").to_string());
         }
-        procs.0.push(spawn(&node, &args, &dir.join(format!("rouse{id}.log"))));
+        procs
+            .0
+            .push(spawn(&node, &args, &dir.join(format!("rouse{id}.log"))));
         eps.push(format!("http://{listen}"));
         if id == 1 {
             take_token(&dir.join("rouse1")).await;
@@ -186,7 +209,12 @@ async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<Strin
     loop {
         if let Ok(mut c) = connect(&eps[0]).await {
             if let Ok(s) = c.cluster_status().await {
-                if s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() == 3 {
+                if s.members
+                    .iter()
+                    .filter(|m| m.role == "voter" && m.healthy)
+                    .count()
+                    == 3
+                {
                     break;
                 }
             }
@@ -208,18 +236,32 @@ async fn start_etcd(dir: &Path, procs: &mut Procs) -> Vec<String> {
     let mut eps = Vec::new();
     for (i, (c, p)) in peers.iter().enumerate() {
         let args: Vec<String> = vec![
-            "--name".into(), format!("e{i}"),
-            "--data-dir".into(), dir.join(format!("etcd{i}")).display().to_string(),
-            "--listen-client-urls".into(), format!("http://127.0.0.1:{c}"),
-            "--advertise-client-urls".into(), format!("http://127.0.0.1:{c}"),
-            "--listen-peer-urls".into(), format!("http://127.0.0.1:{p}"),
-            "--initial-advertise-peer-urls".into(), format!("http://127.0.0.1:{p}"),
-            "--initial-cluster".into(), initial.clone(),
-            "--initial-cluster-state".into(), "new".into(),
-            "--initial-cluster-token".into(), "rouse-bench".into(),
-            "--log-level".into(), "warn".into(),
+            "--name".into(),
+            format!("e{i}"),
+            "--data-dir".into(),
+            dir.join(format!("etcd{i}")).display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{c}"),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{c}"),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{p}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{p}"),
+            "--initial-cluster".into(),
+            initial.clone(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            "rouse-bench".into(),
+            "--log-level".into(),
+            "warn".into(),
         ];
-        procs.0.push(spawn(Path::new("etcd"), &args, &dir.join(format!("etcd{i}.log"))));
+        procs.0.push(spawn(
+            Path::new("etcd"),
+            &args,
+            &dir.join(format!("etcd{i}.log")),
+        ));
         eps.push(format!("http://127.0.0.1:{c}"));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -237,11 +279,16 @@ async fn start_etcd(dir: &Path, procs: &mut Procs) -> Vec<String> {
 
 /// A namespace-sized value, so both systems store similar bytes.
 fn payload(i: usize) -> String {
-    format!(r#"{{"name":"ns-{i}","env":{{"GREETING":"hello"}},"revision":{i},"created_at_ms":1795952134873}}"#)
+    format!(
+        r#"{{"name":"ns-{i}","env":{{"GREETING":"hello"}},"revision":{i},"created_at_ms":1795952134873}}"#
+    )
 }
 
 async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow::Result<()> {
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
     let rouse_eps = start_rouse(tmp.path(), &bin_dir, &mut procs).await;
@@ -255,14 +302,19 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
     let etcd = etcd_client::Client::connect(etcd_eps.clone(), None).await?;
 
     let mut rows = Vec::new();
-    for (label, n_clients, total) in [("1 client", 1usize, serial), (&*format!("{clients} clients"), clients, parallel)] {
+    for (label, n_clients, total) in [
+        ("1 client", 1usize, serial),
+        (&*format!("{clients} clients"), clients, parallel),
+    ] {
         let label = label.to_string();
         let rc = rouse_clients.clone();
         let tag = n_clients;
         let rouse = drive(n_clients, total, move |c, i| {
             let mut client = rc[c].clone();
             async move {
-                client.create_namespace(&format!("b{tag}-c{c}-{i}"), Default::default()).await?;
+                client
+                    .create_namespace(&format!("b{tag}-c{c}-{i}"), Default::default())
+                    .await?;
                 Ok(())
             }
         })
@@ -271,7 +323,8 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
         let etcd_stats = drive(n_clients, total, move |c, i| {
             let mut kv = e.kv_client();
             async move {
-                kv.put(format!("/namespaces/b{tag}-c{c}-{i}"), payload(i), None).await?;
+                kv.put(format!("/namespaces/b{tag}-c{c}-{i}"), payload(i), None)
+                    .await?;
                 Ok(())
             }
         })
@@ -280,8 +333,20 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
     }
 
     println!("control-plane writes, 3 nodes on loopback, same harness, same run");
-    println!("{:<12} {:>8} {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10} {:>9} {:>9}",
-        "clients", "writes", "rouse op/s", "p50 ms", "p99 ms", "etcd op/s", "p50 ms", "p99 ms", "tput ratio", "p50 x", "p99 x");
+    println!(
+        "{:<12} {:>8} {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>10} {:>9} {:>9}",
+        "clients",
+        "writes",
+        "rouse op/s",
+        "p50 ms",
+        "p99 ms",
+        "etcd op/s",
+        "p50 ms",
+        "p99 ms",
+        "tput ratio",
+        "p50 x",
+        "p99 x"
+    );
     for (label, r, e) in &rows {
         println!("{:<12} {:>8} {:>12.0} {:>9.2} {:>9.2} | {:>12.0} {:>9.2} {:>9.2} | {:>10.2} {:>9.2} {:>9.2}",
             label, r.ops, r.tput(), r.p50_ms, r.p99_ms, e.tput(), e.p50_ms, e.p99_ms,
@@ -293,8 +358,15 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
 }
 
 fn build_image(registry: &str, repo_tag: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
-    let st = Command::new("bash").arg(script).args(["push", registry, repo_tag]).status().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
+    let st = Command::new("bash")
+        .arg(script)
+        .args(["push", registry, repo_tag])
+        .status()
+        .unwrap();
     assert!(st.success(), "building {repo_tag}");
 }
 
@@ -304,16 +376,24 @@ async fn first_200(port: u16, deadline: Duration) -> anyhow::Result<()> {
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.is_ok() {
+            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await
+                .is_ok()
+            {
                 let mut buf = [0u8; 16];
                 if let Ok(n) = s.read(&mut buf).await {
-                    if buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200") {
+                    if buf[..n].starts_with(b"HTTP/1.0 200")
+                        || buf[..n].starts_with(b"HTTP/1.1 200")
+                    {
                         return Ok(());
                     }
                 }
             }
         }
-        anyhow::ensure!(start.elapsed() < deadline, "no 200 on port {port} within {deadline:?}");
+        anyhow::ensure!(
+            start.elapsed() < deadline,
+            "no 200 on port {port} within {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -324,8 +404,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn runtime(rounds: usize) -> anyhow::Result<()> {
-    let sock = std::env::var("ROUSE_TEST_CONTAINERD").map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
-    let reg = std::env::var("ROUSE_TEST_REGISTRY").map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
+    let reg = std::env::var("ROUSE_TEST_REGISTRY")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
     let run = rand_suffix();
     eprintln!("building {} pairs of identical test images…", rounds);
     for i in 0..rounds {
@@ -335,7 +417,12 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     let ns = format!("bench-rouse-{run}");
     let (procs, mut c, _http, _tmp) = single_node(&sock, &reg, &ns, &[]).await?;
     let ctr_ns = format!("bench-ctr-{run}");
-    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", &sock, "-n", &ctr_ns]).args(args).output();
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .args(["--address", &sock, "-n", &ctr_ns])
+            .args(args)
+            .output()
+    };
     let (mut rouse_t, mut ctr_t) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         // rouse: deploy → scheduled → pulled → unpacked → started → first 200.
@@ -353,10 +440,19 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         .await?;
         let port = loop {
             let ct = c.get_container("bench", &name, true).await?;
-            if let Some(p) = ct.instances.iter().find(|i| i.port != 0 && (i.state == "starting" || i.state == "ready")).map(|i| i.port) {
+            if let Some(p) = ct
+                .instances
+                .iter()
+                .find(|i| i.port != 0 && (i.state == "starting" || i.state == "ready"))
+                .map(|i| i.port)
+            {
                 break u16::try_from(p)?;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "rouse instance did not start: {:?}", ct.instances);
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "rouse instance did not start: {:?}",
+                ct.instances
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         first_200(port, Duration::from_secs(60)).await?;
@@ -368,21 +464,48 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         let port = free_port();
         let t = Instant::now();
         let out = ctr(&["images", "pull", "--plain-http", &image])?;
-        anyhow::ensure!(out.status.success(), "ctr pull: {}", String::from_utf8_lossy(&out.stderr));
-        let out = ctr(&["run", "-d", "--net-host", "--env", &format!("PORT={port}"), &image, &format!("c{i}")])?;
-        anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr pull: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = ctr(&[
+            "run",
+            "-d",
+            "--net-host",
+            "--env",
+            &format!("PORT={port}"),
+            &image,
+            &format!("c{i}"),
+        ])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         first_200(port, Duration::from_secs(60)).await?;
         ctr_t.push(t.elapsed().as_secs_f64() * 1000.0);
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("c{i}")]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = ctr(&["tasks", "rm", "-f", &format!("c{i}")]);
         let _ = ctr(&["containers", "rm", &format!("c{i}")]);
-        eprintln!("round {i}: rouse {:.0} ms, ctr {:.0} ms", rouse_t[i], ctr_t[i]);
+        eprintln!(
+            "round {i}: rouse {:.0} ms, ctr {:.0} ms",
+            rouse_t[i], ctr_t[i]
+        );
     }
     let (r, b) = (median(rouse_t), median(ctr_t));
     println!("cold start from a registry to first HTTP 200, {rounds} rounds, medians");
-    println!("{:<44} {:>10}", "rouse (deploy → schedule → pull → unpack → start)", format!("{r:.0} ms"));
-    println!("{:<44} {:>10}", "ctr images pull + ctr run (baseline)", format!("{b:.0} ms"));
+    println!(
+        "{:<44} {:>10}",
+        "rouse (deploy → schedule → pull → unpack → start)",
+        format!("{r:.0} ms")
+    );
+    println!(
+        "{:<44} {:>10}",
+        "ctr images pull + ctr run (baseline)",
+        format!("{b:.0} ms")
+    );
     println!("ratio rouse/ctr: {:.2}", r / b);
     drop(procs);
     ctr_cleanup(&sock, &ns);
@@ -418,7 +541,12 @@ fn wrk(url: &str, host: Option<&str>, seconds: u64) -> anyhow::Result<Wrk> {
     }
     let out = cmd.arg(url).output()?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut w = Wrk { rps: 0.0, p50_ms: 0.0, p99_ms: 0.0, errors: 0 };
+    let mut w = Wrk {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
@@ -427,22 +555,37 @@ fn wrk(url: &str, host: Option<&str>, seconds: u64) -> anyhow::Result<Wrk> {
             ["99%", v] => w.p99_ms = parse_ms(v),
             ["Non-2xx", "or", "3xx", "responses:", v] => w.errors += v.parse::<u64>().unwrap_or(0),
             _ if line.trim_start().starts_with("Socket errors:") => {
-                w.errors += line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>();
+                w.errors += line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum::<u64>();
             }
             _ => {}
         }
     }
-    anyhow::ensure!(w.rps > 0.0, "wrk gave no result:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        w.rps > 0.0,
+        "wrk gave no result:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(w)
 }
 
 async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
-    let sock = std::env::var("ROUSE_TEST_CONTAINERD").map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
-    let reg = std::env::var("ROUSE_TEST_REGISTRY").map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
+    let reg = std::env::var("ROUSE_TEST_REGISTRY")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
     let run = rand_suffix();
     build_image(&reg, &format!("bench-{run}/mesh:1"));
     let image = format!("{reg}/bench-{run}/mesh:1");
-    let (mut procs, mut c, http, tmp) = single_node(&sock, &reg, &format!("bench-mesh-{run}"), &["--suspend-after", "0s"]).await?;
+    let (mut procs, mut c, http, tmp) = single_node(
+        &sock,
+        &reg,
+        &format!("bench-mesh-{run}"),
+        &["--suspend-after", "0s"],
+    )
+    .await?;
     let mesh_port: u16 = http.rsplit(':').next().unwrap_or("0").parse()?;
     let deploy = |name: &str, min: u32| rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
@@ -467,7 +610,12 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
 
     // Cold start through the mesh (stopped, image cached) vs ctr run.
     let ctr_ns = format!("bench-mesh-ctr-{run}");
-    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", &sock, "-n", &ctr_ns]).args(args).output();
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .args(["--address", &sock, "-n", &ctr_ns])
+            .args(args)
+            .output()
+    };
     let out = ctr(&["images", "pull", "--plain-http", &image])?;
     anyhow::ensure!(out.status.success(), "ctr pull failed");
     let (mut cold, mut base) = (Vec::new(), Vec::new());
@@ -477,8 +625,20 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
         let t = Instant::now();
         let host = format!("{name}.bench.rouse.localhost");
         loop {
-            let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "60", "-H", &format!("Host: {host}")])
-                .arg(format!("http://127.0.0.1:{mesh_port}/")).output()?;
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "60",
+                    "-H",
+                    &format!("Host: {host}"),
+                ])
+                .arg(format!("http://127.0.0.1:{mesh_port}/"))
+                .output()?;
             if String::from_utf8_lossy(&out.stdout) == "200" {
                 break;
             }
@@ -488,8 +648,20 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
         c.delete_container("bench", &name).await?;
         let p = free_port();
         let t = Instant::now();
-        let out = ctr(&["run", "-d", "--net-host", "--env", &format!("PORT={p}"), &image, &format!("b{i}")])?;
-        anyhow::ensure!(out.status.success(), "ctr run: {}", String::from_utf8_lossy(&out.stderr));
+        let out = ctr(&[
+            "run",
+            "-d",
+            "--net-host",
+            "--env",
+            &format!("PORT={p}"),
+            &image,
+            &format!("b{i}"),
+        ])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         first_200(p, Duration::from_secs(60)).await?;
         base.push(t.elapsed().as_secs_f64() * 1000.0);
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("b{i}")]);
@@ -509,16 +681,31 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
          http {{ access_log off; upstream u {{ server 127.0.0.1:{port}; }}\n\
          server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; }} }} }}\n",
         pid = tmp.path().join("nginx.pid").display(), err = tmp.path().join("nginx.err").display()))?;
-    procs.0.push(spawn(Path::new("nginx"), &["-c".into(), conf.display().to_string(), "-p".into(), tmp.path().display().to_string()], &tmp.path().join("nginx.log")));
+    procs.0.push(spawn(
+        Path::new("nginx"),
+        &[
+            "-c".into(),
+            conf.display().to_string(),
+            "-p".into(),
+            tmp.path().display().to_string(),
+        ],
+        &tmp.path().join("nginx.log"),
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let direct = wrk(&format!("http://127.0.0.1:{port}/"), None, seconds)?;
-    let via_mesh = wrk(&format!("http://127.0.0.1:{mesh_port}/"), Some("warmup.bench.rouse.localhost"), seconds)?;
+    let via_mesh = wrk(
+        &format!("http://127.0.0.1:{mesh_port}/"),
+        Some("warmup.bench.rouse.localhost"),
+        seconds,
+    )?;
     let via_nginx = wrk(&format!("http://127.0.0.1:{nginx_port}/"), None, seconds)?;
 
     let (wake, warm) = wake_rounds(&sock, &reg, &image, rounds, &run).await?;
     let (wm, ww) = (median(wake), median(warm));
 
-    println!("wake from suspended (paused, memory kept) through the mesh, {rounds} rounds, medians");
+    println!(
+        "wake from suspended (paused, memory kept) through the mesh, {rounds} rounds, medians"
+    );
     println!("  first request to a suspended instance: {wm:.1} ms");
     println!("  next request, instance running:        {ww:.1} ms");
     println!("  ratio wake/warm: {:.1}", wm / ww);
@@ -527,12 +714,26 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     println!("  ctr run (baseline):                                          {bm:.0} ms");
     println!("  ratio rouse/ctr: {:.2}", cm / bm);
     println!("warm, wrk -t2 -c32 -d{seconds}s, busybox httpd instance");
-    println!("  {:<22} {:>10} {:>9} {:>9} {:>7}", "path", "req/s", "p50 ms", "p99 ms", "errors");
-    for (label, w) in [("direct to instance", &direct), ("through rouse mesh", &via_mesh), ("nginx proxy_pass", &via_nginx)] {
-        println!("  {:<22} {:>10.0} {:>9.2} {:>9.2} {:>7}", label, w.rps, w.p50_ms, w.p99_ms, w.errors);
+    println!(
+        "  {:<22} {:>10} {:>9} {:>9} {:>7}",
+        "path", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for (label, w) in [
+        ("direct to instance", &direct),
+        ("through rouse mesh", &via_mesh),
+        ("nginx proxy_pass", &via_nginx),
+    ] {
+        println!(
+            "  {:<22} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            label, w.rps, w.p50_ms, w.p99_ms, w.errors
+        );
     }
-    println!("  mesh/direct throughput {:.2}, mesh/nginx throughput {:.2}, mesh/direct p99 {:.2}",
-        via_mesh.rps / direct.rps, via_mesh.rps / via_nginx.rps, via_mesh.p99_ms / direct.p99_ms);
+    println!(
+        "  mesh/direct throughput {:.2}, mesh/nginx throughput {:.2}, mesh/direct p99 {:.2}",
+        via_mesh.rps / direct.rps,
+        via_mesh.rps / via_nginx.rps,
+        via_mesh.p99_ms / direct.p99_ms
+    );
     c.delete_container("bench", "warmup").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(procs);
@@ -548,14 +749,22 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
     for id in 1..=3u64 {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = vec![
-            "--id".into(), id.to_string(),
-            "--data-dir".into(), dir.join(format!("p{id}")).display().to_string(),
-            "--listen".into(), listen.clone(),
-            "--http".into(), format!("127.0.0.1:{}", free_port()),
-            "--log".into(), "warn".into(),
-            "--containerd".into(), dir.join("no-containerd.sock").display().to_string(),
-            "--node-grace".into(), "1h".into(),
-            "--master-key-file".into(), dir.join("master.key").display().to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            dir.join(format!("p{id}")).display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--http".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--log".into(),
+            "warn".into(),
+            "--containerd".into(),
+            dir.join("no-containerd.sock").display().to_string(),
+            "--node-grace".into(),
+            "1h".into(),
+            "--master-key-file".into(),
+            dir.join("master.key").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         if id == 1 {
@@ -564,7 +773,9 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
             args.push("--join".into());
             args.push(eps[0].trim_start_matches("http://").to_string());
         }
-        procs.0.push(spawn(&node, &args, &dir.join(format!("p{id}.log"))));
+        procs
+            .0
+            .push(spawn(&node, &args, &dir.join(format!("p{id}.log"))));
         eps.push(format!("http://{listen}"));
         if id == 1 {
             take_token(&dir.join("p1")).await;
@@ -573,7 +784,12 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
     loop {
         if let Ok(mut c) = connect(&eps[0]).await {
             if let Ok(s) = c.cluster_status().await {
-                if s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() == 3 {
+                if s.members
+                    .iter()
+                    .filter(|m| m.role == "voter" && m.healthy)
+                    .count()
+                    == 3
+                {
                     break;
                 }
             }
@@ -585,18 +801,35 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
 
 /// One run: registers simulated nodes, deploys containers, and times how
 /// long the leader's scheduler takes to commit every placement.
-async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> anyhow::Result<(f64, f64)> {
+async fn placement_run(
+    nodes: u64,
+    containers: u32,
+    per: u32,
+    batch: usize,
+) -> anyhow::Result<(f64, f64)> {
     use rouse_node::state::{Command, NodeRecord, Proposal};
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let eps = three_nodes(tmp.path(), &bin_dir, &mut procs, &["--placement-batch", &batch.to_string()]).await;
+    let eps = three_nodes(
+        tmp.path(),
+        &bin_dir,
+        &mut procs,
+        &["--placement-batch", &batch.to_string()],
+    )
+    .await;
     // Simulated nodes, registered through the peer service's forwarding
     // (which wants the cluster credential, derived from the master key).
-    let credential = rouse_node::secrets::Key::load_or_create(&tmp.path().join("master.key"), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .peer_credential();
-    let ch = tonic::transport::Endpoint::from_shared(eps[0].clone())?.connect().await?;
+    let credential =
+        rouse_node::secrets::Key::load_or_create(&tmp.path().join("master.key"), false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .peer_credential();
+    let ch = tonic::transport::Endpoint::from_shared(eps[0].clone())?
+        .connect()
+        .await?;
     let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
     for id in 0..nodes {
         let node = NodeRecord {
@@ -610,8 +843,11 @@ async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> a
             memory_capacity_mb: 262_144,
         };
         let p = Proposal::new(0, Command::RegisterNode { node });
-        let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage { payload: serde_json::to_vec(&p)? });
-        req.metadata_mut().insert("x-rouse-peer", credential.parse()?);
+        let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage {
+            payload: serde_json::to_vec(&p)?,
+        });
+        req.metadata_mut()
+            .insert("x-rouse-peer", credential.parse()?);
         peer.forward(req).await?;
     }
     let mut c = connect(&eps[0]).await?;
@@ -634,11 +870,19 @@ async fn placement_run(nodes: u64, containers: u32, per: u32, batch: usize) -> a
     }
     let deployed = t.elapsed();
     loop {
-        let placed: u64 = c.list_containers("sim", true).await?.iter().map(|ct| ct.instances.len() as u64).sum();
+        let placed: u64 = c
+            .list_containers("sim", true)
+            .await?
+            .iter()
+            .map(|ct| ct.instances.len() as u64)
+            .sum();
         if placed >= total {
             break;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "only {placed} of {total} placed");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "only {placed} of {total} placed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = t.elapsed().as_secs_f64();
@@ -660,8 +904,20 @@ async fn placement(nodes: u64, containers: u32, per: u32) -> anyhow::Result<()> 
 
 /// A node of its own with --suspend-after 2s: time the first request to a
 /// suspended instance through the mesh, and the next one (running).
-async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let (procs, mut c, http, _tmp) = single_node(sock, reg, &format!("bench-wake-{run}"), &["--suspend-after", "2s"]).await?;
+async fn wake_rounds(
+    sock: &str,
+    reg: &str,
+    image: &str,
+    rounds: usize,
+    run: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (procs, mut c, http, _tmp) = single_node(
+        sock,
+        reg,
+        &format!("bench-wake-{run}"),
+        &["--suspend-after", "2s"],
+    )
+    .await?;
     c.deploy_container(rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
         name: "nap".into(),
@@ -675,10 +931,23 @@ async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &st
     let one = |host: &str| -> anyhow::Result<f64> {
         let t = Instant::now();
         let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "-H", &format!("Host: {host}")])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "10",
+                "-H",
+                &format!("Host: {host}"),
+            ])
             .arg(format!("http://{http}/"))
             .output()?;
-        anyhow::ensure!(String::from_utf8_lossy(&out.stdout) == "200", "request failed");
+        anyhow::ensure!(
+            String::from_utf8_lossy(&out.stdout) == "200",
+            "request failed"
+        );
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
     let (mut wake, mut warm) = (Vec::new(), Vec::new());
@@ -689,7 +958,11 @@ async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &st
             if ct.instances.iter().any(|i| i.state == "suspended") {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "never suspended: {:?}", ct.instances);
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "never suspended: {:?}",
+                ct.instances
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         wake.push(one("nap.bench.rouse.localhost")?);
@@ -704,9 +977,21 @@ async fn wake_rounds(sock: &str, reg: &str, image: &str, rounds: usize, run: &st
 
 /// Removes every task and container a benchmark left in `ns`.
 fn ctr_cleanup(sock: &str, ns: &str) {
-    let ctr = |args: &[&str]| Command::new("ctr").args(["--address", sock, "-n", ns]).args(args).output();
+    let ctr = |args: &[&str]| {
+        Command::new("ctr")
+            .args(["--address", sock, "-n", ns])
+            .args(args)
+            .output()
+    };
     let ids = |what: &str| -> Vec<String> {
-        ctr(&[what, "ls", "-q"]).map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+        ctr(&[what, "ls", "-q"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     for t in ids("tasks") {
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &t]);
@@ -722,27 +1007,58 @@ fn ctr_cleanup(sock: &str, ns: &str) {
 
 /// One bootstrapped node on the test containerd, with a `bench` namespace:
 /// (processes, client, mesh address, temp dir).
-async fn single_node(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+async fn single_node(
+    sock: &str,
+    reg: &str,
+    ns: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
     let listen = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let mut args: Vec<String> = [
-        "--id", "1", "--bootstrap", "--data-dir", &tmp.path().join("n1").display().to_string(), "--listen", &listen,
-        "--http", &http, "--containerd", sock, "--containerd-namespace", ns,
-        "--insecure-registry", reg, "--log", "warn", "--stop-grace", "1s",
+        "--id",
+        "1",
+        "--bootstrap",
+        "--data-dir",
+        &tmp.path().join("n1").display().to_string(),
+        "--listen",
+        &listen,
+        "--http",
+        &http,
+        "--containerd",
+        sock,
+        "--containerd-namespace",
+        ns,
+        "--insecure-registry",
+        reg,
+        "--log",
+        "warn",
+        "--stop-grace",
+        "1s",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    procs.0.push(spawn(&bin_dir.join("rouse-node"), &args, &tmp.path().join("n1.log")));
+    procs.0.push(spawn(
+        &bin_dir.join("rouse-node"),
+        &args,
+        &tmp.path().join("n1.log"),
+    ));
     take_token(&tmp.path().join("n1")).await;
     let ep = format!("http://{listen}");
     let c = loop {
         if let Ok(mut c) = connect(&ep).await {
-            if c.create_namespace("bench", Default::default()).await.is_ok() {
+            if c.create_namespace("bench", Default::default())
+                .await
+                .is_ok()
+            {
                 break c;
             }
         }
@@ -752,17 +1068,29 @@ async fn single_node(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> anyhow:
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0))
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    )
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::ControlPlane { serial_writes, parallel_writes, clients } => {
-            control_plane(serial_writes, parallel_writes, clients).await
-        }
+        Cmd::ControlPlane {
+            serial_writes,
+            parallel_writes,
+            clients,
+        } => control_plane(serial_writes, parallel_writes, clients).await,
         Cmd::Runtime { rounds } => runtime(rounds).await,
         Cmd::Mesh { rounds, seconds } => mesh(rounds, seconds).await,
-        Cmd::Placement { nodes, containers, per_container } => placement(nodes, containers, per_container).await,
+        Cmd::Placement {
+            nodes,
+            containers,
+            per_container,
+        } => placement(nodes, containers, per_container).await,
     }
 }

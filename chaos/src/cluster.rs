@@ -43,7 +43,14 @@ fn free_port(ip: IpAddr) -> std::io::Result<u16> {
 
 impl Cluster {
     pub fn new(dir: &Path, bin: PathBuf, extra: Vec<String>) -> Self {
-        Cluster { dir: dir.to_path_buf(), bin, nodes: BTreeMap::new(), net: Net::new(), extra, runtime: None }
+        Cluster {
+            dir: dir.to_path_buf(),
+            bin,
+            nodes: BTreeMap::new(),
+            net: Net::new(),
+            extra,
+            runtime: None,
+        }
     }
 
     /// Adds node `id` (bootstrapping when `join` is None) with its proxy.
@@ -74,31 +81,51 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64, join: Option<String>) -> anyhow::Result<()> {
-        let n = self.nodes.get_mut(&id).ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
+        let n = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow::anyhow!("no node {id}"))?;
         let http = n.http;
         let mut args: Vec<String> = vec![
-            "--id".into(), id.to_string(),
-            "--data-dir".into(), n.data_dir.display().to_string(),
-            "--listen".into(), n.api.to_string(),
-            "--advertise".into(), n.advertise.to_string(),
-            "--http".into(), http.to_string(),
-            "--heartbeat-ms".into(), "100".into(),
-            "--snapshot-logs".into(), "200".into(),
-            "--log".into(), "info,openraft=warn".into(),
-            "--master-key-file".into(), self.dir.join("master.key").display().to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+            "--listen".into(),
+            n.api.to_string(),
+            "--advertise".into(),
+            n.advertise.to_string(),
+            "--http".into(),
+            http.to_string(),
+            "--heartbeat-ms".into(),
+            "100".into(),
+            "--snapshot-logs".into(),
+            "200".into(),
+            "--log".into(),
+            "info,openraft=warn".into(),
+            "--master-key-file".into(),
+            self.dir.join("master.key").display().to_string(),
         ];
         match &self.runtime {
             Some((sock, reg, ns)) => {
                 let lo = 24000 + id * 100;
                 args.extend([
-                    "--containerd".into(), sock.clone(),
-                    "--containerd-namespace".into(), ns.clone(),
-                    "--insecure-registry".into(), reg.clone(),
-                    "--instance-ports".into(), format!("{lo}-{}", lo + 99),
-                    "--stop-grace".into(), "1s".into(),
+                    "--containerd".into(),
+                    sock.clone(),
+                    "--containerd-namespace".into(),
+                    ns.clone(),
+                    "--insecure-registry".into(),
+                    reg.clone(),
+                    "--instance-ports".into(),
+                    format!("{lo}-{}", lo + 99),
+                    "--stop-grace".into(),
+                    "1s".into(),
                 ]);
             }
-            None => args.extend(["--containerd".into(), self.dir.join("no-containerd.sock").display().to_string()]),
+            None => args.extend([
+                "--containerd".into(),
+                self.dir.join("no-containerd.sock").display().to_string(),
+            ]),
         }
         args.extend(self.extra.iter().cloned());
         if !n.data_dir.exists() {
@@ -110,7 +137,10 @@ impl Cluster {
                 }
             }
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
         let child = Command::new(self.bin.join("rouse-node"))
             .args(&args)
             .stdin(Stdio::null())
@@ -160,13 +190,20 @@ impl Cluster {
 
     /// Live (member, running) node ids.
     pub fn members(&self) -> Vec<u64> {
-        self.nodes.values().filter(|n| !n.removed).map(|n| n.id).collect()
+        self.nodes
+            .values()
+            .filter(|n| !n.removed)
+            .map(|n| n.id)
+            .collect()
     }
 
     /// The admin key node 1 (the bootstrap node) wrote.
     pub fn admin_token(&self) -> Option<String> {
         let p = self.nodes.get(&1)?.data_dir.join("admin-token");
-        std::fs::read_to_string(p).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
     }
 
     pub fn endpoint(&self, id: u64) -> String {
@@ -195,7 +232,9 @@ impl Cluster {
 
 fn signal(child: &Option<Child>, sig: &str) {
     if let Some(c) = child {
-        let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status();
     }
 }
 

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "rouse-chaos", about = "Seeded fault injection against a real rouse cluster")]
+#[command(
+    name = "rouse-chaos",
+    about = "Seeded fault injection against a real rouse cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -50,7 +53,17 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cmd::Run { nodes, duration, seed, report, sabotage, clients, keep, containerd, registry } = cli.cmd;
+    let Cmd::Run {
+        nodes,
+        duration,
+        seed,
+        report,
+        sabotage,
+        clients,
+        keep,
+        containerd,
+        registry,
+    } = cli.cmd;
     let duration = match humantime::parse_duration(&duration) {
         Ok(d) => d,
         Err(e) => {
@@ -76,7 +89,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rouse-chaos: runtime: {e}");
@@ -107,7 +123,11 @@ fn main() -> ExitCode {
                 }
                 println!("report: {}  timeline: {}", path.display(), svg.display());
             }
-            if r.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if r.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("rouse-chaos: the run could not complete: {e:#}");

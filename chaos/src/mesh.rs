@@ -16,9 +16,15 @@ pub const HOST: &str = "web.mesh.rouse.localhost";
 /// Builds the test image, deploys `mesh/web` with min-scale 2 and waits
 /// until both instances are ready.
 pub async fn deploy(endpoint: &str, registry: &str) -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
     let tag = format!("{}", std::process::id());
-    let st = std::process::Command::new("bash").arg(script).args(["push", registry, &format!("rouse-chaos/web:{tag}")]).status()?;
+    let st = std::process::Command::new("bash")
+        .arg(script)
+        .args(["push", registry, &format!("rouse-chaos/web:{tag}")])
+        .status()?;
     anyhow::ensure!(st.success(), "building the mesh workload's image failed");
     let mut c = crate::connect(endpoint).await?;
     c.create_namespace("mesh", Default::default()).await?;
@@ -40,7 +46,11 @@ pub async fn deploy(endpoint: &str, registry: &str) -> anyhow::Result<()> {
         if ct.instances.iter().filter(|i| i.state == "ready").count() >= 2 {
             return Ok(());
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "mesh workload not ready: {:?}", ct.instances);
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "mesh workload not ready: {:?}",
+            ct.instances
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -56,17 +66,29 @@ pub async fn undeploy(endpoint: &str) {
 pub async fn get(addr: SocketAddr) -> Option<u16> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut buf = vec![0u8; 64];
         let n = s.read(&mut buf).await.ok()?;
         let head = String::from_utf8_lossy(&buf[..n]).to_string();
         head.split_whitespace().nth(1)?.parse().ok()
     };
-    tokio::time::timeout(Duration::from_secs(12), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(12), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Fires requests at random nodes' meshes until `until`.
-pub async fn client(seed: u64, addrs: Arc<Mutex<Vec<SocketAddr>>>, until: Instant, counts: Arc<Mutex<BTreeMap<String, usize>>>) {
+pub async fn client(
+    seed: u64,
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
+    until: Instant,
+    counts: Arc<Mutex<BTreeMap<String, usize>>>,
+) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0xC0FFEE));
     while Instant::now() < until {
         let a = {
@@ -82,15 +104,31 @@ pub async fn client(seed: u64, addrs: Arc<Mutex<Vec<SocketAddr>>>, until: Instan
             Some(code) => code.to_string(),
             None => "error".to_string(),
         };
-        *counts.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+        *counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
     }
 }
 
 /// Kills whatever instances a run left in its containerd namespace.
 pub fn remove_leftovers(sock: &str, ns: &str) {
-    let ctr = |args: &[&str]| std::process::Command::new("ctr").args(["--address", sock, "-n", ns]).args(args).output();
+    let ctr = |args: &[&str]| {
+        std::process::Command::new("ctr")
+            .args(["--address", sock, "-n", ns])
+            .args(args)
+            .output()
+    };
     let ids = |what: &str| -> Vec<String> {
-        ctr(&[what, "ls", "-q"]).map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()).unwrap_or_default()
+        ctr(&[what, "ls", "-q"])
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     for t in ids("tasks") {
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &t]);

@@ -33,17 +33,30 @@ impl Net {
     }
 
     pub fn register(&self, ip: IpAddr, node: u64) {
-        self.ip_to_node.lock().unwrap_or_else(|p| p.into_inner()).insert(ip, node);
+        self.ip_to_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip, node);
     }
 
     fn bump(&self) {
-        if let Some(tx) = self.epoch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(tx) = self
+            .epoch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             tx.send_modify(|e| *e += 1);
         }
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        match self.epoch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match self
+            .epoch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             Some(tx) => tx.subscribe(),
             None => watch::channel(0).1,
         }
@@ -63,7 +76,10 @@ impl Net {
     }
 
     pub fn set_delay(&self, node: u64, d: Duration) {
-        self.delay.lock().unwrap_or_else(|p| p.into_inner()).insert(node, d);
+        self.delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, d);
     }
 
     /// Removes every cut and delay.
@@ -74,11 +90,21 @@ impl Net {
     }
 
     fn is_cut(&self, from: Option<u64>, to: u64) -> bool {
-        from.is_some_and(|f| self.cut.lock().unwrap_or_else(|p| p.into_inner()).contains(&(f, to)))
+        from.is_some_and(|f| {
+            self.cut
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(f, to))
+        })
     }
 
     fn delay_of(&self, to: u64) -> Duration {
-        self.delay.lock().unwrap_or_else(|p| p.into_inner()).get(&to).copied().unwrap_or_default()
+        self.delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -86,14 +112,23 @@ impl Net {
 /// link from the connecting node is not cut.
 pub async fn run(net: Arc<Net>, listener: TcpListener, target: SocketAddr, to: u64) {
     loop {
-        let Ok((inbound, peer)) = listener.accept().await else { continue };
-        let from = net.ip_to_node.lock().unwrap_or_else(|p| p.into_inner()).get(&peer.ip()).copied();
+        let Ok((inbound, peer)) = listener.accept().await else {
+            continue;
+        };
+        let from = net
+            .ip_to_node
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer.ip())
+            .copied();
         if net.is_cut(from, to) {
             continue; // dropped: the connection closes at once
         }
         let net = net.clone();
         tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(target).await else { return };
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                return;
+            };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             let (ri, wi) = inbound.into_split();

@@ -13,20 +13,55 @@ pub fn summary(r: &Report) -> String {
         None => "unknown (checker budget exhausted)".to_string(),
     };
     let mut s = String::new();
-    let _ = writeln!(s, "rouse-chaos seed {} — {} nodes, {:.0}s{}", r.seed, r.nodes, r.duration_s,
-        r.sabotage.as_ref().map(|x| format!(", sabotage: {x}")).unwrap_or_default());
-    let _ = writeln!(s, "operations: {} ({} ok, {} failed, {} unknown)", r.operations, r.ok, r.failed, r.unknown);
+    let _ = writeln!(
+        s,
+        "rouse-chaos seed {} — {} nodes, {:.0}s{}",
+        r.seed,
+        r.nodes,
+        r.duration_s,
+        r.sabotage
+            .as_ref()
+            .map(|x| format!(", sabotage: {x}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "operations: {} ({} ok, {} failed, {} unknown)",
+        r.operations, r.ok, r.failed, r.unknown
+    );
     let _ = writeln!(s, "faults: {}", r.faults.len());
     for f in &r.faults {
-        let _ = writeln!(s, "  {:>6.1}s–{:>6.1}s {:<16} {}", f.start_ms as f64 / 1000.0, f.end_ms as f64 / 1000.0, f.kind, f.detail);
+        let _ = writeln!(
+            s,
+            "  {:>6.1}s–{:>6.1}s {:<16} {}",
+            f.start_ms as f64 / 1000.0,
+            f.end_ms as f64 / 1000.0,
+            f.kind,
+            f.detail
+        );
     }
     let _ = writeln!(s, "linearizable: {lin} {:?}", r.keys);
-    let _ = writeln!(s, "lost acknowledged writes: {}", r.lost_acknowledged_writes);
-    let _ = writeln!(s, "converged after heal: {} {}", r.converged, r.converged_after_s.map(|t| format!("({t:.1}s)")).unwrap_or_default());
+    let _ = writeln!(
+        s,
+        "lost acknowledged writes: {}",
+        r.lost_acknowledged_writes
+    );
+    let _ = writeln!(
+        s,
+        "converged after heal: {} {}",
+        r.converged,
+        r.converged_after_s
+            .map(|t| format!("({t:.1}s)"))
+            .unwrap_or_default()
+    );
     let _ = writeln!(s, "write after heal: {}", r.write_after_heal);
     let _ = writeln!(s, "panics: {}", r.panics.len());
     if let Some(m) = &r.mesh {
-        let _ = writeln!(s, "mesh: {} requests {:?}, answering on every node after heal: {}", m.requests, m.answers, m.ok_after_heal);
+        let _ = writeln!(
+            s,
+            "mesh: {} requests {:?}, answering on every node after heal: {}",
+            m.requests, m.answers, m.ok_after_heal
+        );
     }
     let _ = writeln!(s, "{}", if r.passed { "PASS" } else { "FAIL" });
     s
@@ -35,33 +70,77 @@ pub fn summary(r: &Report) -> String {
 /// A timeline: one row per client, one bar per operation (green ok,
 /// orange failed, red unknown; reads thin), faults as shaded bands.
 pub fn svg(r: &Report) -> String {
-    let clients = r.history.iter().map(|e| e.client).max().map_or(1, |m| m + 1);
-    let end = r.history.iter().map(|e| e.complete_ms).max().unwrap_or(1).max(1) as f64;
+    let clients = r
+        .history
+        .iter()
+        .map(|e| e.client)
+        .max()
+        .map_or(1, |m| m + 1);
+    let end = r
+        .history
+        .iter()
+        .map(|e| e.complete_ms)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let (w, row, top) = (1400.0, 24.0, 60.0);
     let h = top + row * clients as f64 + 40.0;
     let x = |t: u64| 80.0 + (t as f64 / end) * (w - 100.0);
     let mut s = String::new();
-    let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#);
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
     let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let lin = match r.linearizable {
         Some(true) => "yes",
         Some(false) => "NO",
         None => "unknown",
     };
-    let _ = write!(s, r#"<text x="10" y="20" font-size="14">rouse-chaos seed {} — {} ops, {} faults, linearizable: {lin}, lost: {}, converged: {}{}</text>"#,
-        r.seed, r.operations, r.faults.len(), r.lost_acknowledged_writes, r.converged,
-        if r.passed { " — PASS" } else { " — FAIL" });
-    let legend = [("#2e7d32", "ok"), ("#ef6c00", "failed"), ("#c62828", "unknown (timed out)")];
+    let _ = write!(
+        s,
+        r#"<text x="10" y="20" font-size="14">rouse-chaos seed {} — {} ops, {} faults, linearizable: {lin}, lost: {}, converged: {}{}</text>"#,
+        r.seed,
+        r.operations,
+        r.faults.len(),
+        r.lost_acknowledged_writes,
+        r.converged,
+        if r.passed { " — PASS" } else { " — FAIL" }
+    );
+    let legend = [
+        ("#2e7d32", "ok"),
+        ("#ef6c00", "failed"),
+        ("#c62828", "unknown (timed out)"),
+    ];
     for (i, (color, label)) in legend.iter().enumerate() {
         let lx = w - 420.0 + i as f64 * 130.0;
-        let _ = write!(s, r#"<rect x="{lx}" y="10" width="10" height="10" fill="{color}"/><text x="{}" y="19">{label}</text>"#, lx + 14.0);
+        let _ = write!(
+            s,
+            r#"<rect x="{lx}" y="10" width="10" height="10" fill="{color}"/><text x="{}" y="19">{label}</text>"#,
+            lx + 14.0
+        );
     }
-    let _ = write!(s, r##"<text x="{}" y="34" fill="#555">thick bars: writes, thin: reads; shaded: faults</text>"##, w - 420.0);
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="34" fill="#555">thick bars: writes, thin: reads; shaded: faults</text>"##,
+        w - 420.0
+    );
     for (i, f) in r.faults.iter().enumerate() {
         let (x0, x1) = (x(f.start_ms), x(f.end_ms));
-        let _ = write!(s, r##"<rect x="{x0:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#6c8ebf" opacity="0.18"><title>{}: {}</title></rect>"##,
-            (x1 - x0).max(1.0), row * clients as f64, f.kind, f.detail);
-        let _ = write!(s, r##"<text x="{x0:.1}" y="{:.1}" fill="#334">{}</text>"##, top - 6.0 - (i % 2) as f64 * 12.0, f.kind);
+        let _ = write!(
+            s,
+            r##"<rect x="{x0:.1}" y="{top}" width="{:.1}" height="{:.1}" fill="#6c8ebf" opacity="0.18"><title>{}: {}</title></rect>"##,
+            (x1 - x0).max(1.0),
+            row * clients as f64,
+            f.kind,
+            f.detail
+        );
+        let _ = write!(
+            s,
+            r##"<text x="{x0:.1}" y="{:.1}" fill="#334">{}</text>"##,
+            top - 6.0 - (i % 2) as f64 * 12.0,
+            f.kind
+        );
     }
     for c in 0..clients {
         let y = top + row * c as f64;
@@ -76,10 +155,27 @@ pub fn svg(r: &Report) -> String {
         };
         let height = if e.op == "read" { 3.0 } else { 6.0 };
         let (x0, x1) = (x(e.invoke_ms), x(e.complete_ms));
-        let _ = write!(s, r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.2}" height="{height}" fill="{color}"><title>{} {} {} {:?} {}–{} ms (node {})</title></rect>"##,
-            (x1 - x0).max(0.6), e.op, e.key, e.value, e.outcome, e.invoke_ms, e.complete_ms, e.node);
+        let _ = write!(
+            s,
+            r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.2}" height="{height}" fill="{color}"><title>{} {} {} {:?} {}–{} ms (node {})</title></rect>"##,
+            (x1 - x0).max(0.6),
+            e.op,
+            e.key,
+            e.value,
+            e.outcome,
+            e.invoke_ms,
+            e.complete_ms,
+            e.node
+        );
     }
-    let _ = write!(s, r#"<text x="80" y="{:.1}">0 s</text><text x="{:.1}" y="{:.1}">{:.1} s</text>"#, h - 10.0, w - 60.0, h - 10.0, end / 1000.0);
+    let _ = write!(
+        s,
+        r#"<text x="80" y="{:.1}">0 s</text><text x="{:.1}" y="{:.1}">{:.1} s</text>"#,
+        h - 10.0,
+        w - 60.0,
+        h - 10.0,
+        end / 1000.0
+    );
     s.push_str("</svg>\n");
     s
 }

@@ -79,7 +79,10 @@ async fn node_info(url: &str) -> Option<rouse_client::pb::NodeInfoResponse> {
         let mut c = crate::connect(url).await.ok()?;
         c.node_info().await.ok()
     };
-    tokio::time::timeout(Duration::from_millis(800), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_millis(800), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn leader(cluster: &Cluster) -> Option<u64> {
@@ -100,21 +103,41 @@ async fn wait_voters(cluster: &Cluster, n: usize, within: Duration) -> anyhow::R
     let t = Instant::now();
     loop {
         for id in cluster.members() {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), crate::connect(&cluster.endpoint(id))).await {
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.cluster_status()).await {
-                    if s.leader_id != 0 && s.members.iter().filter(|m| m.role == "voter" && m.healthy).count() >= n {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                crate::connect(&cluster.endpoint(id)),
+            )
+            .await
+            {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_secs(2), c.cluster_status()).await
+                {
+                    if s.leader_id != 0
+                        && s.members
+                            .iter()
+                            .filter(|m| m.role == "voter" && m.healthy)
+                            .count()
+                            >= n
+                    {
                         return Ok(());
                     }
                 }
             }
         }
-        anyhow::ensure!(t.elapsed() < within, "the cluster did not form {n} healthy voters within {within:?}");
+        anyhow::ensure!(
+            t.elapsed() < within,
+            "the cluster did not form {n} healthy voters within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 fn endpoints_of(cluster: &Cluster) -> Vec<(u64, String)> {
-    cluster.members().into_iter().map(|id| (id, cluster.endpoint(id))).collect()
+    cluster
+        .members()
+        .into_iter()
+        .map(|id| (id, cluster.endpoint(id)))
+        .collect()
 }
 
 pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Report> {
@@ -124,14 +147,20 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     let mut cluster = Cluster::new(&dir, bin, extra);
     let ctr_ns = format!("rouse-chaos-{}", std::process::id());
-    cluster.runtime = opts.runtime.clone().map(|(sock, reg)| (sock, reg, ctr_ns.clone()));
+    cluster.runtime = opts
+        .runtime
+        .clone()
+        .map(|(sock, reg)| (sock, reg, ctr_ns.clone()));
     cluster.add(1, None).await?;
     let t = Instant::now();
     let token = loop {
         if let Some(t) = cluster.admin_token() {
             break t;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "node 1 wrote no admin token");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "node 1 wrote no admin token"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = crate::TOKEN.set(token);
@@ -153,17 +182,35 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let endpoints = Arc::new(Mutex::new(endpoints_of(&cluster)));
     let start = Instant::now();
     let until = start + opts.duration;
-    let mesh_addrs = Arc::new(Mutex::new(cluster.members().iter().map(|id| cluster.nodes[id].http).collect::<Vec<_>>()));
+    let mesh_addrs = Arc::new(Mutex::new(
+        cluster
+            .members()
+            .iter()
+            .map(|id| cluster.nodes[id].http)
+            .collect::<Vec<_>>(),
+    ));
     let mesh_counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let mut mesh_clients = Vec::new();
     if mesh_on {
         for k in 0..2u64 {
-            mesh_clients.push(tokio::spawn(crate::mesh::client(opts.seed ^ k, mesh_addrs.clone(), until, mesh_counts.clone())));
+            mesh_clients.push(tokio::spawn(crate::mesh::client(
+                opts.seed ^ k,
+                mesh_addrs.clone(),
+                until,
+                mesh_counts.clone(),
+            )));
         }
     }
     let mut clients = Vec::new();
     for id in 0..opts.clients {
-        clients.push(tokio::spawn(workload::client(id, opts.seed, endpoints.clone(), start, until, history.clone())));
+        clients.push(tokio::spawn(workload::client(
+            id,
+            opts.seed,
+            endpoints.clone(),
+            start,
+            until,
+            history.clone(),
+        )));
     }
 
     // The fault schedule comes from the seed alone.
@@ -177,8 +224,21 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     while Instant::now() + Duration::from_secs(5) < until {
         let hold = Duration::from_millis(rng.random_range(1500..3500));
         let members = cluster.members();
-        let kinds = ["kill", "pause", "isolate-leader", "split", "bridge", "delay", "membership", "isolate-follower"];
-        let kind = if first { "isolate-follower" } else { kinds[rng.random_range(0..kinds.len())] };
+        let kinds = [
+            "kill",
+            "pause",
+            "isolate-leader",
+            "split",
+            "bridge",
+            "delay",
+            "membership",
+            "isolate-follower",
+        ];
+        let kind = if first {
+            "isolate-follower"
+        } else {
+            kinds[rng.random_range(0..kinds.len())]
+        };
         first = false;
         let pick = |rng: &mut StdRng, from: &[u64]| from[rng.random_range(0..from.len())];
         let t0 = Instant::now();
@@ -189,7 +249,10 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 cluster.kill(v);
                 tokio::time::sleep(hold).await;
                 cluster.restart(v)?;
-                ("process-kill", format!("SIGKILL node {v}, restarted after {hold:?}"))
+                (
+                    "process-kill",
+                    format!("SIGKILL node {v}, restarted after {hold:?}"),
+                )
             }
             "pause" => {
                 let v = pick(&mut rng, &members);
@@ -199,13 +262,31 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 ("process-pause", format!("SIGSTOP node {v} for {hold:?}"))
             }
             "isolate-leader" | "isolate-follower" => {
-                let followers: Vec<u64> = members.iter().copied().filter(|m| Some(*m) != lead).collect();
-                let v = if kind == "isolate-leader" { lead.unwrap_or(members[0]) } else { pick(&mut rng, &followers) };
+                let followers: Vec<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| Some(*m) != lead)
+                    .collect();
+                let v = if kind == "isolate-leader" {
+                    lead.unwrap_or(members[0])
+                } else {
+                    pick(&mut rng, &followers)
+                };
                 let rest: Vec<u64> = members.iter().copied().filter(|m| *m != v).collect();
                 cluster.net.partition(&[v], &rest);
                 tokio::time::sleep(hold).await;
                 cluster.net.heal();
-                ("network-isolate", format!("isolated node {v} ({}) for {hold:?}", if Some(v) == lead { "leader" } else { "follower" }))
+                (
+                    "network-isolate",
+                    format!(
+                        "isolated node {v} ({}) for {hold:?}",
+                        if Some(v) == lead {
+                            "leader"
+                        } else {
+                            "follower"
+                        }
+                    ),
+                )
             }
             "split" => {
                 let mut shuffled = members.clone();
@@ -217,7 +298,10 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 cluster.net.partition(minority, majority);
                 tokio::time::sleep(hold).await;
                 cluster.net.heal();
-                ("network-split", format!("minority {minority:?} / majority {majority:?} for {hold:?}"))
+                (
+                    "network-split",
+                    format!("minority {minority:?} / majority {majority:?} for {hold:?}"),
+                )
             }
             "bridge" if members.len() >= 3 => {
                 // Two halves that only the bridge node sees both of.
@@ -227,7 +311,10 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 cluster.net.partition(x, y);
                 tokio::time::sleep(hold).await;
                 cluster.net.heal();
-                ("network-bridge", format!("bridge through node {b}: {x:?} cut from {y:?} for {hold:?}"))
+                (
+                    "network-bridge",
+                    format!("bridge through node {b}: {x:?} cut from {y:?} for {hold:?}"),
+                )
             }
             "delay" => {
                 let v = pick(&mut rng, &members);
@@ -235,15 +322,25 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 cluster.net.set_delay(v, d);
                 tokio::time::sleep(hold).await;
                 cluster.net.heal();
-                ("network-delay", format!("{d:?} added latency on links to node {v} for {hold:?}"))
+                (
+                    "network-delay",
+                    format!("{d:?} added latency on links to node {v} for {hold:?}"),
+                )
             }
             "membership" if !membership_done && members.len() >= 3 => {
                 membership_done = true;
-                let followers: Vec<u64> = members.iter().copied().filter(|m| Some(*m) != lead).collect();
+                let followers: Vec<u64> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| Some(*m) != lead)
+                    .collect();
                 let v = pick(&mut rng, &followers);
                 let via = members.iter().copied().find(|m| *m != v).unwrap_or(1);
                 let removed = match crate::connect(&cluster.endpoint(via)).await {
-                    Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.remove_node(v)).await.map(|r| r.is_ok()).unwrap_or(false),
+                    Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.remove_node(v))
+                        .await
+                        .map(|r| r.is_ok())
+                        .unwrap_or(false),
                     Err(_) => false,
                 };
                 if removed {
@@ -255,11 +352,19 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                     let fresh = next_id;
                     next_id += 1;
                     cluster.add(fresh, Some(via)).await?;
-                    let joined = wait_voters(&cluster, members.len(), Duration::from_secs(20)).await.is_ok();
+                    let joined = wait_voters(&cluster, members.len(), Duration::from_secs(20))
+                        .await
+                        .is_ok();
                     *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
-                    ("membership", format!("removed node {v}, added fresh node {fresh} (joined: {joined})"))
+                    (
+                        "membership",
+                        format!("removed node {v}, added fresh node {fresh} (joined: {joined})"),
+                    )
                 } else {
-                    ("membership", "remove refused (no quorum?); membership unchanged".to_string())
+                    (
+                        "membership",
+                        "remove refused (no quorum?); membership unchanged".to_string(),
+                    )
                 }
             }
             _ => {
@@ -270,7 +375,12 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 ("process-pause", format!("SIGSTOP node {v} for {hold:?}"))
             }
         };
-        faults.push(Fault { kind: kind_label.to_string(), detail, start_ms: ms(t0), end_ms: ms(Instant::now()) });
+        faults.push(Fault {
+            kind: kind_label.to_string(),
+            detail,
+            start_ms: ms(t0),
+            end_ms: ms(Instant::now()),
+        });
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
     }
     for c in clients {
@@ -293,7 +403,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     while heal_start.elapsed() < Duration::from_secs(30) {
         let mut infos = Vec::new();
         for id in cluster.members() {
-            infos.push(node_info(&cluster.endpoint(id)).await.map(|i| (i.last_applied_index, i.state_digest)));
+            infos.push(
+                node_info(&cluster.endpoint(id))
+                    .await
+                    .map(|i| (i.last_applied_index, i.state_digest)),
+            );
         }
         if infos.iter().all(|i| i.is_some()) && infos.windows(2).all(|w| w[0] == w[1]) {
             converged_after = Some(heal_start.elapsed().as_secs_f64());
@@ -304,7 +418,13 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let mut write_after_heal = false;
     for id in cluster.members() {
         if let Ok(mut c) = crate::connect(&cluster.endpoint(id)).await {
-            if tokio::time::timeout(Duration::from_secs(10), c.create_namespace("after-heal", Default::default())).await.is_ok_and(|r| r.is_ok()) {
+            if tokio::time::timeout(
+                Duration::from_secs(10),
+                c.create_namespace("after-heal", Default::default()),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
                 write_after_heal = true;
                 break;
             }
@@ -312,7 +432,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
 
     let mesh = if mesh_on {
-        let addrs: Vec<std::net::SocketAddr> = cluster.members().iter().map(|id| cluster.nodes[id].http).collect();
+        let addrs: Vec<std::net::SocketAddr> = cluster
+            .members()
+            .iter()
+            .map(|id| cluster.nodes[id].http)
+            .collect();
         let mut ok_after_heal = false;
         let t = Instant::now();
         while !ok_after_heal && t.elapsed() < Duration::from_secs(30) {
@@ -324,9 +448,16 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        let answers = mesh_counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let answers = mesh_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         crate::mesh::undeploy(&cluster.endpoint(cluster.members()[0])).await;
-        Some(MeshReport { requests: answers.values().sum(), answers, ok_after_heal })
+        Some(MeshReport {
+            requests: answers.values().sum(),
+            answers,
+            ok_after_heal,
+        })
     } else {
         None
     };
@@ -335,7 +466,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let mut lost: BTreeSet<String> = BTreeSet::new();
     for id in cluster.members() {
         let names: BTreeSet<String> = match crate::connect(&cluster.endpoint(id)).await {
-            Ok(mut c) => c.list_namespaces(true).await.map(|v| v.into_iter().map(|n| n.name).collect()).unwrap_or_default(),
+            Ok(mut c) => c
+                .list_namespaces(true)
+                .await
+                .map(|v| v.into_iter().map(|n| n.name).collect())
+                .unwrap_or_default(),
             Err(_) => BTreeSet::new(),
         };
         lost.extend(crate::check::lost::missing(&history, &names));
@@ -350,13 +485,28 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             .iter()
             .filter(|e| e.key == key)
             .filter_map(|e| match (e.op, &e.outcome) {
-                ("write", Outcome::Ok) => Some(Op { invoke: e.invoke_ms, complete: Some(e.complete_ms), kind: Kind::Write(e.value.clone()) }),
-                ("write", Outcome::Unknown) => Some(Op { invoke: e.invoke_ms, complete: None, kind: Kind::Write(e.value.clone()) }),
-                ("read", Outcome::Ok) => Some(Op { invoke: e.invoke_ms, complete: Some(e.complete_ms), kind: Kind::Read(e.value.clone()) }),
+                ("write", Outcome::Ok) => Some(Op {
+                    invoke: e.invoke_ms,
+                    complete: Some(e.complete_ms),
+                    kind: Kind::Write(e.value.clone()),
+                }),
+                ("write", Outcome::Unknown) => Some(Op {
+                    invoke: e.invoke_ms,
+                    complete: None,
+                    kind: Kind::Write(e.value.clone()),
+                }),
+                ("read", Outcome::Ok) => Some(Op {
+                    invoke: e.invoke_ms,
+                    complete: Some(e.complete_ms),
+                    kind: Kind::Read(e.value.clone()),
+                }),
                 _ => None,
             })
             .collect();
-        let v = tokio::task::spawn_blocking(move || linearizable::check(workload::INITIAL, &ops, 5_000_000)).await?;
+        let v = tokio::task::spawn_blocking(move || {
+            linearizable::check(workload::INITIAL, &ops, 5_000_000)
+        })
+        .await?;
         keys.insert(key, format!("{v:?}").to_lowercase());
         verdicts.push(v);
     }

@@ -47,7 +47,10 @@ pub type History = Arc<Mutex<Vec<Event>>>;
 fn classify(code: Option<tonic::Code>) -> Outcome {
     use tonic::Code::*;
     match code {
-        Some(InvalidArgument | NotFound | AlreadyExists | FailedPrecondition | Aborted | Unimplemented) => Outcome::Fail,
+        Some(
+            InvalidArgument | NotFound | AlreadyExists | FailedPrecondition | Aborted
+            | Unimplemented,
+        ) => Outcome::Fail,
         _ => Outcome::Unknown,
     }
 }
@@ -92,16 +95,18 @@ pub async fn client(
         let (node, url) = eps[rng.random_range(0..eps.len())].clone();
         let client = match conns.get(&node) {
             Some(c) => c.clone(),
-            None => match tokio::time::timeout(Duration::from_millis(500), crate::connect(&url)).await {
-                Ok(Ok(c)) => {
-                    conns.insert(node, c.clone());
-                    c
+            None => {
+                match tokio::time::timeout(Duration::from_millis(500), crate::connect(&url)).await {
+                    Ok(Ok(c)) => {
+                        conns.insert(node, c.clone());
+                        c
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                 }
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+            }
         };
         let mut c = client;
         seq += 1;
@@ -125,13 +130,28 @@ pub async fn client(
             ("write", register_name(key), v, outcome)
         } else if roll < 0.9 {
             match tokio::time::timeout(timeout, c.get_namespace(&register_name(key), false)).await {
-                Ok(Ok(ns)) => ("read", register_name(key), ns.env.get("V").cloned().unwrap_or_default(), Outcome::Ok),
-                Ok(Err(e)) => ("read", register_name(key), String::new(), classify(e.code())),
+                Ok(Ok(ns)) => (
+                    "read",
+                    register_name(key),
+                    ns.env.get("V").cloned().unwrap_or_default(),
+                    Outcome::Ok,
+                ),
+                Ok(Err(e)) => (
+                    "read",
+                    register_name(key),
+                    String::new(),
+                    classify(e.code()),
+                ),
                 Err(_) => ("read", register_name(key), String::new(), Outcome::Unknown),
             }
         } else {
             let name = format!("s-{id}-{seq}");
-            let outcome = match tokio::time::timeout(timeout, c.create_namespace(&name, HashMap::new())).await {
+            let outcome = match tokio::time::timeout(
+                timeout,
+                c.create_namespace(&name, HashMap::new()),
+            )
+            .await
+            {
                 Ok(Ok(_)) => Outcome::Ok,
                 Ok(Err(e)) => classify(e.code()),
                 Err(_) => Outcome::Unknown,
@@ -143,15 +163,18 @@ pub async fn client(
             // Drop the connection: it may be to a paused or dead node.
             conns.remove(&node);
         }
-        history.lock().unwrap_or_else(|p| p.into_inner()).push(Event {
-            client: id,
-            node,
-            key: key_name,
-            op,
-            value,
-            invoke_ms: ms(invoke),
-            complete_ms: ms(complete),
-            outcome,
-        });
+        history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Event {
+                client: id,
+                node,
+                key: key_name,
+                op,
+                value,
+                invoke_ms: ms(invoke),
+                complete_ms: ms(complete),
+                outcome,
+            });
     }
 }

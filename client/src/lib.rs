@@ -16,15 +16,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use rouse_proto::v1 as pb;
+use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::container_service_client::ContainerServiceClient;
 use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::secret_service_client::SecretServiceClient;
-use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::token_service_client::TokenServiceClient;
+pub use rouse_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -95,23 +95,30 @@ impl Client {
     /// Connects to the node at `endpoint` (`http://host:port` or `host:port`).
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self, Error> {
         let url = endpoint_url(endpoint);
-        let bad = |message: String| Error::Endpoint { endpoint: endpoint.to_string(), message };
+        let bad = |message: String| Error::Endpoint {
+            endpoint: endpoint.to_string(),
+            message,
+        };
         let ep = Endpoint::from_shared(url.clone())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(60));
-        let channel = ep.connect().await.map_err(|e| bad(format!("cannot connect: {e}")))?;
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|e| bad(format!("cannot connect: {e}")))?;
         Self::from_channel(channel, token).map_err(bad)
     }
 
     /// Wraps an existing channel.
     pub fn from_channel(channel: Channel, token: Option<&str>) -> Result<Self, String> {
-        let header = match token {
-            Some(t) => Some(
-                format!("Bearer {t}").parse().map_err(|_| "token: contains characters not allowed in a header".to_string())?,
-            ),
-            None => None,
-        };
+        let header =
+            match token {
+                Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                    "token: contains characters not allowed in a header".to_string()
+                })?),
+                None => None,
+            };
         let auth = Auth { header };
         Ok(Client {
             cluster: ClusterServiceClient::with_interceptor(channel.clone(), auth.clone()),
@@ -127,65 +134,155 @@ impl Client {
     }
 
     /// Sets secrets in a namespace (`container` None) or a container.
-    pub async fn set_secrets(&mut self, namespace: &str, container: Option<&str>, values: HashMap<String, String>) -> Result<Vec<pb::SecretInfo>, Error> {
-        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
-        Ok(self.secrets.set(pb::SetSecretsRequest { scope, values }).await?.into_inner().secrets)
+    pub async fn set_secrets(
+        &mut self,
+        namespace: &str,
+        container: Option<&str>,
+        values: HashMap<String, String>,
+    ) -> Result<Vec<pb::SecretInfo>, Error> {
+        let scope = Some(pb::SecretScope {
+            namespace: namespace.into(),
+            container: container.unwrap_or_default().into(),
+        });
+        Ok(self
+            .secrets
+            .set(pb::SetSecretsRequest { scope, values })
+            .await?
+            .into_inner()
+            .secrets)
     }
 
-    pub async fn list_secrets(&mut self, namespace: &str, container: Option<&str>) -> Result<Vec<pb::SecretInfo>, Error> {
-        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
-        Ok(self.secrets.list(pb::ListSecretsRequest { scope }).await?.into_inner().secrets)
+    pub async fn list_secrets(
+        &mut self,
+        namespace: &str,
+        container: Option<&str>,
+    ) -> Result<Vec<pb::SecretInfo>, Error> {
+        let scope = Some(pb::SecretScope {
+            namespace: namespace.into(),
+            container: container.unwrap_or_default().into(),
+        });
+        Ok(self
+            .secrets
+            .list(pb::ListSecretsRequest { scope })
+            .await?
+            .into_inner()
+            .secrets)
     }
 
-    pub async fn delete_secret(&mut self, namespace: &str, container: Option<&str>, key: &str) -> Result<(), Error> {
-        let scope = Some(pb::SecretScope { namespace: namespace.into(), container: container.unwrap_or_default().into() });
-        self.secrets.delete(pb::DeleteSecretRequest { scope, key: key.into() }).await?;
+    pub async fn delete_secret(
+        &mut self,
+        namespace: &str,
+        container: Option<&str>,
+        key: &str,
+    ) -> Result<(), Error> {
+        let scope = Some(pb::SecretScope {
+            namespace: namespace.into(),
+            container: container.unwrap_or_default().into(),
+        });
+        self.secrets
+            .delete(pb::DeleteSecretRequest {
+                scope,
+                key: key.into(),
+            })
+            .await?;
         Ok(())
     }
 
     /// Issues a token for a namespace, or one container of it.
-    pub async fn create_token(&mut self, namespace: &str, container: Option<&str>, expires_in_seconds: u64) -> Result<pb::CreateTokenResponse, Error> {
-        let req = pb::CreateTokenRequest { namespace: namespace.into(), container: container.unwrap_or_default().into(), expires_in_seconds };
+    pub async fn create_token(
+        &mut self,
+        namespace: &str,
+        container: Option<&str>,
+        expires_in_seconds: u64,
+    ) -> Result<pb::CreateTokenResponse, Error> {
+        let req = pb::CreateTokenRequest {
+            namespace: namespace.into(),
+            container: container.unwrap_or_default().into(),
+            expires_in_seconds,
+        };
         Ok(self.tokens.create(req).await?.into_inner())
     }
 
     pub async fn list_tokens(&mut self, namespace: &str) -> Result<Vec<pb::TokenInfo>, Error> {
-        Ok(self.tokens.list(pb::ListTokensRequest { namespace: namespace.into() }).await?.into_inner().tokens)
+        Ok(self
+            .tokens
+            .list(pb::ListTokensRequest {
+                namespace: namespace.into(),
+            })
+            .await?
+            .into_inner()
+            .tokens)
     }
 
     pub async fn revoke_token(&mut self, id: &str) -> Result<(), Error> {
-        self.tokens.revoke(pb::RevokeTokenRequest { id: id.into() }).await?;
+        self.tokens
+            .revoke(pb::RevokeTokenRequest { id: id.into() })
+            .await?;
         Ok(())
     }
 
     pub async fn rotate_signing_key(&mut self) -> Result<String, Error> {
-        Ok(self.tokens.rotate_signing_key(pb::RotateSigningKeyRequest {}).await?.into_inner().kid)
+        Ok(self
+            .tokens
+            .rotate_signing_key(pb::RotateSigningKeyRequest {})
+            .await?
+            .into_inner()
+            .kid)
     }
 
     /// Mints an API key that may manage only `namespace` (admin only).
-    pub async fn create_api_key(&mut self, namespace: &str) -> Result<pb::CreateApiKeyResponse, Error> {
-        Ok(self.api_keys.create(pb::CreateApiKeyRequest { namespace: namespace.into() }).await?.into_inner())
+    pub async fn create_api_key(
+        &mut self,
+        namespace: &str,
+    ) -> Result<pb::CreateApiKeyResponse, Error> {
+        Ok(self
+            .api_keys
+            .create(pb::CreateApiKeyRequest {
+                namespace: namespace.into(),
+            })
+            .await?
+            .into_inner())
     }
 
     pub async fn list_api_keys(&mut self) -> Result<Vec<pb::ApiKeyInfo>, Error> {
-        Ok(self.api_keys.list(pb::ListApiKeysRequest {}).await?.into_inner().keys)
+        Ok(self
+            .api_keys
+            .list(pb::ListApiKeysRequest {})
+            .await?
+            .into_inner()
+            .keys)
     }
 
     pub async fn revoke_api_key(&mut self, id: &str) -> Result<(), Error> {
-        self.api_keys.revoke(pb::RevokeApiKeyRequest { id: id.into() }).await?;
+        self.api_keys
+            .revoke(pb::RevokeApiKeyRequest { id: id.into() })
+            .await?;
         Ok(())
     }
 
     pub async fn list_nodes(&mut self, stale: bool) -> Result<Vec<pb::Node>, Error> {
-        Ok(self.nodes.list(pb::ListNodesRequest { read: read(stale) }).await?.into_inner().nodes)
+        Ok(self
+            .nodes
+            .list(pb::ListNodesRequest { read: read(stale) })
+            .await?
+            .into_inner()
+            .nodes)
     }
 
     pub async fn cordon(&mut self, id: u64) -> Result<pb::Node, Error> {
-        Ok(self.nodes.cordon(pb::NodeRequest { id }).await?.into_inner())
+        Ok(self
+            .nodes
+            .cordon(pb::NodeRequest { id })
+            .await?
+            .into_inner())
     }
 
     pub async fn uncordon(&mut self, id: u64) -> Result<pb::Node, Error> {
-        Ok(self.nodes.uncordon(pb::NodeRequest { id }).await?.into_inner())
+        Ok(self
+            .nodes
+            .uncordon(pb::NodeRequest { id })
+            .await?
+            .into_inner())
     }
 
     pub async fn drain(&mut self, id: u64) -> Result<pb::Node, Error> {
@@ -193,72 +290,134 @@ impl Client {
     }
 
     pub async fn cluster_status(&mut self) -> Result<pb::ClusterStatus, Error> {
-        Ok(self.cluster.status(pb::ClusterStatusRequest {}).await?.into_inner())
+        Ok(self
+            .cluster
+            .status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
     }
 
     pub async fn remove_node(&mut self, id: u64) -> Result<(), Error> {
-        self.cluster.remove_node(pb::RemoveNodeRequest { id }).await?;
+        self.cluster
+            .remove_node(pb::RemoveNodeRequest { id })
+            .await?;
         Ok(())
     }
 
     pub async fn node_info(&mut self) -> Result<pb::NodeInfoResponse, Error> {
-        Ok(self.cluster.node_info(pb::NodeInfoRequest {}).await?.into_inner())
+        Ok(self
+            .cluster
+            .node_info(pb::NodeInfoRequest {})
+            .await?
+            .into_inner())
     }
 
-    pub async fn create_namespace(&mut self, name: &str, env: HashMap<String, String>) -> Result<pb::Namespace, Error> {
-        let req = pb::CreateNamespaceRequest { name: name.into(), env, secrets: HashMap::new() };
+    pub async fn create_namespace(
+        &mut self,
+        name: &str,
+        env: HashMap<String, String>,
+    ) -> Result<pb::Namespace, Error> {
+        let req = pb::CreateNamespaceRequest {
+            name: name.into(),
+            env,
+            secrets: HashMap::new(),
+        };
         Ok(self.namespaces.create(req).await?.into_inner())
     }
 
-    pub async fn create_namespace_with(&mut self, req: pb::CreateNamespaceRequest) -> Result<pb::Namespace, Error> {
+    pub async fn create_namespace_with(
+        &mut self,
+        req: pb::CreateNamespaceRequest,
+    ) -> Result<pb::Namespace, Error> {
         Ok(self.namespaces.create(req).await?.into_inner())
     }
 
-    pub async fn update_namespace(&mut self, req: pb::UpdateNamespaceRequest) -> Result<pb::Namespace, Error> {
+    pub async fn update_namespace(
+        &mut self,
+        req: pb::UpdateNamespaceRequest,
+    ) -> Result<pb::Namespace, Error> {
         Ok(self.namespaces.update(req).await?.into_inner())
     }
 
     pub async fn get_namespace(&mut self, name: &str, stale: bool) -> Result<pb::Namespace, Error> {
-        let req = pb::GetNamespaceRequest { name: name.into(), read: read(stale) };
+        let req = pb::GetNamespaceRequest {
+            name: name.into(),
+            read: read(stale),
+        };
         Ok(self.namespaces.get(req).await?.into_inner())
     }
 
     pub async fn list_namespaces(&mut self, stale: bool) -> Result<Vec<pb::Namespace>, Error> {
-        Ok(self.namespaces.list(pb::ListNamespacesRequest { read: read(stale) }).await?.into_inner().namespaces)
+        Ok(self
+            .namespaces
+            .list(pb::ListNamespacesRequest { read: read(stale) })
+            .await?
+            .into_inner()
+            .namespaces)
     }
 
     pub async fn delete_namespace(&mut self, name: &str) -> Result<(), Error> {
-        self.namespaces.delete(pb::DeleteNamespaceRequest { name: name.into() }).await?;
+        self.namespaces
+            .delete(pb::DeleteNamespaceRequest { name: name.into() })
+            .await?;
         Ok(())
     }
 
-    pub async fn deploy_container(&mut self, req: pb::DeployContainerRequest) -> Result<pb::Container, Error> {
+    pub async fn deploy_container(
+        &mut self,
+        req: pb::DeployContainerRequest,
+    ) -> Result<pb::Container, Error> {
         Ok(self.containers.deploy(req).await?.into_inner())
     }
 
-    pub async fn get_container(&mut self, namespace: &str, name: &str, stale: bool) -> Result<pb::Container, Error> {
-        let req = pb::GetContainerRequest { namespace: namespace.into(), name: name.into(), read: read(stale) };
+    pub async fn get_container(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        stale: bool,
+    ) -> Result<pb::Container, Error> {
+        let req = pb::GetContainerRequest {
+            namespace: namespace.into(),
+            name: name.into(),
+            read: read(stale),
+        };
         Ok(self.containers.get(req).await?.into_inner())
     }
 
     /// Containers of `namespace`, or of every namespace when it is empty.
-    pub async fn list_containers(&mut self, namespace: &str, stale: bool) -> Result<Vec<pb::Container>, Error> {
-        let req = pb::ListContainersRequest { namespace: namespace.into(), read: read(stale) };
+    pub async fn list_containers(
+        &mut self,
+        namespace: &str,
+        stale: bool,
+    ) -> Result<Vec<pb::Container>, Error> {
+        let req = pb::ListContainersRequest {
+            namespace: namespace.into(),
+            read: read(stale),
+        };
         Ok(self.containers.list(req).await?.into_inner().containers)
     }
 
     /// Streams the logs of a container's instances.
-    pub async fn logs(&mut self, req: pb::LogsRequest) -> Result<tonic::Streaming<pb::LogChunk>, Error> {
+    pub async fn logs(
+        &mut self,
+        req: pb::LogsRequest,
+    ) -> Result<tonic::Streaming<pb::LogChunk>, Error> {
         Ok(self.containers.logs(req).await?.into_inner())
     }
 
     /// Imports an OCI-layout tarball on every node of the cluster.
-    pub async fn import_image(&mut self, path: &std::path::Path, name: Option<&str>) -> Result<pb::ImportImageResponse, Error> {
+    pub async fn import_image(
+        &mut self,
+        path: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<pb::ImportImageResponse, Error> {
         use tokio::io::AsyncReadExt;
-        let mut f = tokio::fs::File::open(path).await.map_err(|e| Error::Endpoint {
-            endpoint: path.display().to_string(),
-            message: format!("file: {e}"),
-        })?;
+        let mut f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::Endpoint {
+                endpoint: path.display().to_string(),
+                message: format!("file: {e}"),
+            })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportImageChunk>(4);
         let name = name.unwrap_or_default().to_string();
         let reader = tokio::spawn(async move {
@@ -279,13 +438,21 @@ impl Client {
                 }
             }
         });
-        let r = self.images.import(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        let r = self
+            .images
+            .import(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
         reader.abort();
         Ok(r?.into_inner())
     }
 
     pub async fn delete_container(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
-        self.containers.delete(pb::DeleteContainerRequest { namespace: namespace.into(), name: name.into() }).await?;
+        self.containers
+            .delete(pb::DeleteContainerRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .await?;
         Ok(())
     }
 }

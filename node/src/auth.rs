@@ -46,7 +46,13 @@ pub enum AuthError {
 pub fn mint(id: &str, namespace: Option<String>, now_ms: u64) -> (String, ApiKey) {
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let token = format!("rk_{id}_{secret}");
-    let key = ApiKey { id: id.to_string(), secret_sha256: sha256_hex(&secret), namespace, created_at_ms: now_ms, revoked: false };
+    let key = ApiKey {
+        id: id.to_string(),
+        secret_sha256: sha256_hex(&secret),
+        namespace,
+        created_at_ms: now_ms,
+        revoked: false,
+    };
     (token, key)
 }
 
@@ -57,7 +63,13 @@ fn sha256_hex(s: &str) -> String {
 /// The record for a token already written (e.g. the admin token file).
 pub fn record_for(token: &str, namespace: Option<String>, now_ms: u64) -> Option<ApiKey> {
     let (id, secret) = parse(token)?;
-    Some(ApiKey { id: id.to_string(), secret_sha256: sha256_hex(secret), namespace, created_at_ms: now_ms, revoked: false })
+    Some(ApiKey {
+        id: id.to_string(),
+        secret_sha256: sha256_hex(secret),
+        namespace,
+        created_at_ms: now_ms,
+        revoked: false,
+    })
 }
 
 fn parse(token: &str) -> Option<(&str, &str)> {
@@ -74,7 +86,12 @@ pub fn authenticate(state: &StateData, bearer: Option<&str>) -> Result<Principal
     let want = key.secret_sha256.as_bytes();
     let got = sha256_hex(secret);
     // Constant-time comparison of the hashes.
-    let same = want.len() == got.len() && want.iter().zip(got.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = want.len() == got.len()
+        && want
+            .iter()
+            .zip(got.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same || key.revoked {
         return Err(AuthError::Invalid);
     }
@@ -94,7 +111,11 @@ pub fn admin_token_file(path: &Path, create: bool) -> std::io::Result<Option<Str
             if let Some(d) = path.parent() {
                 std::fs::create_dir_all(d)?;
             }
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
             std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
             Ok(Some(token))
         }
@@ -111,7 +132,13 @@ mod tests {
     #[test]
     fn keys_scopes_and_revocation() {
         let mut s = StateData::default();
-        s.apply(&Proposal::new(0, Command::CreateNamespace { name: "a".into(), env: Default::default() }));
+        s.apply(&Proposal::new(
+            0,
+            Command::CreateNamespace {
+                name: "a".into(),
+                env: Default::default(),
+            },
+        ));
         let (admin, rec) = mint("admin", None, 0);
         s.apply(&Proposal::new(0, Command::CreateApiKey { key: rec }));
         let (ns_tok, rec) = mint("k1", Some("a".into()), 0);
@@ -120,7 +147,10 @@ mod tests {
         let p = authenticate(&s, Some(&ns_tok)).unwrap();
         assert!(p.may("a") && !p.may("b"));
         assert_eq!(authenticate(&s, None), Err(AuthError::Missing));
-        assert_eq!(authenticate(&s, Some("rk_admin_deadbeef")), Err(AuthError::Invalid));
+        assert_eq!(
+            authenticate(&s, Some("rk_admin_deadbeef")),
+            Err(AuthError::Invalid)
+        );
         let mut forged = admin.clone();
         forged.pop();
         forged.push('0');
@@ -139,7 +169,10 @@ mod tests {
         assert_eq!(admin_token_file(&p, false).unwrap(), None);
         let t = admin_token_file(&p, true).unwrap().unwrap();
         assert!(t.starts_with("rk_admin_"));
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(admin_token_file(&p, false).unwrap(), Some(t.clone()));
         assert_eq!(record_for(&t, None, 0).unwrap().id, "admin");
     }

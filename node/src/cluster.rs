@@ -39,7 +39,11 @@ pub enum ClusterError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error("the leader (node {leader}) at {addr} could not be reached: {message}")]
-    LeaderUnreachable { leader: NodeId, addr: String, message: String },
+    LeaderUnreachable {
+        leader: NodeId,
+        addr: String,
+        message: String,
+    },
     #[error("the leader answered: {0}")]
     Remote(tonic::Status),
     #[error("timed out after {0:?} waiting for the cluster")]
@@ -60,13 +64,17 @@ impl ClusterError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ClusterError::NoLeader | ClusterError::LeaderUnreachable { .. } | ClusterError::Timeout(_)
+            ClusterError::NoLeader
+                | ClusterError::LeaderUnreachable { .. }
+                | ClusterError::Timeout(_)
         )
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A member as `cluster status` shows it.
@@ -138,7 +146,11 @@ impl Cluster {
         let Ok(k) = self.kek() else { return false };
         let want = k.peer_credential();
         presented.is_some_and(|p| {
-            p.len() == want.len() && p.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            p.len() == want.len()
+                && p.bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0
         })
     }
 
@@ -147,11 +159,13 @@ impl Cluster {
         if let Some(k) = self.data_key.get() {
             return Ok(k.clone());
         }
-        let kek = self
-            .kek()
-            .map_err(|e| ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets")))?;
+        let kek = self.kek().map_err(|e| {
+            ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets"))
+        })?;
         let wrapped = self.sm.read().data.data_key.clone().ok_or_else(|| {
-            ClusterError::Precondition("the cluster data key is not set up yet; retry in a moment".into())
+            ClusterError::Precondition(
+                "the cluster data key is not set up yet; retry in a moment".into(),
+            )
         })?;
         let dk = kek.unwrap_key(&wrapped).map_err(|_| {
             ClusterError::Precondition(format!(
@@ -201,13 +215,20 @@ impl Cluster {
         let start = Instant::now();
         loop {
             let err = match self.raft.client_write(p.clone()).await {
-                Ok(r) => return Ok(WriteOutcome { index: r.log_id.index, response: r.data }),
+                Ok(r) => {
+                    return Ok(WriteOutcome {
+                        index: r.log_id.index,
+                        response: r.data,
+                    })
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) if id != self.id => match self.forward(id, &node.addr, &p).await {
-                            Ok(r) => return Ok(r),
-                            Err(e) => e,
-                        },
+                        (Some(id), Some(node)) if id != self.id => {
+                            match self.forward(id, &node.addr, &p).await {
+                                Ok(r) => return Ok(r),
+                                Err(e) => e,
+                            }
+                        }
                         _ => ClusterError::NoLeader,
                     }
                 }
@@ -227,9 +248,21 @@ impl Cluster {
         }
     }
 
-    async fn forward(&self, leader: NodeId, addr: &str, p: &Proposal) -> Result<WriteOutcome, ClusterError> {
-        let unreachable = |message: String| ClusterError::LeaderUnreachable { leader, addr: addr.to_string(), message };
-        let mut client = self.pool.client(addr).map_err(|e| unreachable(e.to_string()))?;
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        p: &Proposal,
+    ) -> Result<WriteOutcome, ClusterError> {
+        let unreachable = |message: String| ClusterError::LeaderUnreachable {
+            leader,
+            addr: addr.to_string(),
+            message,
+        };
+        let mut client = self
+            .pool
+            .client(addr)
+            .map_err(|e| unreachable(e.to_string()))?;
         let payload = encode(p).map_err(|e| ClusterError::Raft(e.to_string()))?;
         let mut req = tonic::Request::new(RaftMessage { payload });
         req.set_timeout(PATIENCE);
@@ -254,23 +287,27 @@ impl Cluster {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) if id != self.id => match self.remote_read_index(id, &node.addr).await {
-                            Ok(index) => {
-                                let left = PATIENCE.saturating_sub(start.elapsed());
-                                return self
-                                    .raft
-                                    .wait(Some(left))
-                                    .applied_index_at_least(Some(index), "linearizable read")
-                                    .await
-                                    .map(|_| ())
-                                    .map_err(|_| ClusterError::Timeout(PATIENCE));
+                        (Some(id), Some(node)) if id != self.id => {
+                            match self.remote_read_index(id, &node.addr).await {
+                                Ok(index) => {
+                                    let left = PATIENCE.saturating_sub(start.elapsed());
+                                    return self
+                                        .raft
+                                        .wait(Some(left))
+                                        .applied_index_at_least(Some(index), "linearizable read")
+                                        .await
+                                        .map(|_| ())
+                                        .map_err(|_| ClusterError::Timeout(PATIENCE));
+                                }
+                                Err(e) => e,
                             }
-                            Err(e) => e,
-                        },
+                        }
                         _ => ClusterError::NoLeader,
                     }
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => ClusterError::NoLeader,
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    ClusterError::NoLeader
+                }
                 Err(e) => return Err(ClusterError::Raft(e.to_string())),
             };
             if start.elapsed() > PATIENCE {
@@ -281,8 +318,15 @@ impl Cluster {
     }
 
     async fn remote_read_index(&self, leader: NodeId, addr: &str) -> Result<u64, ClusterError> {
-        let unreachable = |message: String| ClusterError::LeaderUnreachable { leader, addr: addr.to_string(), message };
-        let mut client = self.pool.client(addr).map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |message: String| ClusterError::LeaderUnreachable {
+            leader,
+            addr: addr.to_string(),
+            message,
+        };
+        let mut client = self
+            .pool
+            .client(addr)
+            .map_err(|e| unreachable(e.to_string()))?;
         let mut req = tonic::Request::new(ReadIndexRequest {});
         req.set_timeout(Duration::from_secs(3));
         match client.read_index(req).await {
@@ -302,9 +346,15 @@ impl Cluster {
             }
             match self.leader() {
                 Some((lid, addr)) if lid != self.id => {
-                    let mut client = self.pool.client(&addr).map_err(|e| ClusterError::Raft(e.to_string()))?;
+                    let mut client = self
+                        .pool
+                        .client(&addr)
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
                     let node = encode(&record).map_err(|e| ClusterError::Raft(e.to_string()))?;
-                    let mut req = tonic::Request::new(JoinRequest { id: record.id, node });
+                    let mut req = tonic::Request::new(JoinRequest {
+                        id: record.id,
+                        node,
+                    });
                     req.set_timeout(Duration::from_secs(120));
                     return client
                         .join(req)
@@ -319,7 +369,13 @@ impl Cluster {
         let id = record.id;
         let addr = record.api_addr.clone();
         self.write(Command::RegisterNode { node: record }).await?;
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         let known = membership.get_node(&id).cloned();
         match known {
             Some(n) if n.addr != addr => {
@@ -337,7 +393,14 @@ impl Cluster {
                     .map_err(|e| ClusterError::Raft(e.to_string()))?;
             }
         }
-        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if !voters.contains(&id) {
             tracing::info!(node = id, "promoting learner to voter");
             self.raft
@@ -354,27 +417,49 @@ impl Cluster {
         if !is_leader {
             let (lid, addr) = self.leader().ok_or(ClusterError::NoLeader)?;
             if lid != self.id {
-                let mut client = self.pool.client(&addr).map_err(|e| ClusterError::Raft(e.to_string()))?;
+                let mut client = self
+                    .pool
+                    .client(&addr)
+                    .map_err(|e| ClusterError::Raft(e.to_string()))?;
                 let mut req = tonic::Request::new(LeaveRequest { id });
                 req.set_timeout(PATIENCE * 2);
-                return client.leave(req).await.map(|_| ()).map_err(ClusterError::Remote);
+                return client
+                    .leave(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(ClusterError::Remote);
             }
         }
-        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
         if membership.get_node(&id).is_none() {
             return Err(ClusterError::UnknownMember(id));
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.contains(&id) {
             if voters.len() == 1 {
-                return Err(ClusterError::Precondition(format!("node {id} is the last voter; a cluster cannot remove it")));
+                return Err(ClusterError::Precondition(format!(
+                    "node {id} is the last voter; a cluster cannot remove it"
+                )));
             }
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(|e| ClusterError::Raft(e.to_string()))?;
         }
-        let still = self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        let still = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
         if still {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
@@ -412,10 +497,14 @@ impl Cluster {
     }
 
     async fn ping(&self, addr: &str) -> bool {
-        let Ok(mut client) = self.pool.client(addr) else { return false };
+        let Ok(mut client) = self.pool.client(addr) else {
+            return false;
+        };
         let mut req = tonic::Request::new(PingRequest {});
         req.set_timeout(Duration::from_millis(700));
-        tokio::time::timeout(Duration::from_millis(800), client.ping(req)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(Duration::from_millis(800), client.ping(req))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

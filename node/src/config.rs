@@ -20,7 +20,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &'static str, rule: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, rule: rule.into() }
+    ConfigError::Invalid {
+        field,
+        rule: rule.into(),
+    }
 }
 
 /// Flags of `rouse-node`. Every flag also reads `ROUSE_<NAME>`.
@@ -55,7 +58,11 @@ pub struct Args {
     #[arg(long, env = "ROUSE_CONTAINERD_NAMESPACE")]
     pub containerd_namespace: Option<String>,
     /// Registry reached over plain HTTP (repeatable).
-    #[arg(long = "insecure-registry", env = "ROUSE_INSECURE_REGISTRY", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        env = "ROUSE_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
     pub insecure_registry: Vec<String>,
     #[arg(long, env = "ROUSE_ZONE")]
     pub zone: Option<String>,
@@ -202,7 +209,10 @@ impl NodeConfig {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
-        let id = args.id.or(file.id).ok_or_else(|| invalid("id", "is required (--id N, N >= 1)"))?;
+        let id = args
+            .id
+            .or(file.id)
+            .ok_or_else(|| invalid("id", "is required (--id N, N >= 1)"))?;
         if id == 0 {
             return Err(invalid("id", "must be at least 1"));
         }
@@ -210,20 +220,36 @@ impl NodeConfig {
             .data_dir
             .or(file.data_dir)
             .ok_or_else(|| invalid("data_dir", "is required (--data-dir DIR)"))?;
-        let listen_s = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
-        let listen: SocketAddr = listen_s
-            .parse()
-            .map_err(|_| invalid("listen", format!("{listen_s:?} is not an IP:PORT address to bind")))?;
-        let http_s = args.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let http: SocketAddr =
-            http_s.parse().map_err(|_| invalid("http", format!("{http_s:?} is not an IP:PORT address to bind")))?;
+        let listen_s = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_s:?} is not an IP:PORT address to bind"),
+            )
+        })?;
+        let http_s = args
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let http: SocketAddr = http_s.parse().map_err(|_| {
+            invalid(
+                "http",
+                format!("{http_s:?} is not an IP:PORT address to bind"),
+            )
+        })?;
         let advertise = match args.advertise.or(file.advertise) {
             Some(a) => {
                 host_port("advertise", &a)?;
                 a
             }
             None if listen.ip().is_unspecified() => {
-                return Err(invalid("advertise", "is required when --listen binds all addresses"))
+                return Err(invalid(
+                    "advertise",
+                    "is required when --listen binds all addresses",
+                ))
             }
             None => listen.to_string(),
         };
@@ -240,9 +266,14 @@ impl NodeConfig {
             .or(file.containerd_namespace)
             .unwrap_or_else(|| "rouse".into());
         if containerd_namespace.is_empty()
-            || !containerd_namespace.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !containerd_namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(invalid("containerd_namespace", format!("{containerd_namespace:?} must be letters, digits, '-', '_' or '.'")));
+            return Err(invalid(
+                "containerd_namespace",
+                format!("{containerd_namespace:?} must be letters, digits, '-', '_' or '.'"),
+            ));
         }
         let mut insecure_registries = args.insecure_registry;
         if insecure_registries.is_empty() {
@@ -252,56 +283,116 @@ impl NodeConfig {
             host_port("insecure_registry", r)?;
         }
         let zone = args.zone.or(file.zone).unwrap_or_else(|| "default".into());
-        let region = args.region.or(file.region).unwrap_or_else(|| "default".into());
+        let region = args
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| "default".into());
         label("zone", &zone)?;
         label("region", &region)?;
-        let cpu_capacity_mvcpu = args.cpu_capacity.or(file.cpu_capacity).unwrap_or_else(default_cpu);
+        let cpu_capacity_mvcpu = args
+            .cpu_capacity
+            .or(file.cpu_capacity)
+            .unwrap_or_else(default_cpu);
         if cpu_capacity_mvcpu < 100 {
-            return Err(invalid("cpu_capacity", format!("{cpu_capacity_mvcpu} mVCPU is below the minimum 100 mVCPU")));
+            return Err(invalid(
+                "cpu_capacity",
+                format!("{cpu_capacity_mvcpu} mVCPU is below the minimum 100 mVCPU"),
+            ));
         }
-        let memory_capacity_mb = args.memory_capacity.or(file.memory_capacity).unwrap_or_else(default_memory);
+        let memory_capacity_mb = args
+            .memory_capacity
+            .or(file.memory_capacity)
+            .unwrap_or_else(default_memory);
         if memory_capacity_mb < 64 {
-            return Err(invalid("memory_capacity", format!("{memory_capacity_mb} MB is below the minimum 64 MB")));
+            return Err(invalid(
+                "memory_capacity",
+                format!("{memory_capacity_mb} MB is below the minimum 64 MB"),
+            ));
         }
-        let base_domain = args.base_domain.or(file.base_domain).unwrap_or_else(|| "rouse.localhost".into());
+        let base_domain = args
+            .base_domain
+            .or(file.base_domain)
+            .unwrap_or_else(|| "rouse.localhost".into());
         for part in base_domain.split('.') {
-            crate::state::validate::dns_label("base_domain", part)
-                .map_err(|e| invalid("base_domain", format!("{base_domain:?}: each part {}", e.rule)))?;
+            crate::state::validate::dns_label("base_domain", part).map_err(|e| {
+                invalid(
+                    "base_domain",
+                    format!("{base_domain:?}: each part {}", e.rule),
+                )
+            })?;
         }
-        let scale_cap = args.scale_cap.or(file.scale_cap).unwrap_or(DEFAULT_SCALE_CAP);
+        let scale_cap = args
+            .scale_cap
+            .or(file.scale_cap)
+            .unwrap_or(DEFAULT_SCALE_CAP);
         if !(1..=1000).contains(&scale_cap) {
-            return Err(invalid("scale_cap", format!("{scale_cap} is outside 1..=1000")));
+            return Err(invalid(
+                "scale_cap",
+                format!("{scale_cap} is outside 1..=1000"),
+            ));
         }
         let snapshot_logs = args.snapshot_logs.or(file.snapshot_logs).unwrap_or(5000);
         if snapshot_logs < 10 {
-            return Err(invalid("snapshot_logs", format!("{snapshot_logs} is below the minimum 10")));
+            return Err(invalid(
+                "snapshot_logs",
+                format!("{snapshot_logs} is below the minimum 10"),
+            ));
         }
         let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(150);
         if !(20..=5000).contains(&heartbeat_ms) {
-            return Err(invalid("heartbeat_ms", format!("{heartbeat_ms} is outside 20..=5000")));
+            return Err(invalid(
+                "heartbeat_ms",
+                format!("{heartbeat_ms} is outside 20..=5000"),
+            ));
         }
-        let ports_s = args.instance_ports.or(file.instance_ports).unwrap_or_else(|| "20000-29999".into());
+        let ports_s = args
+            .instance_ports
+            .or(file.instance_ports)
+            .unwrap_or_else(|| "20000-29999".into());
         let instance_ports = ports_s
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
             .filter(|(a, b)| *a >= 1024 && a <= b)
-            .ok_or_else(|| invalid("instance_ports", format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "instance_ports",
+                    format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535"),
+                )
+            })?;
         let stop_grace = duration("stop_grace", args.stop_grace.or(file.stop_grace), "10s")?;
-        let image_gc_after = duration("image_gc_after", args.image_gc_after.or(file.image_gc_after), "10m")?;
-        let autoscale_window = duration("autoscale_window", args.autoscale_window.or(file.autoscale_window), "60s")?;
+        let image_gc_after = duration(
+            "image_gc_after",
+            args.image_gc_after.or(file.image_gc_after),
+            "10m",
+        )?;
+        let autoscale_window = duration(
+            "autoscale_window",
+            args.autoscale_window.or(file.autoscale_window),
+            "60s",
+        )?;
         if autoscale_window < std::time::Duration::from_secs(2) {
             return Err(invalid("autoscale_window", "must be at least 2s"));
         }
-        let suspend_after = duration("suspend_after", args.suspend_after.or(file.suspend_after), "30s")?;
+        let suspend_after = duration(
+            "suspend_after",
+            args.suspend_after.or(file.suspend_after),
+            "30s",
+        )?;
         let node_grace = duration("node_grace", args.node_grace.or(file.node_grace), "3s")?;
         if node_grace < std::time::Duration::from_secs(1) {
             return Err(invalid("node_grace", "must be at least 1s"));
         }
         let overcommit = args.overcommit.or(file.overcommit).unwrap_or(1.0);
         if !(1.0..=10.0).contains(&overcommit) {
-            return Err(invalid("overcommit", format!("{overcommit} is outside 1.0..=10.0")));
+            return Err(invalid(
+                "overcommit",
+                format!("{overcommit} is outside 1.0..=10.0"),
+            ));
         }
-        let master_key_file = args.master_key_file.or(file.master_key_file).unwrap_or_else(|| data_dir.join("master.key"));
+        let master_key_file = args
+            .master_key_file
+            .or(file.master_key_file)
+            .unwrap_or_else(|| data_dir.join("master.key"));
         Ok(NodeConfig {
             master_key_file,
             sabotage_stale_reads: args.sabotage_stale_reads,
@@ -321,7 +412,10 @@ impl NodeConfig {
             advertise,
             bootstrap,
             join,
-            containerd: args.containerd.or(file.containerd).unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
+            containerd: args
+                .containerd
+                .or(file.containerd)
+                .unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
             containerd_namespace,
             insecure_registries,
             zone,
@@ -332,20 +426,38 @@ impl NodeConfig {
             scale_cap,
             snapshot_logs,
             heartbeat_ms,
-            log: args.log.or(file.log).unwrap_or_else(|| "info,openraft=warn".into()),
+            log: args
+                .log
+                .or(file.log)
+                .unwrap_or_else(|| "info,openraft=warn".into()),
         })
     }
 }
 
 fn load_file(p: &Path) -> Result<FileConfig, ConfigError> {
     let path = p.display().to_string();
-    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File { path: path.clone(), message: e.to_string() })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File { path, message: e.to_string() })
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path,
+        message: e.to_string(),
+    })
 }
 
-fn duration(field: &'static str, v: Option<String>, default: &str) -> Result<std::time::Duration, ConfigError> {
+fn duration(
+    field: &'static str,
+    v: Option<String>,
+    default: &str,
+) -> Result<std::time::Duration, ConfigError> {
     let s = v.unwrap_or_else(|| default.to_string());
-    humantime::parse_duration(&s).map_err(|e| invalid(field, format!("{s:?} is not a duration such as 10s or 5m ({e})")))
+    humantime::parse_duration(&s).map_err(|e| {
+        invalid(
+            field,
+            format!("{s:?} is not a duration such as 10s or 5m ({e})"),
+        )
+    })
 }
 
 fn host_port(field: &'static str, v: &str) -> Result<(), ConfigError> {
@@ -372,7 +484,11 @@ fn default_memory() -> u32 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
         })
         .unwrap_or(1024 * 1024);
     u32::try_from(kb / 1024).unwrap_or(u32::MAX)
@@ -411,7 +527,8 @@ mod tests {
             let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
             assert!(e.starts_with(field), "{e}");
         }
-        let e = NodeConfig::resolve(Args::parse_from(["rouse-node", "--data-dir", "/x"])).unwrap_err();
+        let e =
+            NodeConfig::resolve(Args::parse_from(["rouse-node", "--data-dir", "/x"])).unwrap_err();
         assert!(e.to_string().starts_with("id:"));
     }
 
@@ -419,12 +536,25 @@ mod tests {
     fn file_fills_what_flags_leave() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("n.toml");
-        std::fs::write(&p, "id = 4\ndata_dir = \"/d\"\nzone = \"z9\"\nlisten = \"127.0.0.1:9000\"\n").unwrap();
-        let a = Args::parse_from(["rouse-node", "--config", p.to_str().unwrap(), "--zone", "z1"]);
+        std::fs::write(
+            &p,
+            "id = 4\ndata_dir = \"/d\"\nzone = \"z9\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let a = Args::parse_from([
+            "rouse-node",
+            "--config",
+            p.to_str().unwrap(),
+            "--zone",
+            "z1",
+        ]);
         let c = NodeConfig::resolve(a).unwrap();
         assert_eq!((c.id, c.zone.as_str(), c.listen.port()), (4, "z1", 9000));
         std::fs::write(&p, "id = 4\nunknown = 1\n").unwrap();
         let a = Args::parse_from(["rouse-node", "--config", p.to_str().unwrap()]);
-        assert!(NodeConfig::resolve(a).unwrap_err().to_string().contains("unknown"));
+        assert!(NodeConfig::resolve(a)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
     }
 }

@@ -46,7 +46,7 @@ pub mod raft;
 pub mod runtime;
 pub mod scheduler;
 pub mod secrets;
-pub mod tokens;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tokens;

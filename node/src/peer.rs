@@ -38,7 +38,8 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
 
 fn not_leader(message: String) -> Status {
     let mut s = Status::unavailable(message);
-    s.metadata_mut().insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
+    s.metadata_mut()
+        .insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
     s
 }
 
@@ -60,12 +61,18 @@ impl RaftPeer for PeerService {
         reply(&self.cluster.raft.vote(rpc).await)
     }
 
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let rpc = decode(&req.into_inner().payload).map_err(bad_payload)?;
         reply(&self.cluster.raft.append_entries(rpc).await)
     }
 
-    async fn install_snapshot(&self, req: Request<SnapshotChunk>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<SnapshotChunk>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let c = req.into_inner();
         let rpc = InstallSnapshotRequest::<TypeConfig> {
             vote: decode(&c.vote).map_err(bad_payload)?,
@@ -80,17 +87,28 @@ impl RaftPeer for PeerService {
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let p: Proposal = decode(&req.into_inner().payload).map_err(bad_payload)?;
         match self.cluster.raft.client_write(p).await {
-            Ok(r) => reply(&WriteOutcome { index: r.log_id.index, response: r.data }),
+            Ok(r) => reply(&WriteOutcome {
+                index: r.log_id.index,
+                response: r.data,
+            }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(not_leader(format!("node {} is not the leader (leader: {:?})", self.cluster.id, f.leader_id)))
+                Err(not_leader(format!(
+                    "node {} is not the leader (leader: {:?})",
+                    self.cluster.id, f.leader_id
+                )))
             }
             Err(e) => Err(Status::internal(e.to_string())),
         }
     }
 
-    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
         match self.cluster.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(Response::new(ReadIndexResponse { index: read.map_or(0, |l| l.index) })),
+            Ok((read, _applied)) => Ok(Response::new(ReadIndexResponse {
+                index: read.map_or(0, |l| l.index),
+            })),
             Err(e) => Err(not_leader(e.to_string())),
         }
     }
@@ -99,14 +117,19 @@ impl RaftPeer for PeerService {
         let r = req.into_inner();
         let record: NodeRecord = decode(&r.node).map_err(bad_payload)?;
         if record.id != r.id || record.id == 0 {
-            return Err(Status::invalid_argument("id: must match the node record and be at least 1"));
+            return Err(Status::invalid_argument(
+                "id: must match the node record and be at least 1",
+            ));
         }
         let leader_id = self.cluster.join(record).await.map_err(cluster_status)?;
         Ok(Response::new(JoinResponse { leader_id }))
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
-        self.cluster.remove(req.into_inner().id).await.map_err(cluster_status)?;
+        self.cluster
+            .remove(req.into_inner().id)
+            .await
+            .map_err(cluster_status)?;
         Ok(Response::new(LeaveResponse {}))
     }
 
@@ -120,6 +143,8 @@ impl RaftPeer for PeerService {
     }
 
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        Ok(Response::new(PingResponse { id: self.cluster.id }))
+        Ok(Response::new(PingResponse {
+            id: self.cluster.id,
+        }))
     }
 }

@@ -9,11 +9,13 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
 use rouse_proto::peer::raft_peer_client::RaftPeerClient;
@@ -63,7 +65,11 @@ pub struct PeerAuth {
 
 impl tonic::service::Interceptor for PeerAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let s = self.secret.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = self
+            .secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(v) = s.and_then(|s| s.parse().ok()) {
             req.metadata_mut().insert(PEER_AUTH, v);
         }
@@ -71,11 +77,16 @@ impl tonic::service::Interceptor for PeerAuth {
     }
 }
 
-pub type PeerClient = RaftPeerClient<tonic::service::interceptor::InterceptedService<Channel, PeerAuth>>;
+pub type PeerClient =
+    RaftPeerClient<tonic::service::interceptor::InterceptedService<Channel, PeerAuth>>;
 
 impl PeerPool {
     pub fn with_local_address(local: Option<std::net::IpAddr>) -> Self {
-        PeerPool { channels: Default::default(), local, secret: Default::default() }
+        PeerPool {
+            channels: Default::default(),
+            local,
+            secret: Default::default(),
+        }
     }
 
     /// Sets the credential sent to peers.
@@ -100,9 +111,14 @@ impl PeerPool {
                 ch
             }
         };
-        Ok(RaftPeerClient::with_interceptor(ch, PeerAuth { secret: self.secret.clone() })
-            .max_decoding_message_size(PEER_MAX_MESSAGE)
-            .max_encoding_message_size(PEER_MAX_MESSAGE))
+        Ok(RaftPeerClient::with_interceptor(
+            ch,
+            PeerAuth {
+                secret: self.secret.clone(),
+            },
+        )
+        .max_decoding_message_size(PEER_MAX_MESSAGE)
+        .max_encoding_message_size(PEER_MAX_MESSAGE))
     }
 }
 
@@ -126,7 +142,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
-        PeerConnection { target, addr: node.addr.clone(), pool: self.pool.clone() }
+        PeerConnection {
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -140,17 +160,26 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Error> {
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
-fn unreachable<E: std::error::Error>(e: impl std::error::Error + 'static) -> RPCError<NodeId, BasicNode, E> {
+fn unreachable<E: std::error::Error>(
+    e: impl std::error::Error + 'static,
+) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
-fn net_err<E: std::error::Error>(e: impl std::error::Error + 'static) -> RPCError<NodeId, BasicNode, E> {
+fn net_err<E: std::error::Error>(
+    e: impl std::error::Error + 'static,
+) -> RPCError<NodeId, BasicNode, E> {
     RPCError::Network(NetworkError::new(&e))
 }
 
 impl PeerConnection {
     /// Sends one unary call and decodes `Result<Resp, RaftError<E>>`.
-    async fn call<Req, Resp, E, F, Fut>(&self, req: &Req, option: &RPCOption, f: F) -> Result<Resp, RpcErr<E>>
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        f: F,
+    ) -> Result<Resp, RpcErr<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -191,7 +220,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, m| async move { c.append_entries(m).await }).await
+        self.call(&rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -207,18 +239,24 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             data: rpc.data,
             done: rpc.done,
         };
-        let resp = match tokio::time::timeout(option.hard_ttl(), client.install_snapshot(chunk)).await {
-            Err(elapsed) => return Err(unreachable(elapsed)),
-            Ok(Err(status)) => return Err(status_err(status)),
-            Ok(Ok(r)) => r.into_inner(),
-        };
+        let resp =
+            match tokio::time::timeout(option.hard_ttl(), client.install_snapshot(chunk)).await {
+                Err(elapsed) => return Err(unreachable(elapsed)),
+                Ok(Err(status)) => return Err(status_err(status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
         let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
             decode(&resp.payload).map_err(net_err)?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await }).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
     }
 }
 

@@ -51,7 +51,11 @@ impl Default for Params {
 pub fn instance_id(c: &Container, suffix: u32) -> String {
     let ns: String = c.namespace.chars().take(20).collect();
     let name: String = c.name.chars().take(30).collect();
-    format!("{}-{}-{suffix:08x}", ns.trim_end_matches('-'), name.trim_end_matches('-'))
+    format!(
+        "{}-{}-{suffix:08x}",
+        ns.trim_end_matches('-'),
+        name.trim_end_matches('-')
+    )
 }
 
 #[derive(Default, Clone, Copy)]
@@ -62,9 +66,18 @@ struct Load {
 
 /// Computes the plan. `suffix` supplies random id suffixes (the leader's
 /// RNG; tests pass a counter).
-pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnMut() -> u32) -> Plan {
+pub fn plan(
+    state: &StateData,
+    now_ms: u64,
+    params: Params,
+    mut suffix: impl FnMut() -> u32,
+) -> Plan {
     let mut p = Plan::default();
-    let mut load: BTreeMap<NodeId, Load> = state.nodes.keys().map(|id| (*id, Load::default())).collect();
+    let mut load: BTreeMap<NodeId, Load> = state
+        .nodes
+        .keys()
+        .map(|id| (*id, Load::default()))
+        .collect();
     let mut images_on: BTreeSet<(NodeId, String)> = BTreeSet::new();
     for i in state.instances.values() {
         if let Some(c) = state.container(&i.namespace, &i.container) {
@@ -81,9 +94,11 @@ pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnM
     for c in state.containers.values() {
         let mine: Vec<&Instance> = state.instances_of(&c.namespace, &c.name).collect();
         let want = c.target_scale() as usize;
-        let up = |i: &&Instance| state.nodes.contains_key(&i.node) && !state.node_state(i.node).down;
+        let up =
+            |i: &&Instance| state.nodes.contains_key(&i.node) && !state.node_state(i.node).down;
         // Instances on down nodes serve nothing: replace them now.
-        p.remove.extend(mine.iter().filter(|i| !up(i)).map(|i| i.id.clone()));
+        p.remove
+            .extend(mine.iter().filter(|i| !up(i)).map(|i| i.id.clone()));
         let live: Vec<&Instance> = mine.iter().copied().filter(up).collect();
         let (keep, leaving): (Vec<&Instance>, Vec<&Instance>) = live
             .iter()
@@ -128,7 +143,10 @@ pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnM
                     .min_by_key(|n| {
                         let l = load.get(&n.id).copied().unwrap_or_default();
                         let frac = l.cpu * 1000 / u64::from(n.cpu_capacity_mvcpu.max(1));
-                        let has_image = c.resolved_image.as_ref().is_some_and(|img| images_on.contains(&(n.id, img.clone())));
+                        let has_image = c
+                            .resolved_image
+                            .as_ref()
+                            .is_some_and(|img| images_on.contains(&(n.id, img.clone())));
                         (
                             per_zone.get(&n.zone).copied().unwrap_or(0),
                             per_node.get(&n.id).copied().unwrap_or(0),
@@ -139,19 +157,36 @@ pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnM
                     })
                     .map(|n| (n.id, n.zone.clone()));
                 let Some((node, zone)) = pick else {
-                    let placed = keep.len() + p.add.iter().filter(|a| a.namespace == c.namespace && a.container == c.name).count();
+                    let placed = keep.len()
+                        + p.add
+                            .iter()
+                            .filter(|a| a.namespace == c.namespace && a.container == c.name)
+                            .count();
                     let mut r = format!("{placed} of {want} instances placed: ");
-                    let schedulable = state.nodes.values().filter(|n| state.node_state(n.id).schedulable()).count();
+                    let schedulable = state
+                        .nodes
+                        .values()
+                        .filter(|n| state.node_state(n.id).schedulable())
+                        .count();
                     if schedulable == 0 {
                         r.push_str("no node is up and schedulable");
-                    } else if let Some(region) = c.spec.region.as_ref().filter(|r| !state.nodes.values().any(|n| &&n.region == r)) {
+                    } else if let Some(region) = c
+                        .spec
+                        .region
+                        .as_ref()
+                        .filter(|r| !state.nodes.values().any(|n| &&n.region == r))
+                    {
                         r.push_str(&format!("no node in region {region:?}"));
                     } else {
                         r.push_str(&format!(
                             "no node has {} mVCPU and {} MB free{}",
                             c.spec.cpu_mvcpu,
                             c.spec.memory_mb,
-                            c.spec.region.as_ref().map(|r| format!(" in region {r:?}")).unwrap_or_default()
+                            c.spec
+                                .region
+                                .as_ref()
+                                .map(|r| format!(" in region {r:?}"))
+                                .unwrap_or_default()
                         ));
                     }
                     reason = Some(r);
@@ -178,17 +213,28 @@ pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnM
         } else if keep.len() > want {
             let mut extra = keep.clone();
             extra.sort_by_key(|i| std::cmp::Reverse((i.created_at_ms, i.id.clone())));
-            p.remove.extend(extra.into_iter().take(keep.len() - want).map(|i| i.id.clone()));
+            p.remove.extend(
+                extra
+                    .into_iter()
+                    .take(keep.len() - want)
+                    .map(|i| i.id.clone()),
+            );
         }
         let ready = keep
             .iter()
-            .filter(|i| state.statuses.get(&i.id).is_some_and(|s| s.state.routable()))
+            .filter(|i| {
+                state
+                    .statuses
+                    .get(&i.id)
+                    .is_some_and(|s| s.state.routable())
+            })
             .count();
         if !leaving.is_empty() && (ready >= want || want == 0) {
             p.remove.extend(leaving.iter().map(|i| i.id.clone()));
         }
         if reason != c.pending_reason {
-            p.pending.push((c.namespace.clone(), c.name.clone(), reason));
+            p.pending
+                .push((c.namespace.clone(), c.name.clone(), reason));
         }
     }
     p
@@ -197,16 +243,32 @@ pub fn plan(state: &StateData, now_ms: u64, params: Params, mut suffix: impl FnM
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Command, ContainerSpec, InstanceState, InstanceStatus, NodeRecord, Proposal};
+    use crate::state::{
+        Command, ContainerSpec, InstanceState, InstanceStatus, NodeRecord, Proposal,
+    };
 
     fn state(nodes: &[(NodeId, u32, u32)]) -> StateData {
         let mut s = StateData::default();
         for (id, cpu, mem) in nodes {
-            s.apply(&Proposal::new(0, Command::RegisterNode {
-                node: NodeRecord { id: *id, cpu_capacity_mvcpu: *cpu, memory_capacity_mb: *mem, ..Default::default() },
-            }));
+            s.apply(&Proposal::new(
+                0,
+                Command::RegisterNode {
+                    node: NodeRecord {
+                        id: *id,
+                        cpu_capacity_mvcpu: *cpu,
+                        memory_capacity_mb: *mem,
+                        ..Default::default()
+                    },
+                },
+            ));
         }
-        s.apply(&Proposal::new(0, Command::CreateNamespace { name: "n".into(), env: Default::default() }));
+        s.apply(&Proposal::new(
+            0,
+            Command::CreateNamespace {
+                name: "n".into(),
+                env: Default::default(),
+            },
+        ));
         s
     }
 
@@ -216,12 +278,26 @@ mod tests {
         spec.max_scale = min.max(1);
         spec.cpu_mvcpu = cpu;
         spec.memory_mb = 64;
-        let r = s.apply(&Proposal::new(0, Command::PutContainer { namespace: "n".into(), name: name.into(), spec, expected_revision: None }));
+        let r = s.apply(&Proposal::new(
+            0,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: name.into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
         assert_eq!(r.rejection, None);
     }
 
     fn commit(s: &mut StateData, p: &Plan) {
-        s.apply(&Proposal::new(1, Command::PlaceInstances { add: p.add.clone(), remove: p.remove.clone() }));
+        s.apply(&Proposal::new(
+            1,
+            Command::PlaceInstances {
+                add: p.add.clone(),
+                remove: p.remove.clone(),
+            },
+        ));
     }
 
     fn counter() -> impl FnMut() -> u32 {
@@ -241,7 +317,10 @@ mod tests {
         assert_eq!(nodes, [1, 2, 3]);
         assert_eq!(p.add[0].id, "n-web-00000001");
         commit(&mut s, &p);
-        assert!(plan(&s, 6, Params::default(), counter()).is_empty(), "a satisfied state plans nothing");
+        assert!(
+            plan(&s, 6, Params::default(), counter()).is_empty(),
+            "a satisfied state plans nothing"
+        );
     }
 
     #[test]
@@ -251,7 +330,11 @@ mod tests {
         let p = plan(&s, 0, Params::default(), counter());
         assert_eq!(p.add.len(), 2, "only two 400 mVCPU instances fit in 1000");
         assert_eq!(p.pending.len(), 1);
-        assert!(p.pending[0].2.as_deref().unwrap().contains("400 mVCPU"), "{:?}", p.pending);
+        assert!(
+            p.pending[0].2.as_deref().unwrap().contains("400 mVCPU"),
+            "{:?}",
+            p.pending
+        );
     }
 
     #[test]
@@ -264,16 +347,37 @@ mod tests {
         // A new image: new generation; old instances stay until new ones are ready.
         let mut spec = s.container("n", "web").unwrap().spec.clone();
         spec.image = "img:2".into();
-        s.apply(&Proposal::new(2, Command::PutContainer { namespace: "n".into(), name: "web".into(), spec, expected_revision: None }));
+        s.apply(&Proposal::new(
+            2,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
         let p2 = plan(&s, 3, Params::default(), || 100);
         assert_eq!(p2.add.len(), 2);
         assert!(p2.remove.is_empty());
         let mut n = 200;
-        let p2 = plan(&s, 3, Params::default(), || { n += 1; n });
+        let p2 = plan(&s, 3, Params::default(), || {
+            n += 1;
+            n
+        });
         commit(&mut s, &p2);
         for i in &p2.add {
-            let st = InstanceStatus { state: InstanceState::Ready, ..Default::default() };
-            s.apply(&Proposal::new(4, Command::ReportInstanceStatus { id: i.id.clone(), node: i.node, status: st }));
+            let st = InstanceStatus {
+                state: InstanceState::Ready,
+                ..Default::default()
+            };
+            s.apply(&Proposal::new(
+                4,
+                Command::ReportInstanceStatus {
+                    id: i.id.clone(),
+                    node: i.node,
+                    status: st,
+                },
+            ));
         }
         let p3 = plan(&s, 5, Params::default(), counter());
         let mut removed = p3.remove.clone();
@@ -285,7 +389,15 @@ mod tests {
         // Scale to one: the newest extra goes.
         let mut spec = s.container("n", "web").unwrap().spec.clone();
         spec.min_scale = 1;
-        s.apply(&Proposal::new(6, Command::PutContainer { namespace: "n".into(), name: "web".into(), spec, expected_revision: None }));
+        s.apply(&Proposal::new(
+            6,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
         let p4 = plan(&s, 7, Params::default(), counter());
         assert_eq!(p4.remove.len(), 1);
         assert!(p4.add.is_empty());
@@ -294,25 +406,44 @@ mod tests {
     fn zoned(nodes: &[(NodeId, &str, &str)]) -> StateData {
         let mut s = StateData::default();
         for (id, zone, region) in nodes {
-            s.apply(&Proposal::new(0, Command::RegisterNode {
-                node: NodeRecord {
-                    id: *id,
-                    zone: zone.to_string(),
-                    region: region.to_string(),
-                    cpu_capacity_mvcpu: 4000,
-                    memory_capacity_mb: 4096,
-                    ..Default::default()
+            s.apply(&Proposal::new(
+                0,
+                Command::RegisterNode {
+                    node: NodeRecord {
+                        id: *id,
+                        zone: zone.to_string(),
+                        region: region.to_string(),
+                        cpu_capacity_mvcpu: 4000,
+                        memory_capacity_mb: 4096,
+                        ..Default::default()
+                    },
                 },
-            }));
+            ));
         }
-        s.apply(&Proposal::new(0, Command::CreateNamespace { name: "n".into(), env: Default::default() }));
+        s.apply(&Proposal::new(
+            0,
+            Command::CreateNamespace {
+                name: "n".into(),
+                env: Default::default(),
+            },
+        ));
         s
     }
 
     fn ready_all(s: &mut StateData, p: &Plan) {
         for i in &p.add {
-            let st = InstanceStatus { state: InstanceState::Ready, ..Default::default() };
-            s.apply(&Proposal::new(1, Command::ReportInstanceStatus { id: i.id.clone(), node: i.node, status: st }));
+            let st = InstanceStatus {
+                state: InstanceState::Ready,
+                ..Default::default()
+            };
+            s.apply(&Proposal::new(
+                1,
+                Command::ReportInstanceStatus {
+                    id: i.id.clone(),
+                    node: i.node,
+                    status: st,
+                },
+            ));
         }
     }
 
@@ -322,8 +453,17 @@ mod tests {
         let mut s = zoned(&[(1, "a", "r"), (2, "a", "r"), (3, "b", "r")]);
         deploy(&mut s, "web", 2, 100);
         let p = plan(&s, 0, Params::default(), counter());
-        let zones: BTreeSet<String> = p.add.iter().map(|i| s.nodes[&i.node].zone.clone()).collect();
-        assert_eq!(zones.len(), 2, "two instances spread over both zones: {:?}", p.add);
+        let zones: BTreeSet<String> = p
+            .add
+            .iter()
+            .map(|i| s.nodes[&i.node].zone.clone())
+            .collect();
+        assert_eq!(
+            zones.len(),
+            2,
+            "two instances spread over both zones: {:?}",
+            p.add
+        );
     }
 
     #[test]
@@ -331,7 +471,15 @@ mod tests {
         let mut s = zoned(&[(1, "a", "r"), (2, "a", "r")]);
         deploy(&mut s, "base", 1, 100);
         let g = s.container("n", "base").unwrap().generation;
-        let r = s.apply(&Proposal::new(0, Command::PinImage { namespace: "n".into(), name: "base".into(), generation: g, image: "img@sha256:1".into() }));
+        let r = s.apply(&Proposal::new(
+            0,
+            Command::PinImage {
+                namespace: "n".into(),
+                name: "base".into(),
+                generation: g,
+                image: "img@sha256:1".into(),
+            },
+        ));
         assert_eq!(r.rejection, None);
         let p = plan(&s, 0, Params::default(), counter());
         commit(&mut s, &p);
@@ -350,7 +498,15 @@ mod tests {
         // even though it is more loaded.
         deploy(&mut s, "web", 1, 100);
         let g = s.container("n", "web").unwrap().generation;
-        s.apply(&Proposal::new(0, Command::PinImage { namespace: "n".into(), name: "web".into(), generation: g, image: "img@sha256:1".into() }));
+        s.apply(&Proposal::new(
+            0,
+            Command::PinImage {
+                namespace: "n".into(),
+                name: "web".into(),
+                generation: g,
+                image: "img@sha256:1".into(),
+            },
+        ));
         let p = plan(&s, 0, Params::default(), || 77);
         assert_eq!(p.add[0].node, base_node);
     }
@@ -361,17 +517,43 @@ mod tests {
         let mut spec = ContainerSpec::with_image("img");
         spec.min_scale = 2;
         spec.region = Some("us".into());
-        s.apply(&Proposal::new(0, Command::PutContainer { namespace: "n".into(), name: "web".into(), spec, expected_revision: None }));
+        s.apply(&Proposal::new(
+            0,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
         let p = plan(&s, 0, Params::default(), counter());
         assert!(p.add.iter().all(|i| i.node == 2), "{:?}", p.add);
         let mut spec = s.container("n", "web").unwrap().spec.clone();
         spec.region = Some("ap".into());
-        s.apply(&Proposal::new(0, Command::PutContainer { namespace: "n".into(), name: "web".into(), spec, expected_revision: None }));
+        s.apply(&Proposal::new(
+            0,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
         let p = plan(&s, 0, Params::default(), counter());
         assert!(p.add.is_empty());
-        assert_eq!(p.pending[0].2.as_deref(), Some("0 of 2 instances placed: no node in region \"ap\""));
+        assert_eq!(
+            p.pending[0].2.as_deref(),
+            Some("0 of 2 instances placed: no node in region \"ap\"")
+        );
         // Once recorded, an unchanged reason is not proposed again.
-        s.apply(&Proposal::new(0, Command::SetPending { namespace: "n".into(), name: "web".into(), reason: p.pending[0].2.clone() }));
+        s.apply(&Proposal::new(
+            0,
+            Command::SetPending {
+                namespace: "n".into(),
+                name: "web".into(),
+                reason: p.pending[0].2.clone(),
+            },
+        ));
         assert!(plan(&s, 0, Params::default(), counter()).pending.is_empty());
     }
 
@@ -381,13 +563,37 @@ mod tests {
         deploy(&mut s, "web", 3, 100);
         let p = plan(&s, 0, Params::default(), counter());
         commit(&mut s, &p);
-        let on2: Vec<String> = p.add.iter().filter(|i| i.node == 2).map(|i| i.id.clone()).collect();
-        s.apply(&Proposal::new(1, Command::SetNodeState { id: 2, down: Some(true), cordoned: None, draining: None }));
-        s.apply(&Proposal::new(1, Command::SetNodeState { id: 3, down: None, cordoned: Some(true), draining: None }));
+        let on2: Vec<String> = p
+            .add
+            .iter()
+            .filter(|i| i.node == 2)
+            .map(|i| i.id.clone())
+            .collect();
+        s.apply(&Proposal::new(
+            1,
+            Command::SetNodeState {
+                id: 2,
+                down: Some(true),
+                cordoned: None,
+                draining: None,
+            },
+        ));
+        s.apply(&Proposal::new(
+            1,
+            Command::SetNodeState {
+                id: 3,
+                down: None,
+                cordoned: Some(true),
+                draining: None,
+            },
+        ));
         let p = plan(&s, 2, Params::default(), || 9);
         assert_eq!(p.remove, on2, "the down node's instance goes at once");
         assert_eq!(p.add.len(), 1);
-        assert_eq!(p.add[0].node, 1, "not on the down node nor the cordoned one");
+        assert_eq!(
+            p.add[0].node, 1,
+            "not on the down node nor the cordoned one"
+        );
     }
 
     #[test]
@@ -398,11 +604,22 @@ mod tests {
         commit(&mut s, &p);
         ready_all(&mut s, &p);
         let first = p.add[0].clone();
-        s.apply(&Proposal::new(1, Command::SetNodeState { id: first.node, down: None, cordoned: None, draining: Some(true) }));
+        s.apply(&Proposal::new(
+            1,
+            Command::SetNodeState {
+                id: first.node,
+                down: None,
+                cordoned: None,
+                draining: Some(true),
+            },
+        ));
         let p = plan(&s, 2, Params::default(), || 50);
         assert_eq!(p.add.len(), 1);
         assert_ne!(p.add[0].node, first.node);
-        assert!(p.remove.is_empty(), "keep serving until the replacement is ready");
+        assert!(
+            p.remove.is_empty(),
+            "keep serving until the replacement is ready"
+        );
         commit(&mut s, &p);
         ready_all(&mut s, &p);
         let p = plan(&s, 3, Params::default(), || 51);
@@ -415,6 +632,9 @@ mod tests {
         let mut s = state(&[(1, 1000, 4096)]);
         deploy(&mut s, "big", 3, 400);
         assert_eq!(plan(&s, 0, Params::default(), counter()).add.len(), 2);
-        assert_eq!(plan(&s, 0, Params { overcommit: 1.5 }, counter()).add.len(), 3);
+        assert_eq!(
+            plan(&s, 0, Params { overcommit: 1.5 }, counter()).add.len(),
+            3
+        );
     }
 }

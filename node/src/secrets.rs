@@ -95,22 +95,30 @@ impl Key {
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = hex::decode(text.trim()).map_err(|_| SecretError::MasterKey(format!("{} is not 64 hex characters", path.display())))?;
-                let arr: [u8; 32] = bytes.try_into().map_err(|_| SecretError::MasterKey(format!("{} is not a 256-bit key", path.display())))?;
+                let bytes = hex::decode(text.trim()).map_err(|_| {
+                    SecretError::MasterKey(format!("{} is not 64 hex characters", path.display()))
+                })?;
+                let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+                    SecretError::MasterKey(format!("{} is not a 256-bit key", path.display()))
+                })?;
                 Ok(Key(arr))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let k = Key::random();
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| SecretError::MasterKey(e.to_string()))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| SecretError::MasterKey(e.to_string()))?;
                 }
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(path)
-                    .map_err(|e| SecretError::MasterKey(format!("creating {}: {e}", path.display())))?;
-                std::io::Write::write_all(&mut f, hex::encode(k.0).as_bytes()).map_err(|e| SecretError::MasterKey(e.to_string()))?;
+                    .map_err(|e| {
+                        SecretError::MasterKey(format!("creating {}: {e}", path.display()))
+                    })?;
+                std::io::Write::write_all(&mut f, hex::encode(k.0).as_bytes())
+                    .map_err(|e| SecretError::MasterKey(e.to_string()))?;
                 Ok(k)
             }
             Err(e) => Err(SecretError::MasterKey(format!("{}: {e}", path.display()))),
@@ -127,9 +135,18 @@ impl Key {
         let nonce: [u8; 12] = rand::random();
         let ciphertext = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| SecretError::Seal)?;
-        Ok(Envelope { nonce: nonce.to_vec(), ciphertext })
+        Ok(Envelope {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
     }
 
     pub fn open(&self, env: &Envelope, aad: &str) -> Result<Vec<u8>, SecretError> {
@@ -137,7 +154,13 @@ impl Key {
             return Err(SecretError::Open);
         }
         self.cipher()
-            .decrypt(Nonce::from_slice(&env.nonce), Payload { msg: &env.ciphertext, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(&env.nonce),
+                Payload {
+                    msg: &env.ciphertext,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| SecretError::Open)
     }
 
@@ -160,7 +183,8 @@ impl Key {
     /// HMAC-SHA256 of a value: what reads show instead of it.
     #[allow(clippy::expect_used)] // HMAC accepts keys of any length: cannot fail.
     pub fn fingerprint(&self, value: &str) -> String {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut m =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         m.update(value.as_bytes());
         hex::encode(m.finalize().into_bytes())
     }
@@ -180,7 +204,11 @@ mod tests {
         let k = Key::random();
         let e = k.seal(b"hunter2", "shop/DB").unwrap();
         assert_eq!(k.open(&e, "shop/DB").unwrap(), b"hunter2");
-        assert_eq!(k.open(&e, "shop/OTHER"), Err(SecretError::Open), "bound to its slot");
+        assert_eq!(
+            k.open(&e, "shop/OTHER"),
+            Err(SecretError::Open),
+            "bound to its slot"
+        );
         assert!(!e.ciphertext.windows(7).any(|w| w == b"hunter2"));
     }
 
@@ -228,10 +256,16 @@ mod tests {
         let p = d.path().join("master.key");
         assert!(Key::load_or_create(&p, false).is_err());
         let k = Key::load_or_create(&p, true).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let again = Key::load_or_create(&p, false).unwrap();
         assert_eq!(k.fingerprint("x"), again.fingerprint("x"));
         std::fs::write(&p, "not hex").unwrap();
-        assert!(Key::load_or_create(&p, false).unwrap_err().to_string().starts_with("master_key_file:"));
+        assert!(Key::load_or_create(&p, false)
+            .unwrap_err()
+            .to_string()
+            .starts_with("master_key_file:"));
     }
 }

@@ -59,16 +59,24 @@ pub async fn run(
     if config.sabotage_stale_reads {
         tracing::error!("SABOTAGE: reads are answered from local state without the leader check; never use this outside the chaos suite");
     }
-    let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(pool.clone()), log, sm)
-        .await
-        .context("starting raft")?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        Network::new(pool.clone()),
+        log,
+        sm,
+    )
+    .await
+    .context("starting raft")?;
     let kek = std::sync::OnceLock::new();
     match crate::secrets::Key::load_or_create(&config.master_key_file, config.bootstrap) {
         Ok(k) => {
             pool.set_secret(k.peer_credential());
             let _ = kek.set(k);
         }
-        Err(e) => tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one"),
+        Err(e) => {
+            tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one")
+        }
     }
     let cluster = Arc::new(Cluster {
         kek,
@@ -84,9 +92,15 @@ pub async fn run(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ClusterServiceServer<Api>>().await;
-    health_reporter.set_serving::<NamespaceServiceServer<Api>>().await;
-    health_reporter.set_serving::<ContainerServiceServer<Api>>().await;
+    health_reporter
+        .set_serving::<ClusterServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<NamespaceServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<ContainerServiceServer<Api>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rouse_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -110,11 +124,16 @@ pub async fn run(
             // Only holders of the cluster's master key may use the peer service.
             let c = cluster.clone();
             let check = move |req: tonic::Request<()>| {
-                let presented = req.metadata().get(crate::raft::PEER_AUTH).and_then(|v| v.to_str().ok());
+                let presented = req
+                    .metadata()
+                    .get(crate::raft::PEER_AUTH)
+                    .and_then(|v| v.to_str().ok());
                 if c.peer_authorized(presented) {
                     Ok(req)
                 } else {
-                    Err(tonic::Status::unauthenticated("peer: not a member of this cluster (no valid cluster credential)"))
+                    Err(tonic::Status::unauthenticated(
+                        "peer: not a member of this cluster (no valid cluster credential)",
+                    ))
                 }
             };
             tonic::service::interceptor::InterceptedService::new(
@@ -124,19 +143,33 @@ pub async fn run(
                 check,
             )
         })
-        .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
-        .add_service(NamespaceServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
-        .add_service(ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
-        .add_service(SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(
+            ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            NamespaceServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            ContainerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
+        )
         .add_service(rouse_proto::v1::node_service_server::NodeServiceServer::new(api.clone()))
         .add_service(rouse_proto::v1::api_key_service_server::ApiKeyServiceServer::new(api.clone()))
-        .add_service(rouse_proto::v1::image_service_server::ImageServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE))
+        .add_service(
+            rouse_proto::v1::image_service_server::ImageServiceServer::new(api.clone())
+                .max_decoding_message_size(API_MAX_MESSAGE),
+        )
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
 
     let starter = tokio::spawn(start_membership(cluster.clone()));
@@ -146,7 +179,11 @@ pub async fn run(
     let mesh = crate::mesh::Mesh::new(cluster.clone());
     let _ = cluster.mesh.set(mesh.clone());
     let mesh_task = tokio::spawn(mesh.clone().serve(http_listener));
-    let loads = tokio::spawn(crate::mesh::report_load(cluster.clone(), mesh, cluster.autoscaler.clone()));
+    let loads = tokio::spawn(crate::mesh::report_load(
+        cluster.clone(),
+        mesh,
+        cluster.autoscaler.clone(),
+    ));
     let autoscaler = tokio::spawn(cluster.autoscaler.clone().run(cluster.clone()));
     tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
 
@@ -179,7 +216,12 @@ async fn start_membership(cluster: Arc<Cluster>) {
     let cfg = &cluster.config;
     if !initialized {
         if cfg.bootstrap {
-            let members = BTreeMap::from([(cfg.id, BasicNode { addr: cfg.advertise.clone() })]);
+            let members = BTreeMap::from([(
+                cfg.id,
+                BasicNode {
+                    addr: cfg.advertise.clone(),
+                },
+            )]);
             match cluster.raft.initialize(members).await {
                 Ok(()) => tracing::info!(node = cfg.id, "bootstrapped a new one-node cluster"),
                 Err(e) => tracing::error!(error = %e, "bootstrap failed"),
@@ -208,7 +250,12 @@ async fn start_membership(cluster: Arc<Cluster>) {
         if current.as_ref() == Some(&record) {
             break;
         }
-        match cluster.write(Command::RegisterNode { node: record.clone() }).await {
+        match cluster
+            .write(Command::RegisterNode {
+                node: record.clone(),
+            })
+            .await
+        {
             Ok(_) => {
                 tracing::info!(node = cfg.id, zone = %record.zone, region = %record.region, "node registered");
                 break;
@@ -232,7 +279,10 @@ async fn join_until_done(cluster: &Cluster, target: &str) {
         let res = async {
             let mut client = cluster.pool.client(target)?;
             let node = crate::raft::encode(&record)?;
-            let mut req = tonic::Request::new(rouse_proto::peer::JoinRequest { id: record.id, node });
+            let mut req = tonic::Request::new(rouse_proto::peer::JoinRequest {
+                id: record.id,
+                node,
+            });
             req.set_timeout(Duration::from_secs(120));
             let r = client.join(req).await?;
             anyhow::Ok(r.into_inner().leader_id)
@@ -258,37 +308,60 @@ async fn run_scheduler(cluster: Arc<Cluster>) {
     let mut seen = 0;
     loop {
         // Plan on every applied change, and at least twice a second.
-        cluster.applied_change(&mut seen, Duration::from_millis(500)).await;
+        cluster
+            .applied_change(&mut seen, Duration::from_millis(500))
+            .await;
         if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
             continue;
         }
         ensure_data_key(&cluster).await;
-        let params = crate::scheduler::Params { overcommit: cluster.config.overcommit };
+        let params = crate::scheduler::Params {
+            overcommit: cluster.config.overcommit,
+        };
         let plan = {
             let sm = cluster.sm.read();
-            crate::scheduler::plan(&sm.data, crate::cluster::now_ms(), params, rand::random::<u32>)
+            crate::scheduler::plan(
+                &sm.data,
+                crate::cluster::now_ms(),
+                params,
+                rand::random::<u32>,
+            )
         };
         for (namespace, name, reason) in plan.pending.clone() {
             if let Some(r) = &reason {
                 tracing::info!(%namespace, container = %name, reason = %r, "instances pending");
             }
-            let _ = cluster.write(Command::SetPending { namespace, name, reason }).await;
+            let _ = cluster
+                .write(Command::SetPending {
+                    namespace,
+                    name,
+                    reason,
+                })
+                .await;
         }
         if plan.is_empty() {
             continue;
         }
-        tracing::info!(add = plan.add.len(), remove = plan.remove.len(), "committing placement");
+        tracing::info!(
+            add = plan.add.len(),
+            remove = plan.remove.len(),
+            "committing placement"
+        );
         let batch = match cluster.config.placement_batch {
             0 => plan.add.len().max(1),
             n => n,
         };
         let mut remove = plan.remove;
-        let mut chunks: Vec<Vec<crate::state::Instance>> = plan.add.chunks(batch).map(<[_]>::to_vec).collect();
+        let mut chunks: Vec<Vec<crate::state::Instance>> =
+            plan.add.chunks(batch).map(<[_]>::to_vec).collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
         for add in chunks {
-            let cmd = Command::PlaceInstances { add, remove: std::mem::take(&mut remove) };
+            let cmd = Command::PlaceInstances {
+                add,
+                remove: std::mem::take(&mut remove),
+            };
             if let Err(e) = cluster.write(cmd).await {
                 tracing::debug!(error = %e, "placement not committed");
                 break;
@@ -320,13 +393,22 @@ async fn run_agent(cluster: Arc<Cluster>) {
         }
     };
     tracing::info!(socket = %cfg.containerd.display(), namespace = %cfg.containerd_namespace, "connected to containerd");
-    let images = Arc::new(image::Images::new(ctr.clone(), &cfg.insecure_registries, credentials, cfg.data_dir.join("tmp")));
+    let images = Arc::new(image::Images::new(
+        ctr.clone(),
+        &cfg.insecure_registries,
+        credentials,
+        cfg.data_dir.join("tmp"),
+    ));
     let tasks = Arc::new(task::Tasks::new(ctr, cfg.data_dir.join("logs"), cfg.id));
     let a = agent::Agent::new(
         cluster.clone(),
         images,
         tasks,
-        agent::AgentConfig { ports: cfg.instance_ports, stop_grace: cfg.stop_grace, image_gc_after: cfg.image_gc_after },
+        agent::AgentConfig {
+            ports: cfg.instance_ports,
+            stop_grace: cfg.stop_grace,
+            image_gc_after: cfg.image_gc_after,
+        },
     );
     let _ = cluster.agent.set(a.clone());
     a.run().await;
@@ -335,7 +417,9 @@ async fn run_agent(cluster: Arc<Cluster>) {
 fn load_credentials(
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<std::collections::HashMap<String, crate::runtime::image::RegistryCredentials>> {
-    let Some(p) = path else { return Ok(Default::default()) };
+    let Some(p) = path else {
+        return Ok(Default::default());
+    };
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
@@ -360,14 +444,25 @@ async fn run_liveness(cluster: Arc<Cluster>) {
         let seen = cluster.autoscaler.last_seen();
         let nodes: Vec<(u64, bool)> = {
             let sm = cluster.sm.read();
-            sm.data.nodes.keys().map(|id| (*id, sm.data.node_state(*id).down)).collect()
+            sm.data
+                .nodes
+                .keys()
+                .map(|id| (*id, sm.data.node_state(*id).down))
+                .collect()
         };
         for (id, down) in nodes {
             let fresh = id == cluster.id
-                || seen.get(&id).is_some_and(|t| now.saturating_sub(*t) <= u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+                || seen.get(&id).is_some_and(|t| {
+                    now.saturating_sub(*t) <= u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)
+                });
             if fresh == down {
                 tracing::warn!(node = id, up = fresh, "node liveness changed");
-                let cmd = Command::SetNodeState { id, down: Some(!fresh), cordoned: None, draining: None };
+                let cmd = Command::SetNodeState {
+                    id,
+                    down: Some(!fresh),
+                    cordoned: None,
+                    draining: None,
+                };
                 if let Err(e) = cluster.write(cmd).await {
                     tracing::debug!(error = %e, "liveness not committed");
                 }
@@ -441,7 +536,12 @@ async fn register_admin_key(cluster: &Cluster) {
         if cluster.sm.read().data.api_keys.contains_key(&record.id) {
             return;
         }
-        match cluster.write(Command::CreateApiKey { key: record.clone() }).await {
+        match cluster
+            .write(Command::CreateApiKey {
+                key: record.clone(),
+            })
+            .await
+        {
             Ok(_) | Err(crate::cluster::ClusterError::Rejected(_)) => {
                 tracing::info!(path = %path.display(), "admin API key registered");
                 return;

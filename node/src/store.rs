@@ -23,8 +23,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,11 +76,28 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         .path(&path)
         .mode(sled::Mode::HighThroughput)
         .open()
-        .map_err(|source| OpenError::Sled { path: p.clone(), source })?;
-    let tree = |name: &str| db.open_tree(name).map_err(|source| OpenError::Sled { path: p.clone(), source });
-    let log = LogStore { db: db.clone(), log: tree("log")?, raft: tree("raft")? };
-    let sm = StateMachineStore::load(db.clone(), tree("sm")?, tree("snapshot")?)
-        .map_err(|message| OpenError::Corrupt { path: p.clone(), message })?;
+        .map_err(|source| OpenError::Sled {
+            path: p.clone(),
+            source,
+        })?;
+    let tree = |name: &str| {
+        db.open_tree(name).map_err(|source| OpenError::Sled {
+            path: p.clone(),
+            source,
+        })
+    };
+    let log = LogStore {
+        db: db.clone(),
+        log: tree("log")?,
+        raft: tree("raft")?,
+    };
+    let sm =
+        StateMachineStore::load(db.clone(), tree("sm")?, tree("snapshot")?).map_err(|message| {
+            OpenError::Corrupt {
+                path: p.clone(),
+                message,
+            }
+        })?;
     Ok((log, sm))
 }
 
@@ -130,7 +147,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
-        let Some(start) = bound_start(range.start_bound()) else { return Ok(vec![]) };
+        let Some(start) = bound_start(range.start_bound()) else {
+            return Ok(vec![]);
+        };
         let iter = match range.end_bound() {
             Bound::Included(e) => self.log.range(start.to_be_bytes()..=e.to_be_bytes()),
             Bound::Excluded(e) => self.log.range(start.to_be_bytes()..e.to_be_bytes()),
@@ -157,7 +176,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -179,7 +201,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
-        Ok(self.get_json::<Option<LogId<NodeId>>>(KEY_COMMITTED)?.flatten())
+        Ok(self
+            .get_json::<Option<LogId<NodeId>>>(KEY_COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
@@ -388,26 +412,42 @@ impl StateMachineStore {
             } else if k.as_ref() == SM_SIGNING_KEYS {
                 a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("apikey/") {
-                a.data.api_keys.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .api_keys
+                    .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("tok/") {
-                a.data.tokens.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .tokens
+                    .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if k.as_ref() == SM_DATA_KEY {
                 a.data.data_key = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(scope) = key.strip_prefix("sec/") {
-                a.data.secrets.insert(scope.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .secrets
+                    .insert(scope.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if k.as_ref() == SM_REVISION {
                 a.data.revision = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(name) = key.strip_prefix("ns/") {
-                a.data.namespaces.insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .namespaces
+                    .insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(name) = key.strip_prefix("ct/") {
-                a.data.containers.insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .containers
+                    .insert(name.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("in/") {
-                a.data.instances.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .instances
+                    .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("st/") {
-                a.data.statuses.insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .statuses
+                    .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("nstate/") {
                 let id: NodeId = id.parse().map_err(|e| format!("key {key}: {e}"))?;
-                a.data.node_states.insert(id, serde_json::from_slice(&v).map_err(bad)?);
+                a.data
+                    .node_states
+                    .insert(id, serde_json::from_slice(&v).map_err(bad)?);
             } else if key.starts_with("node/") {
                 let n: crate::state::NodeRecord = serde_json::from_slice(&v).map_err(bad)?;
                 a.data.nodes.insert(n.id, n);
@@ -427,13 +467,25 @@ impl StateMachineStore {
         // The state machine is not flushed on apply; if a crash left it
         // behind the (flushed) snapshot, start from the snapshot.
         if let Some((meta, data)) = store.read_snapshot().map_err(|e| e.to_string())? {
-            store.shared.snapshot_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
+            store
+                .shared
+                .snapshot_index
+                .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
             if meta.last_log_id > a.last_applied {
-                let data: StateData = serde_json::from_slice(&data).map_err(|e| format!("snapshot: {e}"))?;
-                a = Applied { last_applied: meta.last_log_id, membership: meta.last_membership, data };
+                let data: StateData =
+                    serde_json::from_slice(&data).map_err(|e| format!("snapshot: {e}"))?;
+                a = Applied {
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
+                    data,
+                };
             }
         }
-        *store.shared.applied.write().unwrap_or_else(|p| p.into_inner()) = a;
+        *store
+            .shared
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = a;
         Ok(store)
     }
 
@@ -442,21 +494,32 @@ impl StateMachineStore {
     }
 
     fn read_snapshot(&self) -> StResult<Option<StoredSnapshotParts>> {
-        let (Some(m), Some(d)) = (self.snap.get(SNAP_META).map_err(read_err)?, self.snap.get(SNAP_DATA).map_err(read_err)?)
-        else {
+        let (Some(m), Some(d)) = (
+            self.snap.get(SNAP_META).map_err(read_err)?,
+            self.snap.get(SNAP_DATA).map_err(read_err)?,
+        ) else {
             return Ok(None);
         };
         let stored: StoredSnapshot = serde_json::from_slice(&m).map_err(read_err)?;
         Ok(Some((stored.meta, d.to_vec())))
     }
 
-    async fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> StResult<()> {
+    async fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> StResult<()> {
         let mut b = sled::Batch::default();
-        b.insert(SNAP_META, json(&StoredSnapshot { meta: meta.clone() }).map_err(snap_err)?);
+        b.insert(
+            SNAP_META,
+            json(&StoredSnapshot { meta: meta.clone() }).map_err(snap_err)?,
+        );
         b.insert(SNAP_DATA, data);
         self.snap.apply_batch(b).map_err(snap_err)?;
         self.db.flush_async().await.map_err(snap_err)?;
-        self.shared.snapshot_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
+        self.shared
+            .snapshot_index
+            .store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -465,24 +528,41 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
         let (data, last_applied, membership) = {
             let a = self.shared.read();
-            (json(&a.data).map_err(snap_err)?, a.last_applied, a.membership.clone())
+            (
+                json(&a.data).map_err(snap_err)?,
+                a.last_applied,
+                a.membership.clone(),
+            )
         };
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
             None => format!("none-{seq}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         self.save_snapshot(&meta, &data).await?;
-        tracing::info!(index = last_applied.map_or(0, |l| l.index), bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        tracing::info!(
+            index = last_applied.map_or(0, |l| l.index),
+            bytes = data.len(),
+            "built snapshot"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(&mut self) -> StResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> StResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
         let a = self.shared.read();
         Ok((a.last_applied, a.membership.clone()))
     }
@@ -495,16 +575,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut out = Vec::new();
         let mut batch = sled::Batch::default();
         {
-            let mut guard = self.shared.applied.write().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self
+                .shared
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             let a = &mut *guard;
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => out.push(Response { revision: a.data.revision, rejection: None }),
+                    EntryPayload::Blank => out.push(Response {
+                        revision: a.data.revision,
+                        rejection: None,
+                    }),
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(entry.log_id), m);
                         batch.insert(SM_MEMBERSHIP, json(&a.membership).map_err(sm_err)?);
-                        out.push(Response { revision: a.data.revision, rejection: None });
+                        out.push(Response {
+                            revision: a.data.revision,
+                            rejection: None,
+                        });
                     }
                     EntryPayload::Normal(p) => {
                         let mut keys = Vec::new();
@@ -539,9 +629,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StResult<()> {
         let bytes = snapshot.into_inner();
-        let data: StateData = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))))?;
-        let applied = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), data };
+        let data: StateData = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        let applied = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            data,
+        };
         let mut batch = sled::Batch::default();
         for kv in self.sm.iter() {
             let (k, _) = kv.map_err(sm_err)?;
@@ -552,17 +650,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.sm.apply_batch(batch).map_err(sm_err)?;
         self.sm.apply_batch(fresh).map_err(sm_err)?;
         self.save_snapshot(meta, &bytes).await?;
-        *self.shared.applied.write().unwrap_or_else(|p| p.into_inner()) = applied;
-        self.shared.snapshots_installed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(index = meta.last_log_id.map_or(0, |l| l.index), bytes = bytes.len(), "installed snapshot from leader");
+        *self
+            .shared
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = applied;
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            bytes = bytes.len(),
+            "installed snapshot from leader"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.read_snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -574,7 +684,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
         async fn build(&self) -> StResult<(tempfile::TempDir, LogStore, StateMachineStore)> {
             let dir = tempfile::tempdir().map_err(write_err)?;
-            let (log, sm) = open(dir.path()).map_err(|e| write_err(std::io::Error::other(e.to_string())))?;
+            let (log, sm) =
+                open(dir.path()).map_err(|e| write_err(std::io::Error::other(e.to_string())))?;
             Ok((dir, log, sm))
         }
     }
@@ -593,10 +704,13 @@ mod tests {
             let (_log, mut sm) = open(dir.path())?;
             let mk = |i: u64, name: &str| Entry::<TypeConfig> {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                payload: EntryPayload::Normal(Proposal::new(i, Command::CreateNamespace {
-                    name: name.into(),
-                    env: Default::default(),
-                })),
+                payload: EntryPayload::Normal(Proposal::new(
+                    i,
+                    Command::CreateNamespace {
+                        name: name.into(),
+                        env: Default::default(),
+                    },
+                )),
             };
             sm.apply([mk(1, "a"), mk(2, "b")]).await?;
             sm.apply([mk(3, "b")]).await?; // rejected: already exists

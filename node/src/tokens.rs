@@ -40,25 +40,36 @@ pub fn generate() -> Result<(Vec<u8>, Vec<u8>), String> {
     use ring::signature::KeyPair;
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| e.to_string())?;
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| e.to_string())?;
+    let pair =
+        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| e.to_string())?;
     Ok((pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
 }
 
 pub fn sign(private_pkcs8: &[u8], kid: &str, claims: &Claims) -> Result<String, String> {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_string());
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(private_pkcs8)).map_err(|e| e.to_string())
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(private_pkcs8))
+        .map_err(|e| e.to_string())
 }
 
 /// Verifies signature (EdDSA only), issuer and expiry against the public
 /// keys `keys` (kid → raw key). Revocation and scope are the caller's.
 pub fn verify(token: &str, keys: &[(String, Vec<u8>)], now_s: u64) -> Result<Claims, TokenError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
     if header.alg != Algorithm::EdDSA {
-        return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
+        return Err(TokenError::Invalid(format!(
+            "algorithm {:?} is not accepted",
+            header.alg
+        )));
     }
-    let kid = header.kid.ok_or_else(|| TokenError::Invalid("no key id".into()))?;
-    let (_, public) = keys.iter().find(|(k, _)| *k == kid).ok_or_else(|| TokenError::Invalid("unknown key id".into()))?;
+    let kid = header
+        .kid
+        .ok_or_else(|| TokenError::Invalid("no key id".into()))?;
+    let (_, public) = keys
+        .iter()
+        .find(|(k, _)| *k == kid)
+        .ok_or_else(|| TokenError::Invalid("unknown key id".into()))?;
     let mut v = Validation::new(Algorithm::EdDSA);
     v.set_issuer(&[ISSUER]);
     v.validate_exp = false; // checked below against the caller's clock
@@ -76,7 +87,14 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { iss: ISSUER.into(), jti: "t1".into(), ns: "shop".into(), ct: None, iat: 0, exp }
+        Claims {
+            iss: ISSUER.into(),
+            jti: "t1".into(),
+            ns: "shop".into(),
+            ct: None,
+            iat: 0,
+            exp,
+        }
     }
 
     #[test]
@@ -92,20 +110,40 @@ mod tests {
         let (private, public) = generate().unwrap();
         let (_, other) = generate().unwrap();
         let t = sign(&private, "k1", &claims(100)).unwrap();
-        assert_eq!(verify(&t, &[("k1".into(), public.clone())], 100), Err(TokenError::Expired));
-        assert!(matches!(verify(&t, &[("k1".into(), other)], 50), Err(TokenError::Invalid(_))));
+        assert_eq!(
+            verify(&t, &[("k1".into(), public.clone())], 100),
+            Err(TokenError::Expired)
+        );
+        assert!(matches!(
+            verify(&t, &[("k1".into(), other)], 50),
+            Err(TokenError::Invalid(_))
+        ));
         // Tamper with the payload: the signature no longer matches.
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();
-        let forged = sign(&private, "k1", &Claims { ns: "other".into(), ..claims(100) }).unwrap();
+        let forged = sign(
+            &private,
+            "k1",
+            &Claims {
+                ns: "other".into(),
+                ..claims(100)
+            },
+        )
+        .unwrap();
         parts[1] = forged.split('.').nth(1).unwrap().to_string();
         let tampered = parts.join(".");
-        assert!(matches!(verify(&tampered, &[("k1".into(), public.clone())], 50), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verify(&tampered, &[("k1".into(), public.clone())], 50),
+            Err(TokenError::Invalid(_))
+        ));
         // alg: none is refused.
         let none = format!(
             "{}.{}.",
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiazEifQ",
             t.split('.').nth(1).unwrap()
         );
-        assert!(matches!(verify(&none, &[("k1".into(), public)], 50), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            verify(&none, &[("k1".into(), public)], 50),
+            Err(TokenError::Invalid(_))
+        ));
     }
 }

@@ -28,7 +28,9 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) if start.elapsed() > PATIENCE => panic!("{what}: still failing after {PATIENCE:?}: {e:?}"),
+            Err(e) if start.elapsed() > PATIENCE => {
+                panic!("{what}: still failing after {PATIENCE:?}: {e:?}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -38,7 +40,11 @@ where
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> → target/<profile>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     for b in ["rouse-node", "rouse"] {
         assert!(
             dir.join(b).exists(),
@@ -123,8 +129,15 @@ static PORT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::
 /// registry; returns the reference.
 pub fn push_test_image(repo: &str, tag: &str) -> String {
     let (_, reg) = runtime_env();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
-    let st = Command::new("bash").arg(script).args(["push", &reg, &format!("{repo}:{tag}")]).status().expect("build image");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
+    let st = Command::new("bash")
+        .arg(script)
+        .args(["push", &reg, &format!("{repo}:{tag}")])
+        .status()
+        .expect("build image");
     assert!(st.success(), "building the test image failed");
     format!("{reg}/{repo}:{tag}")
 }
@@ -133,7 +146,10 @@ pub fn push_test_image(repo: &str, tag: &str) -> String {
 /// pushes it as `repo:tag`; returns the reference.
 pub fn push_binary_image(binary: &Path, repo: &str, tag: &str) -> String {
     let (_, reg) = runtime_env();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
     let st = Command::new("bash")
         .arg(script)
         .args(["push", &reg, &format!("{repo}:{tag}")])
@@ -146,15 +162,26 @@ pub fn push_binary_image(binary: &Path, repo: &str, tag: &str) -> String {
 
 /// Writes the busybox test image as an OCI-layout tarball named `name`.
 pub fn tar_test_image(path: &Path, name: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
-    let st = Command::new("bash").arg(script).args(["tar", &path.display().to_string(), name]).status().expect("build image");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
+    let st = Command::new("bash")
+        .arg(script)
+        .args(["tar", &path.display().to_string(), name])
+        .status()
+        .expect("build image");
     assert!(st.success(), "building the test image tarball failed");
 }
 
 /// Runs `ctr` against the test containerd in `namespace`; returns stdout.
 pub fn ctr(namespace: &str, args: &[&str]) -> String {
     let (sock, _) = runtime_env();
-    let out = Command::new("ctr").args(["--address", &sock, "-n", namespace]).args(args).output().expect("run ctr");
+    let out = Command::new("ctr")
+        .args(["--address", &sock, "-n", namespace])
+        .args(args)
+        .output()
+        .expect("run ctr");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -162,7 +189,9 @@ pub fn ctr(namespace: &str, args: &[&str]) -> String {
 pub fn registry_log_count(needle: &str) -> usize {
     let base = std::env::var("ROUSE_TEST_BASE").unwrap_or_else(|_| "/tmp/rouse-test-env".into());
     let log = std::fs::read_to_string(format!("{base}/registry/log")).unwrap_or_default();
-    log.lines().filter(|l| l.contains("\"GET ") && l.contains(needle)).count()
+    log.lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(needle))
+        .count()
 }
 
 impl TestCluster {
@@ -187,12 +216,21 @@ impl TestCluster {
     /// containerd namespace of this cluster's own) and the test registry.
     pub async fn start_with_runtime(n: u64, common: &[&str]) -> Self {
         let (sock, reg) = runtime_env();
-        let ns = format!("rouse-test-{:08x}", std::process::id() ^ u32::from(free_port()) << 8);
+        let ns = format!(
+            "rouse-test-{:08x}",
+            std::process::id() ^ u32::from(free_port()) << 8
+        );
         let block = PORT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40;
         let lo = 21000 + block * 200;
         let mut flags: Vec<String> = vec![
-            "--containerd".into(), sock, "--containerd-namespace".into(), ns.clone(),
-            "--insecure-registry".into(), reg, "--stop-grace".into(), "2s".into(),
+            "--containerd".into(),
+            sock,
+            "--containerd-namespace".into(),
+            ns.clone(),
+            "--insecure-registry".into(),
+            reg,
+            "--stop-grace".into(),
+            "2s".into(),
         ];
         flags.extend(common.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -209,7 +247,12 @@ impl TestCluster {
 
     /// `ctr` in this cluster's containerd namespace.
     pub fn ctr(&self, args: &[&str]) -> String {
-        ctr(self.ctr_namespace.as_deref().expect("a cluster with a runtime"), args)
+        ctr(
+            self.ctr_namespace
+                .as_deref()
+                .expect("a cluster with a runtime"),
+            args,
+        )
     }
 
     /// Ids of tasks in this cluster's containerd namespace, with pid and status.
@@ -219,7 +262,11 @@ impl TestCluster {
             .skip(1)
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
-                Some((f.next()?.to_string(), f.next()?.parse().ok()?, f.next()?.to_string()))
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.parse().ok()?,
+                    f.next()?.to_string(),
+                ))
             })
             .collect()
     }
@@ -272,7 +319,15 @@ impl TestCluster {
                 first.push(self.nodes[&j].listen.clone());
             }
         }
-        let mut node = Node { id, listen, http, data_dir, log, args, child: None };
+        let mut node = Node {
+            id,
+            listen,
+            http,
+            data_dir,
+            log,
+            args,
+            child: None,
+        };
         node.child = Some(spawn(&self.bin.join("rouse-node"), &first, &node.log));
         self.nodes.insert(id, node);
     }
@@ -303,7 +358,11 @@ impl TestCluster {
                     return t.trim().to_string();
                 }
             }
-            assert!(start.elapsed() < PATIENCE, "{} never appeared", path.display());
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{} never appeared",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -312,7 +371,10 @@ impl TestCluster {
     pub async fn client(&self, id: u64) -> Client {
         let ep = self.nodes[&id].endpoint();
         let token = self.admin_token();
-        let c = eventually(&format!("connect to node {id}"), || Client::connect(&ep, Some(&token))).await;
+        let c = eventually(&format!("connect to node {id}"), || {
+            Client::connect(&ep, Some(&token))
+        })
+        .await;
         // The admin key is usable once its registration is applied here.
         eventually(&format!("admin key accepted by node {id}"), || {
             let mut c = c.clone();
@@ -329,7 +391,9 @@ impl TestCluster {
             for n in self.nodes.values().filter(|n| n.is_running()) {
                 if let Ok(mut c) = Client::connect(&n.endpoint(), Some(&token)).await {
                     if let Ok(i) = c.node_info().await {
-                        if i.leader_id != 0 && self.nodes.get(&i.leader_id).is_some_and(|l| l.is_running()) {
+                        if i.leader_id != 0
+                            && self.nodes.get(&i.leader_id).is_some_and(|l| l.is_running())
+                        {
                             return Ok(i.leader_id);
                         }
                     }
@@ -348,7 +412,11 @@ impl TestCluster {
             let mut c = c.clone();
             async move {
                 let s = c.cluster_status().await.map_err(|e| e.to_string())?;
-                let voters = s.members.iter().filter(|m| m.role == "voter" && m.healthy).count();
+                let voters = s
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "voter" && m.healthy)
+                    .count();
                 if voters == n && s.leader_id != 0 {
                     Ok(())
                 } else {
@@ -385,7 +453,12 @@ impl TestCluster {
     pub fn assert_no_panics(&self) {
         for n in self.nodes.values() {
             let log = n.log_text();
-            assert!(!log.contains("panicked"), "node {} panicked; log {}:\n{log}", n.id, n.log.display());
+            assert!(
+                !log.contains("panicked"),
+                "node {} panicked; log {}:\n{log}",
+                n.id,
+                n.log.display()
+            );
         }
     }
 }
@@ -419,7 +492,11 @@ impl Drop for TestCluster {
 }
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
     Command::new(bin)
         .args(args)
         .env("ROUSE_LOG", "info,openraft=warn")

@@ -25,14 +25,63 @@ async fn invalid_input_is_refused_with_the_field_named() {
     c.create_namespace("ok", HashMap::new()).await.unwrap();
 
     let cases: Vec<(pb::DeployContainerRequest, &str)> = vec![
-        (pb::DeployContainerRequest { timeout_seconds: Some(5), ..deploy("ok", "a") }, "timeout: 5s is below the minimum 10s"),
-        (pb::DeployContainerRequest { timeout_seconds: Some(901), ..deploy("ok", "a") }, "timeout:"),
-        (pb::DeployContainerRequest { cpu_mvcpu: Some(50), ..deploy("ok", "a") }, "cpu:"),
-        (pb::DeployContainerRequest { memory_mb: Some(70_000), ..deploy("ok", "a") }, "memory:"),
-        (pb::DeployContainerRequest { max_concurrency: Some(0), ..deploy("ok", "a") }, "max_concurrency:"),
-        (pb::DeployContainerRequest { max_scale: Some(51), ..deploy("ok", "a") }, "max_scale:"),
-        (pb::DeployContainerRequest { min_scale: Some(4), max_scale: Some(3), ..deploy("ok", "a") }, "min_scale:"),
-        (pb::DeployContainerRequest { image: None, ..deploy("ok", "a") }, "image:"),
+        (
+            pb::DeployContainerRequest {
+                timeout_seconds: Some(5),
+                ..deploy("ok", "a")
+            },
+            "timeout: 5s is below the minimum 10s",
+        ),
+        (
+            pb::DeployContainerRequest {
+                timeout_seconds: Some(901),
+                ..deploy("ok", "a")
+            },
+            "timeout:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                cpu_mvcpu: Some(50),
+                ..deploy("ok", "a")
+            },
+            "cpu:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                memory_mb: Some(70_000),
+                ..deploy("ok", "a")
+            },
+            "memory:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                max_concurrency: Some(0),
+                ..deploy("ok", "a")
+            },
+            "max_concurrency:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                max_scale: Some(51),
+                ..deploy("ok", "a")
+            },
+            "max_scale:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                min_scale: Some(4),
+                max_scale: Some(3),
+                ..deploy("ok", "a")
+            },
+            "min_scale:",
+        ),
+        (
+            pb::DeployContainerRequest {
+                image: None,
+                ..deploy("ok", "a")
+            },
+            "image:",
+        ),
         (deploy("ok", "Bad_Name"), "name:"),
         (deploy("-bad", "a"), "namespace:"),
         (
@@ -46,15 +95,24 @@ async fn invalid_input_is_refused_with_the_field_named() {
     for (req, want) in cases {
         let e = c.deploy_container(req).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
-        assert!(e.to_string().starts_with(want), "got {e:?}, want prefix {want:?}");
+        assert!(
+            e.to_string().starts_with(want),
+            "got {e:?}, want prefix {want:?}"
+        );
     }
-    let e = c.create_namespace(&"x".repeat(64), HashMap::new()).await.unwrap_err();
+    let e = c
+        .create_namespace(&"x".repeat(64), HashMap::new())
+        .await
+        .unwrap_err();
     assert!(e.to_string().starts_with("name:"), "{e}");
     // Nothing was stored by any refused call.
     assert!(c.list_containers("", false).await.unwrap().is_empty());
 
     // NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION.
-    let e = c.deploy_container(deploy("missing", "a")).await.unwrap_err();
+    let e = c
+        .deploy_container(deploy("missing", "a"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound), "{e}");
     let e = c.create_namespace("ok", HashMap::new()).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}");
@@ -74,7 +132,10 @@ async fn invalid_input_is_refused_with_the_field_named() {
         })
         .await
         .unwrap();
-    assert_eq!((got.min_scale, got.image.as_str(), got.timeout_seconds), (2, "registry.local/app:1", 300));
+    assert_eq!(
+        (got.min_scale, got.image.as_str(), got.timeout_seconds),
+        (2, "registry.local/app:1", 300)
+    );
     cluster.assert_no_panics();
 }
 
@@ -118,9 +179,22 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
     assert_eq!(ns.secret_names, ["DB_PASSWORD"]);
     // Through the CLI, on a container, from another node.
     c.deploy_container(deploy("vault", "app")).await.unwrap();
-    let (code, out, err) = cluster.cli(3, &["secret", "set", "vault/app", &format!("API_KEY={secret}-2"), "-o", "json"]);
+    let (code, out, err) = cluster.cli(
+        3,
+        &[
+            "secret",
+            "set",
+            "vault/app",
+            &format!("API_KEY={secret}-2"),
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = cluster.cli(1, &["secret", "set", "vault/app", &format!("API_KEY={secret}-3")]);
+    let (code, out, err) = cluster.cli(
+        1,
+        &["secret", "set", "vault/app", &format!("API_KEY={secret}-3")],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let listed = c.list_secrets("vault", Some("app")).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -128,19 +202,27 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
     assert_eq!(listed[0].value_sha256.len(), 64);
     // More writes so snapshots are taken, then look for the value everywhere.
     for i in 0..40 {
-        c.create_namespace(&format!("pad-{i}"), HashMap::new()).await.unwrap();
+        c.create_namespace(&format!("pad-{i}"), HashMap::new())
+            .await
+            .unwrap();
     }
     let (_, out, _) = cluster.cli(1, &["namespace", "get", "vault", "-o", "json"]);
     let (_, out2, _) = cluster.cli(1, &["container", "get", "vault/app", "-o", "json"]);
     let (_, out3, _) = cluster.cli(1, &["secret", "list", "vault/app", "-o", "json"]);
     for text in [&out, &out2, &out3] {
-        assert!(!text.contains(secret), "an API answer holds the secret: {text}");
+        assert!(
+            !text.contains(secret),
+            "an API answer holds the secret: {text}"
+        );
     }
     assert!(out2.contains("API_KEY"), "{out2}");
     for (id, node) in &cluster.nodes {
         let hits = files_containing(&node.data_dir, secret);
         assert!(hits.is_empty(), "node {id}: {hits:?} hold the secret");
-        assert!(!node.log_text().contains(secret), "node {id}'s log holds the secret");
+        assert!(
+            !node.log_text().contains(secret),
+            "node {id}'s log holds the secret"
+        );
     }
     // Bad input names the field; delete works.
     let (code, _, err) = cluster.cli(1, &["secret", "set", "vault", "1BAD=x"]);
@@ -151,7 +233,10 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
     assert!(err.contains("PORT"), "{err}");
     c.delete_secret("vault", None, "DB_PASSWORD").await.unwrap();
     assert!(c.list_secrets("vault", None).await.unwrap().is_empty());
-    let e = c.delete_secret("vault", None, "DB_PASSWORD").await.unwrap_err();
+    let e = c
+        .delete_secret("vault", None, "DB_PASSWORD")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound));
 }
 
@@ -175,9 +260,35 @@ async fn cli_contract() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = cluster.cli(
         1,
-        &["container", "deploy", "web/api", "--image", "reg.local/api:2", "--port", "9000", "--min-scale", "1",
-          "--max-scale", "4", "--max-concurrency", "10", "--timeout", "2m", "--cpu", "500", "--memory", "128",
-          "--privacy", "private", "--protocol", "h2c", "--env", "B=2", "--scale-to-zero-after", "15m"],
+        &[
+            "container",
+            "deploy",
+            "web/api",
+            "--image",
+            "reg.local/api:2",
+            "--port",
+            "9000",
+            "--min-scale",
+            "1",
+            "--max-scale",
+            "4",
+            "--max-concurrency",
+            "10",
+            "--timeout",
+            "2m",
+            "--cpu",
+            "500",
+            "--memory",
+            "128",
+            "--privacy",
+            "private",
+            "--protocol",
+            "h2c",
+            "--env",
+            "B=2",
+            "--scale-to-zero-after",
+            "15m",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let (code, out, _) = cluster.cli(1, &["container", "get", "web/api", "-o", "json"]);
@@ -195,17 +306,32 @@ async fn cli_contract() {
 
     // Errors: one line on stderr naming the field, non-zero exit.
     for (args, field) in [
-        (vec!["container", "deploy", "web/api", "--timeout", "5s"], "timeout:"),
-        (vec!["container", "deploy", "web/api", "--timeout", "soon"], "timeout:"),
-        (vec!["container", "deploy", "webapi", "--image", "x"], "target:"),
+        (
+            vec!["container", "deploy", "web/api", "--timeout", "5s"],
+            "timeout:",
+        ),
+        (
+            vec!["container", "deploy", "web/api", "--timeout", "soon"],
+            "timeout:",
+        ),
+        (
+            vec!["container", "deploy", "webapi", "--image", "x"],
+            "target:",
+        ),
         (vec!["namespace", "create", "UPPER"], "name:"),
-        (vec!["namespace", "create", "x", "--env", "NOEQUALS"], "env:"),
+        (
+            vec!["namespace", "create", "x", "--env", "NOEQUALS"],
+            "env:",
+        ),
         (vec!["secret", "set", "a/b/c", "K=V"], "scope:"),
     ] {
         let (code, out, err) = cluster.cli(1, &args);
         assert_ne!(code, 0, "{args:?} succeeded: {out}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.starts_with(&format!("rouse: {field}")), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("rouse: {field}")),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -213,25 +339,55 @@ async fn cli_contract() {
 async fn health_and_reflection_are_served() {
     use tokio_stream::StreamExt;
     let cluster = TestCluster::start(1, &[]).await;
-    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint()).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     for service in ["", "rouse.v1.NamespaceService"] {
-        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
-        assert_eq!(r.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            r.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
     }
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut refl = ServerReflectionClient::new(ch);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["rouse.v1.ClusterService", "rouse.v1.NamespaceService", "rouse.v1.ContainerService",
-                 "rouse.v1.SecretService", "rouse.v1.TokenService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "rouse.v1.ClusterService",
+        "rouse.v1.NamespaceService",
+        "rouse.v1.ContainerService",
+        "rouse.v1.SecretService",
+        "rouse.v1.TokenService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 }
 
@@ -249,15 +405,25 @@ async fn python_grpcio_client_built_from_proto_works() {
         .output()
         .expect("python3 (deploy/install-deps.sh installs grpcio-tools)");
     let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(res.status.success() && stdout.trim() == "ok", "{stdout}{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success() && stdout.trim() == "ok",
+        "{stdout}{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
     let cluster = TestCluster::start(2, &[]).await;
     let mut admin = cluster.client(2).await;
-    admin.create_namespace("mine", HashMap::new()).await.unwrap();
-    admin.create_namespace("theirs", HashMap::new()).await.unwrap();
+    admin
+        .create_namespace("mine", HashMap::new())
+        .await
+        .unwrap();
+    admin
+        .create_namespace("theirs", HashMap::new())
+        .await
+        .unwrap();
     let ep = cluster.nodes[&2].endpoint();
     // No token, a malformed one, a forged one: UNAUTHENTICATED.
     let admin_token = cluster.admin_token();
@@ -274,11 +440,16 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
     assert_ne!(code, 0);
     assert!(err.starts_with("rouse: authorization:"), "{err}");
     // A namespace key manages its namespace and nothing else.
-    let (code, out, err) = cluster.cli(1, &["apikey", "create", "--namespace", "mine", "-o", "json"]);
+    let (code, out, err) = cluster.cli(
+        1,
+        &["apikey", "create", "--namespace", "mine", "-o", "json"],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let key = v["key"].as_str().unwrap().to_string();
-    let mut scoped = rouse_client::Client::connect(&ep, Some(&key)).await.unwrap();
+    let mut scoped = rouse_client::Client::connect(&ep, Some(&key))
+        .await
+        .unwrap();
     let mut ok = false;
     for _ in 0..50 {
         if scoped.get_namespace("mine", false).await.is_ok() {
@@ -288,19 +459,41 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(ok, "the scoped key never worked");
-    scoped.deploy_container(deploy("mine", "web")).await.unwrap();
-    let names: Vec<String> = scoped.list_namespaces(false).await.unwrap().into_iter().map(|n| n.name).collect();
+    scoped
+        .deploy_container(deploy("mine", "web"))
+        .await
+        .unwrap();
+    let names: Vec<String> = scoped
+        .list_namespaces(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     assert_eq!(names, ["mine"]);
     for e in [
         scoped.get_namespace("theirs", false).await.unwrap_err(),
-        scoped.deploy_container(deploy("theirs", "web")).await.unwrap_err(),
-        scoped.create_namespace("new", HashMap::new()).await.unwrap_err(),
+        scoped
+            .deploy_container(deploy("theirs", "web"))
+            .await
+            .unwrap_err(),
+        scoped
+            .create_namespace("new", HashMap::new())
+            .await
+            .unwrap_err(),
         scoped.cluster_status().await.unwrap_err(),
         scoped.create_token("theirs", None, 60).await.unwrap_err(),
     ] {
         assert_eq!(e.code(), Some(Code::PermissionDenied), "{e}");
     }
-    assert!(admin.list_containers("theirs", false).await.unwrap().is_empty(), "nothing was written to theirs");
+    assert!(
+        admin
+            .list_containers("theirs", false)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was written to theirs"
+    );
     // Revoked keys stop working.
     let id = v["id"].as_str().unwrap();
     let (code, _, err) = cluster.cli(2, &["apikey", "revoke", id]);
@@ -315,12 +508,22 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_service_refuses_callers_without_the_cluster_credential() {
     let cluster = TestCluster::start(1, &[]).await;
-    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint()).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
-    let e = peer.ping(rouse_proto::peer::PingRequest {}).await.unwrap_err();
+    let e = peer
+        .ping(rouse_proto::peer::PingRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-    let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage { payload: b"{}".to_vec() });
-    req.metadata_mut().insert("x-rouse-peer", "0".repeat(64).parse().unwrap());
+    let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage {
+        payload: b"{}".to_vec(),
+    });
+    req.metadata_mut()
+        .insert("x-rouse-peer", "0".repeat(64).parse().unwrap());
     let e = peer.forward(req).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     // A node whose master key differs is never admitted.
@@ -330,10 +533,20 @@ async fn peer_service_refuses_callers_without_the_cluster_credential() {
     std::fs::write(&key, "ab".repeat(32)).unwrap();
     let log = std::fs::File::create(dir.join("log")).unwrap();
     let mut intruder = std::process::Command::new(cluster.bin("rouse-node"))
-        .args(["--id", "2", "--data-dir", dir.join("data").to_str().unwrap()])
+        .args([
+            "--id",
+            "2",
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ])
         .args(["--listen", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
         .args(["--http", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
-        .args(["--join", &cluster.nodes[&1].listen, "--master-key-file", key.to_str().unwrap()])
+        .args([
+            "--join",
+            &cluster.nodes[&1].listen,
+            "--master-key-file",
+            key.to_str().unwrap(),
+        ])
         .stderr(log)
         .spawn()
         .unwrap();

@@ -32,9 +32,7 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
         assert_eq!(got.env["GREETING"], "hello", "node {id}");
         eventually("stale read", || {
             let mut c = c.clone();
-            async move {
-                c.get_namespace("shop", true).await.map(|_| ())
-            }
+            async move { c.get_namespace("shop", true).await.map(|_| ()) }
         })
         .await;
     }
@@ -47,7 +45,10 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
     loop {
         match s.create_namespace("after-failover", HashMap::new()).await {
             Ok(_) => break,
-            Err(e) if e.code() == Some(tonic::Code::Unavailable) && start.elapsed() < Duration::from_secs(30) => {
+            Err(e)
+                if e.code() == Some(tonic::Code::Unavailable)
+                    && start.elapsed() < Duration::from_secs(30) =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("write after leader kill failed: {e} (code {:?})", e.code()),
@@ -66,7 +67,11 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
         let mut old = old.clone();
         async move {
             let ns = old.list_namespaces(true).await.map_err(|e| e.to_string())?;
-            if names(&ns) == ["after-failover", "shop"] { Ok(()) } else { Err(format!("{:?}", names(&ns))) }
+            if names(&ns) == ["after-failover", "shop"] {
+                Ok(())
+            } else {
+                Err(format!("{:?}", names(&ns)))
+            }
         }
     })
     .await;
@@ -80,7 +85,11 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
                 let i = c.node_info().await.map_err(|e| e.to_string())?;
                 digests.push((i.last_applied_index, i.state_digest));
             }
-            if digests.iter().all(|d| d == &digests[0]) { Ok(()) } else { Err(format!("{digests:?}")) }
+            if digests.iter().all(|d| d == &digests[0]) {
+                Ok(())
+            } else {
+                Err(format!("{digests:?}"))
+            }
         }
     })
     .await;
@@ -93,7 +102,9 @@ async fn new_node_catches_up_from_snapshot() {
     let mut cluster = TestCluster::start(3, &["--snapshot-logs", "20"]).await;
     let mut c = cluster.client(1).await;
     for i in 0..150 {
-        c.create_namespace(&format!("ns-{i:03}"), HashMap::new()).await.unwrap();
+        c.create_namespace(&format!("ns-{i:03}"), HashMap::new())
+            .await
+            .unwrap();
     }
     let leader = cluster.leader().await;
     let l = cluster.client(leader).await;
@@ -101,11 +112,18 @@ async fn new_node_catches_up_from_snapshot() {
         let mut l = l.clone();
         async move {
             let i = l.node_info().await.map_err(|e| e.to_string())?;
-            if i.purged_index > 1 { Ok(i) } else { Err(format!("purged {}", i.purged_index)) }
+            if i.purged_index > 1 {
+                Ok(i)
+            } else {
+                Err(format!("purged {}", i.purged_index))
+            }
         }
     })
     .await;
-    println!("leader {leader}: snapshot at {}, log purged up to {}", info.snapshot_index, info.purged_index);
+    println!(
+        "leader {leader}: snapshot at {}, log purged up to {}",
+        info.snapshot_index, info.purged_index
+    );
 
     cluster.add_node(4, Some(2), &["--zone", "z4"]);
     cluster.wait_voters(4).await;
@@ -113,10 +131,17 @@ async fn new_node_catches_up_from_snapshot() {
     let ns = n4.list_namespaces(true).await.unwrap();
     assert_eq!(ns.len(), 150);
     let i4 = n4.node_info().await.unwrap();
-    assert!(i4.snapshots_installed >= 1, "node 4 caught up without a snapshot: {i4:?}");
-    assert!(cluster.nodes[&4].log_text().contains("installed snapshot from leader"));
+    assert!(
+        i4.snapshots_installed >= 1,
+        "node 4 caught up without a snapshot: {i4:?}"
+    );
+    assert!(cluster.nodes[&4]
+        .log_text()
+        .contains("installed snapshot from leader"));
     // And it keeps up with writes after joining.
-    c.create_namespace("after-join", HashMap::new()).await.unwrap();
+    c.create_namespace("after-join", HashMap::new())
+        .await
+        .unwrap();
     assert!(n4.get_namespace("after-join", false).await.is_ok());
     cluster.assert_no_panics();
 }
@@ -133,5 +158,7 @@ async fn remove_node_shrinks_membership() {
     let ids: Vec<u64> = s.members.iter().map(|m| m.id).collect();
     assert_eq!(ids, [1, 2]);
     // The two remaining nodes still take writes.
-    c.create_namespace("still-works", HashMap::new()).await.unwrap();
+    c.create_namespace("still-works", HashMap::new())
+        .await
+        .unwrap();
 }

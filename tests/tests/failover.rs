@@ -11,12 +11,26 @@ use rouse_client::{pb, Client};
 use rouse_e2e::{eventually, push_test_image, TestCluster};
 
 async fn placed(c: &Client) -> Vec<pb::Instance> {
-    c.clone().get_container("web", "api", true).await.unwrap().instances
+    c.clone()
+        .get_container("web", "api", true)
+        .await
+        .unwrap()
+        .instances
 }
 
 fn get(mesh: &str, host: &str) -> u16 {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30", "-H", &format!("Host: {host}")])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "30",
+            "-H",
+            &format!("Host: {host}"),
+        ])
         .arg(format!("http://{mesh}/"))
         .output()
         .unwrap();
@@ -28,7 +42,10 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     let image = push_test_image("rouse-test/failover", "1");
     let mut cluster = TestCluster::start_with_runtime(3, &["--node-grace", "2s"]).await;
     let c = cluster.client(1).await;
-    c.clone().create_namespace("web", HashMap::new()).await.unwrap();
+    c.clone()
+        .create_namespace("web", HashMap::new())
+        .await
+        .unwrap();
     c.clone()
         .deploy_container(pb::DeployContainerRequest {
             namespace: "web".into(),
@@ -46,18 +63,30 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     // min-scale 3 on 3 nodes in 3 zones: one instance per node.
     let first = eventually("3 ready instances", || async {
         let i = placed(&c).await;
-        if i.iter().filter(|i| i.state == "ready").count() == 3 { Ok(i) } else { Err(format!("{i:?}")) }
+        if i.iter().filter(|i| i.state == "ready").count() == 3 {
+            Ok(i)
+        } else {
+            Err(format!("{i:?}"))
+        }
     })
     .await;
     let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
     for i in &first {
         *per_node.entry(i.node).or_default() += 1;
     }
-    assert_eq!(per_node, BTreeMap::from([(1, 1), (2, 1), (3, 1)]), "{first:?}");
+    assert_eq!(
+        per_node,
+        BTreeMap::from([(1, 1), (2, 1), (3, 1)]),
+        "{first:?}"
+    );
 
     // SIGKILL node 3's process and its containers.
     let victim = 3u64;
-    let moved: Vec<String> = first.iter().filter(|i| i.node == victim).map(|i| i.id.clone()).collect();
+    let moved: Vec<String> = first
+        .iter()
+        .filter(|i| i.node == victim)
+        .map(|i| i.id.clone())
+        .collect();
     cluster.kill(victim);
     for id in &moved {
         cluster.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
@@ -65,8 +94,15 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     let t = Instant::now();
     let replaced = eventually("instance replaced on a live node", || async {
         let i = placed(&c).await;
-        let live_ready = i.iter().filter(|i| i.node != victim && i.state == "ready").count();
-        if live_ready == 3 { Ok(i) } else { Err(format!("{i:?}")) }
+        let live_ready = i
+            .iter()
+            .filter(|i| i.node != victim && i.state == "ready")
+            .count();
+        if live_ready == 3 {
+            Ok(i)
+        } else {
+            Err(format!("{i:?}"))
+        }
     })
     .await;
     let took = t.elapsed();
@@ -80,12 +116,27 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     cluster.restart(victim);
     eventually("returned node removed its old instance", || async {
         let left = cluster.ctr(&["containers", "ls", "-q"]);
-        if moved.iter().any(|id| left.contains(id.as_str())) { Err(left) } else { Ok(()) }
+        if moved.iter().any(|id| left.contains(id.as_str())) {
+            Err(left)
+        } else {
+            Ok(())
+        }
     })
     .await;
     eventually("node back up", || async {
-        let n = c.clone().list_nodes(true).await.map_err(|e| e.to_string())?;
-        if n.iter().find(|n| n.id == victim).is_some_and(|n| n.state == "up") { Ok(()) } else { Err(format!("{n:?}")) }
+        let n = c
+            .clone()
+            .list_nodes(true)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n.iter()
+            .find(|n| n.id == victim)
+            .is_some_and(|n| n.state == "up")
+        {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
     })
     .await;
 
@@ -107,8 +158,15 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     assert_eq!(code, 0, "{out}{err}");
     eventually("node 1 drained", || async {
         let i = placed(&c).await;
-        let ready_elsewhere = i.iter().filter(|i| i.node != 1 && i.state == "ready").count();
-        if i.iter().all(|i| i.node != 1) && ready_elsewhere == 3 { Ok(()) } else { Err(format!("{i:?}")) }
+        let ready_elsewhere = i
+            .iter()
+            .filter(|i| i.node != 1 && i.state == "ready")
+            .count();
+        if i.iter().all(|i| i.node != 1) && ready_elsewhere == 3 {
+            Ok(())
+        } else {
+            Err(format!("{i:?}"))
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -120,7 +178,11 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let n1 = v.as_array().unwrap().iter().find(|n| n["id"] == 1).unwrap();
-    assert_eq!((n1["state"].as_str(), n1["instances"].as_u64()), (Some("draining"), Some(0)), "{v}");
+    assert_eq!(
+        (n1["state"].as_str(), n1["instances"].as_u64()),
+        (Some("draining"), Some(0)),
+        "{v}"
+    );
     cluster.assert_no_panics();
 }
 
@@ -143,19 +205,41 @@ async fn unplaceable_instances_are_pending_with_a_reason() {
     .await
     .unwrap();
     let reason = eventually("pending reason", || async {
-        let ct = c.clone().get_container("web", "api", true).await.map_err(|e| e.to_string())?;
-        if ct.pending_reason.is_empty() { Err("none yet".to_string()) } else { Ok(ct.pending_reason) }
+        let ct = c
+            .clone()
+            .get_container("web", "api", true)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ct.pending_reason.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(ct.pending_reason)
+        }
     })
     .await;
-    assert_eq!(reason, "0 of 2 instances placed: no node in region \"nowhere\"");
+    assert_eq!(
+        reason,
+        "0 of 2 instances placed: no node in region \"nowhere\""
+    );
     let (code, out, _) = cluster.cli(1, &["container", "deploy", "web/api", "--region", ""]);
     assert_eq!(code, 0, "{out}");
     let reason = eventually("capacity reason", || async {
-        let ct = c.clone().get_container("web", "api", true).await.map_err(|e| e.to_string())?;
-        if ct.pending_reason.contains("mVCPU") { Ok(ct.pending_reason) } else { Err(ct.pending_reason) }
+        let ct = c
+            .clone()
+            .get_container("web", "api", true)
+            .await
+            .map_err(|e| e.to_string())?;
+        if ct.pending_reason.contains("mVCPU") {
+            Ok(ct.pending_reason)
+        } else {
+            Err(ct.pending_reason)
+        }
     })
     .await;
-    assert_eq!(reason, "1 of 2 instances placed: no node has 600 mVCPU and 64 MB free");
+    assert_eq!(
+        reason,
+        "1 of 2 instances placed: no node has 600 mVCPU and 64 MB free"
+    );
     let (_, out, _) = cluster.cli(1, &["container", "get", "web/api"]);
     assert!(out.contains("pending: 1 of 2 instances placed"), "{out}");
 }

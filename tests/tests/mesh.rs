@@ -16,7 +16,17 @@ const DOMAIN: &str = "rouse.localhost";
 /// GET through a node's mesh; returns (status, body).
 fn get(mesh: &str, host: &str, path: &str, max_secs: u64) -> (u16, String) {
     let out = std::process::Command::new("curl")
-        .args(["-sS", "-m", &max_secs.to_string(), "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Host: {host}")])
+        .args([
+            "-sS",
+            "-m",
+            &max_secs.to_string(),
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+        ])
         .arg(format!("http://{mesh}{path}"))
         .output()
         .unwrap();
@@ -26,7 +36,11 @@ fn get(mesh: &str, host: &str, path: &str, max_secs: u64) -> (u16, String) {
 }
 
 async fn running_tasks(cluster: &TestCluster) -> usize {
-    cluster.tasks().into_iter().filter(|t| t.2 == "RUNNING").count()
+    cluster
+        .tasks()
+        .into_iter()
+        .filter(|t| t.2 == "RUNNING")
+        .count()
 }
 
 fn spec(ns: &str, name: &str, image: &str) -> pb::DeployContainerRequest {
@@ -42,7 +56,11 @@ fn spec(ns: &str, name: &str, image: &str) -> pb::DeployContainerRequest {
 }
 
 async fn instances(c: &Client, ns: &str, name: &str) -> Vec<pb::Instance> {
-    c.clone().get_container(ns, name, true).await.unwrap().instances
+    c.clone()
+        .get_container(ns, name, true)
+        .await
+        .unwrap()
+        .instances
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,27 +75,45 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
     c.deploy_container(req).await.unwrap();
     let mesh = cluster.nodes[&1].http.clone();
     let host = format!("hello.web.{DOMAIN}");
-    assert_eq!(running_tasks(&cluster).await, 0, "min-scale 0 starts nothing");
+    assert_eq!(
+        running_tasks(&cluster).await,
+        0,
+        "min-scale 0 starts nothing"
+    );
 
     // Cold start: the first request is held until an instance is ready.
     let t = Instant::now();
     let (code, body) = get(&mesh, &host, "/", 30);
     assert_eq!((code, body.trim()), (200, "hello from rouse"));
-    println!("cold start (image pulled on demand) answered in {:?}", t.elapsed());
+    println!(
+        "cold start (image pulled on demand) answered in {:?}",
+        t.elapsed()
+    );
 
     // The cold start is measured, by phase, in `container get` and metrics.
     let cs = eventually("cold start recorded", || async {
         let (code, out, err) = cluster.cli(1, &["container", "get", "web/hello", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{code} {e} {err}"))?;
-        if v["cold_start"]["samples"].as_u64().unwrap_or(0) >= 1 { Ok(v["cold_start"].clone()) } else { Err(out) }
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("{code} {e} {err}"))?;
+        if v["cold_start"]["samples"].as_u64().unwrap_or(0) >= 1 {
+            Ok(v["cold_start"].clone())
+        } else {
+            Err(out)
+        }
     })
     .await;
     println!("cold start phases: {cs}");
     let total = cs["last_total_ms"].as_u64().unwrap();
-    let phases: u64 = ["last_placement_ms", "last_pull_ms", "last_create_ms", "last_start_ms", "last_ready_ms"]
-        .iter()
-        .map(|k| cs[*k].as_u64().unwrap())
-        .sum();
+    let phases: u64 = [
+        "last_placement_ms",
+        "last_pull_ms",
+        "last_create_ms",
+        "last_start_ms",
+        "last_ready_ms",
+    ]
+    .iter()
+    .map(|k| cs[*k].as_u64().unwrap())
+    .sum();
     assert_eq!(total, phases);
     assert!(total > 0);
     let (code, metrics) = get(&mesh, "127.0.0.1", "/metrics", 5);
@@ -86,13 +122,20 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
         metrics.contains("rouse_cold_start_last_seconds{") && metrics.contains("phase=\"pull\""),
         "{metrics}"
     );
-    assert!(metrics.contains("rouse_cold_start_median_seconds{"), "{metrics}");
+    assert!(
+        metrics.contains("rouse_cold_start_median_seconds{"),
+        "{metrics}"
+    );
 
     // A request longer than the timeout gets 504.
     let t = Instant::now();
     let (code, body) = get(&mesh, &host, "/cgi-bin/slow?20", 30);
     assert_eq!(code, 504, "{body}");
-    assert!(t.elapsed() < Duration::from_secs(15), "504 after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "504 after {:?}",
+        t.elapsed()
+    );
 
     // Unknown hosts get a short 404.
     let (code, body) = get(&mesh, &format!("nope.web.{DOMAIN}"), "/", 5);
@@ -105,17 +148,27 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
     let t = Instant::now();
     eventually("scaled to zero", || async {
         let n = running_tasks(&cluster).await;
-        if n == 0 { Ok(()) } else { Err(format!("{n} tasks running")) }
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} tasks running"))
+        }
     })
     .await;
-    println!("scaled to zero {:?} after the last request", t.elapsed() + Duration::from_secs(10));
+    println!(
+        "scaled to zero {:?} after the last request",
+        t.elapsed() + Duration::from_secs(10)
+    );
     assert!(instances(&c, "web", "hello").await.is_empty());
 
     // The next request wakes it.
     let t = Instant::now();
     let (code, body) = get(&mesh, &host, "/", 30);
     assert_eq!((code, body.trim()), (200, "hello from rouse"));
-    println!("wake from zero (image cached) answered in {:?}", t.elapsed());
+    println!(
+        "wake from zero (image cached) answered in {:?}",
+        t.elapsed()
+    );
     cluster.assert_no_panics();
 }
 
@@ -132,7 +185,11 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
     c.deploy_container(req).await.unwrap();
     eventually("one ready instance", || async {
         let i = instances(&c, "web", "slow").await;
-        if i.iter().any(|i| i.state == "ready") { Ok(i) } else { Err(format!("{i:?}")) }
+        if i.iter().any(|i| i.state == "ready") {
+            Ok(i)
+        } else {
+            Err(format!("{i:?}"))
+        }
     })
     .await;
     // Requests at the node without the instance are served by the other's.
@@ -149,7 +206,9 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
     for i in 0..6 {
         let mesh = meshes[i % meshes.len()].clone();
         let host = host.clone();
-        handles.push(std::thread::spawn(move || get(&mesh, &host, "/cgi-bin/slow?3", 60)));
+        handles.push(std::thread::spawn(move || {
+            get(&mesh, &host, "/cgi-bin/slow?3", 60)
+        }));
     }
     let mut served_by = HashSet::new();
     for h in handles {
@@ -157,7 +216,10 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
         assert_eq!(code, 200, "{body}");
         served_by.insert(body.trim().rsplit(' ').next().unwrap().to_string());
     }
-    println!("6 concurrent slow requests served by {} instances: {served_by:?}", served_by.len());
+    println!(
+        "6 concurrent slow requests served by {} instances: {served_by:?}",
+        served_by.len()
+    );
     assert!(served_by.len() >= 2, "served by {served_by:?}");
     cluster.assert_no_panics();
 }
@@ -213,7 +275,11 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
     // And back to zero once traffic stops.
     eventually("back to zero", || async {
         let n = instances(&c, "web", "steady").await.len();
-        if n == 0 { Ok(()) } else { Err(format!("{n} instances")) }
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} instances"))
+        }
     })
     .await;
     cluster.assert_no_panics();
@@ -224,7 +290,11 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_h2c_through_the_mesh() {
     let bin = rouse_e2e::bin_dir().join("grpc-health-server");
-    assert!(bin.exists(), "{} missing: cargo build --bins", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --bins",
+        bin.display()
+    );
     let image = rouse_e2e::push_binary_image(&bin, "rouse-test/grpc", "1");
     let cluster = TestCluster::start_with_runtime(2, &[]).await;
     let mut c = cluster.client(1).await;
@@ -244,12 +314,22 @@ async fn grpc_over_h2c_through_the_mesh() {
             .unwrap();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         let r = client
-            .check(tonic_health::pb::HealthCheckRequest { service: "rouse.test".into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "rouse.test".into(),
+            })
             .await
             .unwrap_or_else(|s| panic!("via node {node}: {s}"));
-        assert_eq!(r.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+        assert_eq!(
+            r.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
         // A gRPC error status (in trailers) passes through too.
-        let e = client.check(tonic_health::pb::HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+        let e = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "nope".into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "via node {node}: {e}");
     }
     cluster.assert_no_panics();
@@ -284,14 +364,28 @@ async fn suspended_instance_wakes_on_request() {
     assert_eq!((code, body.trim()), (200, "hello from rouse"));
     println!("wake from suspended answered in {took:?}");
     assert!(took < Duration::from_secs(2), "wake took {took:?}");
-    let (_, _, status) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    let (_, _, status) = cluster
+        .tasks()
+        .into_iter()
+        .find(|t| t.0 == inst.id)
+        .unwrap();
     assert_eq!(status, "RUNNING");
     eventually("ready again", || async {
         let i = instances(&c, "web", "nap").await;
-        if i.first().is_some_and(|i| i.state == "ready" || i.state == "suspended") { Ok(()) } else { Err(format!("{i:?}")) }
+        if i.first()
+            .is_some_and(|i| i.state == "ready" || i.state == "suspended")
+        {
+            Ok(())
+        } else {
+            Err(format!("{i:?}"))
+        }
     })
     .await;
-    assert_eq!(instances(&c, "web", "nap").await[0].restarts, 0, "woken, not restarted");
+    assert_eq!(
+        instances(&c, "web", "nap").await[0].restarts,
+        0,
+        "woken, not restarted"
+    );
     cluster.assert_no_panics();
 }
 
@@ -305,17 +399,28 @@ async fn upgrade_passes_through() {
     let cluster = TestCluster::start_with_runtime(1, &[]).await;
     let mut c = cluster.client(1).await;
     c.create_namespace("ws", HashMap::new()).await.unwrap();
-    c.deploy_container(spec("ws", "echo", &image)).await.unwrap();
+    c.deploy_container(spec("ws", "echo", &image))
+        .await
+        .unwrap();
     let mesh = cluster.nodes[&1].http.clone();
     let host = format!("echo.ws.{DOMAIN}");
     assert_eq!(get(&mesh, &host, "/", 30), (200, "plain\n".to_string()));
     let mut s = std::net::TcpStream::connect(&mesh).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    .unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "connection closed during handshake: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "connection closed during handshake: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
     let head = String::from_utf8_lossy(&head);

@@ -25,21 +25,44 @@ async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> 
     eventually(&format!("{n} ready instance(s) of {ns}/{name}"), || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container(ns, name, true).await.map_err(|e| e.to_string())?;
-            let r: Vec<pb::Instance> = ct.instances.iter().filter(|i| i.state == "ready").cloned().collect();
-            if r.len() == n { Ok(r) } else { Err(format!("{:?}", ct.instances)) }
+            let ct = c
+                .get_container(ns, name, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let r: Vec<pb::Instance> = ct
+                .instances
+                .iter()
+                .filter(|i| i.state == "ready")
+                .cloned()
+                .collect();
+            if r.len() == n {
+                Ok(r)
+            } else {
+                Err(format!("{:?}", ct.instances))
+            }
         }
     })
     .await
 }
 
 fn http_get(port: u32, path: &str) -> String {
-    let out = std::process::Command::new("curl").args(["-fsS", "--max-time", "5", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn cgroup(controller: &str, id: &str, file: &str) -> String {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/rouse/{id}/{file}")).unwrap_or_default().trim().to_string()
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/rouse/{id}/{file}"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +70,12 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
     let image = push_test_image("rouse-test/limits", "1");
     let cluster = TestCluster::start_with_runtime(1, &[]).await;
     let mut c = cluster.client(1).await;
-    c.create_namespace("shop", HashMap::from([("NS_VAR".into(), "from-namespace".into())])).await.unwrap();
+    c.create_namespace(
+        "shop",
+        HashMap::from([("NS_VAR".into(), "from-namespace".into())]),
+    )
+    .await
+    .unwrap();
     let mut req = deploy("shop", "web", &image, 1);
     req.cpu_mvcpu = Some(250);
     req.memory_mb = Some(128);
@@ -58,27 +86,56 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
     // cgroup files show the limits asked for.
     assert_eq!(cgroup("cpu", &inst.id, "cpu.cfs_quota_us"), "25000");
     assert_eq!(cgroup("cpu", &inst.id, "cpu.cfs_period_us"), "100000");
-    assert_eq!(cgroup("memory", &inst.id, "memory.limit_in_bytes"), (128u64 * 1024 * 1024).to_string());
+    assert_eq!(
+        cgroup("memory", &inst.id, "memory.limit_in_bytes"),
+        (128u64 * 1024 * 1024).to_string()
+    );
     // The environment: image < namespace < container, plus PORT.
     let env = http_get(inst.port, "/cgi-bin/env");
-    for want in ["NS_VAR=from-namespace", "CT_VAR=from-container", &format!("PORT={}", inst.port), "GREETING_FROM_IMAGE=image"] {
-        assert!(env.lines().any(|l| l == want), "{want} missing from:\n{env}");
+    for want in [
+        "NS_VAR=from-namespace",
+        "CT_VAR=from-container",
+        &format!("PORT={}", inst.port),
+        "GREETING_FROM_IMAGE=image",
+    ] {
+        assert!(
+            env.lines().any(|l| l == want),
+            "{want} missing from:\n{env}"
+        );
     }
     assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
 
     // Kill the container's process: it is restarted.
-    let (_, pid, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let (_, pid, _) = cluster
+        .tasks()
+        .into_iter()
+        .find(|t| t.0 == inst.id)
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     let again = eventually("restarted after kill", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("shop", "web", true).await.map_err(|e| e.to_string())?;
+            let ct = c
+                .get_container("shop", "web", true)
+                .await
+                .map_err(|e| e.to_string())?;
             let i = ct.instances.first().cloned().ok_or("no instance")?;
-            if i.restarts >= 1 && i.state == "ready" { Ok(i) } else { Err(format!("{i:?}")) }
+            if i.restarts >= 1 && i.state == "ready" {
+                Ok(i)
+            } else {
+                Err(format!("{i:?}"))
+            }
         }
     })
     .await;
-    let (_, new_pid, status) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    let (_, new_pid, status) = cluster
+        .tasks()
+        .into_iter()
+        .find(|t| t.0 == inst.id)
+        .unwrap();
     assert_ne!(new_pid, pid);
     assert_eq!(status, "RUNNING");
     assert_eq!(again.exit_code, Some(137), "{again:?}");
@@ -91,13 +148,18 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
         let containers = cluster.ctr(&["containers", "ls", "-q"]);
         let snaps = cluster.ctr(&["snapshots", "ls"]);
         if tasks.contains(&inst.id) || containers.contains(&inst.id) || snaps.contains(&inst.id) {
-            Err(format!("tasks {tasks:?} containers {containers:?} snapshots {snaps:?}"))
+            Err(format!(
+                "tasks {tasks:?} containers {containers:?} snapshots {snaps:?}"
+            ))
         } else {
             Ok(())
         }
     })
     .await;
-    assert!(cgroup("memory", &inst.id, "memory.limit_in_bytes").is_empty(), "cgroup left behind");
+    assert!(
+        cgroup("memory", &inst.id, "memory.limit_in_bytes").is_empty(),
+        "cgroup left behind"
+    );
     cluster.assert_no_panics();
 }
 
@@ -116,8 +178,15 @@ async fn two_instances_of_one_image_pull_it_once() {
     // Every layer blob of the image was fetched from the registry once.
     let ct = c.get_container("n", "twice", true).await.unwrap();
     let manifest = std::process::Command::new("curl")
-        .args(["-fsS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(format!("http://{}/v2/rouse-test/once/manifests/1", rouse_e2e::runtime_env().1))
+        .args([
+            "-fsS",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://{}/v2/rouse-test/once/manifests/1",
+            rouse_e2e::runtime_env().1
+        ))
         .output()
         .unwrap();
     let m: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
@@ -125,9 +194,17 @@ async fn two_instances_of_one_image_pull_it_once() {
     assert!(!layers.is_empty());
     for l in layers {
         let digest = l["digest"].as_str().unwrap();
-        assert_eq!(registry_log_count(&format!("/v2/rouse-test/once/blobs/{digest}")), 1, "layer {digest} fetched more than once");
+        assert_eq!(
+            registry_log_count(&format!("/v2/rouse-test/once/blobs/{digest}")),
+            1,
+            "layer {digest} fetched more than once"
+        );
     }
-    assert!(ct.resolved_image.contains("@sha256:"), "tag pinned to a digest: {}", ct.resolved_image);
+    assert!(
+        ct.resolved_image.contains("@sha256:"),
+        "tag pinned to a digest: {}",
+        ct.resolved_image
+    );
     cluster.assert_no_panics();
 }
 
@@ -137,15 +214,34 @@ async fn bad_image_and_unreachable_registry_give_a_clear_status() {
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
     let (_, reg) = rouse_e2e::runtime_env();
-    c.deploy_container(deploy("n", "missing", &format!("{reg}/rouse-test/no-such-image:1"), 1)).await.unwrap();
-    c.deploy_container(deploy("n", "unreachable", "127.0.0.1:1/rouse-test/x:1", 1)).await.unwrap();
-    for (name, want) in [("missing", "resolving the tag"), ("unreachable", "resolving the tag")] {
+    c.deploy_container(deploy(
+        "n",
+        "missing",
+        &format!("{reg}/rouse-test/no-such-image:1"),
+        1,
+    ))
+    .await
+    .unwrap();
+    c.deploy_container(deploy("n", "unreachable", "127.0.0.1:1/rouse-test/x:1", 1))
+        .await
+        .unwrap();
+    for (name, want) in [
+        ("missing", "resolving the tag"),
+        ("unreachable", "resolving the tag"),
+    ] {
         let i = eventually(&format!("{name} reports failure"), || {
             let mut c = c.clone();
             async move {
-                let ct = c.get_container("n", name, true).await.map_err(|e| e.to_string())?;
+                let ct = c
+                    .get_container("n", name, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let i = ct.instances.first().cloned().ok_or("no instance")?;
-                if i.state == "failed" { Ok(i) } else { Err(format!("{i:?}")) }
+                if i.state == "failed" {
+                    Ok(i)
+                } else {
+                    Err(format!("{i:?}"))
+                }
             }
         })
         .await;
@@ -164,9 +260,15 @@ async fn node_restart_adopts_running_instances() {
     let mut cluster = TestCluster::start_with_runtime(1, &[]).await;
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
-    c.deploy_container(deploy("n", "keep", &image, 1)).await.unwrap();
+    c.deploy_container(deploy("n", "keep", &image, 1))
+        .await
+        .unwrap();
     let inst = ready(&c, "n", "keep", 1).await.remove(0);
-    let (_, pid, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    let (_, pid, _) = cluster
+        .tasks()
+        .into_iter()
+        .find(|t| t.0 == inst.id)
+        .unwrap();
 
     cluster.kill(1);
     // The instance keeps serving while rouse-node is down.
@@ -174,14 +276,25 @@ async fn node_restart_adopts_running_instances() {
     cluster.restart(1);
     let c = cluster.client(1).await;
     eventually("adopted", || async {
-        if cluster.nodes[&1].log_text().contains("adopted running instance") { Ok(()) } else { Err("not yet") }
+        if cluster.nodes[&1]
+            .log_text()
+            .contains("adopted running instance")
+        {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
     })
     .await;
     let after = ready(&c, "n", "keep", 1).await.remove(0);
     assert_eq!(after.id, inst.id);
     assert_eq!(after.port, inst.port);
     assert_eq!(after.restarts, 0);
-    let (_, pid_after, _) = cluster.tasks().into_iter().find(|t| t.0 == inst.id).unwrap();
+    let (_, pid_after, _) = cluster
+        .tasks()
+        .into_iter()
+        .find(|t| t.0 == inst.id)
+        .unwrap();
     assert_eq!(pid_after, pid, "the task was restarted instead of adopted");
     cluster.assert_no_panics();
 }
@@ -194,11 +307,21 @@ async fn image_import_works_offline_and_logs_come_from_any_node() {
     let name = "offline.invalid/rouse-test/hello:1";
     rouse_e2e::tar_test_image(&tar, name);
     let cluster = TestCluster::start_with_runtime(2, &[]).await;
-    let (code, out, err) = cluster.cli(1, &["image", "import", tar.to_str().unwrap(), "-o", "json"]);
+    let (code, out, err) =
+        cluster.cli(1, &["image", "import", tar.to_str().unwrap(), "-o", "json"]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["images"][0], name);
-    assert_eq!(v["nodes"].as_array().unwrap().iter().filter(|n| n["ok"] == true).count(), 2, "{v}");
+    assert_eq!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["ok"] == true)
+            .count(),
+        2,
+        "{v}"
+    );
 
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
@@ -216,15 +339,25 @@ async fn image_import_works_offline_and_logs_come_from_any_node() {
     let _ = http_get(remote.port, "/cgi-bin/env");
     let want = format!("rouse hello listening on {}", remote.port);
     eventually("logs relayed from node 2", || async {
-        let (code, out, err) = cluster.cli(1, &["container", "logs", "n/offline", "--instance", &remote.id]);
-        if code == 0 && out.contains(&want) { Ok(()) } else { Err(format!("{code} {out} {err}")) }
+        let (code, out, err) = cluster.cli(
+            1,
+            &["container", "logs", "n/offline", "--instance", &remote.id],
+        );
+        if code == 0 && out.contains(&want) {
+            Ok(())
+        } else {
+            Err(format!("{code} {out} {err}"))
+        }
     })
     .await;
     // Without --instance, every instance's lines, prefixed.
     let (code, out, _) = cluster.cli(2, &["container", "logs", "n/offline"]);
     assert_eq!(code, 0);
     for i in &inst {
-        assert!(out.contains(&format!("[{}] rouse hello listening on {}", i.id, i.port)), "{out}");
+        assert!(
+            out.contains(&format!("[{}] rouse hello listening on {}", i.id, i.port)),
+            "{out}"
+        );
     }
     cluster.assert_no_panics();
 }
@@ -242,22 +375,38 @@ async fn health_path_gates_readiness() {
     let i = eventually("task running", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("n", "h", true).await.map_err(|e| e.to_string())?;
+            let ct = c
+                .get_container("n", "h", true)
+                .await
+                .map_err(|e| e.to_string())?;
             let i = ct.instances.first().cloned().ok_or("none")?;
-            if i.state == "starting" { Ok(i) } else { Err(format!("{i:?}")) }
+            if i.state == "starting" {
+                Ok(i)
+            } else {
+                Err(format!("{i:?}"))
+            }
         }
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(http_get(i.port, "/").trim(), "hello from rouse");
     let ct = c.get_container("n", "h", true).await.unwrap();
-    assert_eq!(ct.instances[0].state, "starting", "a 404 health path must not make it ready");
+    assert_eq!(
+        ct.instances[0].state, "starting",
+        "a 404 health path must not make it ready"
+    );
     // A path that answers 2xx: the new generation becomes ready.
-    let (code, out, err) = cluster.cli(1, &["container", "deploy", "n/h", "--health-path", "/index.html"]);
+    let (code, out, err) = cluster.cli(
+        1,
+        &["container", "deploy", "n/h", "--health-path", "/index.html"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     ready(&c, "n", "h", 1).await;
     let e = c
-        .deploy_container(pb::DeployContainerRequest { health_path: Some("no-slash".into()), ..deploy("n", "h", &image, 1) })
+        .deploy_container(pb::DeployContainerRequest {
+            health_path: Some("no-slash".into()),
+            ..deploy("n", "h", &image, 1)
+        })
         .await
         .unwrap_err();
     assert!(e.to_string().starts_with("health_path:"), "{e}");
@@ -275,7 +424,10 @@ async fn secrets_reach_the_container_environment_only() {
             c.create_namespace_with(pb::CreateNamespaceRequest {
                 name: "n".into(),
                 env: HashMap::new(),
-                secrets: HashMap::from([("SHARED".into(), "from-namespace".into()), ("TOKEN".into(), "ns-level".into())]),
+                secrets: HashMap::from([
+                    ("SHARED".into(), "from-namespace".into()),
+                    ("TOKEN".into(), "ns-level".into()),
+                ]),
             })
             .await
         }
@@ -286,7 +438,10 @@ async fn secrets_reach_the_container_environment_only() {
     c.deploy_container(req).await.unwrap();
     let inst = ready(&c, "n", "app", 1).await.remove(0);
     let env = http_get(inst.port, "/cgi-bin/env");
-    assert!(env.lines().any(|l| l == format!("TOKEN={secret}")), "container secret wins:\n{env}");
+    assert!(
+        env.lines().any(|l| l == format!("TOKEN={secret}")),
+        "container secret wins:\n{env}"
+    );
     assert!(env.lines().any(|l| l == "SHARED=from-namespace"), "{env}");
     let (_, out, _) = cluster.cli(1, &["container", "get", "n/app", "-o", "json"]);
     assert!(!out.contains(secret) && out.contains("TOKEN"), "{out}");
@@ -300,7 +455,11 @@ async fn secrets_reach_the_container_environment_only() {
                 stack.push(path);
             } else {
                 let b = std::fs::read(&path).unwrap_or_default();
-                assert!(!b.windows(secret.len()).any(|w| w == secret.as_bytes()), "{} holds the secret", path.display());
+                assert!(
+                    !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the secret",
+                    path.display()
+                );
             }
         }
     }
@@ -312,29 +471,49 @@ async fn unused_images_are_garbage_collected_after_the_delay() {
     let cluster = TestCluster::start_with_runtime(1, &["--image-gc-after", "4s"]).await;
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
-    c.deploy_container(deploy("n", "gc", &image, 1)).await.unwrap();
+    c.deploy_container(deploy("n", "gc", &image, 1))
+        .await
+        .unwrap();
     ready(&c, "n", "gc", 1).await;
-    let pinned = c.get_container("n", "gc", true).await.unwrap().resolved_image;
+    let pinned = c
+        .get_container("n", "gc", true)
+        .await
+        .unwrap()
+        .resolved_image;
     assert!(cluster.ctr(&["images", "ls", "-q"]).contains(&pinned));
     // In use: kept past the delay.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    assert!(cluster.ctr(&["images", "ls", "-q"]).contains(&pinned), "an image in use was collected");
+    assert!(
+        cluster.ctr(&["images", "ls", "-q"]).contains(&pinned),
+        "an image in use was collected"
+    );
     c.delete_container("n", "gc").await.unwrap();
     let t = std::time::Instant::now();
     eventually("unused image deleted", || async {
         let imgs = cluster.ctr(&["images", "ls", "-q"]);
-        if imgs.contains(&pinned) { Err(imgs) } else { Ok(()) }
+        if imgs.contains(&pinned) {
+            Err(imgs)
+        } else {
+            Ok(())
+        }
     })
     .await;
-    println!("unused image deleted {:?} after its last container", t.elapsed());
+    println!(
+        "unused image deleted {:?} after its last container",
+        t.elapsed()
+    );
 }
 
 /// A registry that demands basic auth: without credentials the instance
 /// fails with a clear status; with `--registry-auth` it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_basic_auth() {
-    let auth_reg = std::env::var("ROUSE_TEST_AUTH_REGISTRY").expect("deploy/test-env.sh exports ROUSE_TEST_AUTH_REGISTRY");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/images/build-hello.sh");
+    let auth_reg = std::env::var("ROUSE_TEST_AUTH_REGISTRY")
+        .expect("deploy/test-env.sh exports ROUSE_TEST_AUTH_REGISTRY");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/images/build-hello.sh"
+    );
     let st = std::process::Command::new("bash")
         .arg(script)
         .args(["push", &auth_reg, "rouse-test/authed:1"])
@@ -345,35 +524,59 @@ async fn registry_basic_auth() {
     let image = format!("{auth_reg}/rouse-test/authed:1");
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("registries.toml");
-    std::fs::write(&creds, format!("[\"{auth_reg}\"]\nusername = \"rouse\"\npassword = \"rouse-pass\"\n")).unwrap();
+    std::fs::write(
+        &creds,
+        format!("[\"{auth_reg}\"]\nusername = \"rouse\"\npassword = \"rouse-pass\"\n"),
+    )
+    .unwrap();
 
     // Without credentials: a clear failure.
     let cluster = TestCluster::start_with_runtime(1, &["--insecure-registry", &auth_reg]).await;
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
-    c.deploy_container(deploy("n", "locked", &image, 1)).await.unwrap();
+    c.deploy_container(deploy("n", "locked", &image, 1))
+        .await
+        .unwrap();
     let i = eventually("failed without credentials", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("n", "locked", true).await.map_err(|e| e.to_string())?;
+            let ct = c
+                .get_container("n", "locked", true)
+                .await
+                .map_err(|e| e.to_string())?;
             let i = ct.instances.first().cloned().ok_or("none")?;
-            if i.state == "failed" { Ok(i) } else { Err(format!("{i:?}")) }
+            if i.state == "failed" {
+                Ok(i)
+            } else {
+                Err(format!("{i:?}"))
+            }
         }
     })
     .await;
     println!("without credentials: {}", i.message);
-    assert!(i.message.to_lowercase().contains("authoriz"), "{}", i.message);
+    assert!(
+        i.message.to_lowercase().contains("authoriz"),
+        "{}",
+        i.message
+    );
     drop(cluster);
 
     // With credentials: it runs.
     let cluster = TestCluster::start_with_runtime(
         1,
-        &["--insecure-registry", &auth_reg, "--registry-auth", creds.to_str().unwrap()],
+        &[
+            "--insecure-registry",
+            &auth_reg,
+            "--registry-auth",
+            creds.to_str().unwrap(),
+        ],
     )
     .await;
     let mut c = cluster.client(1).await;
     c.create_namespace("n", HashMap::new()).await.unwrap();
-    c.deploy_container(deploy("n", "open", &image, 1)).await.unwrap();
+    c.deploy_container(deploy("n", "open", &image, 1))
+        .await
+        .unwrap();
     let inst = ready(&c, "n", "open", 1).await.remove(0);
     assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
 }

@@ -13,7 +13,17 @@ use rouse_e2e::{eventually, push_test_image, TestCluster};
 
 fn get(mesh: &str, host: &str, header: Option<String>) -> u16 {
     let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30", "-H", &format!("Host: {host}")]);
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-m",
+        "30",
+        "-H",
+        &format!("Host: {host}"),
+    ]);
     if let Some(h) = header {
         cmd.args(["-H", &h]);
     }
@@ -29,7 +39,11 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     for ns in ["p", "other"] {
         c.create_namespace(ns, HashMap::new()).await.unwrap();
     }
-    for (ns, name, privacy) in [("p", "priv", pb::Privacy::Private), ("p", "priv2", pb::Privacy::Private), ("p", "pub", pb::Privacy::Public)] {
+    for (ns, name, privacy) in [
+        ("p", "priv", pb::Privacy::Private),
+        ("p", "priv2", pb::Privacy::Private),
+        ("p", "pub", pb::Privacy::Public),
+    ] {
         c.deploy_container(pb::DeployContainerRequest {
             namespace: ns.into(),
             name: name.into(),
@@ -60,7 +74,21 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     let t_short = token("p", None, 1).await;
     let t_rev = token("p", None, 3600).await;
     // The CLI prints the token on its last line, and {"id","token","expires_at"} with -o json.
-    let (code, out, err) = cluster.cli(2, &["token", "create", "--namespace", "p", "--container", "priv", "--expires-in", "1h", "-o", "json"]);
+    let (code, out, err) = cluster.cli(
+        2,
+        &[
+            "token",
+            "create",
+            "--namespace",
+            "p",
+            "--container",
+            "priv",
+            "--expires-in",
+            "1h",
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let cli_token = v["token"].as_str().unwrap().to_string();
@@ -92,18 +120,62 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
     tokio::time::sleep(Duration::from_millis(1500)).await; // t_short expires
     for mesh in &meshes {
-        assert_eq!(get(mesh, host, xauth(&t_ns.token)), 200, "namespace token in X-Auth-Token via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&t_ns.token)), 200, "namespace token as Bearer via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&t_ct.token)), 200, "container token via {mesh}");
-        assert_eq!(get(mesh, host, xauth(&cli_token)), 200, "CLI token via {mesh}");
+        assert_eq!(
+            get(mesh, host, xauth(&t_ns.token)),
+            200,
+            "namespace token in X-Auth-Token via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&t_ns.token)),
+            200,
+            "namespace token as Bearer via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&t_ct.token)),
+            200,
+            "container token via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, xauth(&cli_token)),
+            200,
+            "CLI token via {mesh}"
+        );
         assert_eq!(get(mesh, host, None), 401, "no token via {mesh}");
-        assert_eq!(get(mesh, host, bearer("not-a-jwt")), 401, "malformed via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&tampered)), 401, "tampered signature via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&alg_none)), 401, "alg none via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&t_short.token)), 401, "expired via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&t_other.token)), 403, "another namespace via {mesh}");
-        assert_eq!(get(mesh, host, bearer(&t_ct2.token)), 403, "another container via {mesh}");
-        assert_eq!(get(mesh, "pub.p.rouse.localhost", None), 200, "public needs no token via {mesh}");
+        assert_eq!(
+            get(mesh, host, bearer("not-a-jwt")),
+            401,
+            "malformed via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&tampered)),
+            401,
+            "tampered signature via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&alg_none)),
+            401,
+            "alg none via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&t_short.token)),
+            401,
+            "expired via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&t_other.token)),
+            403,
+            "another namespace via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, host, bearer(&t_ct2.token)),
+            403,
+            "another container via {mesh}"
+        );
+        assert_eq!(
+            get(mesh, "pub.p.rouse.localhost", None),
+            200,
+            "public needs no token via {mesh}"
+        );
     }
     // Revocation is honoured by every node within a second.
     for mesh in &meshes {
@@ -117,21 +189,34 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
             if get(mesh, host, bearer(&t_rev.token)) == 401 {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(1), "revocation not honoured by {mesh} within 1s");
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "revocation not honoured by {mesh} within 1s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    println!("revocation honoured by every node {:?} after the revoke returned", t.elapsed());
+    println!(
+        "revocation honoured by every node {:?} after the revoke returned",
+        t.elapsed()
+    );
     // Listing shows ids and scope, never tokens.
     let (code, out, _) = cluster.cli(1, &["token", "list", "--namespace", "p", "-o", "json"]);
     assert_eq!(code, 0);
-    assert!(!out.contains(&t_ns.token) && out.contains(&t_ns.id), "{out}");
+    assert!(
+        !out.contains(&t_ns.token) && out.contains(&t_ns.id),
+        "{out}"
+    );
     assert!(out.contains("\"revoked\": true"), "{out}");
     // Rotation: new tokens use the new key, old ones keep working.
     let (code, _, err) = cluster.cli(1, &["token", "rotate-key"]);
     assert_eq!(code, 0, "{err}");
     let fresh = token("p", None, 3600).await;
-    assert_ne!(fresh.token.split('.').next(), t_ns.token.split('.').next(), "new key id in the header");
+    assert_ne!(
+        fresh.token.split('.').next(),
+        t_ns.token.split('.').next(),
+        "new key id in the header"
+    );
     for mesh in &meshes {
         assert_eq!(get(mesh, host, bearer(&fresh.token)), 200);
         assert_eq!(get(mesh, host, bearer(&t_ns.token)), 200);

@@ -35,7 +35,10 @@ pub enum Verdict {
 /// Checks one key's history, starting from `initial`.
 pub fn check(initial: &str, ops: &[Op], budget: usize) -> Verdict {
     // Reads with unknown outcome carry no information.
-    let ops: Vec<&Op> = ops.iter().filter(|o| !(o.complete.is_none() && matches!(o.kind, Kind::Read(_)))).collect();
+    let ops: Vec<&Op> = ops
+        .iter()
+        .filter(|o| !(o.complete.is_none() && matches!(o.kind, Kind::Read(_))))
+        .collect();
     let n = ops.len();
     let words = n.div_ceil(64).max(1);
     let required: Vec<bool> = ops.iter().map(|o| o.complete.is_some()).collect();
@@ -88,23 +91,42 @@ mod tests {
     use super::*;
 
     fn w(invoke: u64, complete: Option<u64>, v: &str) -> Op {
-        Op { invoke, complete, kind: Kind::Write(v.into()) }
+        Op {
+            invoke,
+            complete,
+            kind: Kind::Write(v.into()),
+        }
     }
     fn r(invoke: u64, complete: u64, v: &str) -> Op {
-        Op { invoke, complete: Some(complete), kind: Kind::Read(v.into()) }
+        Op {
+            invoke,
+            complete: Some(complete),
+            kind: Kind::Read(v.into()),
+        }
     }
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let h = [w(0, Some(1), "a"), r(2, 3, "a"), w(4, Some(5), "b"), r(6, 7, "b")];
+        let h = [
+            w(0, Some(1), "a"),
+            r(2, 3, "a"),
+            w(4, Some(5), "b"),
+            r(6, 7, "b"),
+        ];
         assert_eq!(check("init", &h, 100_000), Verdict::Linearizable);
     }
 
     #[test]
     fn concurrent_overlap_may_order_either_way() {
         // The read overlaps the write: it may see the old or the new value.
-        assert_eq!(check("init", &[w(0, Some(10), "a"), r(1, 2, "init")], 1000), Verdict::Linearizable);
-        assert_eq!(check("init", &[w(0, Some(10), "a"), r(1, 2, "a")], 1000), Verdict::Linearizable);
+        assert_eq!(
+            check("init", &[w(0, Some(10), "a"), r(1, 2, "init")], 1000),
+            Verdict::Linearizable
+        );
+        assert_eq!(
+            check("init", &[w(0, Some(10), "a"), r(1, 2, "a")], 1000),
+            Verdict::Linearizable
+        );
     }
 
     #[test]
@@ -135,7 +157,10 @@ mod tests {
 
     #[test]
     fn a_value_never_written_is_not_linearizable() {
-        assert_eq!(check("init", &[r(0, 1, "ghost")], 1000), Verdict::NotLinearizable);
+        assert_eq!(
+            check("init", &[r(0, 1, "ghost")], 1000),
+            Verdict::NotLinearizable
+        );
     }
 
     #[test]

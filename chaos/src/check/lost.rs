@@ -20,12 +20,25 @@ mod tests {
     use super::*;
 
     fn create(v: &str, outcome: Outcome) -> Event {
-        Event { client: 0, node: 1, key: "set".into(), op: "create", value: v.into(), invoke_ms: 0, complete_ms: 1, outcome }
+        Event {
+            client: 0,
+            node: 1,
+            key: "set".into(),
+            op: "create",
+            value: v.into(),
+            invoke_ms: 0,
+            complete_ms: 1,
+            outcome,
+        }
     }
 
     #[test]
     fn only_acknowledged_creates_must_survive() {
-        let h = vec![create("a", Outcome::Ok), create("b", Outcome::Unknown), create("c", Outcome::Ok)];
+        let h = vec![
+            create("a", Outcome::Ok),
+            create("b", Outcome::Unknown),
+            create("c", Outcome::Ok),
+        ];
         let present: BTreeSet<String> = ["a".to_string()].into();
         assert_eq!(missing(&h, &present), vec!["c".to_string()]);
     }

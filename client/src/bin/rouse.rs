@@ -14,7 +14,12 @@ use serde::Serialize;
 #[command(name = "rouse", version, about = "Operate a rouse cluster")]
 struct Cli {
     /// Any node's API address.
-    #[arg(long, global = true, env = "ROUSE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
     endpoint: String,
     /// API token.
     #[arg(long, global = true, env = "ROUSE_TOKEN", hide_env_values = true)]
@@ -69,7 +74,9 @@ enum ApiKeyCmd {
         namespace: String,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,7 +97,9 @@ enum TokenCmd {
         #[arg(long)]
         namespace: String,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
     /// New signing key for new tokens; existing tokens stay valid.
     RotateKey,
 }
@@ -104,8 +113,13 @@ enum SecretCmd {
         values: Vec<String>,
     },
     /// Names, versions and fingerprints (never values).
-    List { scope: String },
-    Delete { scope: String, key: String },
+    List {
+        scope: String,
+    },
+    Delete {
+        scope: String,
+        key: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -118,13 +132,22 @@ struct SecretOut {
 fn scope_arg(s: &str) -> Result<(String, Option<String>), Fail> {
     match s.split_once('/') {
         None if !s.is_empty() => Ok((s.to_string(), None)),
-        Some((ns, c)) if !ns.is_empty() && !c.is_empty() && !c.contains('/') => Ok((ns.to_string(), Some(c.to_string()))),
-        _ => Err(Fail(format!("scope: {s:?} is not NAMESPACE or NAMESPACE/NAME"))),
+        Some((ns, c)) if !ns.is_empty() && !c.is_empty() && !c.contains('/') => {
+            Ok((ns.to_string(), Some(c.to_string())))
+        }
+        _ => Err(Fail(format!(
+            "scope: {s:?} is not NAMESPACE or NAMESPACE/NAME"
+        ))),
     }
 }
 
 fn secret_rows(v: &[SecretOut]) -> String {
-    table(&["KEY", "VERSION", "FINGERPRINT"], v.iter().map(|s| vec![s.key.clone(), s.version.to_string(), s.fingerprint.clone()]).collect())
+    table(
+        &["KEY", "VERSION", "FINGERPRINT"],
+        v.iter()
+            .map(|s| vec![s.key.clone(), s.version.to_string(), s.fingerprint.clone()])
+            .collect(),
+    )
 }
 
 #[derive(Subcommand)]
@@ -177,7 +200,16 @@ impl From<pb::Node> for NodeOut {
 
 fn node_rows(ns: &[NodeOut]) -> String {
     table(
-        &["ID", "ADDRESS", "ZONE", "REGION", "STATE", "CPU", "MEMORY", "INSTANCES"],
+        &[
+            "ID",
+            "ADDRESS",
+            "ZONE",
+            "REGION",
+            "STATE",
+            "CPU",
+            "MEMORY",
+            "INSTANCES",
+        ],
         ns.iter()
             .map(|n| {
                 vec![
@@ -363,7 +395,9 @@ impl From<rouse_client::Error> for Fail {
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>, Fail> {
     let mut m = HashMap::new();
     for it in items {
-        let (k, v) = it.split_once('=').ok_or_else(|| Fail(format!("{field}: {it:?} is not K=V")))?;
+        let (k, v) = it
+            .split_once('=')
+            .ok_or_else(|| Fail(format!("{field}: {it:?} is not K=V")))?;
         m.insert(k.to_string(), v.to_string());
     }
     Ok(m)
@@ -382,10 +416,16 @@ fn seconds(field: &str, s: &str) -> Result<u32, Fail> {
     let d = if let Ok(n) = s.parse::<u64>() {
         std::time::Duration::from_secs(n)
     } else {
-        humantime::parse_duration(s).map_err(|e| Fail(format!("{field}: {s:?} is not a duration such as 30s or 5m ({e})")))?
+        humantime::parse_duration(s).map_err(|e| {
+            Fail(format!(
+                "{field}: {s:?} is not a duration such as 30s or 5m ({e})"
+            ))
+        })?
     };
     if d.subsec_nanos() != 0 {
-        return Err(Fail(format!("{field}: {s:?} must be a whole number of seconds")));
+        return Err(Fail(format!(
+            "{field}: {s:?} must be a whole number of seconds"
+        )));
     }
     u32::try_from(d.as_secs()).map_err(|_| Fail(format!("{field}: {s:?} is too long")))
 }
@@ -595,7 +635,9 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 
 fn emit<T: Serialize>(fmt: Format, value: &T, human: impl FnOnce() -> String) -> Result<(), Fail> {
     let s = match fmt {
-        Format::Json => serde_json::to_string_pretty(value).map_err(|e| Fail(format!("output: {e}")))?,
+        Format::Json => {
+            serde_json::to_string_pretty(value).map_err(|e| Fail(format!("output: {e}")))?
+        }
         Format::Yaml => serde_yaml::to_string(value).map_err(|e| Fail(format!("output: {e}")))?,
         Format::Table => human(),
     };
@@ -604,12 +646,28 @@ fn emit<T: Serialize>(fmt: Format, value: &T, human: impl FnOnce() -> String) ->
 }
 
 fn env_text(env: &std::collections::BTreeMap<String, String>) -> String {
-    env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    env.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn container_rows(cs: &[ContainerOut]) -> String {
     table(
-        &["NAMESPACE", "NAME", "IMAGE", "PORT", "CPU", "MEMORY", "SCALE", "CONCURRENCY", "TIMEOUT", "PRIVACY", "PROTOCOL", "REVISION"],
+        &[
+            "NAMESPACE",
+            "NAME",
+            "IMAGE",
+            "PORT",
+            "CPU",
+            "MEMORY",
+            "SCALE",
+            "CONCURRENCY",
+            "TIMEOUT",
+            "PRIVACY",
+            "PROTOCOL",
+            "REVISION",
+        ],
         cs.iter()
             .map(|c| {
                 vec![
@@ -634,7 +692,9 @@ fn container_rows(cs: &[ContainerOut]) -> String {
 fn namespace_rows(ns: &[NamespaceOut]) -> String {
     table(
         &["NAME", "ENV", "REVISION"],
-        ns.iter().map(|n| vec![n.name.clone(), env_text(&n.env), n.revision.to_string()]).collect(),
+        ns.iter()
+            .map(|n| vec![n.name.clone(), env_text(&n.env), n.revision.to_string()])
+            .collect(),
     )
 }
 
@@ -650,7 +710,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 members: s
                     .members
                     .into_iter()
-                    .map(|m| MemberOut { id: m.id, address: m.address, role: m.role, zone: m.zone, region: m.region, healthy: m.healthy })
+                    .map(|m| MemberOut {
+                        id: m.id,
+                        address: m.address,
+                        role: m.role,
+                        zone: m.zone,
+                        region: m.region,
+                        healthy: m.healthy,
+                    })
                     .collect(),
             };
             emit(fmt, &out, || {
@@ -661,7 +728,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                         vec![
                             m.id.to_string(),
                             m.address.clone(),
-                            if m.id == out.leader_id { format!("{} (leader)", m.role) } else { m.role.clone() },
+                            if m.id == out.leader_id {
+                                format!("{} (leader)", m.role)
+                            } else {
+                                m.role.clone()
+                            },
                             m.zone.clone(),
                             m.region.clone(),
                             if m.healthy { "yes".into() } else { "NO".into() },
@@ -672,13 +743,18 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     "leader: {}  term: {}\n{}",
                     out.leader_id,
                     out.term,
-                    table(&["ID", "ADDRESS", "ROLE", "ZONE", "REGION", "HEALTHY"], rows)
+                    table(
+                        &["ID", "ADDRESS", "ROLE", "ZONE", "REGION", "HEALTHY"],
+                        rows
+                    )
                 )
             })
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
             c.remove_node(id).await?;
-            emit(fmt, &serde_json::json!({ "removed": id }), || format!("node {id} removed"))
+            emit(fmt, &serde_json::json!({ "removed": id }), || {
+                format!("node {id} removed")
+            })
         }
         Cmd::Cluster(ClusterCmd::NodeInfo) => {
             let i = c.node_info().await?;
@@ -708,7 +784,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             ApiKeyCmd::Create { namespace } => {
                 let k = c.create_api_key(&namespace).await?;
                 let out = serde_json::json!({ "id": k.id, "key": k.key, "namespace": namespace });
-                emit(fmt, &out, || format!("id: {}\nnamespace: {namespace}\n{}", k.id, k.key))
+                emit(fmt, &out, || {
+                    format!("id: {}\nnamespace: {namespace}\n{}", k.id, k.key)
+                })
             }
             ApiKeyCmd::List => {
                 let v: Vec<serde_json::Value> = c
@@ -721,29 +799,51 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     table(
                         &["ID", "NAMESPACE", "REVOKED"],
                         v.iter()
-                            .map(|k| ["id", "namespace", "revoked"].iter().map(|f| k[*f].to_string().trim_matches('"').to_string()).collect())
+                            .map(|k| {
+                                ["id", "namespace", "revoked"]
+                                    .iter()
+                                    .map(|f| k[*f].to_string().trim_matches('"').to_string())
+                                    .collect()
+                            })
                             .collect(),
                     )
                 })
             }
             ApiKeyCmd::Revoke { id } => {
                 c.revoke_api_key(&id).await?;
-                emit(fmt, &serde_json::json!({ "revoked": id }), || format!("api key {id} revoked"))
+                emit(fmt, &serde_json::json!({ "revoked": id }), || {
+                    format!("api key {id} revoked")
+                })
             }
         },
         Cmd::Token(cmd) => match cmd {
-            TokenCmd::Create { namespace, container, expires_in } => {
+            TokenCmd::Create {
+                namespace,
+                container,
+                expires_in,
+            } => {
                 let secs = match expires_in.as_deref() {
                     None => 0,
                     Some(d) => humantime::parse_duration(d)
-                        .map_err(|e| Fail(format!("expires_in: {d:?} is not a duration such as 24h ({e})")))?
+                        .map_err(|e| {
+                            Fail(format!(
+                                "expires_in: {d:?} is not a duration such as 24h ({e})"
+                            ))
+                        })?
                         .as_secs()
                         .max(1),
                 };
-                let t = c.create_token(&namespace, container.as_deref(), secs).await?;
+                let t = c
+                    .create_token(&namespace, container.as_deref(), secs)
+                    .await?;
                 let out = serde_json::json!({ "id": t.id, "token": t.token, "expires_at": t.expires_at_ms / 1000 });
                 emit(fmt, &out, || {
-                    format!("id: {}\nexpires at: {} (unix seconds)\n{}", t.id, t.expires_at_ms / 1000, t.token)
+                    format!(
+                        "id: {}\nexpires at: {} (unix seconds)\n{}",
+                        t.id,
+                        t.expires_at_ms / 1000,
+                        t.token
+                    )
                 })
             }
             TokenCmd::List { namespace } => {
@@ -769,11 +869,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             TokenCmd::Revoke { id } => {
                 c.revoke_token(&id).await?;
-                emit(fmt, &serde_json::json!({ "revoked": id }), || format!("token {id} revoked"))
+                emit(fmt, &serde_json::json!({ "revoked": id }), || {
+                    format!("token {id} revoked")
+                })
             }
             TokenCmd::RotateKey => {
                 let kid = c.rotate_signing_key().await?;
-                emit(fmt, &serde_json::json!({ "kid": kid }), || format!("new signing key {kid}"))
+                emit(fmt, &serde_json::json!({ "kid": kid }), || {
+                    format!("new signing key {kid}")
+                })
             }
         },
         Cmd::Secret(cmd) => {
@@ -792,13 +896,24 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     c.list_secrets(&ns, ct.as_deref()).await?
                 }
             };
-            let out: Vec<SecretOut> =
-                infos.into_iter().map(|i| SecretOut { key: i.key, version: i.version, fingerprint: i.value_sha256 }).collect();
+            let out: Vec<SecretOut> = infos
+                .into_iter()
+                .map(|i| SecretOut {
+                    key: i.key,
+                    version: i.version,
+                    fingerprint: i.value_sha256,
+                })
+                .collect();
             emit(fmt, &out, || secret_rows(&out))
         }
         Cmd::Node(cmd) => {
             let out: Vec<NodeOut> = match cmd {
-                NodeCmd::List { read } => c.list_nodes(read.stale).await?.into_iter().map(Into::into).collect(),
+                NodeCmd::List { read } => c
+                    .list_nodes(read.stale)
+                    .await?
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
                 NodeCmd::Cordon { id } => vec![c.cordon(id).await?.into()],
                 NodeCmd::Uncordon { id } => vec![c.uncordon(id).await?.into()],
                 NodeCmd::Drain { id } => vec![c.drain(id).await?.into()],
@@ -807,20 +922,35 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Image(ImageCmd::Import { file, name }) => {
             let r = c.import_image(&file, name.as_deref()).await?;
-            let failed: Vec<String> =
-                r.nodes.iter().filter(|n| !n.ok).map(|n| format!("node {}: {}", n.node, n.error)).collect();
+            let failed: Vec<String> = r
+                .nodes
+                .iter()
+                .filter(|n| !n.ok)
+                .map(|n| format!("node {}: {}", n.node, n.error))
+                .collect();
             let out = serde_json::json!({
                 "images": r.images,
                 "nodes": r.nodes.iter().map(|n| serde_json::json!({"node": n.node, "ok": n.ok, "error": n.error})).collect::<Vec<_>>(),
             });
             emit(fmt, &out, || {
-                let mut t = format!("imported {} on {} node(s)", r.images.join(", "), r.nodes.iter().filter(|n| n.ok).count());
+                let mut t = format!(
+                    "imported {} on {} node(s)",
+                    r.images.join(", "),
+                    r.nodes.iter().filter(|n| n.ok).count()
+                );
                 for f in &failed {
                     t.push_str(&format!("\nnot imported on {f}"));
                 }
                 t
             })?;
-            if failed.is_empty() { Ok(()) } else { Err(Fail(format!("data: import failed on {}", failed.join("; ")))) }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Fail(format!(
+                    "data: import failed on {}",
+                    failed.join("; ")
+                )))
+            }
         }
     }
 }
@@ -841,10 +971,19 @@ async fn namespace(c: &mut Client, fmt: Format, cmd: NamespaceCmd) -> Result<(),
     };
     match cmd {
         NamespaceCmd::Create { name, env, secret } => {
-            let req = pb::CreateNamespaceRequest { name, env: pairs("env", &env)?, secrets: pairs("secret", &secret)? };
+            let req = pb::CreateNamespaceRequest {
+                name,
+                env: pairs("env", &env)?,
+                secrets: pairs("secret", &secret)?,
+            };
             show(c.create_namespace_with(req).await?)
         }
-        NamespaceCmd::Update { name, env, replace_env, secret } => {
+        NamespaceCmd::Update {
+            name,
+            env,
+            replace_env,
+            secret,
+        } => {
             let req = pb::UpdateNamespaceRequest {
                 name,
                 env: pairs("env", &env)?,
@@ -856,10 +995,17 @@ async fn namespace(c: &mut Client, fmt: Format, cmd: NamespaceCmd) -> Result<(),
         NamespaceCmd::Get { name, read } => show(c.get_namespace(&name, read.stale).await?),
         NamespaceCmd::Delete { name } => {
             c.delete_namespace(&name).await?;
-            emit(fmt, &serde_json::json!({ "deleted": name }), || format!("namespace {name} deleted"))
+            emit(fmt, &serde_json::json!({ "deleted": name }), || {
+                format!("namespace {name} deleted")
+            })
         }
         NamespaceCmd::List { read } => {
-            let out: Vec<NamespaceOut> = c.list_namespaces(read.stale).await?.into_iter().map(Into::into).collect();
+            let out: Vec<NamespaceOut> = c
+                .list_namespaces(read.stale)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect();
             emit(fmt, &out, || namespace_rows(&out))
         }
     }
@@ -869,7 +1015,11 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
     let show = |ct: pb::Container| {
         let out = ContainerOut::from(ct);
         emit(fmt, &out, || {
-            let mut text = format!("{}\nenv: {}", container_rows(std::slice::from_ref(&out)), env_text(&out.env));
+            let mut text = format!(
+                "{}\nenv: {}",
+                container_rows(std::slice::from_ref(&out)),
+                env_text(&out.env)
+            );
             if !out.resolved_image.is_empty() {
                 text.push_str(&format!("\nimage: {}", out.resolved_image));
             }
@@ -905,7 +1055,11 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                 min_scale: d.min_scale,
                 max_scale: d.max_scale,
                 max_concurrency: d.max_concurrency,
-                timeout_seconds: d.timeout.as_deref().map(|t| seconds("timeout", t)).transpose()?,
+                timeout_seconds: d
+                    .timeout
+                    .as_deref()
+                    .map(|t| seconds("timeout", t))
+                    .transpose()?,
                 privacy: match d.privacy {
                     None => pb::Privacy::Unspecified,
                     Some(PrivacyArg::Public) => pb::Privacy::Public,
@@ -935,9 +1089,16 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
         ContainerCmd::Delete { target: t } => {
             let (ns, name) = target(&t)?;
             c.delete_container(&ns, &name).await?;
-            emit(fmt, &serde_json::json!({ "deleted": t }), || format!("container {t} deleted"))
+            emit(fmt, &serde_json::json!({ "deleted": t }), || {
+                format!("container {t} deleted")
+            })
         }
-        ContainerCmd::Logs { target: t, instance, follow, tail } => {
+        ContainerCmd::Logs {
+            target: t,
+            instance,
+            follow,
+            tail,
+        } => {
             use std::io::Write;
             let (ns, name) = target(&t)?;
             let prefix = instance.is_none();
@@ -985,12 +1146,19 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("rouse: {first}");
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rouse: starting the runtime: {e}");

@@ -54,7 +54,10 @@ fn env_map(m: std::collections::HashMap<String, String>) -> BTreeMap<String, Str
 }
 
 fn inv(field: &str, rule: impl Into<String>) -> ApiError {
-    ApiError::Invalid(Invalid { field: field.into(), rule: rule.into() })
+    ApiError::Invalid(Invalid {
+        field: field.into(),
+        rule: rule.into(),
+    })
 }
 
 // ---------------------------------------------------------------- secrets
@@ -64,34 +67,61 @@ const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 impl Api {
     /// Validates and seals `values` for `scope`; never logs them.
-    fn seal(&self, field: &str, scope: &str, values: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, crate::state::SealedSecret>, ApiError> {
-        let names: BTreeMap<String, String> = values.keys().map(|k| (k.clone(), String::new())).collect();
+    fn seal(
+        &self,
+        field: &str,
+        scope: &str,
+        values: std::collections::HashMap<String, String>,
+    ) -> Result<BTreeMap<String, crate::state::SealedSecret>, ApiError> {
+        let names: BTreeMap<String, String> =
+            values.keys().map(|k| (k.clone(), String::new())).collect();
         validate::env(field, &names, RESERVED_ENV)?;
         let dk = self.cluster.data_key()?;
         let mut out = BTreeMap::new();
         for (k, v) in values {
             if v.len() > MAX_SECRET_BYTES {
-                return Err(inv(&format!("{field}.{k}"), format!("value is {} bytes; at most {MAX_SECRET_BYTES}", v.len())));
+                return Err(inv(
+                    &format!("{field}.{k}"),
+                    format!("value is {} bytes; at most {MAX_SECRET_BYTES}", v.len()),
+                ));
             }
             let sealed = dk
                 .seal(v.as_bytes(), &crate::secrets::aad(scope, &k))
                 .map_err(|e| ApiError::Cluster(ClusterError::Raft(e.to_string())))?;
-            out.insert(k, crate::state::SealedSecret { sealed, fingerprint: dk.fingerprint(&v) });
+            out.insert(
+                k,
+                crate::state::SealedSecret {
+                    sealed,
+                    fingerprint: dk.fingerprint(&v),
+                },
+            );
         }
         Ok(out)
     }
 
-    async fn set_secrets(&self, field: &str, scope: &str, values: std::collections::HashMap<String, String>) -> Result<(), ApiError> {
+    async fn set_secrets(
+        &self,
+        field: &str,
+        scope: &str,
+        values: std::collections::HashMap<String, String>,
+    ) -> Result<(), ApiError> {
         if values.is_empty() {
             return Ok(());
         }
         let entries = self.seal(field, scope, values)?;
-        self.cluster.write(Command::SetSecrets { scope: scope.to_string(), entries }).await?;
+        self.cluster
+            .write(Command::SetSecrets {
+                scope: scope.to_string(),
+                entries,
+            })
+            .await?;
         Ok(())
     }
 
     fn scope_of(s: &Option<pb::SecretScope>) -> Result<String, ApiError> {
-        let s = s.as_ref().ok_or_else(|| inv("scope", "is required (a namespace, optionally a container)"))?;
+        let s = s
+            .as_ref()
+            .ok_or_else(|| inv("scope", "is required (a namespace, optionally a container)"))?;
         validate::dns_label("scope.namespace", &s.namespace)?;
         if s.container.is_empty() {
             Ok(s.namespace.clone())
@@ -108,7 +138,11 @@ impl Api {
             .get(scope)
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| pb::SecretInfo { key: k.clone(), version: v.version, value_sha256: v.fingerprint.clone() })
+                    .map(|(k, v)| pb::SecretInfo {
+                        key: k.clone(),
+                        version: v.version,
+                        value_sha256: v.fingerprint.clone(),
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -124,25 +158,35 @@ impl Api {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let sm = self.cluster.sm.read();
-        crate::auth::authenticate(&sm.data, bearer).map_err(|e| Status::unauthenticated(e.to_string()))
+        crate::auth::authenticate(&sm.data, bearer)
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     pub(crate) fn require_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         match self.principal(req)? {
             crate::auth::Principal::Admin => Ok(()),
-            _ => Err(Status::permission_denied(crate::auth::AuthError::AdminOnly.to_string())),
+            _ => Err(Status::permission_denied(
+                crate::auth::AuthError::AdminOnly.to_string(),
+            )),
         }
     }
 
-    pub(crate) fn require_ns<T>(&self, req: &Request<T>, ns: &str) -> Result<crate::auth::Principal, Status> {
+    pub(crate) fn require_ns<T>(
+        &self,
+        req: &Request<T>,
+        ns: &str,
+    ) -> Result<crate::auth::Principal, Status> {
         let p = self.principal(req)?;
         match &p {
-            crate::auth::Principal::Namespace(n) if n != ns => {
-                Err(Status::permission_denied(crate::auth::AuthError::Scope(n.clone()).to_string()))
-            }
+            crate::auth::Principal::Namespace(n) if n != ns => Err(Status::permission_denied(
+                crate::auth::AuthError::Scope(n.clone()).to_string(),
+            )),
             _ => Ok(p),
         }
     }
@@ -152,14 +196,30 @@ impl Api {
 
 #[tonic::async_trait]
 impl ClusterService for Api {
-    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> ApiResult<pb::ClusterStatus> {
+    async fn status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> ApiResult<pb::ClusterStatus> {
         self.require_admin(&_req)?;
         let m = self.cluster.raft.metrics().borrow().clone();
-        let members = self.cluster.members().await.into_iter().map(pb::Member::from).collect();
-        Ok(Response::new(pb::ClusterStatus { leader_id: m.current_leader.unwrap_or(0), term: m.current_term, members }))
+        let members = self
+            .cluster
+            .members()
+            .await
+            .into_iter()
+            .map(pb::Member::from)
+            .collect();
+        Ok(Response::new(pb::ClusterStatus {
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            members,
+        }))
     }
 
-    async fn remove_node(&self, req: Request<pb::RemoveNodeRequest>) -> ApiResult<pb::RemoveNodeResponse> {
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> ApiResult<pb::RemoveNodeResponse> {
         self.require_admin(&req)?;
         let id = req.into_inner().id;
         if id == 0 {
@@ -169,7 +229,10 @@ impl ClusterService for Api {
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
-    async fn node_info(&self, _req: Request<pb::NodeInfoRequest>) -> ApiResult<pb::NodeInfoResponse> {
+    async fn node_info(
+        &self,
+        _req: Request<pb::NodeInfoRequest>,
+    ) -> ApiResult<pb::NodeInfoResponse> {
         self.require_admin(&_req)?;
         let m = self.cluster.raft.metrics().borrow().clone();
         let state = match m.state {
@@ -198,16 +261,34 @@ impl ClusterService for Api {
 // ------------------------------------------------------------------ nodes
 
 impl Api {
-    async fn set_node(&self, id: u64, cordoned: Option<bool>, draining: Option<bool>) -> Result<pb::Node, ApiError> {
+    async fn set_node(
+        &self,
+        id: u64,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+    ) -> Result<pb::Node, ApiError> {
         if !self.cluster.sm.read().data.nodes.contains_key(&id) {
             return Err(ApiError::NotFound(format!("node {id} is not registered")));
         }
-        match self.cluster.write(Command::SetNodeState { id, down: None, cordoned, draining }).await {
+        match self
+            .cluster
+            .write(Command::SetNodeState {
+                id,
+                down: None,
+                cordoned,
+                draining,
+            })
+            .await
+        {
             Ok(_) | Err(ClusterError::Rejected(Rejection::FailedPrecondition(_))) => {}
             Err(e) => return Err(e.into()),
         }
         let sm = self.cluster.sm.read();
-        let n = sm.data.nodes.get(&id).ok_or_else(|| ApiError::NotFound(format!("node {id} is not registered")))?;
+        let n = sm
+            .data
+            .nodes
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("node {id} is not registered")))?;
         Ok(convert::node_view(n, &sm.data))
     }
 }
@@ -216,29 +297,48 @@ impl Api {
 impl rouse_proto::v1::node_service_server::NodeService for Api {
     async fn list(&self, req: Request<pb::ListNodesRequest>) -> ApiResult<pb::ListNodesResponse> {
         self.require_admin(&req)?;
-        self.cluster.read_barrier(stale(&req.into_inner().read)).await.map_err(ApiError::from)?;
+        self.cluster
+            .read_barrier(stale(&req.into_inner().read))
+            .await
+            .map_err(ApiError::from)?;
         let sm = self.cluster.sm.read();
-        let nodes = sm.data.nodes.values().map(|n| convert::node_view(n, &sm.data)).collect();
+        let nodes = sm
+            .data
+            .nodes
+            .values()
+            .map(|n| convert::node_view(n, &sm.data))
+            .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
     async fn cordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
         self.require_admin(&req)?;
-        Ok(Response::new(self.set_node(req.into_inner().id, Some(true), None).await?))
+        Ok(Response::new(
+            self.set_node(req.into_inner().id, Some(true), None).await?,
+        ))
     }
     async fn uncordon(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
         self.require_admin(&req)?;
-        Ok(Response::new(self.set_node(req.into_inner().id, Some(false), Some(false)).await?))
+        Ok(Response::new(
+            self.set_node(req.into_inner().id, Some(false), Some(false))
+                .await?,
+        ))
     }
     async fn drain(&self, req: Request<pb::NodeRequest>) -> ApiResult<pb::Node> {
         self.require_admin(&req)?;
-        Ok(Response::new(self.set_node(req.into_inner().id, Some(true), Some(true)).await?))
+        Ok(Response::new(
+            self.set_node(req.into_inner().id, Some(true), Some(true))
+                .await?,
+        ))
     }
 }
 
 // ------------------------------------------------------------- namespaces
 
 impl Api {
-    async fn update_namespace(&self, r: pb::UpdateNamespaceRequest) -> Result<pb::Namespace, ApiError> {
+    async fn update_namespace(
+        &self,
+        r: pb::UpdateNamespaceRequest,
+    ) -> Result<pb::Namespace, ApiError> {
         validate::dns_label("name", &r.name)?;
         if !r.secrets.is_empty() {
             self.seal("secrets", &r.name, r.secrets.clone())?;
@@ -248,7 +348,8 @@ impl Api {
         for attempt in 0.. {
             self.cluster.read_barrier(false).await?;
             let current = self.cluster.sm.read().data.namespaces.get(&r.name).cloned();
-            let current = current.ok_or_else(|| ApiError::NotFound(format!("namespace {:?} not found", r.name)))?;
+            let current = current
+                .ok_or_else(|| ApiError::NotFound(format!("namespace {:?} not found", r.name)))?;
             let env = if r.replace_env {
                 patch.clone()
             } else {
@@ -257,9 +358,17 @@ impl Api {
                 e
             };
             validate::env("env", &env, &[])?;
-            let cmd = Command::UpdateNamespace { name: r.name.clone(), env, expected_revision: Some(current.revision) };
+            let cmd = Command::UpdateNamespace {
+                name: r.name.clone(),
+                env,
+                expected_revision: Some(current.revision),
+            };
             match self.cluster.write(cmd).await {
-                Err(ClusterError::Rejected(Rejection::Conflict(_))) if attempt < CONFLICT_RETRIES => continue,
+                Err(ClusterError::Rejected(Rejection::Conflict(_)))
+                    if attempt < CONFLICT_RETRIES =>
+                {
+                    continue
+                }
                 res => {
                     res?;
                     break;
@@ -275,7 +384,10 @@ impl Api {
         sm.data
             .namespaces
             .get(name)
-            .map(|n| pb::Namespace { secret_names: sm.data.secret_names(name), ..pb::Namespace::from(n) })
+            .map(|n| pb::Namespace {
+                secret_names: sm.data.secret_names(name),
+                ..pb::Namespace::from(n)
+            })
             .ok_or_else(|| ApiError::NotFound(format!("namespace {name:?} not found")))
     }
 }
@@ -293,7 +405,12 @@ impl NamespaceService for Api {
                 // Check the secrets before anything is written.
                 self.seal("secrets", &r.name, r.secrets.clone())?;
             }
-            self.cluster.write(Command::CreateNamespace { name: r.name.clone(), env }).await?;
+            self.cluster
+                .write(Command::CreateNamespace {
+                    name: r.name.clone(),
+                    env,
+                })
+                .await?;
             self.set_secrets("secrets", &r.name, r.secrets).await?;
             self.get_namespace_local(&r.name)
         };
@@ -302,37 +419,57 @@ impl NamespaceService for Api {
 
     async fn update(&self, req: Request<pb::UpdateNamespaceRequest>) -> ApiResult<pb::Namespace> {
         self.require_ns(&req, &req.get_ref().name)?;
-        Ok(Response::new(self.update_namespace(req.into_inner()).await?))
+        Ok(Response::new(
+            self.update_namespace(req.into_inner()).await?,
+        ))
     }
 
     async fn get(&self, req: Request<pb::GetNamespaceRequest>) -> ApiResult<pb::Namespace> {
         self.require_ns(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         validate::dns_label("name", &r.name).map_err(ApiError::from)?;
-        self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
+        self.cluster
+            .read_barrier(stale(&r.read))
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(self.get_namespace_local(&r.name)?))
     }
 
-    async fn list(&self, req: Request<pb::ListNamespacesRequest>) -> ApiResult<pb::ListNamespacesResponse> {
+    async fn list(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> ApiResult<pb::ListNamespacesResponse> {
         let who = self.principal(&req)?;
         let r = req.into_inner();
-        self.cluster.read_barrier(stale(&r.read)).await.map_err(ApiError::from)?;
+        self.cluster
+            .read_barrier(stale(&r.read))
+            .await
+            .map_err(ApiError::from)?;
         let sm = self.cluster.sm.read();
         let namespaces = sm
             .data
             .namespaces
             .values()
             .filter(|n| who.may(&n.name))
-            .map(|n| pb::Namespace { secret_names: sm.data.secret_names(&n.name), ..pb::Namespace::from(n) })
+            .map(|n| pb::Namespace {
+                secret_names: sm.data.secret_names(&n.name),
+                ..pb::Namespace::from(n)
+            })
             .collect();
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteNamespaceRequest>) -> ApiResult<pb::DeleteNamespaceResponse> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteNamespaceRequest>,
+    ) -> ApiResult<pb::DeleteNamespaceResponse> {
         self.require_admin(&req)?;
         let r = req.into_inner();
         validate::dns_label("name", &r.name).map_err(ApiError::from)?;
-        self.cluster.write(Command::DeleteNamespace { name: r.name }).await.map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::DeleteNamespace { name: r.name })
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
 }
@@ -356,17 +493,26 @@ impl Api {
             self.cluster.read_barrier(false).await?;
             let (ns_exists, current) = {
                 let sm = self.cluster.sm.read();
-                (sm.data.namespaces.contains_key(&r.namespace), sm.data.container(&r.namespace, &r.name).cloned())
+                (
+                    sm.data.namespaces.contains_key(&r.namespace),
+                    sm.data.container(&r.namespace, &r.name).cloned(),
+                )
             };
             if !ns_exists {
-                return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+                return Err(ApiError::NotFound(format!(
+                    "namespace {:?} not found",
+                    r.namespace
+                )));
             }
             let expected = current.as_ref().map_or(0, |c| c.revision);
             let mut spec = match current {
                 Some(c) => c.spec,
                 None => {
                     let image = r.image.clone().ok_or_else(|| {
-                        inv("image", "is required to create a container (an OCI image reference)")
+                        inv(
+                            "image",
+                            "is required to create a container (an OCI image reference)",
+                        )
                     })?;
                     ContainerSpec::with_image(image)
                 }
@@ -413,14 +559,19 @@ impl Api {
                 expected_revision: Some(expected),
             };
             match self.cluster.write(cmd).await {
-                Err(ClusterError::Rejected(Rejection::Conflict(_))) if attempt < CONFLICT_RETRIES => continue,
+                Err(ClusterError::Rejected(Rejection::Conflict(_)))
+                    if attempt < CONFLICT_RETRIES =>
+                {
+                    continue
+                }
                 res => {
                     res?;
                     break;
                 }
             }
         }
-        self.set_secrets("secrets", &scope, r.secrets.clone()).await?;
+        self.set_secrets("secrets", &scope, r.secrets.clone())
+            .await?;
         self.get_container_local(&r.namespace, &r.name)
     }
 
@@ -440,7 +591,9 @@ impl ContainerService for Api {
     async fn logs(&self, req: Request<pb::LogsRequest>) -> ApiResult<Self::LogsStream> {
         self.require_ns(&req, &req.get_ref().namespace)?;
         let bearer = req.metadata().get("authorization").cloned();
-        Ok(Response::new(self.logs_stream(req.into_inner(), bearer).await?))
+        Ok(Response::new(
+            self.logs_stream(req.into_inner(), bearer).await?,
+        ))
     }
 
     async fn deploy(&self, req: Request<pb::DeployContainerRequest>) -> ApiResult<pb::Container> {
@@ -460,7 +613,10 @@ impl ContainerService for Api {
         Ok(Response::new(run.await?))
     }
 
-    async fn list(&self, req: Request<pb::ListContainersRequest>) -> ApiResult<pb::ListContainersResponse> {
+    async fn list(
+        &self,
+        req: Request<pb::ListContainersRequest>,
+    ) -> ApiResult<pb::ListContainersResponse> {
         let who = self.principal(&req)?;
         if !req.get_ref().namespace.is_empty() {
             self.require_ns(&req, &req.get_ref().namespace)?;
@@ -473,7 +629,10 @@ impl ContainerService for Api {
             self.cluster.read_barrier(stale(&r.read)).await?;
             let sm = self.cluster.sm.read();
             if !r.namespace.is_empty() && !sm.data.namespaces.contains_key(&r.namespace) {
-                return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+                return Err(ApiError::NotFound(format!(
+                    "namespace {:?} not found",
+                    r.namespace
+                )));
             }
             let containers = sm
                 .data
@@ -488,13 +647,21 @@ impl ContainerService for Api {
         Ok(Response::new(run.await?))
     }
 
-    async fn delete(&self, req: Request<pb::DeleteContainerRequest>) -> ApiResult<pb::DeleteContainerResponse> {
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteContainerRequest>,
+    ) -> ApiResult<pb::DeleteContainerResponse> {
         self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
             validate::dns_label("namespace", &r.namespace)?;
             validate::dns_label("name", &r.name)?;
-            self.cluster.write(Command::DeleteContainer { namespace: r.namespace, name: r.name }).await?;
+            self.cluster
+                .write(Command::DeleteContainer {
+                    namespace: r.namespace,
+                    name: r.name,
+                })
+                .await?;
             Ok::<_, ApiError>(pb::DeleteContainerResponse {})
         };
         Ok(Response::new(run.await?))
@@ -503,30 +670,66 @@ impl ContainerService for Api {
 
 // ----------------------------------------------------- secrets and tokens
 
-
 #[tonic::async_trait]
 impl SecretService for Api {
     async fn set(&self, req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
-        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
+        self.require_ns(
+            &req,
+            &req.get_ref()
+                .scope
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default(),
+        )?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         if r.values.is_empty() {
             return Err(inv("values", "give at least one KEY=VALUE").into());
         }
         self.set_secrets("values", &scope, r.values).await?;
-        Ok(Response::new(pb::SetSecretsResponse { secrets: self.secret_infos(&scope) }))
+        Ok(Response::new(pb::SetSecretsResponse {
+            secrets: self.secret_infos(&scope),
+        }))
     }
-    async fn list(&self, req: Request<pb::ListSecretsRequest>) -> ApiResult<pb::ListSecretsResponse> {
-        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
+    async fn list(
+        &self,
+        req: Request<pb::ListSecretsRequest>,
+    ) -> ApiResult<pb::ListSecretsResponse> {
+        self.require_ns(
+            &req,
+            &req.get_ref()
+                .scope
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default(),
+        )?;
         let scope = Self::scope_of(&req.into_inner().scope)?;
-        self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::ListSecretsResponse { secrets: self.secret_infos(&scope) }))
+        self.cluster
+            .read_barrier(false)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListSecretsResponse {
+            secrets: self.secret_infos(&scope),
+        }))
     }
-    async fn delete(&self, req: Request<pb::DeleteSecretRequest>) -> ApiResult<pb::DeleteSecretResponse> {
-        self.require_ns(&req, &req.get_ref().scope.as_ref().map(|s| s.namespace.clone()).unwrap_or_default())?;
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteSecretRequest>,
+    ) -> ApiResult<pb::DeleteSecretResponse> {
+        self.require_ns(
+            &req,
+            &req.get_ref()
+                .scope
+                .as_ref()
+                .map(|s| s.namespace.clone())
+                .unwrap_or_default(),
+        )?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
-        self.cluster.write(Command::DeleteSecret { scope, key: r.key }).await.map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::DeleteSecret { scope, key: r.key })
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::DeleteSecretResponse {}))
     }
 }
@@ -537,7 +740,10 @@ const DEFAULT_TOKEN_SECS: u64 = 365 * 24 * 3600;
 
 #[tonic::async_trait]
 impl TokenService for Api {
-    async fn create(&self, req: Request<pb::CreateTokenRequest>) -> ApiResult<pb::CreateTokenResponse> {
+    async fn create(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> ApiResult<pb::CreateTokenResponse> {
         self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
@@ -548,28 +754,50 @@ impl TokenService for Api {
                 validate::dns_label("container", &r.container)?;
                 Some(r.container.clone())
             };
-            let secs = if r.expires_in_seconds == 0 { DEFAULT_TOKEN_SECS } else { r.expires_in_seconds };
+            let secs = if r.expires_in_seconds == 0 {
+                DEFAULT_TOKEN_SECS
+            } else {
+                r.expires_in_seconds
+            };
             if secs > MAX_TOKEN_SECS {
-                return Err(inv("expires_in", format!("{secs}s is above the maximum {MAX_TOKEN_SECS}s")));
+                return Err(inv(
+                    "expires_in",
+                    format!("{secs}s is above the maximum {MAX_TOKEN_SECS}s"),
+                ));
             }
             self.cluster.read_barrier(false).await?;
             let key = {
                 let sm = self.cluster.sm.read();
                 if !sm.data.namespaces.contains_key(&r.namespace) {
-                    return Err(ApiError::NotFound(format!("namespace {:?} not found", r.namespace)));
+                    return Err(ApiError::NotFound(format!(
+                        "namespace {:?} not found",
+                        r.namespace
+                    )));
                 }
                 if let Some(c) = &container {
                     if sm.data.container(&r.namespace, c).is_none() {
-                        return Err(ApiError::NotFound(format!("container \"{}/{c}\" not found", r.namespace)));
+                        return Err(ApiError::NotFound(format!(
+                            "container \"{}/{c}\" not found",
+                            r.namespace
+                        )));
                     }
                 }
                 sm.data.signing_keys.last().cloned()
             };
-            let key = key.ok_or_else(|| ApiError::Cluster(ClusterError::Precondition("no token-signing key yet; retry in a moment".into())))?;
+            let key = key.ok_or_else(|| {
+                ApiError::Cluster(ClusterError::Precondition(
+                    "no token-signing key yet; retry in a moment".into(),
+                ))
+            })?;
             let dk = self.cluster.data_key()?;
             let private = dk
-                .open(&key.sealed_private, &format!("rouse/signing-key/{}", key.kid))
-                .map_err(|e| ApiError::Cluster(ClusterError::Precondition(format!("signing key: {e}"))))?;
+                .open(
+                    &key.sealed_private,
+                    &format!("rouse/signing-key/{}", key.kid),
+                )
+                .map_err(|e| {
+                    ApiError::Cluster(ClusterError::Precondition(format!("signing key: {e}")))
+                })?;
             let now = crate::cluster::now_ms();
             let id = hex::encode(rand::random::<[u8; 12]>());
             let exp_ms = now + secs * 1000;
@@ -581,7 +809,8 @@ impl TokenService for Api {
                 iat: now / 1000,
                 exp: exp_ms / 1000,
             };
-            let token = crate::tokens::sign(&private, &key.kid, &claims).map_err(|e| ApiError::Cluster(ClusterError::Raft(e)))?;
+            let token = crate::tokens::sign(&private, &key.kid, &claims)
+                .map_err(|e| ApiError::Cluster(ClusterError::Raft(e)))?;
             let record = crate::state::TokenRecord {
                 id: id.clone(),
                 namespace: r.namespace.clone(),
@@ -591,7 +820,11 @@ impl TokenService for Api {
                 revoked: false,
             };
             self.cluster.write(Command::CreateToken { record }).await?;
-            Ok(pb::CreateTokenResponse { id, token, expires_at_ms: (exp_ms / 1000) * 1000 })
+            Ok(pb::CreateTokenResponse {
+                id,
+                token,
+                expires_at_ms: (exp_ms / 1000) * 1000,
+            })
         };
         Ok(Response::new(run.await?))
     }
@@ -600,7 +833,10 @@ impl TokenService for Api {
         self.require_ns(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         validate::dns_label("namespace", &r.namespace).map_err(ApiError::from)?;
-        self.cluster.read_barrier(false).await.map_err(ApiError::from)?;
+        self.cluster
+            .read_barrier(false)
+            .await
+            .map_err(ApiError::from)?;
         let sm = self.cluster.sm.read();
         let tokens = sm
             .data
@@ -618,8 +854,18 @@ impl TokenService for Api {
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
-    async fn revoke(&self, req: Request<pb::RevokeTokenRequest>) -> ApiResult<pb::RevokeTokenResponse> {
-        let token_ns = self.cluster.sm.read().data.tokens.get(&req.get_ref().id).map(|t| t.namespace.clone());
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> ApiResult<pb::RevokeTokenResponse> {
+        let token_ns = self
+            .cluster
+            .sm
+            .read()
+            .data
+            .tokens
+            .get(&req.get_ref().id)
+            .map(|t| t.namespace.clone());
         match token_ns {
             Some(ns) => {
                 self.require_ns(&req, &ns)?;
@@ -630,13 +876,21 @@ impl TokenService for Api {
         if id.is_empty() {
             return Err(inv("id", "is required").into());
         }
-        self.cluster.write(Command::RevokeToken { id }).await.map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::RevokeToken { id })
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
-    async fn rotate_signing_key(&self, _req: Request<pb::RotateSigningKeyRequest>) -> ApiResult<pb::RotateSigningKeyResponse> {
+    async fn rotate_signing_key(
+        &self,
+        _req: Request<pb::RotateSigningKeyRequest>,
+    ) -> ApiResult<pb::RotateSigningKeyResponse> {
         self.require_admin(&_req)?;
-        let kid = crate::server::add_signing_key(&self.cluster).await.map_err(ApiError::from)?;
+        let kid = crate::server::add_signing_key(&self.cluster)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
     }
 }
@@ -645,17 +899,26 @@ impl TokenService for Api {
 
 #[tonic::async_trait]
 impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
-    async fn create(&self, req: Request<pb::CreateApiKeyRequest>) -> ApiResult<pb::CreateApiKeyResponse> {
+    async fn create(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> ApiResult<pb::CreateApiKeyResponse> {
         self.require_admin(&req)?;
         let ns = req.into_inner().namespace;
         validate::dns_label("namespace", &ns).map_err(ApiError::from)?;
         let id = hex::encode(rand::random::<[u8; 8]>());
         let (key, record) = crate::auth::mint(&id, Some(ns), crate::cluster::now_ms());
-        self.cluster.write(Command::CreateApiKey { key: record }).await.map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::CreateApiKey { key: record })
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::CreateApiKeyResponse { id, key }))
     }
 
-    async fn list(&self, req: Request<pb::ListApiKeysRequest>) -> ApiResult<pb::ListApiKeysResponse> {
+    async fn list(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> ApiResult<pb::ListApiKeysResponse> {
         self.require_admin(&req)?;
         let sm = self.cluster.sm.read();
         let keys = sm
@@ -672,13 +935,19 @@ impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
         Ok(Response::new(pb::ListApiKeysResponse { keys }))
     }
 
-    async fn revoke(&self, req: Request<pb::RevokeApiKeyRequest>) -> ApiResult<pb::RevokeApiKeyResponse> {
+    async fn revoke(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> ApiResult<pb::RevokeApiKeyResponse> {
         self.require_admin(&req)?;
         let id = req.into_inner().id;
         if id == crate::auth::ADMIN_ID {
             return Err(inv("id", "the bootstrap admin key cannot be revoked").into());
         }
-        self.cluster.write(Command::RevokeApiKey { id }).await.map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::RevokeApiKey { id })
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::RevokeApiKeyResponse {}))
     }
 }

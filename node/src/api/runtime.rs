@@ -31,12 +31,17 @@ impl Api {
         r: pb::LogsRequest,
         bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     ) -> Result<LogStream, Status> {
-        validate::dns_label("namespace", &r.namespace).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        validate::dns_label("name", &r.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate::dns_label("namespace", &r.namespace)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate::dns_label("name", &r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (targets, nodes) = {
             let sm = self.cluster.sm.read();
             if sm.data.container(&r.namespace, &r.name).is_none() {
-                return Err(Status::not_found(format!("container \"{}/{}\" not found", r.namespace, r.name)));
+                return Err(Status::not_found(format!(
+                    "container \"{}/{}\" not found",
+                    r.namespace, r.name
+                )));
             }
             let targets: Vec<(String, u64)> = sm
                 .data
@@ -48,7 +53,10 @@ impl Api {
             (targets, sm.data.nodes.clone())
         };
         if targets.is_empty() && !r.instance.is_empty() {
-            return Err(Status::not_found(format!("instance: {:?} is not an instance of {}/{}", r.instance, r.namespace, r.name)));
+            return Err(Status::not_found(format!(
+                "instance: {:?} is not an instance of {}/{}",
+                r.instance, r.namespace, r.name
+            )));
         }
         let (tx, rx) = mpsc::channel::<Result<pb::LogChunk, Status>>(16);
         for (id, node) in targets {
@@ -57,8 +65,14 @@ impl Api {
                 let path = self.log_path(&id);
                 tokio::spawn(stream_local(id, path, r.follow, r.tail_bytes, tx));
             } else {
-                let Some(addr) = nodes.get(&node).map(|n| n.api_addr.clone()) else { continue };
-                let mut req = tonic::Request::new(pb::LogsRequest { instance: id.clone(), local_only: true, ..r.clone() });
+                let Some(addr) = nodes.get(&node).map(|n| n.api_addr.clone()) else {
+                    continue;
+                };
+                let mut req = tonic::Request::new(pb::LogsRequest {
+                    instance: id.clone(),
+                    local_only: true,
+                    ..r.clone()
+                });
                 if let Some(b) = bearer.clone() {
                     req.metadata_mut().insert("authorization", b);
                 }
@@ -68,8 +82,13 @@ impl Api {
                             .map_err(|e| Status::internal(e.to_string()))?
                             .connect()
                             .await
-                            .map_err(|e| Status::unavailable(format!("node {node} at {addr}: {e}")))?;
-                        let mut s = ContainerServiceClient::new(ch).logs(req).await?.into_inner();
+                            .map_err(|e| {
+                                Status::unavailable(format!("node {node} at {addr}: {e}"))
+                            })?;
+                        let mut s = ContainerServiceClient::new(ch)
+                            .logs(req)
+                            .await?
+                            .into_inner();
                         while let Some(chunk) = s.next().await {
                             if tx.send(chunk).await.is_err() {
                                 break;
@@ -88,7 +107,11 @@ impl Api {
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
-        self.cluster.config.data_dir.join("logs").join(format!("{id}.log"))
+        self.cluster
+            .config
+            .data_dir
+            .join("logs")
+            .join(format!("{id}.log"))
     }
 }
 
@@ -103,13 +126,19 @@ async fn stream_local(
     let send = |data: Vec<u8>| {
         let tx = tx.clone();
         let id = id.clone();
-        async move { tx.send(Ok(pb::LogChunk { instance: id, data })).await.is_ok() }
+        async move {
+            tx.send(Ok(pb::LogChunk { instance: id, data }))
+                .await
+                .is_ok()
+        }
     };
     let old = std::fs::read(path.with_extension("log.1")).unwrap_or_default();
     let cur_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut pos = 0u64;
     if tail > 0 && cur_len < tail && !old.is_empty() {
-        let keep = usize::try_from(tail - cur_len).unwrap_or(usize::MAX).min(old.len());
+        let keep = usize::try_from(tail - cur_len)
+            .unwrap_or(usize::MAX)
+            .min(old.len());
         if !send(old[old.len() - keep..].to_vec()).await {
             return;
         }
@@ -151,22 +180,26 @@ async fn stream_local(
 
 #[tonic::async_trait]
 impl ImageService for Api {
-    async fn import(&self, req: Request<Streaming<pb::ImportImageChunk>>) -> Result<Response<pb::ImportImageResponse>, Status> {
+    async fn import(
+        &self,
+        req: Request<Streaming<pb::ImportImageChunk>>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
         self.require_admin(&req)?;
         let bearer = req.metadata().get("authorization").cloned();
-        let agent = self
-            .cluster
-            .agent
-            .get()
-            .cloned()
-            .ok_or_else(|| Status::unavailable("this node is not connected to containerd yet"))?;
+        let agent =
+            self.cluster.agent.get().cloned().ok_or_else(|| {
+                Status::unavailable("this node is not connected to containerd yet")
+            })?;
         let mut stream = req.into_inner();
         let dir = self.cluster.config.data_dir.join("tmp");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
         let path = dir.join(format!("import-{}.tar", rand::random::<u64>()));
         let res = async {
-            let mut f = tokio::fs::File::create(&path).await.map_err(|e| Status::internal(e.to_string()))?;
-            let (mut name, mut local_only, mut total, mut first) = (String::new(), false, 0u64, true);
+            let mut f = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let (mut name, mut local_only, mut total, mut first) =
+                (String::new(), false, 0u64, true);
             while let Some(chunk) = stream.next().await {
                 let c = chunk?;
                 if first {
@@ -176,11 +209,17 @@ impl ImageService for Api {
                 }
                 total += c.data.len() as u64;
                 if total > MAX_IMPORT_BYTES {
-                    return Err(Status::invalid_argument(format!("data: the tarball is larger than {MAX_IMPORT_BYTES} bytes")));
+                    return Err(Status::invalid_argument(format!(
+                        "data: the tarball is larger than {MAX_IMPORT_BYTES} bytes"
+                    )));
                 }
-                f.write_all(&c.data).await.map_err(|e| Status::internal(e.to_string()))?;
+                f.write_all(&c.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
-            f.flush().await.map_err(|e| Status::internal(e.to_string()))?;
+            f.flush()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
             drop(f);
             let default_name = (!name.is_empty()).then_some(name.as_str());
             let images = agent
@@ -188,15 +227,28 @@ impl ImageService for Api {
                 .import(&path, default_name)
                 .await
                 .map_err(|e| Status::invalid_argument(format!("data: {e}")))?;
-            let mut nodes = vec![pb::NodeImport { node: self.cluster.id, ok: true, error: String::new() }];
+            let mut nodes = vec![pb::NodeImport {
+                node: self.cluster.id,
+                ok: true,
+                error: String::new(),
+            }];
             if !local_only {
                 let others: Vec<(u64, String)> = {
                     let sm = self.cluster.sm.read();
-                    sm.data.nodes.values().filter(|n| n.id != self.cluster.id).map(|n| (n.id, n.api_addr.clone())).collect()
+                    sm.data
+                        .nodes
+                        .values()
+                        .filter(|n| n.id != self.cluster.id)
+                        .map(|n| (n.id, n.api_addr.clone()))
+                        .collect()
                 };
                 for (node, addr) in others {
                     let r = send_import(&addr, &path, &name, bearer.clone()).await;
-                    nodes.push(pb::NodeImport { node, ok: r.is_ok(), error: r.err().map(|s| s.message().to_string()).unwrap_or_default() });
+                    nodes.push(pb::NodeImport {
+                        node,
+                        ok: r.is_ok(),
+                        error: r.err().map(|s| s.message().to_string()).unwrap_or_default(),
+                    });
                 }
             }
             Ok(pb::ImportImageResponse { images, nodes })
@@ -219,7 +271,9 @@ async fn send_import(
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
-    let mut f = tokio::fs::File::open(path).await.map_err(|e| Status::internal(e.to_string()))?;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<pb::ImportImageChunk>(4);
     let name = name.to_string();
     let reader = tokio::spawn(async move {

@@ -22,18 +22,30 @@ impl Window {
     /// An empty window whose last request is `now_ms` (a full idle period
     /// must pass before it scales to zero).
     pub fn starting(now_ms: u64) -> Self {
-        Window { samples: VecDeque::new(), last_request_ms: now_ms }
+        Window {
+            samples: VecDeque::new(),
+            last_request_ms: now_ms,
+        }
     }
 
     pub fn record(&mut self, now_ms: u64, concurrency: f64) {
         self.samples.push_back((now_ms, concurrency));
-        while self.samples.front().is_some_and(|(t, _)| now_ms.saturating_sub(*t) > 10 * STABLE_WINDOW_MS) {
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > 10 * STABLE_WINDOW_MS)
+        {
             self.samples.pop_front();
         }
     }
 
     fn average(&self, now_ms: u64, span: u64) -> f64 {
-        let v: Vec<f64> = self.samples.iter().filter(|(t, _)| now_ms.saturating_sub(*t) <= span).map(|(_, c)| *c).collect();
+        let v: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(t, _)| now_ms.saturating_sub(*t) <= span)
+            .map(|(_, c)| *c)
+            .collect();
         if v.is_empty() {
             0.0
         } else {
@@ -79,7 +91,14 @@ mod tests {
     use super::*;
 
     fn p(current: u32) -> Params {
-        Params { window_ms: STABLE_WINDOW_MS, min_scale: 0, max_scale: 10, max_concurrency: 10, scale_to_zero_after_ms: 30_000, current }
+        Params {
+            window_ms: STABLE_WINDOW_MS,
+            min_scale: 0,
+            max_scale: 10,
+            max_concurrency: 10,
+            scale_to_zero_after_ms: 30_000,
+            current,
+        }
     }
 
     #[test]
@@ -114,7 +133,17 @@ mod tests {
         w.last_request_ms = 0;
         assert_eq!(desired(&w, p(1), 10_000), 1, "used 10 s ago");
         assert_eq!(desired(&w, p(1), 30_000), 0, "idle for scale_to_zero_after");
-        assert_eq!(desired(&w, Params { min_scale: 2, ..p(1) }, 30_000), 2);
+        assert_eq!(
+            desired(
+                &w,
+                Params {
+                    min_scale: 2,
+                    ..p(1)
+                },
+                30_000
+            ),
+            2
+        );
         let mut hot = Window::default();
         hot.record(0, 1000.0);
         hot.last_request_ms = 0;

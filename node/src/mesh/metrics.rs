@@ -13,7 +13,10 @@ type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Renders the metrics in the text exposition format.
@@ -36,38 +39,73 @@ pub fn render(cluster: &Cluster, mesh: &super::Mesh) -> String {
                     ("total", last.total_ms),
                 ] {
                     cold_last
-                        .get_or_create(&labels(&[("namespace", &c.namespace), ("container", &c.name), ("phase", phase)]))
+                        .get_or_create(&labels(&[
+                            ("namespace", &c.namespace),
+                            ("container", &c.name),
+                            ("phase", phase),
+                        ]))
                         .set(v as f64 / 1000.0);
                 }
                 cold_median
-                    .get_or_create(&labels(&[("namespace", &c.namespace), ("container", &c.name)]))
+                    .get_or_create(&labels(&[
+                        ("namespace", &c.namespace),
+                        ("container", &c.name),
+                    ]))
                     .set(median as f64 / 1000.0);
             }
         }
         for i in sm.data.instances.values() {
-            let state = sm.data.statuses.get(&i.id).map_or("pending", |s| s.state.as_str());
+            let state = sm
+                .data
+                .statuses
+                .get(&i.id)
+                .map_or("pending", |s| s.state.as_str());
             instances
-                .get_or_create(&labels(&[("namespace", &i.namespace), ("container", &i.container), ("state", state)]))
+                .get_or_create(&labels(&[
+                    ("namespace", &i.namespace),
+                    ("container", &i.container),
+                    ("state", state),
+                ]))
                 .inc();
         }
     }
     for l in mesh.load() {
         in_flight
-            .get_or_create(&labels(&[("namespace", &l.namespace), ("container", &l.name)]))
+            .get_or_create(&labels(&[
+                ("namespace", &l.namespace),
+                ("container", &l.name),
+            ]))
             .set(i64::from(l.in_flight));
     }
     let m = cluster.raft.metrics().borrow().clone();
-    raft.get_or_create(&labels(&[("value", "term")])).set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
+    raft.get_or_create(&labels(&[("value", "term")]))
+        .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
     raft.get_or_create(&labels(&[("value", "applied_index")]))
         .set(i64::try_from(m.last_applied.map_or(0, |l| l.index)).unwrap_or(i64::MAX));
     raft.get_or_create(&labels(&[("value", "is_leader")]))
         .set(i64::from(m.state == openraft::ServerState::Leader));
 
     let mut reg = Registry::with_prefix("rouse");
-    reg.register("cold_start_last_seconds", "Last cold start of a container, by phase", cold_last);
-    reg.register("cold_start_median_seconds", "Median of a container's recent cold starts", cold_median);
-    reg.register("instances", "Instances by container and state (cluster-wide)", instances);
-    reg.register("mesh_requests_in_flight", "Requests this node holds per container (in flight or queued)", in_flight);
+    reg.register(
+        "cold_start_last_seconds",
+        "Last cold start of a container, by phase",
+        cold_last,
+    );
+    reg.register(
+        "cold_start_median_seconds",
+        "Median of a container's recent cold starts",
+        cold_median,
+    );
+    reg.register(
+        "instances",
+        "Instances by container and state (cluster-wide)",
+        instances,
+    );
+    reg.register(
+        "mesh_requests_in_flight",
+        "Requests this node holds per container (in flight or queued)",
+        in_flight,
+    );
     reg.register("raft", "Raft state of this node", raft);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {

@@ -79,9 +79,16 @@ pub struct Mesh {
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<RespBody> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.into() + "\n")).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into() + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -124,7 +131,10 @@ struct Guarded<B> {
 impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for Guarded<B> {
     type Data = Bytes;
     type Error = hyper::Error;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -146,9 +156,15 @@ impl Mesh {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(3)));
-        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(conn.clone());
-        let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build(conn.clone());
-        let upgrades = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(conn);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn.clone());
+        let h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(conn.clone());
+        let upgrades = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(conn);
         Arc::new(Mesh {
             cluster,
             last_used: Mutex::new(HashMap::new()),
@@ -169,7 +185,9 @@ impl Mesh {
         // huge clients cannot starve the node.
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, remote) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -186,7 +204,8 @@ impl Mesh {
                     let mesh = mesh.clone();
                     async move { Ok::<_, Infallible>(mesh.handle(req, remote).await) }
                 });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -196,7 +215,10 @@ impl Mesh {
                     .http2()
                     .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
                     .max_concurrent_streams(1000);
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await
+                {
                     tracing::debug!(error = %e, "mesh connection");
                 }
             });
@@ -215,17 +237,29 @@ impl Mesh {
 
     /// How long a local instance has had no request (none yet: since `since`).
     pub fn idle_for(&self, id: &str, since: std::time::Instant) -> Duration {
-        let last = self.last_used.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied().unwrap_or(since);
+        let last = self
+            .last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(since);
         last.max(since).elapsed()
     }
 
     /// Marks a local instance suspended (the agent paused it).
     pub fn mark_suspended(&self, id: &str) {
-        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+        self.suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
     }
 
     pub fn is_suspended(&self, id: &str) -> bool {
-        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+        self.suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// Thaws a suspended local instance before a request goes to it.
@@ -237,10 +271,18 @@ impl Mesh {
         if !self.is_suspended(id) {
             return Ok(());
         }
-        let agent = self.cluster.agent.get().cloned().ok_or("the node agent is not running")?;
+        let agent = self
+            .cluster
+            .agent
+            .get()
+            .cloned()
+            .ok_or("the node agent is not running")?;
         let t = std::time::Instant::now();
         agent.tasks.resume(id).await.map_err(|e| e.to_string())?;
-        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         tracing::info!(instance = id, took = ?t.elapsed(), "resumed suspended instance");
         agent.resumed(id);
         Ok(())
@@ -248,7 +290,11 @@ impl Mesh {
 
     /// Requests in flight to a local instance.
     pub fn in_flight(&self, id: &str) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id).map_or(0, |s| s.load(Ordering::Acquire))
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map_or(0, |s| s.load(Ordering::Acquire))
     }
 
     /// Waits until a (no longer routable) instance has no request in flight.
@@ -257,9 +303,18 @@ impl Mesh {
         while self.in_flight(id) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        self.last_used.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        self.suspended.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.last_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Per-container demand on this node, for the autoscaler.
@@ -275,7 +330,11 @@ impl Mesh {
             .collect()
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<RespBody> {
         let host = req
             .headers()
             .get(ORIGINAL_HOST)
@@ -289,11 +348,16 @@ impl Mesh {
                 let mut r = text(StatusCode::OK, metrics::render(&self.cluster, &self));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 return r;
             }
-            return text(StatusCode::NOT_FOUND, format!("rouse: no container is served at host {host:?}"));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("rouse: no container is served at host {host:?}"),
+            );
         };
         let (timeout, protocol, max_conc, private) = {
             let sm = self.cluster.sm.read();
@@ -304,7 +368,12 @@ impl Mesh {
                     c.spec.max_concurrency,
                     c.spec.privacy == crate::state::Privacy::Private,
                 ),
-                None => return text(StatusCode::NOT_FOUND, format!("rouse: no container {name} in namespace {ns}")),
+                None => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        format!("rouse: no container {name} in namespace {ns}"),
+                    )
+                }
             }
         };
         // Checked on every node, hops included: the token travels with the
@@ -317,7 +386,10 @@ impl Mesh {
                 };
                 let mut r = text(status, format!("rouse: {e}"));
                 if status == StatusCode::UNAUTHORIZED {
-                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"rouse\""));
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"rouse\""),
+                    );
                 }
                 return r;
             }
@@ -329,20 +401,40 @@ impl Mesh {
             e.in_flight += 1;
             e.last_request_ms = now_ms();
         }
-        let demand = DemandGuard { mesh: self.clone(), key };
+        let demand = DemandGuard {
+            mesh: self.clone(),
+            key,
+        };
         let hop = req.headers().contains_key(HOP);
-        let fut = self.clone().route(req, ns.clone(), name.clone(), hop, remote, protocol, max_conc as usize, demand);
+        let fut = self.clone().route(
+            req,
+            ns.clone(),
+            name.clone(),
+            hop,
+            remote,
+            protocol,
+            max_conc as usize,
+            demand,
+        );
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => text(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("rouse: {ns}/{name} did not answer within its timeout of {}s", timeout.as_secs()),
+                format!(
+                    "rouse: {ns}/{name} did not answer within its timeout of {}s",
+                    timeout.as_secs()
+                ),
             ),
         }
     }
 
     /// Checks a private container's token (X-Auth-Token or Authorization: Bearer).
-    fn authorize(&self, headers: &http::HeaderMap, ns: &str, name: &str) -> Result<(), crate::tokens::TokenError> {
+    fn authorize(
+        &self,
+        headers: &http::HeaderMap,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), crate::tokens::TokenError> {
         use crate::tokens::TokenError;
         let token = headers
             .get("x-auth-token")
@@ -352,7 +444,10 @@ impl Mesh {
                 headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
                     .map(str::trim)
             })
             .filter(|t| !t.is_empty())
@@ -365,7 +460,11 @@ impl Mesh {
             .filter_map(|k| hex::decode(&k.public_hex).ok().map(|p| (k.kid.clone(), p)))
             .collect();
         let claims = crate::tokens::verify(token, &keys, now_ms() / 1000)?;
-        let record = sm.data.tokens.get(&claims.jti).ok_or_else(|| TokenError::Invalid("unknown token".into()))?;
+        let record = sm
+            .data
+            .tokens
+            .get(&claims.jti)
+            .ok_or_else(|| TokenError::Invalid("unknown token".into()))?;
         if record.revoked {
             return Err(TokenError::Revoked);
         }
@@ -375,7 +474,10 @@ impl Mesh {
         match (&claims.ct, &record.container) {
             (None, None) => Ok(()),
             (Some(c), Some(rc)) if c == name && rc == name => Ok(()),
-            (Some(c), _) => Err(TokenError::WrongScope(format!("container {}/{c}", claims.ns))),
+            (Some(c), _) => Err(TokenError::WrongScope(format!(
+                "container {}/{c}",
+                claims.ns
+            ))),
             (None, Some(_)) => Err(TokenError::Invalid("claims and record disagree".into())),
         }
     }
@@ -387,7 +489,9 @@ impl Mesh {
         let mut local = Vec::new();
         let mut remote: HashMap<NodeId, usize> = HashMap::new();
         for i in sm.data.instances_of(ns, name) {
-            let Some(st) = sm.data.statuses.get(&i.id) else { continue };
+            let Some(st) = sm.data.statuses.get(&i.id) else {
+                continue;
+            };
             if !st.state.routable() {
                 continue;
             }
@@ -399,8 +503,11 @@ impl Mesh {
         }
         let any_ready = !local.is_empty() || !remote.is_empty();
         if !local.is_empty() {
-            let loads: Vec<(usize, usize)> =
-                local.iter().enumerate().map(|(ix, (id, _))| (ix, self.slot(id).load(Ordering::Acquire))).collect();
+            let loads: Vec<(usize, usize)> = local
+                .iter()
+                .enumerate()
+                .map(|(ix, (id, _))| (ix, self.slot(id).load(Ordering::Acquire)))
+                .collect();
             if let Some(ix) = route::least_loaded(&loads, max_conc) {
                 let (id, port) = local[ix].clone();
                 return (Target::Local { id, port }, true);
@@ -416,7 +523,13 @@ impl Mesh {
             for (node, count) in &remote {
                 if n < *count {
                     if let Some(rec) = sm.data.nodes.get(node) {
-                        return (Target::Remote { node: *node, addr: rec.http_addr.clone() }, true);
+                        return (
+                            Target::Remote {
+                                node: *node,
+                                addr: rec.http_addr.clone(),
+                            },
+                            true,
+                        );
                     }
                 }
                 n = n.saturating_sub(*count);
@@ -451,18 +564,32 @@ impl Mesh {
                         slot.fetch_sub(1, Ordering::AcqRel);
                         continue;
                     }
-                    self.last_used.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), std::time::Instant::now());
-                    let guard = SlotGuard { slot, wake: wake.clone(), _demand: Some(demand) };
+                    self.last_used
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), std::time::Instant::now());
+                    let guard = SlotGuard {
+                        slot,
+                        wake: wake.clone(),
+                        _demand: Some(demand),
+                    };
                     if let Err(e) = self.wake(&id).await {
-                        return text(StatusCode::BAD_GATEWAY, format!("rouse: could not resume instance {id}: {e}"));
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("rouse: could not resume instance {id}: {e}"),
+                        );
                     }
                     let uri = format!("http://127.0.0.1:{port}");
-                    return self.forward(req, &uri, protocol, remote, false, Some(guard), None).await;
+                    return self
+                        .forward(req, &uri, protocol, remote, false, Some(guard), None)
+                        .await;
                 }
                 Target::Remote { node, addr } => {
                     let uri = format!("http://{addr}");
                     tracing::debug!(%ns, %name, node, "forwarding to another node's mesh");
-                    return self.forward(req, &uri, protocol, remote, true, None, Some(demand)).await;
+                    return self
+                        .forward(req, &uri, protocol, remote, true, None, Some(demand))
+                        .await;
                 }
                 Target::None => {
                     if any_ready {
@@ -470,8 +597,16 @@ impl Mesh {
                         if !queued {
                             let waiting = self.demand_of(&ns, &name);
                             if waiting > QUEUE_CAP {
-                                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("rouse: {ns}/{name} has {QUEUE_CAP} requests queued; retry"));
-                                r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                                let mut r = text(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    format!(
+                                        "rouse: {ns}/{name} has {QUEUE_CAP} requests queued; retry"
+                                    ),
+                                );
+                                r.headers_mut().insert(
+                                    http::header::RETRY_AFTER,
+                                    HeaderValue::from_static("1"),
+                                );
                                 return r;
                             }
                             queued = true;
@@ -482,7 +617,9 @@ impl Mesh {
                             activated = true;
                             self.activate(&ns, &name).await;
                         }
-                        self.cluster.applied_change(&mut seen, Duration::from_millis(100)).await;
+                        self.cluster
+                            .applied_change(&mut seen, Duration::from_millis(100))
+                            .await;
                     }
                 }
             }
@@ -491,18 +628,29 @@ impl Mesh {
 
     fn demand_of(&self, ns: &str, name: &str) -> usize {
         let d = self.demand.lock().unwrap_or_else(|p| p.into_inner());
-        d.get(&(ns.to_string(), name.to_string())).map_or(0, |v| v.in_flight)
+        d.get(&(ns.to_string(), name.to_string()))
+            .map_or(0, |v| v.in_flight)
     }
 
     /// Cold start: asks the cluster for at least one instance.
     async fn activate(&self, ns: &str, name: &str) {
         let target = {
             let sm = self.cluster.sm.read();
-            sm.data.container(ns, name).map(|c| (c.target_scale(), c.desired_scale))
+            sm.data
+                .container(ns, name)
+                .map(|c| (c.target_scale(), c.desired_scale))
         };
         if let Some((0, desired)) = target {
-            tracing::info!(namespace = ns, container = name, "cold start: scaling from zero");
-            let cmd = Command::Scale { namespace: ns.into(), name: name.into(), replicas: desired.max(1) };
+            tracing::info!(
+                namespace = ns,
+                container = name,
+                "cold start: scaling from zero"
+            );
+            let cmd = Command::Scale {
+                namespace: ns.into(),
+                name: name.into(),
+                replicas: desired.max(1),
+            };
             if let Err(e) = self.cluster.write(cmd).await {
                 tracing::debug!(error = %e, "scale from zero");
             }
@@ -525,11 +673,24 @@ impl Mesh {
             .get(ORIGINAL_HOST)
             .or_else(|| req.headers().get(HOST))
             .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            .or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
         let uri: Uri = match format!("{base}{path}").parse() {
             Ok(u) => u,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("rouse: bad request path: {e}")),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("rouse: bad request path: {e}"),
+                )
+            }
         };
         *req.uri_mut() = uri;
         let upgrade = is_upgrade(req.headers());
@@ -540,7 +701,10 @@ impl Mesh {
         }
         if let (true, Some(u)) = (upgrade, upgrade_header) {
             h.insert(http::header::UPGRADE, u);
-            h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
         }
         if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
             h.remove(http::header::TE);
@@ -554,7 +718,10 @@ impl Mesh {
                 h.insert(HeaderName::from_static("x-forwarded-for"), v);
             }
             if !h.contains_key("x-forwarded-proto") {
-                h.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+                h.insert(
+                    HeaderName::from_static("x-forwarded-proto"),
+                    HeaderValue::from_static("http"),
+                );
             }
             if let Some(host) = &original_host {
                 h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
@@ -591,12 +758,19 @@ impl Mesh {
                 for name in route::HOP_BY_HOP {
                     parts.headers.remove(*name);
                 }
-                let body = Guarded { inner: body, _guard: guard, _demand: demand };
+                let body = Guarded {
+                    inner: body,
+                    _guard: guard,
+                    _demand: demand,
+                };
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
                 tracing::warn!(error = %e, upstream = base, "upstream request failed");
-                text(StatusCode::BAD_GATEWAY, format!("rouse: the instance did not answer: {e}"))
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("rouse: the instance did not answer: {e}"),
+                )
             }
         }
     }
@@ -607,7 +781,10 @@ fn is_upgrade(h: &http::HeaderMap) -> bool {
         && h.get_all(http::header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 impl Mesh {
@@ -628,12 +805,23 @@ impl Mesh {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, upstream = base, "upgrade request failed");
-                return text(StatusCode::BAD_GATEWAY, format!("rouse: the instance did not answer: {e}"));
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("rouse: the instance did not answer: {e}"),
+                );
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
-            return Response::from_parts(parts, Guarded { inner: body, _guard: guard, _demand: demand }.boxed());
+            return Response::from_parts(
+                parts,
+                Guarded {
+                    inner: body,
+                    _guard: guard,
+                    _demand: demand,
+                }
+                .boxed(),
+            );
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -647,7 +835,12 @@ impl Mesh {
             }
         });
         let (parts, _) = resp.into_parts();
-        Response::from_parts(parts, http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
+        Response::from_parts(
+            parts,
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
     }
 }
 
@@ -660,12 +853,20 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     pub fn report(&self, node: NodeId, loads: Vec<rouse_proto::peer::ContainerLoad>) {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(node, (now_ms(), loads));
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, (now_ms(), loads));
     }
 
     /// When each node last reported (its liveness lease), in ms.
     pub fn last_seen(&self) -> HashMap<NodeId, u64> {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, (t, _))| (*k, *t)).collect()
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, (t, _))| (*k, *t))
+            .collect()
     }
 
     /// Runs while this node lives; acts only while it leads.
@@ -694,22 +895,39 @@ impl Autoscaler {
                         continue;
                     }
                     for l in loads {
-                        let e = totals.entry((l.namespace.clone(), l.name.clone())).or_default();
+                        let e = totals
+                            .entry((l.namespace.clone(), l.name.clone()))
+                            .or_default();
                         e.0 += f64::from(l.in_flight);
                         e.1 = e.1.max(l.last_request_ms);
                     }
                 }
             }
-            let containers: Vec<crate::state::Container> = cluster.sm.read().data.containers.values().cloned().collect();
+            let containers: Vec<crate::state::Container> = cluster
+                .sm
+                .read()
+                .data
+                .containers
+                .values()
+                .cloned()
+                .collect();
             for c in containers {
                 let key = (c.namespace.clone(), c.name.clone());
-                let w = windows.entry(key.clone()).or_insert_with(|| autoscale::Window::starting(now));
+                let w = windows
+                    .entry(key.clone())
+                    .or_insert_with(|| autoscale::Window::starting(now));
                 let (conc, last) = totals.get(&key).copied().unwrap_or((0.0, 0));
                 w.record(now, conc);
                 w.last_request_ms = w.last_request_ms.max(last);
-                let ready = cluster.sm.read().data.instances_of(&c.namespace, &c.name).count() as u32;
+                let ready = cluster
+                    .sm
+                    .read()
+                    .data
+                    .instances_of(&c.namespace, &c.name)
+                    .count() as u32;
                 let p = autoscale::Params {
-                    window_ms: u64::try_from(cluster.config.autoscale_window.as_millis()).unwrap_or(u64::MAX),
+                    window_ms: u64::try_from(cluster.config.autoscale_window.as_millis())
+                        .unwrap_or(u64::MAX),
                     min_scale: c.spec.min_scale,
                     max_scale: c.spec.max_scale,
                     max_concurrency: c.spec.max_concurrency,
@@ -719,7 +937,11 @@ impl Autoscaler {
                 let want = autoscale::desired(w, p, now);
                 if want != c.desired_scale {
                     tracing::info!(namespace = %c.namespace, container = %c.name, from = c.desired_scale, to = want, "autoscaling");
-                    let cmd = Command::Scale { namespace: c.namespace.clone(), name: c.name.clone(), replicas: want };
+                    let cmd = Command::Scale {
+                        namespace: c.namespace.clone(),
+                        name: c.name.clone(),
+                        replicas: want,
+                    };
                     if let Err(e) = cluster.write(cmd).await {
                         tracing::debug!(error = %e, "scale not committed");
                     }
@@ -736,14 +958,26 @@ pub async fn report_load(cluster: Arc<Cluster>, mesh: Arc<Mesh>, autoscaler: Arc
         tokio::time::sleep(Duration::from_millis(500)).await;
         let loads = mesh.load();
         let m = cluster.raft.metrics().borrow().clone();
-        let Some(leader) = m.current_leader else { continue };
+        let Some(leader) = m.current_leader else {
+            continue;
+        };
         if leader == cluster.id {
             autoscaler.report(cluster.id, loads);
             continue;
         }
-        let Some(addr) = m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone()) else { continue };
+        let Some(addr) = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+        else {
+            continue;
+        };
         if let Ok(mut client) = cluster.pool.client(&addr) {
-            let mut req = tonic::Request::new(rouse_proto::peer::LoadReport { node: cluster.id, containers: loads });
+            let mut req = tonic::Request::new(rouse_proto::peer::LoadReport {
+                node: cluster.id,
+                containers: loads,
+            });
             req.set_timeout(Duration::from_secs(1));
             let _ = client.report_load(req).await;
         }

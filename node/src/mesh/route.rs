@@ -31,7 +31,11 @@ pub const HOP_BY_HOP: &[&str] = &[
 /// Picks the least-loaded instance with a free slot: `(index, in_flight)`
 /// pairs in, the index out.
 pub fn least_loaded(loads: &[(usize, usize)], limit: usize) -> Option<usize> {
-    loads.iter().filter(|(_, n)| *n < limit).min_by_key(|(i, n)| (*n, *i)).map(|(i, _)| *i)
+    loads
+        .iter()
+        .filter(|(_, n)| *n < limit)
+        .min_by_key(|(i, n)| (*n, *i))
+        .map(|(i, _)| *i)
 }
 
 #[cfg(test)]
@@ -41,9 +45,18 @@ mod tests {
     #[test]
     fn hosts() {
         let d = "rouse.localhost";
-        assert_eq!(parse_host("web.shop.rouse.localhost", d), Some(("shop".into(), "web".into())));
-        assert_eq!(parse_host("web.shop.rouse.localhost:8080", d), Some(("shop".into(), "web".into())));
-        assert_eq!(parse_host("WEB.Shop.rouse.localhost.", d), Some(("shop".into(), "web".into())));
+        assert_eq!(
+            parse_host("web.shop.rouse.localhost", d),
+            Some(("shop".into(), "web".into()))
+        );
+        assert_eq!(
+            parse_host("web.shop.rouse.localhost:8080", d),
+            Some(("shop".into(), "web".into()))
+        );
+        assert_eq!(
+            parse_host("WEB.Shop.rouse.localhost.", d),
+            Some(("shop".into(), "web".into()))
+        );
         assert_eq!(parse_host("shop.rouse.localhost", d), None);
         assert_eq!(parse_host("a.b.c.rouse.localhost", d), None);
         assert_eq!(parse_host("web.shop.example.com", d), None);

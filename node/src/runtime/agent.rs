@@ -38,7 +38,11 @@ pub enum Action {
 }
 
 /// Pure decision: desired vs supervised vs actual containers.
-pub fn decide(desired: &BTreeSet<String>, supervised: &BTreeSet<String>, actual: &BTreeSet<String>) -> Vec<Action> {
+pub fn decide(
+    desired: &BTreeSet<String>,
+    supervised: &BTreeSet<String>,
+    actual: &BTreeSet<String>,
+) -> Vec<Action> {
     let mut out = Vec::new();
     for id in desired.difference(supervised) {
         out.push(Action::Supervise(id.clone()));
@@ -46,7 +50,10 @@ pub fn decide(desired: &BTreeSet<String>, supervised: &BTreeSet<String>, actual:
     for id in supervised.difference(desired) {
         out.push(Action::Stop(id.clone()));
     }
-    for id in actual.iter().filter(|id| !desired.contains(*id) && !supervised.contains(*id)) {
+    for id in actual
+        .iter()
+        .filter(|id| !desired.contains(*id) && !supervised.contains(*id))
+    {
         out.push(Action::RemoveOrphan(id.clone()));
     }
     out
@@ -83,7 +90,12 @@ const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const FAIL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl Agent {
-    pub fn new(cluster: Arc<Cluster>, images: Arc<Images>, tasks: Arc<Tasks>, config: AgentConfig) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        images: Arc<Images>,
+        tasks: Arc<Tasks>,
+        config: AgentConfig,
+    ) -> Arc<Self> {
         Arc::new(Agent {
             cluster,
             images,
@@ -111,35 +123,60 @@ impl Agent {
             self.cap_logs();
             self.suspend_idle().await;
             // Reconcile on every applied change, and at least twice a second.
-            self.cluster.applied_change(&mut seen, Duration::from_millis(500)).await;
+            self.cluster
+                .applied_change(&mut seen, Duration::from_millis(500))
+                .await;
         }
     }
 
     fn desired(&self) -> BTreeMap<String, Instance> {
         let me = self.cluster.id;
         let sm = self.cluster.sm.read();
-        sm.data.instances.values().filter(|i| i.node == me).map(|i| (i.id.clone(), i.clone())).collect()
+        sm.data
+            .instances
+            .values()
+            .filter(|i| i.node == me)
+            .map(|i| (i.id.clone(), i.clone()))
+            .collect()
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(node = self.cluster.id))]
     pub async fn reconcile(self: Arc<Self>) -> Result<(), RuntimeError> {
         let desired = self.desired();
         let actual: BTreeSet<String> = self.tasks.list().await?.into_iter().map(|a| a.id).collect();
-        let supervised: BTreeSet<String> = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let supervised: BTreeSet<String> = self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let want: BTreeSet<String> = desired.keys().cloned().collect();
         for action in decide(&want, &supervised, &actual) {
             match action {
                 Action::Supervise(id) => {
                     let (tx, rx) = watch::channel(false);
-                    self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Supervisor { stop: tx });
+                    self.supervisors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), Supervisor { stop: tx });
                     let agent = self.clone();
                     tokio::spawn(async move {
                         agent.clone().supervise(id.clone(), rx).await;
-                        agent.supervisors.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        agent
+                            .supervisors
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
                     });
                 }
                 Action::Stop(id) => {
-                    if let Some(s) = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                    if let Some(s) = self
+                        .supervisors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&id)
+                    {
                         let _ = s.stop.send(true);
                     }
                 }
@@ -155,10 +192,16 @@ impl Agent {
     }
 
     async fn report(&self, id: &str, status: InstanceStatus) {
-        let cmd = Command::ReportInstanceStatus { id: id.to_string(), node: self.cluster.id, status: status.clone() };
+        let cmd = Command::ReportInstanceStatus {
+            id: id.to_string(),
+            node: self.cluster.id,
+            status: status.clone(),
+        };
         match self.cluster.write(cmd).await {
             Ok(_) => {}
-            Err(e) => tracing::debug!(instance = id, state = status.state.as_str(), error = %e, "status not recorded"),
+            Err(e) => {
+                tracing::debug!(instance = id, state = status.state.as_str(), error = %e, "status not recorded")
+            }
         }
     }
 
@@ -166,7 +209,12 @@ impl Agent {
         let sm = self.cluster.sm.read();
         let inst = sm.data.instances.get(id)?.clone();
         let c = sm.data.container(&inst.namespace, &inst.container)?.clone();
-        let ns_env = sm.data.namespaces.get(&inst.namespace).map(|n| n.env.clone()).unwrap_or_default();
+        let ns_env = sm
+            .data
+            .namespaces
+            .get(&inst.namespace)
+            .map(|n| n.env.clone())
+            .unwrap_or_default();
         Some((inst, c, ns_env))
     }
 
@@ -192,7 +240,10 @@ impl Agent {
     }
 
     fn free_port(&self, p: u16) {
-        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&p);
     }
 
     /// Resolves the generation's image once (pinned through Raft) and
@@ -240,15 +291,29 @@ impl Agent {
                 continue;
             };
             // Adopt a task that already runs (e.g. after a rouse-node restart).
-            let existing = self.tasks.list().await.ok().and_then(|l| l.into_iter().find(|a| a.id == id));
-            let labelled_port = existing.as_ref().and_then(|a| a.labels.get(labels::PORT)).and_then(|p| p.parse::<u16>().ok());
+            let existing = self
+                .tasks
+                .list()
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|a| a.id == id));
+            let labelled_port = existing
+                .as_ref()
+                .and_then(|a| a.labels.get(labels::PORT))
+                .and_then(|p| p.parse::<u16>().ok());
             if port.is_none() {
                 port = self.allocate_port(labelled_port);
             }
             let Some(p) = port else {
-                status = InstanceStatus { state: InstanceState::Failed, message: "no free port in the instance port range".into(), ..status };
+                status = InstanceStatus {
+                    state: InstanceState::Failed,
+                    message: "no free port in the instance port range".into(),
+                    ..status
+                };
                 self.report(&id, stamp(&status)).await;
-                if wait_or_stop(&mut stop, fail_backoff).await { break; }
+                if wait_or_stop(&mut stop, fail_backoff).await {
+                    break;
+                }
                 continue;
             };
             status.port = u32::from(p);
@@ -314,12 +379,16 @@ impl Agent {
             if ready {
                 if let Some(mut cs) = pending_cold.take() {
                     cs.ready_ms = now_ms().saturating_sub(started_ms);
-                    cs.total_ms = cs.placement_ms + cs.pull_ms + cs.create_ms + cs.start_ms + cs.ready_ms;
+                    cs.total_ms =
+                        cs.placement_ms + cs.pull_ms + cs.create_ms + cs.start_ms + cs.ready_ms;
                     cs.at_ms = now_ms();
                     tracing::info!(instance = %id, total_ms = cs.total_ms, pull_ms = cs.pull_ms, ready_ms = cs.ready_ms, "cold start");
                     status.cold_start = Some(cs);
                 }
-                self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Instant::now());
+                self.ready_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), Instant::now());
                 status.state = InstanceState::Ready;
                 status.message = String::new();
                 self.report(&id, stamp(&status)).await;
@@ -347,7 +416,10 @@ impl Agent {
             status.message = if oom {
                 "OOM-killed: the instance used more memory than its limit".into()
             } else {
-                format!("exited with code {}", code.map_or("unknown".into(), |c| c.to_string()))
+                format!(
+                    "exited with code {}",
+                    code.map_or("unknown".into(), |c| c.to_string())
+                )
             };
             tracing::warn!(instance = %id, exit = ?code, oom, "instance exited; restarting in {crash_backoff:?}");
             self.report(&id, stamp(&status)).await;
@@ -376,13 +448,19 @@ impl Agent {
         ns_env: &BTreeMap<String, String>,
         port: u16,
     ) -> Result<ColdStart, RuntimeError> {
-        let mut cs = ColdStart { placement_ms: now_ms().saturating_sub(inst.created_at_ms), ..Default::default() };
+        let mut cs = ColdStart {
+            placement_ms: now_ms().saturating_sub(inst.created_at_ms),
+            ..Default::default()
+        };
         let t = Instant::now();
         let reference = self.pinned_image(c).await?;
         let image = self.images.ensure(&reference).await?;
         cs.pull_ms = ms(t.elapsed());
         let t = Instant::now();
-        self.image_use.lock().unwrap_or_else(|p| p.into_inner()).insert(image.name.clone(), Instant::now());
+        self.image_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.name.clone(), Instant::now());
         let secrets = self.open_secrets(&inst.namespace, &inst.container)?;
         let s = InstanceSpec {
             id: &inst.id,
@@ -417,7 +495,9 @@ impl Agent {
     /// scale to zero: memory kept, wakes in milliseconds).
     async fn suspend_idle(&self) {
         let after = self.cluster.config.suspend_after;
-        let Some(mesh) = self.cluster.mesh.get() else { return };
+        let Some(mesh) = self.cluster.mesh.get() else {
+            return;
+        };
         if after.is_zero() {
             return;
         }
@@ -427,13 +507,21 @@ impl Agent {
                 .instances
                 .values()
                 .filter(|i| i.node == self.cluster.id)
-                .filter_map(|i| sm.data.statuses.get(&i.id).map(|s| (i.id.clone(), s.clone())))
+                .filter_map(|i| {
+                    sm.data
+                        .statuses
+                        .get(&i.id)
+                        .map(|s| (i.id.clone(), s.clone()))
+                })
                 .filter(|(_, s)| s.state == InstanceState::Ready)
                 .collect()
         };
         for (id, status) in candidates {
             let since = self.ready_since(&id);
-            if mesh.is_suspended(&id) || mesh.in_flight(&id) > 0 || mesh.idle_for(&id, since) < after {
+            if mesh.is_suspended(&id)
+                || mesh.in_flight(&id) > 0
+                || mesh.idle_for(&id, since) < after
+            {
                 continue;
             }
             if !matches!(self.tasks.state(&id).await, Ok(TaskState::Running { .. })) {
@@ -443,7 +531,14 @@ impl Agent {
                 Ok(()) => {
                     mesh.mark_suspended(&id);
                     tracing::info!(instance = %id, "suspended idle instance");
-                    self.report(&id, stamp(&InstanceStatus { state: InstanceState::Suspended, ..status })).await;
+                    self.report(
+                        &id,
+                        stamp(&InstanceStatus {
+                            state: InstanceState::Suspended,
+                            ..status
+                        }),
+                    )
+                    .await;
                 }
                 Err(e) => tracing::warn!(instance = %id, error = %e, "suspending"),
             }
@@ -451,18 +546,34 @@ impl Agent {
     }
 
     fn ready_since(&self, id: &str) -> Instant {
-        *self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_insert_with(Instant::now)
+        *self
+            .ready_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_insert_with(Instant::now)
     }
 
     /// The mesh resumed an instance: record it ready again.
     pub fn resumed(self: &Arc<Self>, id: &str) {
-        self.ready_at.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), Instant::now());
+        self.ready_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), Instant::now());
         let agent = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             let status = agent.cluster.sm.read().data.statuses.get(&id).cloned();
             if let Some(s) = status {
-                agent.report(&id, stamp(&InstanceStatus { state: InstanceState::Ready, ..s })).await;
+                agent
+                    .report(
+                        &id,
+                        stamp(&InstanceStatus {
+                            state: InstanceState::Ready,
+                            ..s
+                        }),
+                    )
+                    .await;
             }
         });
     }
@@ -471,10 +582,18 @@ impl Agent {
     /// moves to `<id>.log.1` (replacing the older one) and starts afresh.
     /// The shim appends (O_APPEND), so truncating under it is safe.
     fn cap_logs(&self) {
-        let ids: Vec<String> = self.supervisors.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let ids: Vec<String> = self
+            .supervisors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         for id in ids {
             let path = self.tasks.log_path(&id);
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if meta.len() <= LOG_CAP_BYTES {
                 continue;
             }
@@ -488,7 +607,11 @@ impl Agent {
     }
 
     /// Opens the namespace's and the container's secrets (the container's win).
-    fn open_secrets(&self, ns: &str, name: &str) -> Result<BTreeMap<String, crate::secrets::SecretValue>, RuntimeError> {
+    fn open_secrets(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<BTreeMap<String, crate::secrets::SecretValue>, RuntimeError> {
         let sealed: Vec<(String, String, crate::state::StoredSecret)> = {
             let sm = self.cluster.sm.read();
             let mut v = Vec::new();
@@ -502,13 +625,17 @@ impl Agent {
         if sealed.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let dk = self.cluster.data_key().map_err(|e| RuntimeError::Spec(format!("secrets: {e}")))?;
+        let dk = self
+            .cluster
+            .data_key()
+            .map_err(|e| RuntimeError::Spec(format!("secrets: {e}")))?;
         let mut out = BTreeMap::new();
         for (scope, k, s) in sealed {
             let plain = dk
                 .open(&s.sealed, &crate::secrets::aad(&scope, &k))
                 .map_err(|e| RuntimeError::Spec(format!("secrets: {scope}/{k}: {e}")))?;
-            let v = String::from_utf8(plain).map_err(|_| RuntimeError::Spec(format!("secrets: {scope}/{k} is not UTF-8")))?;
+            let v = String::from_utf8(plain)
+                .map_err(|_| RuntimeError::Spec(format!("secrets: {scope}/{k} is not UTF-8")))?;
             out.insert(k, crate::secrets::SecretValue::new(v));
         }
         Ok(out)
@@ -516,7 +643,9 @@ impl Agent {
 
     /// Deletes images no instance here has wanted for `image_gc_after`.
     async fn collect_images(&self) {
-        let Ok(images) = self.images.list_managed().await else { return };
+        let Ok(images) = self.images.list_managed().await else {
+            return;
+        };
         let in_use: HashSet<String> = {
             let sm = self.cluster.sm.read();
             sm.data
@@ -546,7 +675,10 @@ impl Agent {
         for name in doomed {
             tracing::info!(image = %name, "deleting unused image");
             if self.images.delete(&name).await.is_ok() {
-                self.image_use.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                self.image_use
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
             }
         }
     }
@@ -557,7 +689,10 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn stamp(s: &InstanceStatus) -> InstanceStatus {
-    InstanceStatus { updated_at_ms: now_ms(), ..s.clone() }
+    InstanceStatus {
+        updated_at_ms: now_ms(),
+        ..s.clone()
+    }
 }
 
 /// Sleeps `d`; returns true if a stop was requested meanwhile.
@@ -592,11 +727,15 @@ async fn wait_ready(port: u16, health_path: Option<&str>) {
 async fn health_ok(stream: tokio::net::TcpStream, port: u16, path: &str) -> bool {
     use http_body_util::Empty;
     let io = hyper_util::rt::TokioIo::new(stream);
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(io).await else {
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(io).await
+    else {
         return false;
     };
     let driver = tokio::spawn(conn);
-    let req = http::Request::get(path).header(http::header::HOST, format!("127.0.0.1:{port}")).body(Empty::new());
+    let req = http::Request::get(path)
+        .header(http::header::HOST, format!("127.0.0.1:{port}"))
+        .body(Empty::new());
     let ok = match req {
         Ok(req) => matches!(
             tokio::time::timeout(Duration::from_secs(2), sender.send_request(req)).await,
@@ -618,13 +757,24 @@ mod tests {
 
     #[test]
     fn decide_supervises_stops_and_removes_orphans() {
-        let a = decide(&set(&["a", "b"]), &set(&["b", "c"]), &set(&["b", "c", "d", "a"]));
+        let a = decide(
+            &set(&["a", "b"]),
+            &set(&["b", "c"]),
+            &set(&["b", "c", "d", "a"]),
+        );
         assert_eq!(
             a,
-            vec![Action::Supervise("a".into()), Action::Stop("c".into()), Action::RemoveOrphan("d".into())]
+            vec![
+                Action::Supervise("a".into()),
+                Action::Stop("c".into()),
+                Action::RemoveOrphan("d".into())
+            ]
         );
         // A desired instance whose container exists is adopted by its supervisor, not removed.
-        assert_eq!(decide(&set(&["a"]), &set(&[]), &set(&["a"])), vec![Action::Supervise("a".into())]);
+        assert_eq!(
+            decide(&set(&["a"]), &set(&[]), &set(&["a"])),
+            vec![Action::Supervise("a".into())]
+        );
         assert!(decide(&set(&["a"]), &set(&["a"]), &set(&["a"])).is_empty());
     }
 }

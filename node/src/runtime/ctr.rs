@@ -34,15 +34,27 @@ pub struct Ctr {
 impl Ctr {
     /// Connects to the socket and makes sure the namespace exists.
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Self, RuntimeError> {
-        let channel = containerd_client::connect(socket).await.map_err(|e| RuntimeError::Connect {
-            socket: socket.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let ctr = Ctr { channel, namespace: namespace.to_string() };
-        let req = CreateNamespaceRequest {
-            namespace: Some(Namespace { name: namespace.to_string(), labels: Default::default() }),
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|e| RuntimeError::Connect {
+                    socket: socket.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        let ctr = Ctr {
+            channel,
+            namespace: namespace.to_string(),
         };
-        match NamespacesClient::new(ctr.channel.clone()).create(ctr.req(req, None)).await {
+        let req = CreateNamespaceRequest {
+            namespace: Some(Namespace {
+                name: namespace.to_string(),
+                labels: Default::default(),
+            }),
+        };
+        match NamespacesClient::new(ctr.channel.clone())
+            .create(ctr.req(req, None))
+            .await
+        {
             Ok(_) => {}
             Err(s) if s.code() == Code::AlreadyExists => {}
             Err(s) => return Err(RuntimeError::containerd("create namespace", s)),
@@ -64,7 +76,9 @@ impl Ctr {
     }
 
     pub fn content(&self) -> ContentClient<Channel> {
-        ContentClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+        ContentClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
     }
     pub fn images(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())

@@ -17,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use containerd_client::services::v1::{
-    CreateImageRequest, CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest, GetImageRequest,
-    Image, InfoRequest, ReadContentRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
-};
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::ApplyRequest;
+use containerd_client::services::v1::{
+    CreateImageRequest, CreateRequest as LeaseCreateRequest, DeleteRequest as LeaseDeleteRequest,
+    GetImageRequest, Image, InfoRequest, ReadContentRequest, UpdateImageRequest, WriteAction,
+    WriteContentRequest,
+};
 use containerd_client::types::Descriptor;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -43,7 +44,12 @@ const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const ACCEPTED: &[&str] = &[MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
+const ACCEPTED: &[&str] = &[
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+];
 const CHUNK: usize = 1024 * 1024;
 
 /// What an instance needs from its image.
@@ -81,7 +87,10 @@ pub struct Images {
 }
 
 fn image_err(reference: &str, message: impl ToString) -> RuntimeError {
-    RuntimeError::Image { reference: reference.to_string(), message: message.to_string() }
+    RuntimeError::Image {
+        reference: reference.to_string(),
+        message: message.to_string(),
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -130,7 +139,10 @@ impl Images {
         // TLS to registries uses rustls with the ring provider; a provider
         // installed earlier by the process is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = ClientConfig { protocol: ClientProtocol::HttpsExcept(insecure.to_vec()), ..Default::default() };
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
+            ..Default::default()
+        };
         Images {
             ctr,
             client: oci_client::Client::new(config),
@@ -144,15 +156,19 @@ impl Images {
     fn auth(&self, r: &Reference) -> RegistryAuth {
         match self.credentials.get(r.registry()) {
             Some(RegistryCredentials { token: Some(t), .. }) => RegistryAuth::Bearer(t.clone()),
-            Some(RegistryCredentials { username: Some(u), password, .. }) => {
-                RegistryAuth::Basic(u.clone(), password.clone().unwrap_or_default())
-            }
+            Some(RegistryCredentials {
+                username: Some(u),
+                password,
+                ..
+            }) => RegistryAuth::Basic(u.clone(), password.clone().unwrap_or_default()),
             _ => RegistryAuth::Anonymous,
         }
     }
 
     fn parse(reference: &str) -> Result<Reference, RuntimeError> {
-        reference.parse::<Reference>().map_err(|e| image_err(reference, format!("not a valid image reference: {e}")))
+        reference
+            .parse::<Reference>()
+            .map_err(|e| image_err(reference, format!("not a valid image reference: {e}")))
     }
 
     /// Resolves a reference to `repository@digest`: an image present in
@@ -177,7 +193,17 @@ impl Images {
     }
 
     async fn get_image(&self, name: &str) -> Result<Option<Image>, RuntimeError> {
-        match self.ctr.images().get(self.ctr.req(GetImageRequest { name: name.to_string() }, None)).await {
+        match self
+            .ctr
+            .images()
+            .get(self.ctr.req(
+                GetImageRequest {
+                    name: name.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
             Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(RuntimeError::containerd("get image", s)),
@@ -208,7 +234,9 @@ impl Images {
         let res = async {
             match found {
                 Some(img) => {
-                    let target = img.target.ok_or_else(|| image_err(reference, "image record has no target"))?;
+                    let target = img
+                        .target
+                        .ok_or_else(|| image_err(reference, "image record has no target"))?;
                     self.open_stored(reference, &img.name, target, &lease).await
                 }
                 None => self.pull(reference, &lease).await,
@@ -225,20 +253,40 @@ impl Images {
         // Should rouse die mid-pull, containerd drops the lease itself.
         let expire = chrono_like_expiry(3600);
         labels.insert("containerd.io/gc.expire".to_string(), expire);
-        let req = LeaseCreateRequest { id: id.clone(), labels };
-        self.ctr.leases().create(self.ctr.req(req, None)).await.map_err(|s| RuntimeError::containerd("create lease", s))?;
+        let req = LeaseCreateRequest {
+            id: id.clone(),
+            labels,
+        };
+        self.ctr
+            .leases()
+            .create(self.ctr.req(req, None))
+            .await
+            .map_err(|s| RuntimeError::containerd("create lease", s))?;
         Ok(id)
     }
 
     async fn drop_lease(&self, id: &str) {
-        let req = LeaseDeleteRequest { id: id.to_string(), sync: false };
+        let req = LeaseDeleteRequest {
+            id: id.to_string(),
+            sync: false,
+        };
         if let Err(s) = self.ctr.leases().delete(self.ctr.req(req, None)).await {
             tracing::warn!(lease = id, error = %s, "dropping lease");
         }
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool, RuntimeError> {
-        match self.ctr.content().info(self.ctr.req(InfoRequest { digest: digest.to_string() }, None)).await {
+        match self
+            .ctr
+            .content()
+            .info(self.ctr.req(
+                InfoRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(RuntimeError::containerd("content info", s)),
@@ -246,7 +294,11 @@ impl Images {
     }
 
     async fn read_content(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
-        let req = ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 };
+        let req = ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        };
         let mut stream = self
             .ctr
             .content()
@@ -256,10 +308,17 @@ impl Images {
             .into_inner();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.map_err(|s| RuntimeError::containerd("read content", s))?.data);
+            out.extend_from_slice(
+                &chunk
+                    .map_err(|s| RuntimeError::containerd("read content", s))?
+                    .data,
+            );
         }
         if sha256_hex(&out) != digest {
-            return Err(RuntimeError::Image { reference: digest.into(), message: "content store returned corrupt data".into() });
+            return Err(RuntimeError::Image {
+                reference: digest.into(),
+                message: "content store returned corrupt data".into(),
+            });
         }
         Ok(out)
     }
@@ -277,18 +336,34 @@ impl Images {
             return Ok(());
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-        let refname = format!("rouse-{}-{}", digest.replace(':', "-"), rand::random::<u32>());
+        let refname = format!(
+            "rouse-{}-{}",
+            digest.replace(':', "-"),
+            rand::random::<u32>()
+        );
         let send = |r: WriteContentRequest| {
             let tx = tx.clone();
-            async move { tx.send(r).await.map_err(|_| image_err(digest, "content writer closed")) }
+            async move {
+                tx.send(r)
+                    .await
+                    .map_err(|_| image_err(digest, "content writer closed"))
+            }
         };
         // containerd answers (and sends headers) only after the first
         // message, so queue it before opening the stream.
-        send(WriteContentRequest { action: WriteAction::Stat.into(), r#ref: refname.clone(), ..Default::default() }).await?;
+        send(WriteContentRequest {
+            action: WriteAction::Stat.into(),
+            r#ref: refname.clone(),
+            ..Default::default()
+        })
+        .await?;
         let mut responses = self
             .ctr
             .content()
-            .write(self.ctr.req(tokio_stream::wrappers::ReceiverStream::new(rx), Some(lease)))
+            .write(
+                self.ctr
+                    .req(tokio_stream::wrappers::ReceiverStream::new(rx), Some(lease)),
+            )
             .await
             .map_err(|s| RuntimeError::containerd("write content", s))?
             .into_inner();
@@ -297,7 +372,12 @@ impl Images {
         let mut offset: i64 = 0;
         let mut emit = |data: Vec<u8>| {
             hasher.update(&data);
-            let req = WriteContentRequest { action: WriteAction::Write.into(), offset, data, ..Default::default() };
+            let req = WriteContentRequest {
+                action: WriteAction::Write.into(),
+                offset,
+                data,
+                ..Default::default()
+            };
             offset += i64::try_from(req.data.len()).unwrap_or(i64::MAX);
             req
         };
@@ -323,7 +403,10 @@ impl Images {
         }
         let got = format!("sha256:{}", hex::encode(hasher.finalize()));
         if got != digest {
-            return Err(image_err(digest, format!("digest mismatch: content hashes to {got}")));
+            return Err(image_err(
+                digest,
+                format!("digest mismatch: content hashes to {got}"),
+            ));
         }
         let commit = WriteContentRequest {
             action: WriteAction::Commit.into(),
@@ -336,7 +419,10 @@ impl Images {
         send(commit).await?;
         match next_msg(&mut responses, digest).await {
             Ok(_) => Ok(()),
-            Err(RuntimeError::Containerd { code: Code::AlreadyExists, .. }) => Ok(()),
+            Err(RuntimeError::Containerd {
+                code: Code::AlreadyExists,
+                ..
+            }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -357,8 +443,13 @@ impl Images {
         }
         let top_media;
         let (manifest_raw, manifest_digest) = if is_index(&raw) {
-            let index: ImageIndex = serde_json::from_slice(&raw).map_err(|e| image_err(reference, format!("index: {e}")))?;
-            top_media = index.media_type().as_ref().map(|m| m.to_string()).unwrap_or_else(|| MEDIA_OCI_INDEX.to_string());
+            let index: ImageIndex = serde_json::from_slice(&raw)
+                .map_err(|e| image_err(reference, format!("index: {e}")))?;
+            top_media = index
+                .media_type()
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| MEDIA_OCI_INDEX.to_string());
             let pick = index
                 .manifests()
                 .iter()
@@ -369,17 +460,30 @@ impl Images {
                 })
                 .ok_or_else(|| image_err(reference, "no linux/amd64 manifest in the index"))?;
             let digest = pick.digest().to_string();
-            let by_digest = Reference::with_digest(r.registry().to_string(), r.repository().to_string(), digest.clone());
+            let by_digest = Reference::with_digest(
+                r.registry().to_string(),
+                r.repository().to_string(),
+                digest.clone(),
+            );
             let (m, d) = self
                 .client
                 .pull_manifest_raw(&by_digest, &auth, ACCEPTED)
                 .await
-                .map_err(|e| image_err(reference, format!("fetching the platform manifest: {e}")))?;
+                .map_err(|e| {
+                    image_err(reference, format!("fetching the platform manifest: {e}"))
+                })?;
             if d != digest || sha256_hex(&m) != digest {
-                return Err(image_err(reference, "platform manifest does not match its digest"));
+                return Err(image_err(
+                    reference,
+                    "platform manifest does not match its digest",
+                ));
             }
-            let labels = HashMap::from([("containerd.io/gc.ref.content.m.0".to_string(), digest.clone())]);
-            self.write_content(lease, &top_digest, BlobSource::Bytes(&raw), labels).await?;
+            let labels = HashMap::from([(
+                "containerd.io/gc.ref.content.m.0".to_string(),
+                digest.clone(),
+            )]);
+            self.write_content(lease, &top_digest, BlobSource::Bytes(&raw), labels)
+                .await?;
             (m.to_vec(), digest)
         } else {
             top_media = serde_json::from_slice::<MediaTypeOnly>(&raw)
@@ -388,51 +492,86 @@ impl Images {
                 .unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string());
             (raw.clone(), top_digest.clone())
         };
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_raw).map_err(|e| image_err(reference, format!("manifest: {e}")))?;
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_raw)
+            .map_err(|e| image_err(reference, format!("manifest: {e}")))?;
         let config_digest = manifest.config().digest().to_string();
         let mut config_raw = Vec::new();
         self.client
             .pull_blob(&r, config_digest.as_str(), &mut config_raw)
             .await
             .map_err(|e| image_err(reference, format!("fetching the config: {e}")))?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_raw).map_err(|e| image_err(reference, format!("config: {e}")))?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_raw)
+            .map_err(|e| image_err(reference, format!("config: {e}")))?;
         let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();
         if diff_ids.len() != manifest.layers().len() {
-            return Err(image_err(reference, "config and manifest disagree on the number of layers"));
+            return Err(image_err(
+                reference,
+                "config and manifest disagree on the number of layers",
+            ));
         }
         let chains = chain_ids(&diff_ids);
         let top_chain = chains.last().cloned().unwrap_or_default();
-        let labels = HashMap::from([(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top_chain.clone())]);
-        self.write_content(lease, &config_digest, BlobSource::Bytes(&config_raw), labels).await?;
+        let labels = HashMap::from([(
+            format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
+            top_chain.clone(),
+        )]);
+        self.write_content(
+            lease,
+            &config_digest,
+            BlobSource::Bytes(&config_raw),
+            labels,
+        )
+        .await?;
         for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
             let digest = layer.digest().to_string();
             if self.content_exists(&digest).await? {
                 continue;
             }
             std::fs::create_dir_all(&self.tmp)?;
-            let path = self.tmp.join(format!("blob-{}-{}", digest.replace(':', "-"), rand::random::<u32>()));
+            let path = self.tmp.join(format!(
+                "blob-{}-{}",
+                digest.replace(':', "-"),
+                rand::random::<u32>()
+            ));
             let res = async {
                 let file = tokio::fs::File::create(&path).await?;
                 self.client
                     .pull_blob(&r, digest.as_str(), file)
                     .await
                     .map_err(|e| image_err(reference, format!("fetching layer {digest}: {e}")))?;
-                let labels = HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
-                self.write_content(lease, &digest, BlobSource::File(&path), labels).await
+                let labels =
+                    HashMap::from([("containerd.io/uncompressed".to_string(), diff_id.clone())]);
+                self.write_content(lease, &digest, BlobSource::File(&path), labels)
+                    .await
             }
             .await;
             let _ = std::fs::remove_file(&path);
             res?;
         }
-        let mut labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_digest.clone())]);
+        let mut labels = HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_string(),
+            config_digest.clone(),
+        )]);
         for (i, l) in manifest.layers().iter().enumerate() {
-            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest().to_string());
+            labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest().to_string(),
+            );
         }
-        self.write_content(lease, &manifest_digest, BlobSource::Bytes(&manifest_raw), labels).await?;
+        self.write_content(
+            lease,
+            &manifest_digest,
+            BlobSource::Bytes(&manifest_raw),
+            labels,
+        )
+        .await?;
         let size = i64::try_from(raw.len()).unwrap_or(i64::MAX);
-        let target = Descriptor { media_type: top_media, digest: top_digest.clone(), size, annotations: HashMap::new() };
+        let target = Descriptor {
+            media_type: top_media,
+            digest: top_digest.clone(),
+            size,
+            annotations: HashMap::new(),
+        };
         self.put_image(reference, target).await?;
         self.unpack(reference, &manifest, &diff_ids, lease).await?;
         Ok(info_from(reference, &top_digest, &top_chain, &config))
@@ -440,13 +579,30 @@ impl Images {
 
     async fn put_image(&self, name: &str, target: Descriptor) -> Result<(), RuntimeError> {
         let labels = HashMap::from([(super::labels::MANAGED.to_string(), "true".to_string())]);
-        let image = Image { name: name.to_string(), labels, target: Some(target), created_at: None, updated_at: None };
-        let req = CreateImageRequest { image: Some(image.clone()), source_date_epoch: None };
+        let image = Image {
+            name: name.to_string(),
+            labels,
+            target: Some(target),
+            created_at: None,
+            updated_at: None,
+        };
+        let req = CreateImageRequest {
+            image: Some(image.clone()),
+            source_date_epoch: None,
+        };
         match self.ctr.images().create(self.ctr.req(req, None)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => {
-                let req = UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None };
-                self.ctr.images().update(self.ctr.req(req, None)).await.map_err(|s| RuntimeError::containerd("update image", s))?;
+                let req = UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: None,
+                    source_date_epoch: None,
+                };
+                self.ctr
+                    .images()
+                    .update(self.ctr.req(req, None))
+                    .await
+                    .map_err(|s| RuntimeError::containerd("update image", s))?;
                 Ok(())
             }
             Err(s) => Err(RuntimeError::containerd("create image", s)),
@@ -454,24 +610,37 @@ impl Images {
     }
 
     /// Reads an image already in the content store, unpacking what is missing.
-    async fn open_stored(&self, reference: &str, name: &str, target: Descriptor, lease: &str) -> Result<ImageInfo, RuntimeError> {
+    async fn open_stored(
+        &self,
+        reference: &str,
+        name: &str,
+        target: Descriptor,
+        lease: &str,
+    ) -> Result<ImageInfo, RuntimeError> {
         let raw = self.read_content(&target.digest).await?;
         let manifest_raw = if is_index(&raw) {
-            let index: ImageIndex = serde_json::from_slice(&raw).map_err(|e| image_err(reference, format!("index: {e}")))?;
+            let index: ImageIndex = serde_json::from_slice(&raw)
+                .map_err(|e| image_err(reference, format!("index: {e}")))?;
             let pick = index
                 .manifests()
                 .iter()
-                .find(|m| m.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"))
+                .find(|m| {
+                    m.platform().as_ref().is_none_or(|p| {
+                        p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+                    })
+                })
                 .ok_or_else(|| image_err(reference, "no linux/amd64 manifest in the index"))?;
             self.read_content(pick.digest().as_ref()).await?
         } else {
             raw
         };
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_raw).map_err(|e| image_err(reference, format!("manifest: {e}")))?;
-        let config_raw = self.read_content(manifest.config().digest().as_ref()).await?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_raw).map_err(|e| image_err(reference, format!("config: {e}")))?;
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_raw)
+            .map_err(|e| image_err(reference, format!("manifest: {e}")))?;
+        let config_raw = self
+            .read_content(manifest.config().digest().as_ref())
+            .await?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_raw)
+            .map_err(|e| image_err(reference, format!("config: {e}")))?;
         let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();
         let chains = chain_ids(&diff_ids);
         let top = chains.last().cloned().unwrap_or_default();
@@ -482,7 +651,10 @@ impl Images {
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
-        let req = StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.to_string() };
+        let req = StatSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_string(),
+        };
         match self.ctr.snapshots().stat(self.ctr.req(req, None)).await {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
@@ -492,7 +664,13 @@ impl Images {
 
     /// Applies each layer onto its parent snapshot, committing each under
     /// its chain id; layers already unpacked are skipped.
-    async fn unpack(&self, reference: &str, manifest: &ImageManifest, diff_ids: &[String], lease: &str) -> Result<(), RuntimeError> {
+    async fn unpack(
+        &self,
+        reference: &str,
+        manifest: &ImageManifest,
+        diff_ids: &[String],
+        lease: &str,
+    ) -> Result<(), RuntimeError> {
         let chains = chain_ids(diff_ids);
         let mut parent = String::new();
         for ((layer, chain), diff_id) in manifest.layers().iter().zip(&chains).zip(diff_ids) {
@@ -524,11 +702,26 @@ impl Images {
             let applied = self
                 .ctr
                 .diff()
-                .apply(self.ctr.req(ApplyRequest { diff: Some(desc), mounts, payloads: HashMap::new(), sync_fs: false }, Some(lease)))
+                .apply(self.ctr.req(
+                    ApplyRequest {
+                        diff: Some(desc),
+                        mounts,
+                        payloads: HashMap::new(),
+                        sync_fs: false,
+                    },
+                    Some(lease),
+                ))
                 .await;
             let fail = |e: RuntimeError| async {
-                let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() };
-                let _ = self.ctr.snapshots().remove(self.ctr.req(req, Some(lease))).await;
+                let req = RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: key.clone(),
+                };
+                let _ = self
+                    .ctr
+                    .snapshots()
+                    .remove(self.ctr.req(req, Some(lease)))
+                    .await;
                 Err(e)
             };
             let applied = match applied {
@@ -536,18 +729,36 @@ impl Images {
                 Err(s) => return fail(RuntimeError::containerd("apply layer", s)).await,
             };
             if applied.as_ref().map(|d| d.digest.as_str()) != Some(diff_id.as_str()) {
-                return fail(image_err(reference, format!("layer {} unpacked to an unexpected diff id", layer.digest()))).await;
+                return fail(image_err(
+                    reference,
+                    format!("layer {} unpacked to an unexpected diff id", layer.digest()),
+                ))
+                .await;
             }
-            let labels = HashMap::from([(
-                "containerd.io/snapshot.ref".to_string(),
-                chain.clone(),
-            )]);
-            let req = CommitSnapshotRequest { snapshotter: SNAPSHOTTER.into(), name: chain.clone(), key: key.clone(), labels };
-            match self.ctr.snapshots().commit(self.ctr.req(req, Some(lease))).await {
+            let labels = HashMap::from([("containerd.io/snapshot.ref".to_string(), chain.clone())]);
+            let req = CommitSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                name: chain.clone(),
+                key: key.clone(),
+                labels,
+            };
+            match self
+                .ctr
+                .snapshots()
+                .commit(self.ctr.req(req, Some(lease)))
+                .await
+            {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::AlreadyExists => {
-                    let req = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone() };
-                    let _ = self.ctr.snapshots().remove(self.ctr.req(req, Some(lease))).await;
+                    let req = RemoveSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: key.clone(),
+                    };
+                    let _ = self
+                        .ctr
+                        .snapshots()
+                        .remove(self.ctr.req(req, Some(lease)))
+                        .await;
                 }
                 Err(s) => return fail(RuntimeError::containerd("commit snapshot", s)).await,
             }
@@ -559,7 +770,11 @@ impl Images {
     /// Imports an OCI-layout tarball (`index.json` + `blobs/`), naming each
     /// image after its `org.opencontainers.image.ref.name` annotation.
     /// Returns the names imported.
-    pub async fn import(&self, tarball: &Path, default_name: Option<&str>) -> Result<Vec<String>, RuntimeError> {
+    pub async fn import(
+        &self,
+        tarball: &Path,
+        default_name: Option<&str>,
+    ) -> Result<Vec<String>, RuntimeError> {
         let dir = self.tmp.join(format!("import-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir)?;
         let res = self.import_in(tarball, &dir, default_name).await;
@@ -567,7 +782,12 @@ impl Images {
         res
     }
 
-    async fn import_in(&self, tarball: &Path, dir: &Path, default_name: Option<&str>) -> Result<Vec<String>, RuntimeError> {
+    async fn import_in(
+        &self,
+        tarball: &Path,
+        dir: &Path,
+        default_name: Option<&str>,
+    ) -> Result<Vec<String>, RuntimeError> {
         let (t, d) = (tarball.to_path_buf(), dir.to_path_buf());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let f = std::fs::File::open(&t)?;
@@ -575,8 +795,10 @@ impl Images {
         })
         .await
         .map_err(|e| image_err("import", e))??;
-        let index_raw = std::fs::read(dir.join("index.json")).map_err(|e| image_err("import", format!("index.json: {e}")))?;
-        let index: ImageIndex = serde_json::from_slice(&index_raw).map_err(|e| image_err("import", format!("index.json: {e}")))?;
+        let index_raw = std::fs::read(dir.join("index.json"))
+            .map_err(|e| image_err("import", format!("index.json: {e}")))?;
+        let index: ImageIndex = serde_json::from_slice(&index_raw)
+            .map_err(|e| image_err("import", format!("index.json: {e}")))?;
         let blob = |digest: &str| dir.join("blobs").join(digest.replace(':', "/"));
         let lease = self.lease().await?;
         let mut names = Vec::new();
@@ -585,48 +807,88 @@ impl Images {
                 let name = m
                     .annotations()
                     .as_ref()
-                    .and_then(|a| a.get("io.containerd.image.name").or_else(|| a.get("org.opencontainers.image.ref.name")))
+                    .and_then(|a| {
+                        a.get("io.containerd.image.name")
+                            .or_else(|| a.get("org.opencontainers.image.ref.name"))
+                    })
                     .cloned()
                     .or_else(|| default_name.map(str::to_string))
-                    .ok_or_else(|| image_err("import", format!("manifest {i} has no name annotation; give --name")))?;
+                    .ok_or_else(|| {
+                        image_err(
+                            "import",
+                            format!("manifest {i} has no name annotation; give --name"),
+                        )
+                    })?;
                 let digest = m.digest().to_string();
                 let raw = std::fs::read(blob(&digest))?;
                 let (manifest_raw, manifest_digest) = if is_index(&raw) {
-                    let idx: ImageIndex = serde_json::from_slice(&raw).map_err(|e| image_err(&name, e))?;
-                    let pick = idx.manifests().first().ok_or_else(|| image_err(&name, "empty index"))?.digest().to_string();
-                    self.write_content(&lease, &digest, BlobSource::Bytes(&raw), HashMap::from([(
-                        "containerd.io/gc.ref.content.m.0".to_string(),
-                        pick.clone(),
-                    )]))
+                    let idx: ImageIndex =
+                        serde_json::from_slice(&raw).map_err(|e| image_err(&name, e))?;
+                    let pick = idx
+                        .manifests()
+                        .first()
+                        .ok_or_else(|| image_err(&name, "empty index"))?
+                        .digest()
+                        .to_string();
+                    self.write_content(
+                        &lease,
+                        &digest,
+                        BlobSource::Bytes(&raw),
+                        HashMap::from([(
+                            "containerd.io/gc.ref.content.m.0".to_string(),
+                            pick.clone(),
+                        )]),
+                    )
                     .await?;
                     (std::fs::read(blob(&pick))?, pick)
                 } else {
                     (raw.clone(), digest.clone())
                 };
-                let manifest: ImageManifest = serde_json::from_slice(&manifest_raw).map_err(|e| image_err(&name, e))?;
+                let manifest: ImageManifest =
+                    serde_json::from_slice(&manifest_raw).map_err(|e| image_err(&name, e))?;
                 let config_digest = manifest.config().digest().to_string();
                 let config_raw = std::fs::read(blob(&config_digest))?;
-                let config: ImageConfiguration = serde_json::from_slice(&config_raw).map_err(|e| image_err(&name, e))?;
+                let config: ImageConfiguration =
+                    serde_json::from_slice(&config_raw).map_err(|e| image_err(&name, e))?;
                 let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();
                 let top = chain_ids(&diff_ids).last().cloned().unwrap_or_default();
-                self.write_content(&lease, &config_digest, BlobSource::Bytes(&config_raw), HashMap::from([(
-                    format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"),
-                    top,
-                )]))
+                self.write_content(
+                    &lease,
+                    &config_digest,
+                    BlobSource::Bytes(&config_raw),
+                    HashMap::from([(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top)]),
+                )
                 .await?;
                 for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
                     let d = layer.digest().to_string();
-                    self.write_content(&lease, &d, BlobSource::File(&blob(&d)), HashMap::from([(
-                        "containerd.io/uncompressed".to_string(),
-                        diff_id.clone(),
-                    )]))
+                    self.write_content(
+                        &lease,
+                        &d,
+                        BlobSource::File(&blob(&d)),
+                        HashMap::from([(
+                            "containerd.io/uncompressed".to_string(),
+                            diff_id.clone(),
+                        )]),
+                    )
                     .await?;
                 }
-                let mut labels = HashMap::from([("containerd.io/gc.ref.content.config".to_string(), config_digest.clone())]);
+                let mut labels = HashMap::from([(
+                    "containerd.io/gc.ref.content.config".to_string(),
+                    config_digest.clone(),
+                )]);
                 for (i, l) in manifest.layers().iter().enumerate() {
-                    labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest().to_string());
+                    labels.insert(
+                        format!("containerd.io/gc.ref.content.l.{i}"),
+                        l.digest().to_string(),
+                    );
                 }
-                self.write_content(&lease, &manifest_digest, BlobSource::Bytes(&manifest_raw), labels).await?;
+                self.write_content(
+                    &lease,
+                    &manifest_digest,
+                    BlobSource::Bytes(&manifest_raw),
+                    labels,
+                )
+                .await?;
                 let target = Descriptor {
                     media_type: m.media_type().to_string(),
                     digest: digest.clone(),
@@ -650,14 +912,23 @@ impl Images {
         let req = containerd_client::services::v1::ListImagesRequest {
             filters: vec![format!("labels.\"{}\"==true", super::labels::MANAGED)],
         };
-        let r = self.ctr.images().list(self.ctr.req(req, None)).await.map_err(|s| RuntimeError::containerd("list images", s))?;
+        let r = self
+            .ctr
+            .images()
+            .list(self.ctr.req(req, None))
+            .await
+            .map_err(|s| RuntimeError::containerd("list images", s))?;
         Ok(r.into_inner().images)
     }
 
     /// Deletes an image record; containerd's GC then frees its content and
     /// snapshots once nothing else references them.
     pub async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
-        let req = containerd_client::services::v1::DeleteImageRequest { name: name.to_string(), sync: false, target: None };
+        let req = containerd_client::services::v1::DeleteImageRequest {
+            name: name.to_string(),
+            sync: false,
+            target: None,
+        };
         match self.ctr.images().delete(self.ctr.req(req, None)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
@@ -712,7 +983,6 @@ fn chrono_like_expiry(secs: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,8 +997,14 @@ mod tests {
 
     #[test]
     fn strips_tag_and_digest() {
-        assert_eq!(strip_tag_digest("127.0.0.1:5000/a/b:1"), "127.0.0.1:5000/a/b");
-        assert_eq!(strip_tag_digest("127.0.0.1:5000/a/b@sha256:x"), "127.0.0.1:5000/a/b");
+        assert_eq!(
+            strip_tag_digest("127.0.0.1:5000/a/b:1"),
+            "127.0.0.1:5000/a/b"
+        );
+        assert_eq!(
+            strip_tag_digest("127.0.0.1:5000/a/b@sha256:x"),
+            "127.0.0.1:5000/a/b"
+        );
         assert_eq!(strip_tag_digest("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b");
         assert_eq!(strip_tag_digest("hello:1"), "hello");
     }

@@ -30,7 +30,11 @@ pub enum RuntimeError {
     #[error("containerd at {socket}: {message}")]
     Connect { socket: String, message: String },
     #[error("containerd {op}: {status}")]
-    Containerd { op: String, status: String, code: tonic::Code },
+    Containerd {
+        op: String,
+        status: String,
+        code: tonic::Code,
+    },
     #[error("image {reference}: {message}")]
     Image { reference: String, message: String },
     #[error("registry: {0}")]
@@ -43,11 +47,21 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub fn containerd(op: &str, s: tonic::Status) -> Self {
-        RuntimeError::Containerd { op: op.to_string(), status: s.message().to_string(), code: s.code() }
+        RuntimeError::Containerd {
+            op: op.to_string(),
+            status: s.message().to_string(),
+            code: s.code(),
+        }
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RuntimeError::Containerd { code: tonic::Code::NotFound, .. })
+        matches!(
+            self,
+            RuntimeError::Containerd {
+                code: tonic::Code::NotFound,
+                ..
+            }
+        )
     }
 }
 

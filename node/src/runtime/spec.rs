@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::image::ImageInfo;
@@ -50,7 +50,11 @@ pub fn merged_env(s: &InstanceSpec<'_>) -> Vec<String> {
     }
     env.extend(s.namespace_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(s.container_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(s.secrets.iter().map(|(k, v)| (k.clone(), v.expose().to_string())));
+    env.extend(
+        s.secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string())),
+    );
     env.insert("PORT".into(), s.port.to_string());
     env.entry("PATH".into())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -73,7 +77,8 @@ fn parse_user(user: &str) -> Result<(u32, u32), RuntimeError> {
     let gid = if g.is_empty() {
         uid
     } else {
-        g.parse::<u32>().map_err(|_| RuntimeError::Spec(format!("user: group in {user:?} must be numeric")))?
+        g.parse::<u32>()
+            .map_err(|_| RuntimeError::Spec(format!("user: group in {user:?} must be numeric")))?
     };
     Ok((uid, gid))
 }
@@ -86,7 +91,9 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
     let mut args = s.image.entrypoint.clone();
     args.extend(s.image.cmd.iter().cloned());
     if args.is_empty() {
-        return Err(RuntimeError::Spec("image has neither Entrypoint nor Cmd: nothing to run".into()));
+        return Err(RuntimeError::Spec(
+            "image has neither Entrypoint nor Cmd: nothing to run".into(),
+        ));
     }
     let (uid, gid) = parse_user(&s.image.user)?;
     let caps: std::collections::HashSet<Capability> = [
@@ -113,13 +120,23 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
         .permitted(caps)
         .build()
         .map_err(spec_err)?;
-    let cwd = if s.image.working_dir.is_empty() { "/".to_string() } else { s.image.working_dir.clone() };
+    let cwd = if s.image.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        s.image.working_dir.clone()
+    };
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
         .env(merged_env(s))
         .cwd(cwd)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(spec_err)?)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(spec_err)?,
+        )
         .capabilities(capabilities)
         .no_new_privileges(true)
         .build()
@@ -129,13 +146,33 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
     // /sys read-only; the cgroup tree visible read-only.
     for m in &mut mounts {
         if m.destination() == &PathBuf::from("/sys") {
-            m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "ro".into()]));
+            m.set_options(Some(vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+                "ro".into(),
+            ]));
         }
     }
     let extra = [
-        ("/sys/fs/cgroup", "cgroup", "cgroup", vec!["nosuid", "noexec", "nodev", "relatime", "ro"]),
-        ("/tmp", "tmpfs", "tmpfs", vec!["nosuid", "nodev", "mode=1777", "size=65536k"]),
-        ("/etc/resolv.conf", "bind", "/etc/resolv.conf", vec!["rbind", "ro"]),
+        (
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            vec!["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        (
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            vec!["nosuid", "nodev", "mode=1777", "size=65536k"],
+        ),
+        (
+            "/etc/resolv.conf",
+            "bind",
+            "/etc/resolv.conf",
+            vec!["rbind", "ro"],
+        ),
         ("/etc/hosts", "bind", "/etc/hosts", vec!["rbind", "ro"]),
     ];
     for (dest, typ, source, opts) in extra {
@@ -155,16 +192,47 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
 
     let memory = i64::from(s.memory_mb) * 1024 * 1024;
     let resources = LinuxResourcesBuilder::default()
-        .cpu(LinuxCpuBuilder::default().quota(cpu_quota(s.cpu_mvcpu)).period(CFS_PERIOD_US).build().map_err(spec_err)?)
-        .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build().map_err(spec_err)?)
-        .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build().map_err(spec_err)?)
-        .devices(vec![oci_spec::runtime::LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(spec_err)?])
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota(cpu_quota(s.cpu_mvcpu))
+                .period(CFS_PERIOD_US)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory)
+                .swap(memory)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(PIDS_LIMIT)
+                .build()
+                .map_err(spec_err)?,
+        )
+        .devices(vec![oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(spec_err)?])
         .build()
         .map_err(spec_err)?;
-    let namespaces = [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount]
-        .into_iter()
-        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().map_err(spec_err))
-        .collect::<Result<Vec<_>, _>>()?;
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| {
+        LinuxNamespaceBuilder::default()
+            .typ(t)
+            .build()
+            .map_err(spec_err)
+    })
+    .collect::<Result<Vec<_>, _>>()?;
     let defaults = oci_spec::runtime::Linux::default();
     let linux = LinuxBuilder::default()
         .resources(resources)
@@ -178,7 +246,13 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into());
     spec.set_process(Some(process));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build().map_err(spec_err)?));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()
+            .map_err(spec_err)?,
+    ));
     spec.set_hostname(Some(short_hostname(s.id)));
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));
@@ -207,9 +281,21 @@ mod tests {
     #[test]
     fn env_precedence_and_port() {
         let img = image();
-        let ns = BTreeMap::from([("B".to_string(), "ns".to_string()), ("C".to_string(), "ns".to_string())]);
+        let ns = BTreeMap::from([
+            ("B".to_string(), "ns".to_string()),
+            ("C".to_string(), "ns".to_string()),
+        ]);
         let ct = BTreeMap::from([("C".to_string(), "ct".to_string())]);
-        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &ns, container_env: &ct, secrets: &BTreeMap::new(), port: 20001, cpu_mvcpu: 250, memory_mb: 128 };
+        let s = InstanceSpec {
+            id: "i1",
+            image: &img,
+            namespace_env: &ns,
+            container_env: &ct,
+            secrets: &BTreeMap::new(),
+            port: 20001,
+            cpu_mvcpu: 250,
+            memory_mb: 128,
+        };
         let env = merged_env(&s);
         assert_eq!(env, ["A=image", "B=ns", "C=ct", "PATH=/bin", "PORT=20001"]);
     }
@@ -218,24 +304,65 @@ mod tests {
     fn limits_args_and_user() {
         let img = image();
         let e = BTreeMap::new();
-        let s = InstanceSpec { id: "i1", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 250, memory_mb: 128 };
+        let s = InstanceSpec {
+            id: "i1",
+            image: &img,
+            namespace_env: &e,
+            container_env: &e,
+            secrets: &BTreeMap::new(),
+            port: 1,
+            cpu_mvcpu: 250,
+            memory_mb: 128,
+        };
         let spec = build(&s).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(25_000));
         assert_eq!(res.cpu().as_ref().unwrap().period(), Some(100_000));
-        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(128 * 1024 * 1024));
-        assert_eq!(res.memory().as_ref().unwrap().swap(), Some(128 * 1024 * 1024));
-        assert_eq!(linux.cgroups_path().as_ref().unwrap(), &PathBuf::from("/rouse/i1"));
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
-        assert!(!ns.contains(&LinuxNamespaceType::Network), "host networking");
+        assert_eq!(
+            res.memory().as_ref().unwrap().limit(),
+            Some(128 * 1024 * 1024)
+        );
+        assert_eq!(
+            res.memory().as_ref().unwrap().swap(),
+            Some(128 * 1024 * 1024)
+        );
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap(),
+            &PathBuf::from("/rouse/i1")
+        );
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(
+            !ns.contains(&LinuxNamespaceType::Network),
+            "host networking"
+        );
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &["/bin/sh", "-c", "exec httpd"]);
         assert_eq!((p.user().uid(), p.user().gid()), (65534, 65534));
         assert_eq!(p.cwd(), &PathBuf::from("/www"));
         assert_eq!(p.no_new_privileges(), Some(true));
-        assert!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().contains(&Capability::NetBindService));
-        assert!(!p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        assert!(p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::NetBindService));
+        assert!(!p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
     }
 
     #[test]
@@ -243,10 +370,28 @@ mod tests {
         let mut img = image();
         img.user = "nginx".into();
         let e = BTreeMap::new();
-        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 100, memory_mb: 64 };
+        let s = InstanceSpec {
+            id: "i",
+            image: &img,
+            namespace_env: &e,
+            container_env: &e,
+            secrets: &BTreeMap::new(),
+            port: 1,
+            cpu_mvcpu: 100,
+            memory_mb: 64,
+        };
         assert!(build(&s).unwrap_err().to_string().contains("user:"));
         let img = ImageInfo::default();
-        let s = InstanceSpec { id: "i", image: &img, namespace_env: &e, container_env: &e, secrets: &BTreeMap::new(), port: 1, cpu_mvcpu: 100, memory_mb: 64 };
+        let s = InstanceSpec {
+            id: "i",
+            image: &img,
+            namespace_env: &e,
+            container_env: &e,
+            secrets: &BTreeMap::new(),
+            port: 1,
+            cpu_mvcpu: 100,
+            memory_mb: 64,
+        };
         assert!(build(&s).is_err());
     }
 }

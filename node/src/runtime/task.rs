@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime;
-use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+};
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest, GetRequest,
-    KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteTaskRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use prost_types::Any;
@@ -54,7 +56,11 @@ fn ignore_not_found(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
 
 impl Tasks {
     pub fn new(ctr: Ctr, logs_dir: PathBuf, node: u64) -> Self {
-        Tasks { ctr, logs_dir, node }
+        Tasks {
+            ctr,
+            logs_dir,
+            node,
+        }
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {
@@ -64,9 +70,23 @@ impl Tasks {
     /// Rouse containers of this node.
     pub async fn list(&self) -> Result<Vec<Actual>, RuntimeError> {
         let filter = format!("labels.\"{}\"=={}", labels::NODE, self.node);
-        let req = ListContainersRequest { filters: vec![filter] };
-        let r = self.ctr.containers().list(self.ctr.req(req, None)).await.map_err(|s| RuntimeError::containerd("list containers", s))?;
-        Ok(r.into_inner().containers.into_iter().map(|c| Actual { id: c.id, labels: c.labels }).collect())
+        let req = ListContainersRequest {
+            filters: vec![filter],
+        };
+        let r = self
+            .ctr
+            .containers()
+            .list(self.ctr.req(req, None))
+            .await
+            .map_err(|s| RuntimeError::containerd("list containers", s))?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| Actual {
+                id: c.id,
+                labels: c.labels,
+            })
+            .collect())
     }
 
     /// Creates the instance's writable snapshot and container record.
@@ -93,13 +113,29 @@ impl Tasks {
             id: id.to_string(),
             labels: container_labels,
             image: image.name.clone(),
-            runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
-            spec: Some(Any { type_url: SPEC_TYPE_URL.into(), value: spec_json }),
+            runtime: Some(Runtime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(Any {
+                type_url: SPEC_TYPE_URL.into(),
+                value: spec_json,
+            }),
             snapshotter: SNAPSHOTTER.into(),
             snapshot_key: id.to_string(),
             ..Default::default()
         };
-        match self.ctr.containers().create(self.ctr.req(CreateContainerRequest { container: Some(container) }, None)).await {
+        match self
+            .ctr
+            .containers()
+            .create(self.ctr.req(
+                CreateContainerRequest {
+                    container: Some(container),
+                },
+                None,
+            ))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => Ok(()),
             Err(s) => Err(RuntimeError::containerd("create container", s)),
@@ -111,7 +147,13 @@ impl Tasks {
         let mounts = self
             .ctr
             .snapshots()
-            .mounts(self.ctr.req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() }, None))
+            .mounts(self.ctr.req(
+                MountsRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.to_string(),
+                },
+                None,
+            ))
             .await
             .map_err(|s| RuntimeError::containerd("snapshot mounts", s))?
             .into_inner()
@@ -132,23 +174,40 @@ impl Tasks {
         };
         self.ctr
             .tasks()
-            .start(self.ctr.req(StartRequest { container_id: id.to_string(), exec_id: String::new() }, None))
+            .start(self.ctr.req(
+                StartRequest {
+                    container_id: id.to_string(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
             .await
             .map_err(|s| RuntimeError::containerd("start task", s))?;
         Ok(pid)
     }
 
     pub async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {
-        let req = GetRequest { container_id: id.to_string(), exec_id: String::new() };
+        let req = GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        };
         match self.ctr.tasks().get(self.ctr.req(req, None)).await {
             Ok(r) => {
-                let Some(p) = r.into_inner().process else { return Ok(TaskState::Absent) };
-                Ok(match TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown) {
-                    TaskStatus::Running | TaskStatus::Pausing => TaskState::Running { pid: p.pid },
-                    TaskStatus::Paused => TaskState::Paused { pid: p.pid },
-                    TaskStatus::Stopped => TaskState::Stopped { exit: p.exit_status },
-                    TaskStatus::Created | TaskStatus::Unknown => TaskState::Created,
-                })
+                let Some(p) = r.into_inner().process else {
+                    return Ok(TaskState::Absent);
+                };
+                Ok(
+                    match TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown) {
+                        TaskStatus::Running | TaskStatus::Pausing => {
+                            TaskState::Running { pid: p.pid }
+                        }
+                        TaskStatus::Paused => TaskState::Paused { pid: p.pid },
+                        TaskStatus::Stopped => TaskState::Stopped {
+                            exit: p.exit_status,
+                        },
+                        TaskStatus::Created | TaskStatus::Unknown => TaskState::Created,
+                    },
+                )
             }
             Err(s) if s.code() == Code::NotFound => Ok(TaskState::Absent),
             Err(s) => Err(RuntimeError::containerd("get task", s)),
@@ -157,31 +216,74 @@ impl Tasks {
 
     /// Blocks until the task exits; returns its exit status.
     pub async fn wait(&self, id: &str) -> Result<u32, RuntimeError> {
-        let req = WaitRequest { container_id: id.to_string(), exec_id: String::new() };
-        let r = self.ctr.tasks().wait(self.ctr.req(req, None)).await.map_err(|s| RuntimeError::containerd("wait task", s))?;
+        let req = WaitRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        };
+        let r = self
+            .ctr
+            .tasks()
+            .wait(self.ctr.req(req, None))
+            .await
+            .map_err(|s| RuntimeError::containerd("wait task", s))?;
         Ok(r.into_inner().exit_status)
     }
 
     pub async fn kill(&self, id: &str, signal: u32) -> Result<(), RuntimeError> {
-        let req = KillRequest { container_id: id.to_string(), exec_id: String::new(), signal, all: true };
-        ignore_not_found(self.ctr.tasks().kill(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("kill task", s)))
+        let req = KillRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            signal,
+            all: true,
+        };
+        ignore_not_found(
+            self.ctr
+                .tasks()
+                .kill(self.ctr.req(req, None))
+                .await
+                .map(|_| ())
+                .map_err(|s| RuntimeError::containerd("kill task", s)),
+        )
     }
 
     pub async fn delete_task(&self, id: &str) -> Result<(), RuntimeError> {
-        let req = DeleteTaskRequest { container_id: id.to_string() };
-        ignore_not_found(self.ctr.tasks().delete(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("delete task", s)))
+        let req = DeleteTaskRequest {
+            container_id: id.to_string(),
+        };
+        ignore_not_found(
+            self.ctr
+                .tasks()
+                .delete(self.ctr.req(req, None))
+                .await
+                .map(|_| ())
+                .map_err(|s| RuntimeError::containerd("delete task", s)),
+        )
     }
 
     /// Freezes the task (cgroup freezer); its memory is kept.
     pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        let req = containerd_client::services::v1::PauseTaskRequest { container_id: id.to_string() };
-        self.ctr.tasks().pause(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("pause task", s))
+        let req = containerd_client::services::v1::PauseTaskRequest {
+            container_id: id.to_string(),
+        };
+        self.ctr
+            .tasks()
+            .pause(self.ctr.req(req, None))
+            .await
+            .map(|_| ())
+            .map_err(|s| RuntimeError::containerd("pause task", s))
     }
 
     /// Thaws a paused task.
     pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
-        let req = containerd_client::services::v1::ResumeTaskRequest { container_id: id.to_string() };
-        self.ctr.tasks().resume(self.ctr.req(req, None)).await.map(|_| ()).map_err(|s| RuntimeError::containerd("resume task", s))
+        let req = containerd_client::services::v1::ResumeTaskRequest {
+            container_id: id.to_string(),
+        };
+        self.ctr
+            .tasks()
+            .resume(self.ctr.req(req, None))
+            .await
+            .map(|_| ())
+            .map_err(|s| RuntimeError::containerd("resume task", s))
     }
 
     /// SIGTERM, then SIGKILL after `grace`, then deletes the task.
@@ -190,7 +292,10 @@ impl Tasks {
             // A frozen task cannot handle SIGTERM; thaw it first.
             let _ = self.resume(id).await;
         }
-        if matches!(self.state(id).await?, TaskState::Running { .. } | TaskState::Paused { .. }) {
+        if matches!(
+            self.state(id).await?,
+            TaskState::Running { .. } | TaskState::Paused { .. }
+        ) {
             self.kill(id, 15).await?;
             let waited = tokio::time::timeout(grace, self.wait(id)).await;
             if waited.is_err() {
@@ -208,7 +313,10 @@ impl Tasks {
         ignore_not_found(
             self.ctr
                 .containers()
-                .delete(self.ctr.req(DeleteContainerRequest { id: id.to_string() }, None))
+                .delete(
+                    self.ctr
+                        .req(DeleteContainerRequest { id: id.to_string() }, None),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|s| RuntimeError::containerd("delete container", s)),
@@ -216,7 +324,13 @@ impl Tasks {
         ignore_not_found(
             self.ctr
                 .snapshots()
-                .remove(self.ctr.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.to_string() }, None))
+                .remove(self.ctr.req(
+                    RemoveSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: id.to_string(),
+                    },
+                    None,
+                ))
                 .await
                 .map(|_| ())
                 .map_err(|s| RuntimeError::containerd("remove snapshot", s)),
@@ -226,12 +340,17 @@ impl Tasks {
 
     /// Whether the kernel OOM-killed a process of the instance (cgroup v1).
     pub fn oom_killed(id: &str) -> bool {
-        let p = format!("/sys/fs/cgroup/memory/{}/{id}/memory.oom_control", super::spec::CGROUP_PARENT);
+        let p = format!(
+            "/sys/fs/cgroup/memory/{}/{id}/memory.oom_control",
+            super::spec::CGROUP_PARENT
+        );
         std::fs::read_to_string(p)
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))
+                s.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
             })
             .is_some_and(|n| n > 0)
     }

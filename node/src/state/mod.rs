@@ -140,7 +140,9 @@ impl Container {
 
     /// How many instances the scheduler should run.
     pub fn target_scale(&self) -> u32 {
-        self.desired_scale.max(self.spec.min_scale).min(self.spec.max_scale)
+        self.desired_scale
+            .max(self.spec.min_scale)
+            .min(self.spec.max_scale)
     }
 }
 
@@ -349,7 +351,11 @@ pub struct Proposal {
 
 impl Proposal {
     pub fn new(at_ms: u64, command: Command) -> Self {
-        Proposal { v: COMMAND_VERSION, at_ms, command }
+        Proposal {
+            v: COMMAND_VERSION,
+            at_ms,
+            command,
+        }
     }
 }
 
@@ -359,16 +365,28 @@ impl Proposal {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Precondition: no namespace named `name`.
-    CreateNamespace { name: String, env: BTreeMap<String, String> },
+    CreateNamespace {
+        name: String,
+        env: BTreeMap<String, String>,
+    },
     /// Precondition: the namespace exists and, when `expected_revision` is
     /// set, its revision equals it. Replaces the env vars.
-    UpdateNamespace { name: String, env: BTreeMap<String, String>, expected_revision: Option<u64> },
+    UpdateNamespace {
+        name: String,
+        env: BTreeMap<String, String>,
+        expected_revision: Option<u64>,
+    },
     /// Precondition: the namespace exists and holds no container.
     DeleteNamespace { name: String },
     /// Creates or replaces a container. Preconditions: the namespace
     /// exists; `expected_revision` `Some(0)` means the container must not
     /// exist, `Some(r)` that its revision is `r`.
-    PutContainer { namespace: String, name: String, spec: ContainerSpec, expected_revision: Option<u64> },
+    PutContainer {
+        namespace: String,
+        name: String,
+        spec: ContainerSpec,
+        expected_revision: Option<u64>,
+    },
     /// Precondition: the container exists.
     DeleteContainer { namespace: String, name: String },
     /// Inserts or replaces a node's record. No precondition.
@@ -379,29 +397,57 @@ pub enum Command {
     /// preconditions fail are skipped: an added instance needs its container
     /// at that generation, a registered node and a fresh id; a removed one
     /// must exist.
-    PlaceInstances { add: Vec<Instance>, remove: Vec<String> },
+    PlaceInstances {
+        add: Vec<Instance>,
+        remove: Vec<String>,
+    },
     /// A node reports an instance's status. Precondition: the instance is
     /// placed on that node.
-    ReportInstanceStatus { id: String, node: NodeId, status: InstanceStatus },
+    ReportInstanceStatus {
+        id: String,
+        node: NodeId,
+        status: InstanceStatus,
+    },
     /// Pins the image a generation runs. Preconditions: the container is at
     /// that generation and has no pinned image yet.
-    PinImage { namespace: String, name: String, generation: u64, image: String },
+    PinImage {
+        namespace: String,
+        name: String,
+        generation: u64,
+        image: String,
+    },
     /// Sets a container's desired scale. Precondition: the container exists
     /// and its desired scale differs.
-    Scale { namespace: String, name: String, replicas: u32 },
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+    },
     /// Changes the cluster's view of a node (liveness, cordon, drain); unset
     /// fields keep their value. Precondition: the node is registered and
     /// something changes.
-    SetNodeState { id: NodeId, down: Option<bool>, cordoned: Option<bool>, draining: Option<bool> },
+    SetNodeState {
+        id: NodeId,
+        down: Option<bool>,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+    },
     /// Records (or clears) why a container's wanted instances are not
     /// placed. Precondition: the container exists and the reason changes.
-    SetPending { namespace: String, name: String, reason: Option<String> },
+    SetPending {
+        namespace: String,
+        name: String,
+        reason: Option<String>,
+    },
     /// Records the cluster data key, wrapped by the master key.
     /// Precondition: no data key yet.
     InitDataKey { wrapped: crate::secrets::Envelope },
     /// Sets sealed secrets in a scope (`ns` or `ns/container`), bumping
     /// each key's version. Precondition: the namespace (and container) exist.
-    SetSecrets { scope: String, entries: BTreeMap<String, SealedSecret> },
+    SetSecrets {
+        scope: String,
+        entries: BTreeMap<String, SealedSecret>,
+    },
     /// Precondition: the secret exists.
     DeleteSecret { scope: String, key: String },
     /// Adds a token-signing key; the newest signs, all verify.
@@ -502,8 +548,14 @@ impl StateData {
     /// Like [`Self::apply`], and records the keys it changed in `touched`.
     pub fn apply_tracked(&mut self, p: &Proposal, touched: &mut Vec<Key>) -> Response {
         match self.apply_command(p.at_ms, &p.command, touched) {
-            Ok(()) => Response { revision: self.revision, rejection: None },
-            Err(r) => Response { revision: self.revision, rejection: Some(r) },
+            Ok(()) => Response {
+                revision: self.revision,
+                rejection: None,
+            },
+            Err(r) => Response {
+                revision: self.revision,
+                rejection: Some(r),
+            },
         }
     }
 
@@ -530,7 +582,10 @@ impl StateData {
 
     /// Secret names of a scope.
     pub fn secret_names(&self, scope: &str) -> Vec<String> {
-        self.secrets.get(scope).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.secrets
+            .get(scope)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn remove_instance(&mut self, id: &str, touched: &mut Vec<Key>) {
@@ -540,20 +595,37 @@ impl StateData {
         }
     }
 
-    fn apply_command(&mut self, at_ms: u64, cmd: &Command, touched: &mut Vec<Key>) -> Result<(), Rejection> {
+    fn apply_command(
+        &mut self,
+        at_ms: u64,
+        cmd: &Command,
+        touched: &mut Vec<Key>,
+    ) -> Result<(), Rejection> {
         match cmd {
             Command::CreateNamespace { name, env } => {
                 if self.namespaces.contains_key(name) {
-                    return Err(Rejection::AlreadyExists(format!("namespace {name:?} already exists")));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "namespace {name:?} already exists"
+                    )));
                 }
                 let revision = self.bump();
                 self.namespaces.insert(
                     name.clone(),
-                    Namespace { name: name.clone(), env: env.clone(), revision, created_at_ms: at_ms, updated_at_ms: at_ms },
+                    Namespace {
+                        name: name.clone(),
+                        env: env.clone(),
+                        revision,
+                        created_at_ms: at_ms,
+                        updated_at_ms: at_ms,
+                    },
                 );
                 touched.push(Key::Namespace(name.clone()));
             }
-            Command::UpdateNamespace { name, env, expected_revision } => {
+            Command::UpdateNamespace {
+                name,
+                env,
+                expected_revision,
+            } => {
                 let env_changed = &self.namespace_for_update(name, *expected_revision)?.env != env;
                 let revision = self.bump();
                 if let Some(ns) = self.namespaces.get_mut(name) {
@@ -564,7 +636,11 @@ impl StateData {
                 touched.push(Key::Namespace(name.clone()));
                 if env_changed {
                     // Instances carry the namespace's env: start a new generation.
-                    for (key, c) in self.containers.iter_mut().filter(|(_, c)| &c.namespace == name) {
+                    for (key, c) in self
+                        .containers
+                        .iter_mut()
+                        .filter(|(_, c)| &c.namespace == name)
+                    {
                         c.generation = revision;
                         c.resolved_image = None;
                         touched.push(Key::Container(key.clone()));
@@ -576,7 +652,11 @@ impl StateData {
                     return Err(Rejection::NotFound(format!("namespace {name:?} not found")));
                 }
                 let prefix = format!("{name}/");
-                let held = self.containers.keys().filter(|k| k.starts_with(&prefix)).count();
+                let held = self
+                    .containers
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .count();
                 if held > 0 {
                     return Err(Rejection::FailedPrecondition(format!(
                         "namespace {name:?} still holds {held} container(s); delete them first"
@@ -589,15 +669,24 @@ impl StateData {
                     touched.push(Key::Secrets(name.clone()));
                 }
             }
-            Command::PutContainer { namespace, name, spec, expected_revision } => {
+            Command::PutContainer {
+                namespace,
+                name,
+                spec,
+                expected_revision,
+            } => {
                 if !self.namespaces.contains_key(namespace) {
-                    return Err(Rejection::NotFound(format!("namespace {namespace:?} not found")));
+                    return Err(Rejection::NotFound(format!(
+                        "namespace {namespace:?} not found"
+                    )));
                 }
                 let key = container_key(namespace, name);
                 let existing = self.containers.get(&key);
                 match (expected_revision, existing) {
                     (Some(0), Some(_)) => {
-                        return Err(Rejection::Conflict(format!("container {key:?} was created concurrently")))
+                        return Err(Rejection::Conflict(format!(
+                            "container {key:?} was created concurrently"
+                        )))
                     }
                     (Some(r), Some(c)) if *r != c.revision => {
                         return Err(Rejection::Conflict(format!(
@@ -606,12 +695,16 @@ impl StateData {
                         )))
                     }
                     (Some(r), None) if *r != 0 => {
-                        return Err(Rejection::Conflict(format!("container {key:?} was deleted concurrently")))
+                        return Err(Rejection::Conflict(format!(
+                            "container {key:?} was deleted concurrently"
+                        )))
                     }
                     _ => {}
                 }
                 let created_at_ms = existing.map_or(at_ms, |c| c.created_at_ms);
-                let kept = existing.filter(|c| !c.spec.runtime_differs(spec)).map(|c| (c.generation, c.resolved_image.clone()));
+                let kept = existing
+                    .filter(|c| !c.spec.runtime_differs(spec))
+                    .map(|c| (c.generation, c.resolved_image.clone()));
                 let desired_scale = existing.map_or(0, |c| c.desired_scale);
                 let cold_starts = existing.map(|c| c.cold_starts.clone()).unwrap_or_default();
                 let pending_reason = existing.and_then(|c| c.pending_reason.clone());
@@ -666,7 +759,12 @@ impl StateData {
                 self.nodes.remove(id);
                 self.node_states.remove(id);
                 touched.push(Key::Node(*id));
-                let gone: Vec<String> = self.instances.values().filter(|i| i.node == *id).map(|i| i.id.clone()).collect();
+                let gone: Vec<String> = self
+                    .instances
+                    .values()
+                    .filter(|i| i.node == *id)
+                    .map(|i| i.id.clone())
+                    .collect();
                 for iid in gone {
                     self.remove_instance(&iid, touched);
                 }
@@ -688,19 +786,27 @@ impl StateData {
                     }
                 }
                 if touched.len() == before {
-                    return Err(Rejection::FailedPrecondition("placement plan is stale: nothing in it applies".into()));
+                    return Err(Rejection::FailedPrecondition(
+                        "placement plan is stale: nothing in it applies".into(),
+                    ));
                 }
                 self.bump();
             }
             Command::ReportInstanceStatus { id, node, status } => {
                 match self.instances.get(id) {
                     Some(i) if i.node == *node => {}
-                    _ => return Err(Rejection::NotFound(format!("instance {id:?} is not placed on node {node}"))),
+                    _ => {
+                        return Err(Rejection::NotFound(format!(
+                            "instance {id:?} is not placed on node {node}"
+                        )))
+                    }
                 }
                 self.bump();
                 let previous = self.statuses.insert(id.clone(), status.clone());
                 touched.push(Key::Instance(id.clone()));
-                let new_cold_start = status.cold_start.filter(|c| previous.and_then(|p| p.cold_start) != Some(*c));
+                let new_cold_start = status
+                    .cold_start
+                    .filter(|c| previous.and_then(|p| p.cold_start) != Some(*c));
                 if let (Some(cs), Some(inst)) = (new_cold_start, self.instances.get(id)) {
                     let key = container_key(&inst.namespace, &inst.container);
                     if let Some(c) = self.containers.get_mut(&key) {
@@ -712,17 +818,31 @@ impl StateData {
                     }
                 }
             }
-            Command::Scale { namespace, name, replicas } => {
+            Command::Scale {
+                namespace,
+                name,
+                replicas,
+            } => {
                 let key = container_key(namespace, name);
-                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                let c = self
+                    .containers
+                    .get_mut(&key)
+                    .ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
                 if c.desired_scale == *replicas {
-                    return Err(Rejection::FailedPrecondition(format!("container {key:?} already wants {replicas}")));
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "container {key:?} already wants {replicas}"
+                    )));
                 }
                 c.desired_scale = *replicas;
                 self.bump();
                 touched.push(Key::Container(key));
             }
-            Command::SetNodeState { id, down, cordoned, draining } => {
+            Command::SetNodeState {
+                id,
+                down,
+                cordoned,
+                draining,
+            } => {
                 if !self.nodes.contains_key(id) {
                     return Err(Rejection::NotFound(format!("node {id} is not registered")));
                 }
@@ -733,8 +853,12 @@ impl StateData {
                     draining: draining.unwrap_or(cur.draining),
                     since_ms: at_ms,
                 };
-                if (next.down, next.cordoned, next.draining) == (cur.down, cur.cordoned, cur.draining) {
-                    return Err(Rejection::FailedPrecondition(format!("node {id} is already in that state")));
+                if (next.down, next.cordoned, next.draining)
+                    == (cur.down, cur.cordoned, cur.draining)
+                {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "node {id} is already in that state"
+                    )));
                 }
                 self.bump();
                 self.node_states.insert(*id, next);
@@ -742,7 +866,9 @@ impl StateData {
             }
             Command::InitDataKey { wrapped } => {
                 if self.data_key.is_some() {
-                    return Err(Rejection::AlreadyExists("the cluster data key is already set".into()));
+                    return Err(Rejection::AlreadyExists(
+                        "the cluster data key is already set".into(),
+                    ));
                 }
                 self.bump();
                 self.data_key = Some(wrapped.clone());
@@ -762,7 +888,12 @@ impl StateData {
                     let version = slot.get(k).map_or(1, |s| s.version + 1);
                     slot.insert(
                         k.clone(),
-                        StoredSecret { sealed: v.sealed.clone(), fingerprint: v.fingerprint.clone(), version, updated_at_ms: at_ms },
+                        StoredSecret {
+                            sealed: v.sealed.clone(),
+                            fingerprint: v.fingerprint.clone(),
+                            version,
+                            updated_at_ms: at_ms,
+                        },
                     );
                 }
                 touched.push(Key::Secrets(scope.clone()));
@@ -770,9 +901,15 @@ impl StateData {
                 self.regenerate(scope, touched);
             }
             Command::DeleteSecret { scope, key } => {
-                let removed = self.secrets.get_mut(scope).and_then(|m| m.remove(key)).is_some();
+                let removed = self
+                    .secrets
+                    .get_mut(scope)
+                    .and_then(|m| m.remove(key))
+                    .is_some();
                 if !removed {
-                    return Err(Rejection::NotFound(format!("secret {key:?} not found in {scope:?}")));
+                    return Err(Rejection::NotFound(format!(
+                        "secret {key:?} not found in {scope:?}"
+                    )));
                 }
                 if self.secrets.get(scope).is_some_and(|m| m.is_empty()) {
                     self.secrets.remove(scope);
@@ -783,7 +920,10 @@ impl StateData {
             }
             Command::AddSigningKey { key } => {
                 if self.signing_keys.iter().any(|k| k.kid == key.kid) {
-                    return Err(Rejection::AlreadyExists(format!("signing key {:?} exists", key.kid)));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "signing key {:?} exists",
+                        key.kid
+                    )));
                 }
                 self.bump();
                 self.signing_keys.push(key.clone());
@@ -791,29 +931,44 @@ impl StateData {
             }
             Command::CreateToken { record } => {
                 if !self.namespaces.contains_key(&record.namespace) {
-                    return Err(Rejection::NotFound(format!("namespace {:?} not found", record.namespace)));
+                    return Err(Rejection::NotFound(format!(
+                        "namespace {:?} not found",
+                        record.namespace
+                    )));
                 }
                 if let Some(c) = &record.container {
                     if self.container(&record.namespace, c).is_none() {
-                        return Err(Rejection::NotFound(format!("container \"{}/{c}\" not found", record.namespace)));
+                        return Err(Rejection::NotFound(format!(
+                            "container \"{}/{c}\" not found",
+                            record.namespace
+                        )));
                     }
                 }
                 if self.tokens.contains_key(&record.id) {
-                    return Err(Rejection::AlreadyExists(format!("token {:?} exists", record.id)));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "token {:?} exists",
+                        record.id
+                    )));
                 }
                 self.bump();
                 self.tokens.insert(record.id.clone(), record.clone());
                 touched.push(Key::Token(record.id.clone()));
             }
             Command::RevokeToken { id } => {
-                let t = self.tokens.get_mut(id).ok_or_else(|| Rejection::NotFound(format!("token {id:?} not found")))?;
+                let t = self
+                    .tokens
+                    .get_mut(id)
+                    .ok_or_else(|| Rejection::NotFound(format!("token {id:?} not found")))?;
                 t.revoked = true;
                 self.bump();
                 touched.push(Key::Token(id.clone()));
             }
             Command::CreateApiKey { key } => {
                 if self.api_keys.contains_key(&key.id) {
-                    return Err(Rejection::AlreadyExists(format!("api key {:?} exists", key.id)));
+                    return Err(Rejection::AlreadyExists(format!(
+                        "api key {:?} exists",
+                        key.id
+                    )));
                 }
                 if let Some(ns) = &key.namespace {
                     if !self.namespaces.contains_key(ns) {
@@ -825,26 +980,48 @@ impl StateData {
                 touched.push(Key::ApiKey(key.id.clone()));
             }
             Command::RevokeApiKey { id } => {
-                let k = self.api_keys.get_mut(id).ok_or_else(|| Rejection::NotFound(format!("api key {id:?} not found")))?;
+                let k = self
+                    .api_keys
+                    .get_mut(id)
+                    .ok_or_else(|| Rejection::NotFound(format!("api key {id:?} not found")))?;
                 k.revoked = true;
                 self.bump();
                 touched.push(Key::ApiKey(id.clone()));
             }
-            Command::SetPending { namespace, name, reason } => {
+            Command::SetPending {
+                namespace,
+                name,
+                reason,
+            } => {
                 let key = container_key(namespace, name);
-                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                let c = self
+                    .containers
+                    .get_mut(&key)
+                    .ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
                 if &c.pending_reason == reason {
-                    return Err(Rejection::FailedPrecondition("pending reason unchanged".into()));
+                    return Err(Rejection::FailedPrecondition(
+                        "pending reason unchanged".into(),
+                    ));
                 }
                 c.pending_reason = reason.clone();
                 self.bump();
                 touched.push(Key::Container(key));
             }
-            Command::PinImage { namespace, name, generation, image } => {
+            Command::PinImage {
+                namespace,
+                name,
+                generation,
+                image,
+            } => {
                 let key = container_key(namespace, name);
-                let c = self.containers.get_mut(&key).ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
+                let c = self
+                    .containers
+                    .get_mut(&key)
+                    .ok_or_else(|| Rejection::NotFound(format!("container {key:?} not found")))?;
                 if c.generation != *generation || c.resolved_image.is_some() {
-                    return Err(Rejection::Conflict(format!("container {key:?} generation {generation} is gone or pinned")));
+                    return Err(Rejection::Conflict(format!(
+                        "container {key:?} generation {generation} is gone or pinned"
+                    )));
                 }
                 c.resolved_image = Some(image.clone());
                 self.bump();
@@ -855,11 +1032,21 @@ impl StateData {
     }
 
     /// Instances of one container.
-    pub fn instances_of<'a>(&'a self, namespace: &'a str, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.instances.values().filter(move |i| i.namespace == namespace && i.container == name)
+    pub fn instances_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances
+            .values()
+            .filter(move |i| i.namespace == namespace && i.container == name)
     }
 
-    fn namespace_for_update(&self, name: &str, expected: Option<u64>) -> Result<&Namespace, Rejection> {
+    fn namespace_for_update(
+        &self,
+        name: &str,
+        expected: Option<u64>,
+    ) -> Result<&Namespace, Rejection> {
         let ns = self
             .namespaces
             .get(name)
@@ -884,8 +1071,13 @@ impl StateData {
         self.node_states.get(&id).cloned().unwrap_or_default()
     }
 
-    pub fn containers_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a Container> + 'a {
-        self.containers.values().filter(move |c| c.namespace == namespace)
+    pub fn containers_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers
+            .values()
+            .filter(move |c| c.namespace == namespace)
     }
 
     /// SHA-256 of the canonical JSON encoding, hex. Equal states, equal digests.

@@ -1,7 +1,10 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn apply(s: &mut StateData, at_ms: u64, c: Command) -> Response {
@@ -9,7 +12,14 @@ fn apply(s: &mut StateData, at_ms: u64, c: Command) -> Response {
 }
 
 fn create_ns(s: &mut StateData, name: &str) -> Response {
-    apply(s, 1, Command::CreateNamespace { name: name.into(), env: env(&[("A", "1")]) })
+    apply(
+        s,
+        1,
+        Command::CreateNamespace {
+            name: name.into(),
+            env: env(&[("A", "1")]),
+        },
+    )
 }
 
 fn put(s: &mut StateData, ns: &str, name: &str, expected: Option<u64>) -> Response {
@@ -29,9 +39,18 @@ fn put(s: &mut StateData, ns: &str, name: &str, expected: Option<u64>) -> Respon
 fn create_namespace_then_duplicate_is_rejected() {
     let mut s = StateData::default();
     let r = create_ns(&mut s, "a");
-    assert_eq!(r, Response { revision: 1, rejection: None });
+    assert_eq!(
+        r,
+        Response {
+            revision: 1,
+            rejection: None
+        }
+    );
     let ns = &s.namespaces["a"];
-    assert_eq!((ns.revision, ns.created_at_ms, ns.env["A"].as_str()), (1, 1, "1"));
+    assert_eq!(
+        (ns.revision, ns.created_at_ms, ns.env["A"].as_str()),
+        (1, 1, "1")
+    );
     let r = create_ns(&mut s, "a");
     assert!(matches!(r.rejection, Some(Rejection::AlreadyExists(_))));
     assert_eq!(s.revision, 1, "a rejected command changes nothing");
@@ -40,12 +59,36 @@ fn create_namespace_then_duplicate_is_rejected() {
 #[test]
 fn update_namespace_checks_existence_and_revision() {
     let mut s = StateData::default();
-    let r = apply(&mut s, 2, Command::UpdateNamespace { name: "x".into(), env: env(&[]), expected_revision: None });
+    let r = apply(
+        &mut s,
+        2,
+        Command::UpdateNamespace {
+            name: "x".into(),
+            env: env(&[]),
+            expected_revision: None,
+        },
+    );
     assert!(matches!(r.rejection, Some(Rejection::NotFound(_))));
     create_ns(&mut s, "x");
-    let r = apply(&mut s, 5, Command::UpdateNamespace { name: "x".into(), env: env(&[("B", "2")]), expected_revision: Some(9) });
+    let r = apply(
+        &mut s,
+        5,
+        Command::UpdateNamespace {
+            name: "x".into(),
+            env: env(&[("B", "2")]),
+            expected_revision: Some(9),
+        },
+    );
     assert!(matches!(r.rejection, Some(Rejection::Conflict(_))));
-    let r = apply(&mut s, 5, Command::UpdateNamespace { name: "x".into(), env: env(&[("B", "2")]), expected_revision: Some(1) });
+    let r = apply(
+        &mut s,
+        5,
+        Command::UpdateNamespace {
+            name: "x".into(),
+            env: env(&[("B", "2")]),
+            expected_revision: Some(1),
+        },
+    );
     assert_eq!(r.rejection, None);
     let ns = &s.namespaces["x"];
     assert_eq!(ns.env, env(&[("B", "2")]));
@@ -60,8 +103,18 @@ fn delete_namespace_requires_it_empty() {
     create_ns(&mut s, "n");
     put(&mut s, "n", "c", Some(0));
     let r = apply(&mut s, 1, Command::DeleteNamespace { name: "n".into() });
-    assert!(matches!(r.rejection, Some(Rejection::FailedPrecondition(_))));
-    apply(&mut s, 1, Command::DeleteContainer { namespace: "n".into(), name: "c".into() });
+    assert!(matches!(
+        r.rejection,
+        Some(Rejection::FailedPrecondition(_))
+    ));
+    apply(
+        &mut s,
+        1,
+        Command::DeleteContainer {
+            namespace: "n".into(),
+            name: "c".into(),
+        },
+    );
     let r = apply(&mut s, 1, Command::DeleteNamespace { name: "n".into() });
     assert_eq!(r.rejection, None);
     assert!(s.namespaces.is_empty());
@@ -70,16 +123,28 @@ fn delete_namespace_requires_it_empty() {
 #[test]
 fn put_container_needs_namespace_and_honours_expected_revision() {
     let mut s = StateData::default();
-    assert!(matches!(put(&mut s, "n", "c", None).rejection, Some(Rejection::NotFound(_))));
+    assert!(matches!(
+        put(&mut s, "n", "c", None).rejection,
+        Some(Rejection::NotFound(_))
+    ));
     create_ns(&mut s, "n");
     assert_eq!(put(&mut s, "n", "c", Some(0)).rejection, None);
     let c = s.container("n", "c").cloned().unwrap();
     assert_eq!((c.revision, c.created_at_ms), (2, 7));
-    assert!(matches!(put(&mut s, "n", "c", Some(0)).rejection, Some(Rejection::Conflict(_))));
-    assert!(matches!(put(&mut s, "n", "c", Some(1)).rejection, Some(Rejection::Conflict(_))));
+    assert!(matches!(
+        put(&mut s, "n", "c", Some(0)).rejection,
+        Some(Rejection::Conflict(_))
+    ));
+    assert!(matches!(
+        put(&mut s, "n", "c", Some(1)).rejection,
+        Some(Rejection::Conflict(_))
+    ));
     assert_eq!(put(&mut s, "n", "c", Some(2)).rejection, None);
     assert_eq!(s.container("n", "c").unwrap().revision, 3);
-    assert!(matches!(put(&mut s, "n", "d", Some(5)).rejection, Some(Rejection::Conflict(_))));
+    assert!(matches!(
+        put(&mut s, "n", "d", Some(5)).rejection,
+        Some(Rejection::Conflict(_))
+    ));
     assert_eq!(s.containers_in("n").count(), 1);
 }
 
@@ -87,10 +152,24 @@ fn put_container_needs_namespace_and_honours_expected_revision() {
 fn delete_container() {
     let mut s = StateData::default();
     create_ns(&mut s, "n");
-    let r = apply(&mut s, 1, Command::DeleteContainer { namespace: "n".into(), name: "c".into() });
+    let r = apply(
+        &mut s,
+        1,
+        Command::DeleteContainer {
+            namespace: "n".into(),
+            name: "c".into(),
+        },
+    );
     assert!(matches!(r.rejection, Some(Rejection::NotFound(_))));
     put(&mut s, "n", "c", None);
-    let r = apply(&mut s, 1, Command::DeleteContainer { namespace: "n".into(), name: "c".into() });
+    let r = apply(
+        &mut s,
+        1,
+        Command::DeleteContainer {
+            namespace: "n".into(),
+            name: "c".into(),
+        },
+    );
     assert_eq!(r.rejection, None);
     assert!(s.container("n", "c").is_none());
 }
@@ -98,9 +177,23 @@ fn delete_container() {
 #[test]
 fn register_and_remove_node() {
     let mut s = StateData::default();
-    let node = NodeRecord { id: 3, api_addr: "127.0.0.1:1".into(), zone: "z1".into(), ..Default::default() };
+    let node = NodeRecord {
+        id: 3,
+        api_addr: "127.0.0.1:1".into(),
+        zone: "z1".into(),
+        ..Default::default()
+    };
     apply(&mut s, 1, Command::RegisterNode { node: node.clone() });
-    apply(&mut s, 1, Command::RegisterNode { node: NodeRecord { zone: "z2".into(), ..node } });
+    apply(
+        &mut s,
+        1,
+        Command::RegisterNode {
+            node: NodeRecord {
+                zone: "z2".into(),
+                ..node
+            },
+        },
+    );
     assert_eq!(s.nodes[&3].zone, "z2");
     apply(&mut s, 1, Command::RemoveNode { id: 3 });
     assert!(s.nodes.is_empty());
@@ -110,21 +203,42 @@ fn register_and_remove_node() {
 #[test]
 fn apply_is_deterministic_and_digest_tracks_state() {
     let log = [
-        Proposal::new(1, Command::CreateNamespace { name: "a".into(), env: env(&[]) }),
-        Proposal::new(2, Command::CreateNamespace { name: "a".into(), env: env(&[]) }),
-        Proposal::new(3, Command::PutContainer {
-            namespace: "a".into(),
-            name: "c".into(),
-            spec: ContainerSpec::with_image("i"),
-            expected_revision: None,
-        }),
+        Proposal::new(
+            1,
+            Command::CreateNamespace {
+                name: "a".into(),
+                env: env(&[]),
+            },
+        ),
+        Proposal::new(
+            2,
+            Command::CreateNamespace {
+                name: "a".into(),
+                env: env(&[]),
+            },
+        ),
+        Proposal::new(
+            3,
+            Command::PutContainer {
+                namespace: "a".into(),
+                name: "c".into(),
+                spec: ContainerSpec::with_image("i"),
+                expected_revision: None,
+            },
+        ),
     ];
     let (mut x, mut y) = (StateData::default(), StateData::default());
     let rx: Vec<_> = log.iter().map(|p| x.apply(p)).collect();
     let ry: Vec<_> = log.iter().map(|p| y.apply(p)).collect();
     assert_eq!(rx, ry);
     assert_eq!(x.digest(), y.digest());
-    y.apply(&Proposal::new(4, Command::DeleteContainer { namespace: "a".into(), name: "c".into() }));
+    y.apply(&Proposal::new(
+        4,
+        Command::DeleteContainer {
+            namespace: "a".into(),
+            name: "c".into(),
+        },
+    ));
     assert_ne!(x.digest(), y.digest());
 }
 
@@ -132,6 +246,9 @@ fn apply_is_deterministic_and_digest_tracks_state() {
 fn proposal_encoding_is_stable() {
     let p = Proposal::new(5, Command::DeleteNamespace { name: "n".into() });
     let json = serde_json::to_string(&p).unwrap();
-    assert_eq!(json, r#"{"v":1,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#);
+    assert_eq!(
+        json,
+        r#"{"v":1,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
+    );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }

@@ -14,7 +14,10 @@ pub struct Invalid {
 }
 
 fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Invalid {
-    Invalid { field: field.into(), rule: rule.into() }
+    Invalid {
+        field: field.into(),
+        rule: rule.into(),
+    }
 }
 
 pub const MAX_ENV_VARS: usize = 100;
@@ -43,9 +46,14 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), Invalid> {
         return Err(invalid(field, format!("is empty; {RULE}")));
     }
     if value.len() > 63 {
-        return Err(invalid(field, format!("{:?} is {} characters long; {RULE}", value, value.len())));
+        return Err(invalid(
+            field,
+            format!("{:?} is {} characters long; {RULE}", value, value.len()),
+        ));
     }
-    let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok_chars || value.starts_with('-') || value.ends_with('-') {
         return Err(invalid(field, format!("{value:?} {RULE}")));
     }
@@ -55,13 +63,21 @@ pub fn dns_label(field: &str, value: &str) -> Result<(), Invalid> {
 /// POSIX env var names (`[A-Za-z_][A-Za-z0-9_]*`) and size caps.
 pub fn env(field: &str, env: &BTreeMap<String, String>, reserved: &[&str]) -> Result<(), Invalid> {
     if env.len() > MAX_ENV_VARS {
-        return Err(invalid(field, format!("{} variables; at most {MAX_ENV_VARS} are allowed", env.len())));
+        return Err(invalid(
+            field,
+            format!(
+                "{} variables; at most {MAX_ENV_VARS} are allowed",
+                env.len()
+            ),
+        ));
     }
     let mut total = 0usize;
     for (k, v) in env {
         let f = format!("{field}.{k}");
         let mut bytes = k.bytes();
-        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
         if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(invalid(
                 if k.is_empty() { field.to_string() } else { f },
@@ -69,10 +85,16 @@ pub fn env(field: &str, env: &BTreeMap<String, String>, reserved: &[&str]) -> Re
             ));
         }
         if k.len() > MAX_ENV_KEY_BYTES {
-            return Err(invalid(f, format!("name is {} bytes; at most {MAX_ENV_KEY_BYTES}", k.len())));
+            return Err(invalid(
+                f,
+                format!("name is {} bytes; at most {MAX_ENV_KEY_BYTES}", k.len()),
+            ));
         }
         if v.len() > MAX_ENV_VALUE_BYTES {
-            return Err(invalid(f, format!("value is {} bytes; at most {MAX_ENV_VALUE_BYTES}", v.len())));
+            return Err(invalid(
+                f,
+                format!("value is {} bytes; at most {MAX_ENV_VALUE_BYTES}", v.len()),
+            ));
         }
         if reserved.contains(&k.as_str()) {
             return Err(invalid(f, "is reserved: rouse sets it for every instance"));
@@ -83,17 +105,26 @@ pub fn env(field: &str, env: &BTreeMap<String, String>, reserved: &[&str]) -> Re
         total += k.len() + v.len();
     }
     if total > MAX_ENV_TOTAL_BYTES {
-        return Err(invalid(field, format!("{total} bytes in all; at most {MAX_ENV_TOTAL_BYTES}")));
+        return Err(invalid(
+            field,
+            format!("{total} bytes in all; at most {MAX_ENV_TOTAL_BYTES}"),
+        ));
     }
     Ok(())
 }
 
 fn range(field: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<(), Invalid> {
     if value < min {
-        return Err(invalid(field, format!("{value}{unit} is below the minimum {min}{unit}")));
+        return Err(invalid(
+            field,
+            format!("{value}{unit} is below the minimum {min}{unit}"),
+        ));
     }
     if value > max {
-        return Err(invalid(field, format!("{value}{unit} is above the maximum {max}{unit}")));
+        return Err(invalid(
+            field,
+            format!("{value}{unit} is above the maximum {max}{unit}"),
+        ));
     }
     Ok(())
 }
@@ -101,16 +132,28 @@ fn range(field: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<(), 
 /// An image reference: non-empty, printable, no whitespace.
 pub fn image(field: &str, value: &str) -> Result<(), Invalid> {
     if value.is_empty() {
-        return Err(invalid(field, "is required (an OCI image reference such as registry/repo:tag)"));
+        return Err(invalid(
+            field,
+            "is required (an OCI image reference such as registry/repo:tag)",
+        ));
     }
     if value.len() > MAX_IMAGE_BYTES {
-        return Err(invalid(field, format!("is {} bytes; at most {MAX_IMAGE_BYTES}", value.len())));
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most {MAX_IMAGE_BYTES}", value.len()),
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(field, format!("{value:?} contains whitespace or control characters")));
+        return Err(invalid(
+            field,
+            format!("{value:?} contains whitespace or control characters"),
+        ));
     }
     if value.starts_with(['/', ':', '@']) || value.ends_with(['/', ':', '@']) {
-        return Err(invalid(field, format!("{value:?} is not an image reference")));
+        return Err(invalid(
+            field,
+            format!("{value:?} is not an image reference"),
+        ));
     }
     Ok(())
 }
@@ -120,10 +163,34 @@ pub fn container_spec(spec: &ContainerSpec, scale_cap: u32) -> Result<(), Invali
     image("image", &spec.image)?;
     range("port", spec.port, 1, 65_535, "")?;
     env("env", &spec.env, RESERVED_ENV)?;
-    range("cpu", spec.cpu_mvcpu, MIN_CPU_MVCPU, MAX_CPU_MVCPU, " mVCPU")?;
-    range("memory", spec.memory_mb, MIN_MEMORY_MB, MAX_MEMORY_MB, " MB")?;
-    range("timeout", spec.timeout_secs, MIN_TIMEOUT_SECS, MAX_TIMEOUT_SECS, "s")?;
-    range("max_concurrency", spec.max_concurrency, MIN_CONCURRENCY, MAX_CONCURRENCY, "")?;
+    range(
+        "cpu",
+        spec.cpu_mvcpu,
+        MIN_CPU_MVCPU,
+        MAX_CPU_MVCPU,
+        " mVCPU",
+    )?;
+    range(
+        "memory",
+        spec.memory_mb,
+        MIN_MEMORY_MB,
+        MAX_MEMORY_MB,
+        " MB",
+    )?;
+    range(
+        "timeout",
+        spec.timeout_secs,
+        MIN_TIMEOUT_SECS,
+        MAX_TIMEOUT_SECS,
+        "s",
+    )?;
+    range(
+        "max_concurrency",
+        spec.max_concurrency,
+        MIN_CONCURRENCY,
+        MAX_CONCURRENCY,
+        "",
+    )?;
     range(
         "scale_to_zero_after",
         spec.scale_to_zero_after_secs,
@@ -132,20 +199,32 @@ pub fn container_spec(spec: &ContainerSpec, scale_cap: u32) -> Result<(), Invali
         "s",
     )?;
     if let Some(p) = &spec.health_path {
-        if !p.starts_with('/') || p.len() > 1024 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("health_path", format!("{p:?} must be an absolute URL path such as /healthz")));
+        if !p.starts_with('/')
+            || p.len() > 1024
+            || p.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "health_path",
+                format!("{p:?} must be an absolute URL path such as /healthz"),
+            ));
         }
     }
     if spec.max_scale == 0 {
         return Err(invalid("max_scale", "must be at least 1"));
     }
     if spec.max_scale > scale_cap {
-        return Err(invalid("max_scale", format!("{} is above the cluster cap {scale_cap}", spec.max_scale)));
+        return Err(invalid(
+            "max_scale",
+            format!("{} is above the cluster cap {scale_cap}", spec.max_scale),
+        ));
     }
     if spec.min_scale > spec.max_scale {
         return Err(invalid(
             "min_scale",
-            format!("{} is above max_scale {}; need 0 <= min_scale <= max_scale", spec.min_scale, spec.max_scale),
+            format!(
+                "{} is above max_scale {}; need 0 <= min_scale <= max_scale",
+                spec.min_scale, spec.max_scale
+            ),
         ));
     }
     Ok(())
@@ -175,8 +254,13 @@ mod tests {
         assert_eq!(env("env", &m, RESERVED_ENV).unwrap_err().field, "env.1BAD");
         let mut m = BTreeMap::new();
         m.insert("PORT".to_string(), "1".to_string());
-        assert!(env("env", &m, RESERVED_ENV).unwrap_err().rule.contains("reserved"));
-        let many: BTreeMap<_, _> = (0..=MAX_ENV_VARS).map(|i| (format!("K{i}"), String::new())).collect();
+        assert!(env("env", &m, RESERVED_ENV)
+            .unwrap_err()
+            .rule
+            .contains("reserved"));
+        let many: BTreeMap<_, _> = (0..=MAX_ENV_VARS)
+            .map(|i| (format!("K{i}"), String::new()))
+            .collect();
         assert!(env("env", &many, &[]).is_err());
         let mut big = BTreeMap::new();
         big.insert("K".to_string(), "x".repeat(MAX_ENV_VALUE_BYTES + 1));
@@ -199,7 +283,13 @@ mod tests {
             ("max_concurrency", Box::new(|s| s.max_concurrency = 1001)),
             ("max_scale", Box::new(|s| s.max_scale = 51)),
             ("max_scale", Box::new(|s| s.max_scale = 0)),
-            ("min_scale", Box::new(|s| { s.min_scale = 3; s.max_scale = 2 })),
+            (
+                "min_scale",
+                Box::new(|s| {
+                    s.min_scale = 3;
+                    s.max_scale = 2
+                }),
+            ),
             ("image", Box::new(|s| s.image = String::new())),
             ("image", Box::new(|s| s.image = "a b".into())),
             ("port", Box::new(|s| s.port = 0)),
@@ -211,7 +301,14 @@ mod tests {
             let e = container_spec(&s, DEFAULT_SCALE_CAP).unwrap_err();
             assert_eq!(e.field, field, "{e}");
         }
-        let e = container_spec(&ContainerSpec { timeout_secs: 5, ..ok }, 50).unwrap_err();
+        let e = container_spec(
+            &ContainerSpec {
+                timeout_secs: 5,
+                ..ok
+            },
+            50,
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "timeout: 5s is below the minimum 10s");
     }
 }

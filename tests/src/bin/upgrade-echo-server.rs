@@ -19,7 +19,9 @@ fn serve(mut s: TcpStream) {
     }
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
     if text.contains("\r\nupgrade:") {
-        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        );
         let mut buf = [0u8; 4096];
         loop {
             match s.read(&mut buf) {
@@ -32,12 +34,16 @@ fn serve(mut s: TcpStream) {
             }
         }
     } else {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nplain\n");
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nplain\n");
     }
 }
 
 fn main() {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
     let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
     println!("upgrade echo server on {port}");
     for s in l.incoming().flatten() {
