@@ -173,56 +173,7 @@ where
 }
 
 async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<String> {
-    let node = bin_dir.join("rouse-node");
-    let mut eps: Vec<String> = Vec::new();
-    for id in 1..=3u64 {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            dir.join(format!("rouse{id}")).display().to_string(),
-            "--listen".into(),
-            listen.clone(),
-            "--http".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--log".into(),
-            "warn".into(),
-            "--master-key-file".into(),
-            dir.join("master.key").display().to_string(),
-        ];
-        if id == 1 {
-            args.push("--bootstrap".into());
-        } else {
-            args.push("--join".into());
-            args.push(eps[0].trim_start_matches("http://").to_string());
-        }
-        procs
-            .0
-            .push(spawn(&node, &args, &dir.join(format!("rouse{id}.log"))));
-        eps.push(format!("http://{listen}"));
-        if id == 1 {
-            take_token(&dir.join("rouse1")).await;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = connect(&eps[0]).await {
-            if let Ok(s) = c.cluster_status().await {
-                if s.members
-                    .iter()
-                    .filter(|m| m.role == "voter" && m.healthy)
-                    .count()
-                    == 3
-                {
-                    break;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "rouse cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eps
+    three_nodes(dir, bin_dir, procs, &[]).await
 }
 
 async fn start_etcd(dir: &Path, procs: &mut Procs) -> Vec<String> {
@@ -977,32 +928,7 @@ async fn wake_rounds(
 
 /// Removes every task and container a benchmark left in `ns`.
 fn ctr_cleanup(sock: &str, ns: &str) {
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .args(["--address", sock, "-n", ns])
-            .args(args)
-            .output()
-    };
-    let ids = |what: &str| -> Vec<String> {
-        ctr(&[what, "ls", "-q"])
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for t in ids("tasks") {
-        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &t]);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    for t in ids("tasks") {
-        let _ = ctr(&["tasks", "rm", "-f", &t]);
-    }
-    for c in ids("containers") {
-        let _ = ctr(&["containers", "rm", &c]);
-    }
+    rouse_chaos::mesh::remove_leftovers(sock, ns);
 }
 
 /// One bootstrapped node on the test containerd, with a `bench` namespace:

@@ -548,16 +548,7 @@ impl Images {
             let _ = std::fs::remove_file(&path);
             res?;
         }
-        let mut labels = HashMap::from([(
-            "containerd.io/gc.ref.content.config".to_string(),
-            config_digest.clone(),
-        )]);
-        for (i, l) in manifest.layers().iter().enumerate() {
-            labels.insert(
-                format!("containerd.io/gc.ref.content.l.{i}"),
-                l.digest().to_string(),
-            );
-        }
+        let labels = manifest_gc_labels(&manifest, &config_digest);
         self.write_content(
             lease,
             &manifest_digest,
@@ -872,16 +863,7 @@ impl Images {
                     )
                     .await?;
                 }
-                let mut labels = HashMap::from([(
-                    "containerd.io/gc.ref.content.config".to_string(),
-                    config_digest.clone(),
-                )]);
-                for (i, l) in manifest.layers().iter().enumerate() {
-                    labels.insert(
-                        format!("containerd.io/gc.ref.content.l.{i}"),
-                        l.digest().to_string(),
-                    );
-                }
+                let labels = manifest_gc_labels(&manifest, &config_digest);
                 self.write_content(
                     &lease,
                     &manifest_digest,
@@ -946,6 +928,21 @@ async fn next_msg(
         Ok(None) => Err(image_err(digest, "content writer ended early")),
         Err(s) => Err(RuntimeError::containerd("write content", s)),
     }
+}
+
+/// GC labels on a manifest: it keeps its config and layers alive.
+fn manifest_gc_labels(manifest: &ImageManifest, config_digest: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([(
+        "containerd.io/gc.ref.content.config".to_string(),
+        config_digest.to_string(),
+    )]);
+    for (i, l) in manifest.layers().iter().enumerate() {
+        labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest().to_string(),
+        );
+    }
+    labels
 }
 
 /// Where a blob's bytes come from.
