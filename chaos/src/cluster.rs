@@ -75,12 +75,39 @@ impl Cluster {
             removed: false,
         };
         self.nodes.insert(id, node);
-        let join_addr = join.map(|j| self.nodes[&j].advertise.to_string());
-        self.spawn(id, join_addr)?;
+        let join = match join {
+            Some(j) => Some((
+                self.nodes[&j].advertise.to_string(),
+                self.join_token(j).await?,
+            )),
+            None => None,
+        };
+        self.spawn(id, join)?;
         Ok(())
     }
 
-    fn spawn(&mut self, id: u64, join: Option<String>) -> anyhow::Result<()> {
+    /// A one-time join token minted through node `via` (retried while the
+    /// cluster is busy with faults, for up to 60 s).
+    async fn join_token(&self, via: u64) -> anyhow::Result<String> {
+        let url = self.endpoint(via);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let res = async {
+                let mut c = crate::connect(&url).await?;
+                c.create_join_token(0).await
+            }
+            .await;
+            match res {
+                Ok(t) => return Ok(t.token),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("no join token from node {via} within 60 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    fn spawn(&mut self, id: u64, join: Option<(String, String)>) -> anyhow::Result<()> {
         let n = self
             .nodes
             .get_mut(&id)
@@ -131,9 +158,11 @@ impl Cluster {
         if !n.data_dir.exists() {
             match join {
                 None => args.push("--bootstrap".into()),
-                Some(j) => {
+                Some((addr, token)) => {
                     args.push("--join".into());
-                    args.push(j);
+                    args.push(addr);
+                    args.push("--join-token".into());
+                    args.push(token);
                 }
             }
         }

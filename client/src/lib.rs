@@ -304,6 +304,18 @@ impl Client {
         Ok(())
     }
 
+    /// Mints a one-time join token for a new node (`ttl_secs` 0: 1 hour).
+    pub async fn create_join_token(
+        &mut self,
+        ttl_secs: u64,
+    ) -> Result<pb::CreateJoinTokenResponse, Error> {
+        Ok(self
+            .cluster
+            .create_join_token(pb::CreateJoinTokenRequest { ttl_secs })
+            .await?
+            .into_inner())
+    }
+
     pub async fn node_info(&mut self) -> Result<pb::NodeInfoResponse, Error> {
         Ok(self
             .cluster

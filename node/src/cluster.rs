@@ -92,6 +92,8 @@ pub struct Cluster {
     pub raft: Raft,
     pub sm: Arc<SmShared>,
     pub pool: PeerPool,
+    /// This node's peer TLS state (certificate, cluster CA).
+    pub tls: crate::tls::Tls,
     pub config: NodeConfig,
     /// The node agent, once containerd is reachable.
     pub agent: std::sync::OnceLock<Arc<crate::runtime::agent::Agent>>,
@@ -145,13 +147,7 @@ impl Cluster {
     pub fn peer_authorized(&self, presented: Option<&str>) -> bool {
         let Ok(k) = self.kek() else { return false };
         let want = k.peer_credential();
-        presented.is_some_and(|p| {
-            p.len() == want.len()
-                && p.bytes()
-                    .zip(want.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0
-        })
+        presented.is_some_and(|p| crate::secrets::constant_time_eq(p.as_bytes(), want.as_bytes()))
     }
 
     /// The cluster data key (unwrapped with this node's master key).

@@ -51,6 +51,15 @@ pub struct Args {
     /// Join the cluster through the node at HOST:PORT (first start only).
     #[arg(long, env = "ROUSE_JOIN")]
     pub join: Option<String>,
+    /// One-time token for --join (from the bootstrap node's
+    /// <data-dir>/join-token or `rouse cluster join-token`); gets this node
+    /// its cluster certificate.
+    #[arg(long, env = "ROUSE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Development only: plain, unencrypted peer traffic (no mTLS). Every
+    /// node of a cluster must agree.
+    #[arg(long, env = "ROUSE_INSECURE")]
+    pub insecure: bool,
     /// containerd socket.
     #[arg(long, env = "ROUSE_CONTAINERD")]
     pub containerd: Option<PathBuf>,
@@ -141,6 +150,8 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub bootstrap: Option<bool>,
     pub join: Option<String>,
+    pub join_token: Option<String>,
+    pub insecure: Option<bool>,
     pub containerd: Option<PathBuf>,
     pub containerd_namespace: Option<String>,
     pub insecure_registry: Option<Vec<String>>,
@@ -175,6 +186,8 @@ pub struct NodeConfig {
     pub advertise: String,
     pub bootstrap: bool,
     pub join: Option<String>,
+    pub join_token: Option<crate::tls::JoinToken>,
+    pub insecure: bool,
     pub containerd: PathBuf,
     pub containerd_namespace: String,
     pub insecure_registries: Vec<String>,
@@ -261,6 +274,16 @@ impl NodeConfig {
                 return Err(invalid("join", "cannot be combined with --bootstrap"));
             }
         }
+        let join_token = match args.join_token.or(file.join_token) {
+            Some(t) => Some(crate::tls::JoinToken::parse(&t).map_err(|e| {
+                invalid(
+                    "join_token",
+                    e.to_string().trim_start_matches("join_token: ").to_string(),
+                )
+            })?),
+            None => None,
+        };
+        let insecure = args.insecure || file.insecure.unwrap_or(false);
         let containerd_namespace = args
             .containerd_namespace
             .or(file.containerd_namespace)
@@ -412,6 +435,8 @@ impl NodeConfig {
             advertise,
             bootstrap,
             join,
+            join_token,
+            insecure,
             containerd: args
                 .containerd
                 .or(file.containerd)

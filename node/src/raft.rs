@@ -43,15 +43,18 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Largest gRPC message between peers (snapshot chunks are smaller).
 pub const PEER_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Lazily connected channels to peers, shared by Raft and forwarding.
+/// Lazily connected channels to peers, shared by Raft, forwarding and the
+/// API's relays between nodes. Over mutual TLS unless `--insecure`.
 #[derive(Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// Source address of connections to peers (this node's listen IP), so
     /// peers and fault proxies can tell nodes apart.
     local: Option<std::net::IpAddr>,
-    /// The cluster's peer credential, sent on every peer call.
+    /// The cluster's peer credential, sent on every peer call (what peers
+    /// check when mTLS is off).
     secret: Arc<Mutex<Option<String>>>,
+    tls: crate::tls::Tls,
 }
 
 /// Header carrying the peer credential (derived from the master key).
@@ -81,11 +84,12 @@ pub type PeerClient =
     RaftPeerClient<tonic::service::interceptor::InterceptedService<Channel, PeerAuth>>;
 
 impl PeerPool {
-    pub fn with_local_address(local: Option<std::net::IpAddr>) -> Self {
+    pub fn new(local: Option<std::net::IpAddr>, tls: crate::tls::Tls) -> Self {
         PeerPool {
             channels: Default::default(),
             local,
             secret: Default::default(),
+            tls,
         }
     }
 
@@ -94,25 +98,31 @@ impl PeerPool {
         *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret);
     }
 
+    /// A channel to the node whose gRPC listener is `addr` (host:port).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("{}://{addr}", self.tls.scheme()))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.local);
+        let ch = if self.tls.insecure() {
+            endpoint.connect_lazy()
+        } else {
+            endpoint.connect_with_connector_lazy(crate::tls::connector(&self.tls, self.local, true))
+        };
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
     /// A client for the peer service at `addr` (host:port).
     pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::transport::Error> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let ch = match map.get(addr) {
-            Some(ch) => ch.clone(),
-            None => {
-                let ch = Endpoint::from_shared(format!("http://{addr}"))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .local_address(self.local)
-                    .connect_lazy();
-                map.insert(addr.to_string(), ch.clone());
-                ch
-            }
-        };
         Ok(RaftPeerClient::with_interceptor(
-            ch,
+            self.channel(addr)?,
             PeerAuth {
                 secret: self.secret.clone(),
             },

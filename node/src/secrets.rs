@@ -19,6 +19,31 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
+/// Writes a file only its owner can read (0600), atomically: a temporary
+/// file renamed over `path`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// A sealed value: nonce and ciphertext (with its tag), hex in JSON.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -123,6 +148,27 @@ impl Key {
             }
             Err(e) => Err(SecretError::MasterKey(format!("{}: {e}", path.display()))),
         }
+    }
+
+    /// Parses 64 hex characters (the master key file's format).
+    pub fn from_hex(text: &str) -> Result<Self, SecretError> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|_| SecretError::MasterKey("not 64 hex characters".into()))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| SecretError::MasterKey("not a 256-bit key".into()))?;
+        Ok(Key(arr))
+    }
+
+    /// The key as the master key file holds it. Only for handing the master
+    /// key to a joining node over mutual TLS.
+    pub fn export_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Writes the key to `path` (mode 0600).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        write_private(path, self.export_hex().as_bytes())
     }
 
     fn cipher(&self) -> Aes256Gcm {

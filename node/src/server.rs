@@ -15,7 +15,6 @@ use rouse_proto::v1::namespace_service_server::NamespaceServiceServer;
 use rouse_proto::v1::secret_service_server::SecretServiceServer;
 use rouse_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
 use crate::cluster::Cluster;
@@ -36,6 +35,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
+    // A node with no Raft state yet is joining (or bootstrapping) now.
+    let fresh = !config.data_dir.join("raft").exists();
+    let tls = crate::tls::Tls::new(config.insecure);
+    if config.insecure {
+        for _ in 0..3 {
+            tracing::warn!("INSECURE: --insecure is set: peer traffic (Raft, forwarded writes, mesh hops) is plain and unencrypted, checked only by a key-derived credential. For development only; never on a network you do not control.");
+        }
+    } else if let Some(m) = crate::tls::load(&config.data_dir)? {
+        tls.set(m);
+    } else if let Some(target) = config.join.as_deref() {
+        if fresh {
+            crate::join::obtain_certificate(&config, target, &tls).await?;
+        }
+    }
     let (log, sm) = crate::store::open(&config.data_dir)?;
     let shared = sm.shared();
 
@@ -55,7 +68,7 @@ pub async fn run(
     .context("raft configuration")?;
 
     let local = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-    let pool = PeerPool::with_local_address(local);
+    let pool = PeerPool::new(local, tls.clone());
     if config.sabotage_stale_reads {
         tracing::error!("SABOTAGE: reads are answered from local state without the leader check; never use this outside the chaos suite");
     }
@@ -85,6 +98,7 @@ pub async fn run(
         raft: raft.clone(),
         sm: shared,
         pool,
+        tls: tls.clone(),
         config: config.clone(),
         agent: Default::default(),
         mesh: Default::default(),
@@ -121,9 +135,22 @@ pub async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service({
-            // Only holders of the cluster's master key may use the peer service.
+            // Only members may use the peer service: holders of a cluster
+            // certificate, or with --insecure, of the master key.
             let c = cluster.clone();
             let check = move |req: tonic::Request<()>| {
+                if !c.tls.insecure() {
+                    let peer = req
+                        .extensions()
+                        .get::<crate::tls::ConnInfo>()
+                        .and_then(|i| i.peer);
+                    return match peer {
+                        Some(_) => Ok(req),
+                        None => Err(tonic::Status::unauthenticated(
+                            "peer: a cluster certificate is required (mutual TLS); this connection presented none",
+                        )),
+                    };
+                }
                 let presented = req
                     .metadata()
                     .get(crate::raft::PEER_AUTH)
@@ -143,6 +170,12 @@ pub async fn run(
                 check,
             )
         })
+        .add_service(
+            rouse_proto::peer::cluster_join_server::ClusterJoinServer::new(
+                crate::join::JoinService::new(cluster.clone()),
+            )
+            .max_decoding_message_size(64 * 1024),
+        )
         .add_service(
             ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
@@ -164,8 +197,13 @@ pub async fn run(
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = if config.insecure {
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(tls.server_config(false)?))
+    };
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        crate::tls::incoming(listener, acceptor),
         async {
             let _ = stop_rx.await;
         },
@@ -173,6 +211,7 @@ pub async fn run(
     tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
 
     let starter = tokio::spawn(start_membership(cluster.clone()));
+    let identity = tokio::spawn(crate::join::run_identity(cluster.clone()));
     let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
     let liveness = tokio::spawn(run_liveness(cluster.clone()));
     let agent = tokio::spawn(run_agent(cluster.clone()));
@@ -190,6 +229,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(node = config.id, "shutting down");
     starter.abort();
+    identity.abort();
     scheduler.abort();
     liveness.abort();
     mesh_task.abort();

@@ -294,6 +294,7 @@ const SM_MEMBERSHIP: &[u8] = b"meta/membership";
 const SM_REVISION: &[u8] = b"meta/revision";
 const SM_DATA_KEY: &[u8] = b"meta/data_key";
 const SM_SIGNING_KEYS: &[u8] = b"meta/signing_keys";
+const SM_CLUSTER_CA: &[u8] = b"meta/cluster_ca";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -344,6 +345,14 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
             Some(v) => batch.insert(SM_DATA_KEY, json(v)?),
             None => batch.remove(SM_DATA_KEY),
         },
+        Key::ClusterCa => match &d.cluster_ca {
+            Some(v) => batch.insert(SM_CLUSTER_CA, json(v)?),
+            None => batch.remove(SM_CLUSTER_CA),
+        },
+        Key::JoinToken(id) => match d.join_tokens.get(id) {
+            Some(v) => batch.insert(format!("join/{id}").as_bytes(), json(v)?),
+            None => batch.remove(format!("join/{id}").as_bytes()),
+        },
         Key::Instance(k) => {
             match d.instances.get(k) {
                 Some(v) => batch.insert(format!("in/{k}").as_bytes(), json(v)?),
@@ -383,6 +392,12 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
         b.insert(SM_DATA_KEY, json(dk)?);
     }
     b.insert(SM_SIGNING_KEYS, json(&a.data.signing_keys)?);
+    if let Some(ca) = &a.data.cluster_ca {
+        b.insert(SM_CLUSTER_CA, json(ca)?);
+    }
+    for (k, v) in &a.data.join_tokens {
+        b.insert(format!("join/{k}").as_bytes(), json(v)?);
+    }
     for (k, v) in &a.data.tokens {
         b.insert(format!("tok/{k}").as_bytes(), json(v)?);
     }
@@ -411,6 +426,12 @@ impl StateMachineStore {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_SIGNING_KEYS {
                 a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
+            } else if k.as_ref() == SM_CLUSTER_CA {
+                a.data.cluster_ca = serde_json::from_slice(&v).map_err(bad)?;
+            } else if let Some(id) = key.strip_prefix("join/") {
+                a.data
+                    .join_tokens
+                    .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
             } else if let Some(id) = key.strip_prefix("apikey/") {
                 a.data
                     .api_keys

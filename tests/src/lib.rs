@@ -108,6 +108,8 @@ pub struct TestCluster {
     pub ctr_namespace: Option<String>,
     /// First host port of this cluster's instance port block (40 per node).
     ports_base: Option<u16>,
+    /// Whether the bootstrap node's `<data-dir>/join-token` was handed out.
+    file_token_used: bool,
 }
 
 /// The private containerd socket and registry that `deploy/test-env.sh`
@@ -198,10 +200,9 @@ impl TestCluster {
     /// An empty cluster; `common` flags go to every node.
     pub fn new(common: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        // One master key for the whole cluster; node 1 creates it.
-        let mut common: Vec<String> = common.iter().map(|s| s.to_string()).collect();
-        common.push("--master-key-file".into());
-        common.push(dir.path().join("master.key").display().to_string());
+        // Each node keeps its master key in <data-dir>/master.key: node 1
+        // creates it, joining nodes receive it with their certificate.
+        let common: Vec<String> = common.iter().map(|s| s.to_string()).collect();
         TestCluster {
             dir,
             nodes: BTreeMap::new(),
@@ -209,6 +210,7 @@ impl TestCluster {
             common,
             ctr_namespace: None,
             ports_base: None,
+            file_token_used: false,
         }
     }
 
@@ -317,6 +319,10 @@ impl TestCluster {
             Some(j) => {
                 first.push("--join".into());
                 first.push(self.nodes[&j].listen.clone());
+                if !self.common.iter().any(|f| f == "--insecure") {
+                    first.push("--join-token".into());
+                    first.push(self.next_join_token(j));
+                }
             }
         }
         let mut node = Node {
@@ -330,6 +336,47 @@ impl TestCluster {
         };
         node.child = Some(spawn(&self.bin.join("rouse-node"), &first, &node.log));
         self.nodes.insert(id, node);
+    }
+
+    /// The bootstrap node's `<data-dir>/join-token` the first time (so it
+    /// is exercised), then tokens minted through node `via`.
+    fn next_join_token(&mut self, via: u64) -> String {
+        if !self.file_token_used {
+            let path = self.nodes[&1].data_dir.join("join-token");
+            let start = Instant::now();
+            loop {
+                if let Ok(t) = std::fs::read_to_string(&path) {
+                    if !t.trim().is_empty() {
+                        self.file_token_used = true;
+                        return t.trim().to_string();
+                    }
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "node 1 wrote no {}",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.join_token(via)
+    }
+
+    /// A fresh one-time join token, minted through node `via`.
+    pub fn join_token(&self, via: u64) -> String {
+        let start = Instant::now();
+        loop {
+            let (code, out, err) = self.cli(via, &["cluster", "join-token", "-o", "json"]);
+            if code == 0 {
+                let v: serde_json::Value = serde_json::from_str(&out).expect("join-token json");
+                return v["token"].as_str().expect("token").to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no join token from node {via} within 30 s: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// SIGKILLs node `id`.

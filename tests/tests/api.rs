@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rouse_client::pb;
 use rouse_e2e::TestCluster;
@@ -503,11 +504,30 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
     // Health and reflection stay open (checked in health_and_reflection_are_served).
 }
 
-/// The peer service (Raft, forwarding) answers only holders of the
-/// cluster's master key; a node with another key cannot join.
+/// With `--insecure` (plain peer traffic, development only) the peer
+/// service (Raft, forwarding) still answers only holders of the cluster's
+/// master key; a node with another key cannot join. Nodes join without a
+/// token. (With mutual TLS, see security.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_service_refuses_callers_without_the_cluster_credential() {
-    let cluster = TestCluster::start(1, &[]).await;
+async fn insecure_peer_service_refuses_callers_without_the_cluster_credential() {
+    let mut cluster = TestCluster::new(&["--insecure"]);
+    cluster.add_node(1, None, &[]);
+    // A node with the cluster's master key joins without a token.
+    let key = cluster.nodes[&1].data_dir.join("master.key");
+    let start = Instant::now();
+    while !key.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no master key");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.add_node(2, Some(1), &["--master-key-file", key.to_str().unwrap()]);
+    cluster.wait_voters(2).await;
+    let mut c = cluster.client(2).await;
+    let s = c.cluster_status().await.unwrap();
+    assert!(!s.peer_tls, "{s:?}");
+    assert!(
+        cluster.nodes[&1].log_text().contains("INSECURE"),
+        "--insecure is logged loudly"
+    );
     let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint())
         .unwrap()
         .connect()
@@ -535,7 +555,8 @@ async fn peer_service_refuses_callers_without_the_cluster_credential() {
     let mut intruder = std::process::Command::new(cluster.bin("rouse-node"))
         .args([
             "--id",
-            "2",
+            "3",
+            "--insecure",
             "--data-dir",
             dir.join("data").to_str().unwrap(),
         ])
@@ -555,7 +576,7 @@ async fn peer_service_refuses_callers_without_the_cluster_credential() {
     let _ = intruder.wait();
     let mut c = cluster.client(1).await;
     let s = c.cluster_status().await.unwrap();
-    assert_eq!(s.members.len(), 1, "{s:?}");
+    assert_eq!(s.members.len(), 2, "{s:?}");
     let text = std::fs::read_to_string(dir.join("log")).unwrap();
     assert!(text.contains("not a member of this cluster"), "{text}");
 }

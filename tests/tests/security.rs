@@ -223,3 +223,207 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     }
     cluster.assert_no_panics();
 }
+
+/// A tonic channel to `addr` over TLS with `config`.
+async fn tls_channel(
+    addr: &str,
+    config: tokio_rustls::rustls::ClientConfig,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector(rouse_node::tls::https_connector(config, None, true))
+        .await
+}
+
+/// TLS material of a node: (CA, certificate, key) from `<data-dir>/tls/`.
+fn node_tls(cluster: &TestCluster, id: u64) -> (String, String, String) {
+    let d = cluster.nodes[&id].data_dir.join("tls");
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    (read("ca.crt"), read("node.crt"), read("node.key"))
+}
+
+fn client_config(ca: &str, identity: Option<(&str, &str)>) -> tokio_rustls::rustls::ClientConfig {
+    let t = rouse_node::tls::Tls::new(false);
+    t.set(rouse_node::tls::Material::new(ca, identity).unwrap());
+    t.client_config()
+}
+
+async fn ping(ch: tonic::transport::Channel) -> Result<u64, tonic::Status> {
+    rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch)
+        .ping(rouse_proto::peer::PingRequest {})
+        .await
+        .map(|r| r.into_inner().id)
+}
+
+/// Sends a GET over TLS with `config` to a mesh; returns what came back.
+async fn mesh_over_tls(addr: &str, config: tokio_rustls::rustls::ClientConfig) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name =
+        tokio_rustls::rustls::pki_types::ServerName::try_from("peer.rouse.internal").unwrap();
+    let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let Ok(mut s) = conn.connect(name, tcp).await else {
+        return String::new();
+    };
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: nothing.here\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs `rouse-node` as a would-be member joining through node 1 and returns
+/// (exit code, log) once it exits (or is stopped after `wait`).
+fn intruder(
+    cluster: &TestCluster,
+    name: &str,
+    extra: &[&str],
+    wait: Duration,
+) -> (Option<i32>, String) {
+    let dir = cluster.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let mut child = std::process::Command::new(cluster.bin("rouse-node"))
+        .args([
+            "--id",
+            "9",
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
+        .args(["--join", &cluster.nodes[&1].listen])
+        .args(extra)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > wait {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (code, std::fs::read_to_string(log).unwrap())
+}
+
+/// Peer traffic is mutual TLS under the cluster CA: the peer service and
+/// the mesh's hop port refuse connections without a cluster certificate,
+/// a certificate of another CA fails the handshake, and a node gets its
+/// certificate only with a valid, unused join token for this cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_without_a_cluster_certificate_are_refused() {
+    let cluster = TestCluster::start(2, &[]).await;
+    let n1 = &cluster.nodes[&1];
+    let (ca, cert2, key2) = node_tls(&cluster, 2);
+    assert_eq!(ca, node_tls(&cluster, 1).0, "one cluster CA");
+    let mut c = cluster.client(1).await;
+    assert!(c.cluster_status().await.unwrap().peer_tls);
+
+    // A member's certificate is accepted: the checks below can fail.
+    let ch = tls_channel(&n1.listen, client_config(&ca, Some((&cert2, &key2))))
+        .await
+        .unwrap();
+    assert_eq!(ping(ch).await.unwrap(), 1);
+    let answer = mesh_over_tls(&n1.http, client_config(&ca, Some((&cert2, &key2)))).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // Plain: the API answers, the peer service does not.
+    let plain = tonic::transport::Endpoint::from_shared(n1.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = ping(plain.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("cluster certificate"), "{e}");
+    let mut forward = tonic::Request::new(rouse_proto::peer::RaftMessage {
+        payload: b"{}".to_vec(),
+    });
+    forward
+        .metadata_mut()
+        .insert("x-rouse-peer", "0".repeat(64).parse().unwrap());
+    let e = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(plain.clone())
+        .forward(forward)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    // TLS without a client certificate: refused too.
+    let ch = tls_channel(&n1.listen, client_config(&ca, None))
+        .await
+        .unwrap();
+    let e = ping(ch).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // …and the mesh's hop port refuses the handshake.
+    let answer = mesh_over_tls(&n1.http, client_config(&ca, None)).await;
+    assert!(!answer.contains("HTTP/"), "{answer}");
+
+    // A certificate from another CA fails the handshake on both ports.
+    let (other_ca, other_key) = rouse_node::tls::generate_ca().unwrap();
+    let (fake_key, csr) = rouse_node::tls::node_request(9).unwrap();
+    let fake = rouse_node::tls::sign_node(&other_ca, &other_key, &csr, 9).unwrap();
+    let res = match tls_channel(&n1.listen, client_config(&ca, Some((&fake, &fake_key)))).await {
+        Ok(ch) => ping(ch).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(res.is_err(), "a foreign certificate was accepted: {res:?}");
+    let answer = mesh_over_tls(&n1.http, client_config(&ca, Some((&fake, &fake_key)))).await;
+    assert!(!answer.contains("HTTP/"), "{answer}");
+    let log = n1.log_text();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+
+    // Joining: no token, a forged token, another cluster's token, a spent
+    // token: each node stops with the reason and is never a member.
+    let fp = rouse_node::tls::fingerprint(&ca).unwrap();
+    let forged = rouse_node::tls::JoinToken::new(&fp).expose();
+    let foreign =
+        rouse_node::tls::JoinToken::new(&rouse_node::tls::fingerprint(&other_ca).unwrap()).expose();
+    let spent = std::fs::read_to_string(n1.data_dir.join("join-token")).unwrap();
+    let wait = Duration::from_secs(20);
+    for (name, extra, reason) in [
+        ("no-token", vec![], "join_token: is required"),
+        (
+            "forged",
+            vec!["--join-token", forged.as_str()],
+            "join_token: unknown token",
+        ),
+        (
+            "foreign",
+            vec!["--join-token", foreign.as_str()],
+            "belongs to a cluster whose CA fingerprint is",
+        ),
+        (
+            "spent",
+            vec!["--join-token", spent.trim()],
+            "already used (by node 2)",
+        ),
+    ] {
+        let (code, log) = intruder(&cluster, name, &extra, wait);
+        assert!(matches!(code, Some(c) if c != 0), "{name}: {code:?}\n{log}");
+        assert!(log.contains(reason), "{name}: {log}");
+    }
+    // A plain (--insecure) node is refused by the peer service.
+    let (code, log) = intruder(
+        &cluster,
+        "insecure",
+        &["--insecure"],
+        Duration::from_secs(3),
+    );
+    assert_eq!(code, None, "{log}");
+    assert!(log.contains("a cluster certificate is required"), "{log}");
+    let s = c.cluster_status().await.unwrap();
+    assert_eq!(s.members.len(), 2, "{s:?}");
+    cluster.assert_no_panics();
+}

@@ -246,6 +246,14 @@ enum ClusterCmd {
     Remove { id: u64 },
     /// Raft progress of the node at --endpoint.
     NodeInfo,
+    /// Mint a one-time join token: `rouse-node --join HOST:PORT --join-token T`
+    /// gets a new node its cluster certificate with it. The token is shown
+    /// only now (last line; `-o json`: {"id","token","expires_at"}).
+    JoinToken {
+        /// How long the token stays valid (default 1h, at most 7 days).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -436,6 +444,7 @@ fn seconds(field: &str, s: &str) -> Result<u32, Fail> {
 struct StatusOut {
     leader_id: u64,
     term: u64,
+    peer_tls: bool,
     members: Vec<MemberOut>,
 }
 
@@ -623,6 +632,33 @@ struct NodeInfoOut {
     state_digest: String,
 }
 
+/// Seconds in a duration flag such as `24h` (0 when absent: the server's default).
+fn duration_secs(field: &str, value: Option<&str>, example: &str) -> Result<u64, Fail> {
+    match value {
+        None => Ok(0),
+        Some(d) => Ok(humantime::parse_duration(d)
+            .map_err(|e| {
+                Fail(format!(
+                    "{field}: {d:?} is not a duration such as {example} ({e})"
+                ))
+            })?
+            .as_secs()
+            .max(1)),
+    }
+}
+
+/// Prints a credential shown only once: JSON `{"id","token","expires_at"}`,
+/// or the token on the last line.
+fn emit_issued(fmt: Format, id: &str, token: &str, expires_at_ms: u64) -> Result<(), Fail> {
+    let out = serde_json::json!({ "id": id, "token": token, "expires_at": expires_at_ms / 1000 });
+    emit(fmt, &out, || {
+        format!(
+            "id: {id}\nexpires at: {} (unix seconds)\n{token}",
+            expires_at_ms / 1000
+        )
+    })
+}
+
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
@@ -707,6 +743,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let out = StatusOut {
                 leader_id: s.leader_id,
                 term: s.term,
+                peer_tls: s.peer_tls,
                 members: s
                     .members
                     .into_iter()
@@ -740,15 +777,25 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     })
                     .collect();
                 format!(
-                    "leader: {}  term: {}\n{}",
+                    "leader: {}  term: {}  peer traffic: {}\n{}",
                     out.leader_id,
                     out.term,
+                    if out.peer_tls {
+                        "mutual TLS"
+                    } else {
+                        "PLAIN (--insecure)"
+                    },
                     table(
                         &["ID", "ADDRESS", "ROLE", "ZONE", "REGION", "HEALTHY"],
                         rows
                     )
                 )
             })
+        }
+        Cmd::Cluster(ClusterCmd::JoinToken { ttl }) => {
+            let secs = duration_secs("ttl", ttl.as_deref(), "1h")?;
+            let t = c.create_join_token(secs).await?;
+            emit_issued(fmt, &t.id, &t.token, t.expires_at_ms)
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
             c.remove_node(id).await?;
@@ -822,29 +869,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 container,
                 expires_in,
             } => {
-                let secs = match expires_in.as_deref() {
-                    None => 0,
-                    Some(d) => humantime::parse_duration(d)
-                        .map_err(|e| {
-                            Fail(format!(
-                                "expires_in: {d:?} is not a duration such as 24h ({e})"
-                            ))
-                        })?
-                        .as_secs()
-                        .max(1),
-                };
+                let secs = duration_secs("expires_in", expires_in.as_deref(), "24h")?;
                 let t = c
                     .create_token(&namespace, container.as_deref(), secs)
                     .await?;
-                let out = serde_json::json!({ "id": t.id, "token": t.token, "expires_at": t.expires_at_ms / 1000 });
-                emit(fmt, &out, || {
-                    format!(
-                        "id: {}\nexpires at: {} (unix seconds)\n{}",
-                        t.id,
-                        t.expires_at_ms / 1000,
-                        t.token
-                    )
-                })
+                emit_issued(fmt, &t.id, &t.token, t.expires_at_ms)
             }
             TokenCmd::List { namespace } => {
                 let v: Vec<serde_json::Value> = c

@@ -213,6 +213,30 @@ impl ClusterService for Api {
             leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
             members,
+            peer_tls: !self.cluster.tls.insecure(),
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> ApiResult<pb::CreateJoinTokenResponse> {
+        self.require_admin(&req)?;
+        let secs = req.into_inner().ttl_secs;
+        let ttl = match secs {
+            0 => crate::join::DEFAULT_TOKEN_TTL,
+            s => std::time::Duration::from_secs(s),
+        };
+        if ttl < std::time::Duration::from_secs(10) || ttl > crate::join::MAX_TOKEN_TTL {
+            return Err(inv("ttl_secs", "must be between 10 s and 7 days").into());
+        }
+        let (token, expires_at_ms) = crate::join::mint(&self.cluster, ttl)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            id: token.id.clone(),
+            token: token.expose(),
+            expires_at_ms,
         }))
     }
 

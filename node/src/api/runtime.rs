@@ -76,15 +76,12 @@ impl Api {
                 if let Some(b) = bearer.clone() {
                     req.metadata_mut().insert("authorization", b);
                 }
+                let pool = self.cluster.pool.clone();
                 tokio::spawn(async move {
                     let res = async {
-                        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                            .map_err(|e| Status::internal(e.to_string()))?
-                            .connect()
-                            .await
-                            .map_err(|e| {
-                                Status::unavailable(format!("node {node} at {addr}: {e}"))
-                            })?;
+                        let ch = pool.channel(&addr).map_err(|e| {
+                            Status::unavailable(format!("node {node} at {addr}: {e}"))
+                        })?;
                         let mut s = ContainerServiceClient::new(ch)
                             .logs(req)
                             .await?
@@ -243,7 +240,8 @@ impl ImageService for Api {
                         .collect()
                 };
                 for (node, addr) in others {
-                    let r = send_import(&addr, &path, &name, bearer.clone()).await;
+                    let r =
+                        send_import(&addr, &path, &name, bearer.clone(), &self.cluster.pool).await;
                     nodes.push(pb::NodeImport {
                         node,
                         ok: r.is_ok(),
@@ -265,11 +263,10 @@ async fn send_import(
     path: &std::path::Path,
     name: &str,
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    pool: &crate::raft::PeerPool,
 ) -> Result<(), Status> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::internal(e.to_string()))?
-        .connect()
-        .await
+    let ch = pool
+        .channel(addr)
         .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
     let mut f = tokio::fs::File::open(path)
         .await

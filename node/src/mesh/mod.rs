@@ -31,6 +31,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -72,10 +73,12 @@ pub struct Mesh {
     slots: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
     demand: Mutex<HashMap<(String, String), Demand>>,
-    http1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+    /// Clients for local instances (plain) and other nodes' meshes (mutual
+    /// TLS unless `--insecure`).
+    http1: Client<HttpsConnector<HttpConnector>, Incoming>,
+    h2: Client<HttpsConnector<HttpConnector>, Incoming>,
     /// For upgrade requests (WebSocket and the like), whose body is empty.
-    upgrades: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    upgrades: Client<HttpsConnector<HttpConnector>, http_body_util::Empty<Bytes>>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<RespBody> {
@@ -153,18 +156,18 @@ enum Target {
 
 impl Mesh {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(3)));
+        let local = Some(cluster.config.listen.ip()).filter(|ip| !ip.is_unspecified());
+        let conn1 = crate::tls::connector(&cluster.tls, local, false);
+        let conn2 = crate::tls::connector(&cluster.tls, local, true);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn.clone());
+            .build(conn1.clone());
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(conn.clone());
+            .build(conn2);
         let upgrades = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
-            .build(conn);
+            .build(conn1);
         Arc::new(Mesh {
             cluster,
             last_used: Mutex::new(HashMap::new()),
@@ -184,6 +187,17 @@ impl Mesh {
         // Bounded connections, header sizes and header read time, so slow or
         // huge clients cannot starve the node.
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let acceptor = if self.cluster.tls.insecure() {
+            None
+        } else {
+            match self.cluster.tls.server_config(true) {
+                Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+                Err(e) => {
+                    tracing::error!(error = %e, "mesh: no TLS for hops from other nodes");
+                    None
+                }
+            }
+        };
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
@@ -196,13 +210,23 @@ impl Mesh {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let mesh = self.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                // TLS here is another node's hop, with a cluster certificate
+                // (mandatory); clients speak plain HTTP.
+                let stream = match crate::tls::accept(stream, acceptor.as_ref()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "mesh connection refused: TLS handshake failed");
+                        return;
+                    }
+                };
+                let peer = mesh.cluster.tls.insecure() || stream.info().peer.is_some();
                 let svc = hyper::service::service_fn(move |req| {
                     let mesh = mesh.clone();
-                    async move { Ok::<_, Infallible>(mesh.handle(req, remote).await) }
+                    async move { Ok::<_, Infallible>(mesh.handle(req, remote, peer).await) }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -330,11 +354,19 @@ impl Mesh {
             .collect()
     }
 
+    /// `peer`: the request came from another node over mutual TLS (or
+    /// `--insecure`), so its hop headers are trusted.
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         remote: SocketAddr,
+        peer: bool,
     ) -> Response<RespBody> {
+        if !peer {
+            // A client cannot pose as another node's hop.
+            req.headers_mut().remove(HOP);
+            req.headers_mut().remove(ORIGINAL_HOST);
+        }
         let host = req
             .headers()
             .get(ORIGINAL_HOST)
@@ -585,7 +617,7 @@ impl Mesh {
                         .await;
                 }
                 Target::Remote { node, addr } => {
-                    let uri = format!("http://{addr}");
+                    let uri = format!("{}://{addr}", self.cluster.tls.scheme());
                     tracing::debug!(%ns, %name, node, "forwarding to another node's mesh");
                     return self
                         .forward(req, &uri, protocol, remote, true, None, Some(demand))

@@ -463,6 +463,30 @@ pub enum Command {
     CreateApiKey { key: ApiKey },
     /// Precondition: the key exists.
     RevokeApiKey { id: String },
+    /// Records the cluster CA (its key sealed by the master key).
+    /// Precondition: no CA yet.
+    InitClusterCa { ca: crate::tls::ClusterCa },
+    /// Records a join token by the hash of its secret. Precondition: its id
+    /// is new.
+    CreateJoinToken { token: JoinTokenRecord },
+    /// Spends a join token for `node`. Preconditions: the token exists, the
+    /// hash matches, it has not expired at the proposal's time, and it is
+    /// unused or was used by this same node (a retried join).
+    UseJoinToken {
+        id: String,
+        hash: String,
+        node: NodeId,
+    },
+}
+
+/// A join token as Raft keeps it: the hash of its secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub used_by: Option<NodeId>,
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.
@@ -517,6 +541,11 @@ pub struct StateData {
     pub tokens: BTreeMap<String, TokenRecord>,
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKey>,
+    /// The CA that signs node certificates for peer mTLS.
+    #[serde(default)]
+    pub cluster_ca: Option<crate::tls::ClusterCa>,
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinTokenRecord>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -533,6 +562,8 @@ pub enum Key {
     SigningKeys,
     Token(String),
     ApiKey(String),
+    ClusterCa,
+    JoinToken(String),
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -978,6 +1009,56 @@ impl StateData {
                 self.bump();
                 self.api_keys.insert(key.id.clone(), key.clone());
                 touched.push(Key::ApiKey(key.id.clone()));
+            }
+            Command::InitClusterCa { ca } => {
+                if self.cluster_ca.is_some() {
+                    return Err(Rejection::AlreadyExists(
+                        "the cluster CA is already set".into(),
+                    ));
+                }
+                self.bump();
+                self.cluster_ca = Some(ca.clone());
+                touched.push(Key::ClusterCa);
+            }
+            Command::CreateJoinToken { token } => {
+                if self.join_tokens.contains_key(&token.id) {
+                    return Err(Rejection::AlreadyExists(format!(
+                        "join token {:?} already exists",
+                        token.id
+                    )));
+                }
+                self.bump();
+                self.join_tokens.insert(token.id.clone(), token.clone());
+                touched.push(Key::JoinToken(token.id.clone()));
+            }
+            Command::UseJoinToken { id, hash, node } => {
+                let refused =
+                    |why: &str| Rejection::FailedPrecondition(format!("join_token: {why}"));
+                let t = self
+                    .join_tokens
+                    .get_mut(id)
+                    .ok_or_else(|| refused("unknown token"))?;
+                if !crate::secrets::constant_time_eq(t.hash.as_bytes(), hash.as_bytes()) {
+                    return Err(refused("unknown token"));
+                }
+                if at_ms >= t.expires_ms {
+                    return Err(refused(
+                        "the token has expired; mint a new one with `rouse cluster join-token`",
+                    ));
+                }
+                match t.used_by {
+                    Some(n) if n != *node => {
+                        return Err(refused(&format!(
+                            "the token was already used (by node {n}); join tokens are good for one node"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        t.used_by = Some(*node);
+                        self.bump();
+                        touched.push(Key::JoinToken(id.clone()));
+                    }
+                }
             }
             Command::RevokeApiKey { id } => {
                 let k = self
