@@ -52,22 +52,33 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+export ROUSE_ENDPOINT=http://127.0.0.1:7071
 for id in 1 2 3; do
+  # Each node keeps its master key and cluster certificate in its data dir;
+  # node 1 creates the cluster CA, the others join with a one-time token.
   flags=(--id "$id" --data-dir "$STATE/node$id" --listen "127.0.0.1:707$id" --http "127.0.0.1:808$id"
          --zone "zone-$id" --containerd "$SOCK" --containerd-namespace rouse-local
-         --master-key-file "$STATE/master.key"
          --insecure-registry "$REG" --instance-ports "2${id}000-2${id}999")
   if [ ! -d "$STATE/node$id" ]; then
-    if [ "$id" = 1 ]; then flags+=(--bootstrap); else flags+=(--join 127.0.0.1:7071); fi
+    if [ "$id" = 1 ]; then
+      flags+=(--bootstrap)
+    elif [ "$id" = 2 ]; then
+      flags+=(--join 127.0.0.1:7071 --join-token "$(cat "$STATE/node1/join-token")")
+    else
+      flags+=(--join 127.0.0.1:7071 --join-token "$("$BIN/rouse" cluster join-token | tail -1)")
+    fi
   fi
   "$BIN/rouse-node" "${flags[@]}" 2>>"$STATE/node$id.log" &
   pids+=($!)
-  if [ "$id" = 1 ]; then sleep 1; fi
+  if [ "$id" = 1 ]; then
+    for _ in $(seq 1 150); do
+      [ -s "$STATE/node1/admin-token" ] && [ -s "$STATE/node1/join-token" ] && break
+      sleep 0.1
+    done
+    export ROUSE_TOKEN=$(cat "$STATE/node1/admin-token")
+  fi
 done
 
-export ROUSE_ENDPOINT=http://127.0.0.1:7071
-for _ in $(seq 1 100); do [ -s "$STATE/node1/admin-token" ] && break; sleep 0.1; done
-export ROUSE_TOKEN=$(cat "$STATE/node1/admin-token")
 for _ in $(seq 1 100); do
   if [ "$("$BIN/rouse" cluster status -o json 2>/dev/null | grep -c '"healthy": true')" = 3 ]; then break; fi
   sleep 0.2
