@@ -116,6 +116,14 @@ pub struct Args {
     /// A node silent this long is marked down and its instances replaced (default 3s).
     #[arg(long, env = "ROUSE_NODE_GRACE")]
     pub node_grace: Option<String>,
+    /// Time a client gets to send its request head to the mesh, and its
+    /// first bytes or TLS handshake to either listener (default 30s).
+    #[arg(long, env = "ROUSE_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Open client connections the mesh serves at once; more wait to be
+    /// accepted (default 16384).
+    #[arg(long, env = "ROUSE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// File with the master key that wraps the cluster data key (64 hex
     /// characters, mode 0600; created by --bootstrap if absent). Every node
     /// needs the same key to open secrets. Default: <data-dir>/master.key.
@@ -171,6 +179,8 @@ pub struct FileConfig {
     pub autoscale_window: Option<String>,
     pub suspend_after: Option<String>,
     pub node_grace: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_connections: Option<usize>,
     pub overcommit: Option<f64>,
     pub placement_batch: Option<usize>,
     pub master_key_file: Option<PathBuf>,
@@ -208,6 +218,8 @@ pub struct NodeConfig {
     /// Zero: never suspend.
     pub suspend_after: std::time::Duration,
     pub node_grace: std::time::Duration,
+    pub header_timeout: std::time::Duration,
+    pub max_connections: usize,
     pub overcommit: f64,
     /// Zero: one proposal per scheduling pass.
     pub placement_batch: usize,
@@ -405,6 +417,23 @@ impl NodeConfig {
         if node_grace < std::time::Duration::from_secs(1) {
             return Err(invalid("node_grace", "must be at least 1s"));
         }
+        let header_timeout = duration(
+            "header_timeout",
+            args.header_timeout.or(file.header_timeout),
+            "30s",
+        )?;
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600))
+            .contains(&header_timeout)
+        {
+            return Err(invalid("header_timeout", "must be between 1s and 10m"));
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(16_384);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
         let overcommit = args.overcommit.or(file.overcommit).unwrap_or(1.0);
         if !(1.0..=10.0).contains(&overcommit) {
             return Err(invalid(
@@ -421,6 +450,8 @@ impl NodeConfig {
             sabotage_stale_reads: args.sabotage_stale_reads,
             placement_batch: args.placement_batch.or(file.placement_batch).unwrap_or(0),
             node_grace,
+            header_timeout,
+            max_connections,
             overcommit,
             suspend_after,
             autoscale_window,

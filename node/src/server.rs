@@ -203,7 +203,7 @@ pub async fn run(
         Some(tokio_rustls::TlsAcceptor::from(tls.server_config(false)?))
     };
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        crate::tls::incoming(listener, acceptor),
+        crate::tls::incoming(listener, acceptor, config.header_timeout),
         async {
             let _ = stop_rx.await;
         },

@@ -41,8 +41,6 @@ use crate::state::NodeId;
 
 /// The name every node certificate carries and every peer checks.
 pub const PEER_NAME: &str = "peer.rouse.internal";
-/// Time a connection gets to show its first byte and finish a handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of join tokens.
 const JOIN_PREFIX: &str = "rjt";
 
@@ -656,20 +654,23 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Tells TLS from plain by the first byte, and completes a TLS handshake.
 /// `acceptor` is `None` when TLS is off (`--insecure`): everything is plain.
+/// A client that sends nothing, or no finished handshake, within `timeout`
+/// is dropped.
 pub async fn accept(
     stream: TcpStream,
     acceptor: Option<&tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
 ) -> io::Result<Io> {
     let _ = stream.set_nodelay(true);
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(timeout, stream.peek(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no data before the timeout"))??;
     let Some(acceptor) = acceptor else {
         return Ok(Io::Plain(stream));
     };
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no data before the timeout"))??;
     if n == 1 && first[0] == TLS_HANDSHAKE {
-        let s = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        let s = tokio::time::timeout(timeout, acceptor.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
         Ok(Io::Tls(Box::new(s)))
@@ -684,6 +685,7 @@ pub async fn accept(
 pub fn incoming(
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Io>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -702,9 +704,12 @@ pub fn incoming(
             let tx = tx.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                match accept(stream, acceptor.as_ref()).await {
+                match accept(stream, acceptor.as_ref(), timeout).await {
                     Ok(io) => {
                         let _ = tx.send(Ok(io)).await;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        tracing::debug!(%remote, error = %e, "connection dropped: too slow")
                     }
                     Err(e) => {
                         tracing::warn!(%remote, error = %e, "peer connection refused: TLS handshake failed")

@@ -427,3 +427,86 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     assert_eq!(s.members.len(), 2, "{s:?}");
     cluster.assert_no_panics();
 }
+
+/// Reads from `s` until EOF or error; returns how long that took, or `None`
+/// if the connection was still open after `max`.
+async fn closed_within(s: &mut tokio::net::TcpStream, max: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(max.saturating_sub(start.elapsed()), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slow or huge clients cannot starve a node: the mesh and the gRPC
+/// listener drop clients that send nothing or no complete request head
+/// within --header-timeout, the mesh serves at most --max-connections at
+/// once (the rest wait), a request head over 64 KiB gets 431, and an API
+/// message over 4 MiB is refused while the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_limits_hold_against_slow_and_huge_clients() {
+    use tokio::io::AsyncWriteExt;
+    let cluster =
+        TestCluster::start(1, &["--header-timeout", "2s", "--max-connections", "3"]).await;
+    let n1 = &cluster.nodes[&1];
+    let mesh = n1.http.clone();
+    let unknown = |m: &str| get(m, "nothing.here.rouse.localhost", None);
+    assert_eq!(unknown(&mesh), 404);
+
+    // A request head that never ends: closed after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&mesh).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t = closed_within(&mut slow, Duration::from_secs(10)).await;
+    println!("mesh: an unfinished request head was dropped after {t:?}");
+    assert!(t.is_some_and(|t| t >= Duration::from_millis(1500)), "{t:?}");
+    // A client that sends nothing, on either listener.
+    for addr in [&mesh, &n1.listen] {
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = closed_within(&mut idle, Duration::from_secs(10)).await;
+        println!("{addr}: a silent client was dropped after {t:?}");
+        assert!(
+            t.is_some_and(|t| t >= Duration::from_millis(1500)),
+            "{addr}: {t:?}"
+        );
+    }
+
+    // Three silent connections hold every mesh slot: a fourth client is not
+    // served until the header timeout frees them.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&mesh).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let m = mesh.clone();
+    let waited = tokio::task::spawn_blocking(move || unknown(&m))
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    println!("mesh: a 4th client with 3 slots held got {waited} after {took:?}");
+    assert_eq!(waited, 404);
+    assert!(took >= Duration::from_millis(1200), "{took:?}");
+    drop(held);
+
+    // A head over 64 KiB: 431.
+    let big = format!("X-Big: {}", "a".repeat(70 * 1024));
+    assert_eq!(get(&mesh, "nothing.here.rouse.localhost", Some(big)), 431);
+
+    // An API message over 4 MiB is refused, and the node keeps serving.
+    let mut c = cluster.client(1).await;
+    let mut env = HashMap::new();
+    env.insert("BIG".to_string(), "b".repeat(5 * 1024 * 1024));
+    let e = c.create_namespace("huge", env).await.unwrap_err();
+    println!("api: a 5 MiB message: {e}");
+    assert_eq!(e.code(), Some(tonic::Code::OutOfRange), "{e}");
+    c.create_namespace("small", HashMap::new()).await.unwrap();
+    assert_eq!(unknown(&mesh), 404);
+    cluster.assert_no_panics();
+}

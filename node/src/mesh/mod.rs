@@ -49,10 +49,6 @@ pub const HOP: &str = "x-rouse-hop";
 pub const ORIGINAL_HOST: &str = "x-rouse-host";
 /// Requests one container may queue on one node before 503.
 pub const QUEUE_CAP: usize = 1000;
-/// Open client connections one node's mesh accepts at once.
-pub const MAX_CONNECTIONS: usize = 16_384;
-/// Time a client gets to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -186,7 +182,9 @@ impl Mesh {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         // Bounded connections, header sizes and header read time, so slow or
         // huge clients cannot starve the node.
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.cluster.config.max_connections,
+        ));
         let acceptor = if self.cluster.tls.insecure() {
             None
         } else {
@@ -216,8 +214,15 @@ impl Mesh {
                 let _permit = permit;
                 // TLS here is another node's hop, with a cluster certificate
                 // (mandatory); clients speak plain HTTP.
-                let stream = match crate::tls::accept(stream, acceptor.as_ref()).await {
+                let header_timeout = mesh.cluster.config.header_timeout;
+                let stream = match crate::tls::accept(stream, acceptor.as_ref(), header_timeout)
+                    .await
+                {
                     Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        tracing::debug!(%remote, error = %e, "mesh connection dropped: too slow");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(%remote, error = %e, "mesh connection refused: TLS handshake failed");
                         return;
@@ -233,7 +238,7 @@ impl Mesh {
                 builder
                     .http1()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(header_timeout)
                     .max_buf_size(MAX_HEADER_BYTES);
                 builder
                     .http2()
