@@ -316,6 +316,15 @@ impl Client {
             .into_inner())
     }
 
+    /// Rotates the cluster's master key and data key.
+    pub async fn rotate_keys(&mut self) -> Result<pb::RotateKeysResponse, Error> {
+        Ok(self
+            .cluster
+            .rotate_keys(pb::RotateKeysRequest {})
+            .await?
+            .into_inner())
+    }
+
     pub async fn node_info(&mut self) -> Result<pb::NodeInfoResponse, Error> {
         Ok(self
             .cluster

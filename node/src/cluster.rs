@@ -101,10 +101,11 @@ pub struct Cluster {
     pub mesh: std::sync::OnceLock<Arc<crate::mesh::Mesh>>,
     /// Load reports and scaling decisions (acts only on the leader).
     pub autoscaler: Arc<crate::mesh::Autoscaler>,
-    /// The master key (KEK) from `--master-key-file`, once read.
-    pub kek: std::sync::OnceLock<crate::secrets::Key>,
-    /// The cluster data key, once unwrapped.
-    pub data_key: std::sync::OnceLock<crate::secrets::Key>,
+    /// The master key (KEK) from `--master-key-file`, once read; replaced
+    /// when the cluster rotates it.
+    pub kek: std::sync::RwLock<Option<crate::secrets::Key>>,
+    /// The cluster data key, with the wrapped form it was opened from.
+    pub data_key: std::sync::RwLock<Option<(crate::secrets::Envelope, crate::secrets::Key)>>,
 }
 
 /// Whether a forwarded call failed before it reached the leader.
@@ -134,13 +135,18 @@ impl Cluster {
 
     /// The master key, read from `--master-key-file` on first use.
     pub fn kek(&self) -> Result<crate::secrets::Key, crate::secrets::SecretError> {
-        if let Some(k) = self.kek.get() {
+        if let Some(k) = self.kek.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(k.clone());
         }
         let k = crate::secrets::Key::load_or_create(&self.config.master_key_file, false)?;
-        self.pool.set_secret(k.peer_credential());
-        let _ = self.kek.set(k.clone());
+        self.set_kek(k.clone());
         Ok(k)
+    }
+
+    /// Uses `k` as the master key from now on (after a rotation).
+    pub fn set_kek(&self, k: crate::secrets::Key) {
+        self.pool.set_secret(k.peer_credential());
+        *self.kek.write().unwrap_or_else(|p| p.into_inner()) = Some(k);
     }
 
     /// Whether a peer call carries this cluster's credential.
@@ -152,24 +158,31 @@ impl Cluster {
 
     /// The cluster data key (unwrapped with this node's master key).
     pub fn data_key(&self) -> Result<crate::secrets::Key, ClusterError> {
-        if let Some(k) = self.data_key.get() {
-            return Ok(k.clone());
-        }
-        let kek = self.kek().map_err(|e| {
-            ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets"))
-        })?;
         let wrapped = self.sm.read().data.data_key.clone().ok_or_else(|| {
             ClusterError::Precondition(
                 "the cluster data key is not set up yet; retry in a moment".into(),
             )
         })?;
+        if let Some((w, k)) = self
+            .data_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *w == wrapped {
+                return Ok(k.clone());
+            }
+        }
+        let kek = self.kek().map_err(|e| {
+            ClusterError::Precondition(format!("{e}; this node cannot seal or open secrets"))
+        })?;
         let dk = kek.unwrap_key(&wrapped).map_err(|_| {
             ClusterError::Precondition(format!(
-                "master_key_file: {} does not open the cluster data key (a different key than the cluster's)",
+                "master_key_file: {} does not open the cluster data key (a different key than the cluster's, or the cluster rotated its keys and this node has not fetched the new one yet)",
                 self.config.master_key_file.display()
             ))
         })?;
-        let _ = self.data_key.set(dk.clone());
+        *self.data_key.write().unwrap_or_else(|p| p.into_inner()) = Some((wrapped, dk.clone()));
         Ok(dk)
     }
 

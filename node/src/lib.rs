@@ -41,6 +41,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod join;
+pub mod keys;
 pub mod mesh;
 pub mod peer;
 pub mod raft;

@@ -142,6 +142,26 @@ impl RaftPeer for PeerService {
         Ok(Response::new(rouse_proto::peer::LoadAck {}))
     }
 
+    async fn fetch_master_key(
+        &self,
+        _req: Request<rouse_proto::peer::FetchMasterKeyRequest>,
+    ) -> Result<Response<rouse_proto::peer::FetchMasterKeyResponse>, Status> {
+        // Only over mutual TLS: the caller proved a cluster certificate.
+        if self.cluster.tls.insecure() {
+            return Err(Status::failed_precondition(
+                "peer traffic is plain (--insecure): the master key is not handed out",
+            ));
+        }
+        let k = self
+            .cluster
+            .kek()
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(rouse_proto::peer::FetchMasterKeyResponse {
+            key: k.export_hex(),
+            id: k.id(),
+        }))
+    }
+
     async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse {
             id: self.cluster.id,

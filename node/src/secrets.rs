@@ -32,16 +32,20 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
+    // A name of this write's own, so concurrent writers never share one.
+    let tmp = path.with_extension(format!("tmp-{:016x}", rand::random::<u64>()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    std::io::Write::write_all(&mut f, bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// A sealed value: nonce and ciphertext (with its tag), hex in JSON.
@@ -219,6 +223,11 @@ impl Key {
         let b = self.open(env, "rouse/data-key")?;
         let arr: [u8; 32] = b.try_into().map_err(|_| SecretError::Open)?;
         Ok(Key(arr))
+    }
+
+    /// A short public id of this key (which master key wraps the data key).
+    pub fn id(&self) -> String {
+        self.fingerprint("rouse/kek-id/v1")[..16].to_string()
     }
 
     /// The credential nodes present to each other's peer service.

@@ -81,18 +81,18 @@ pub async fn run(
     )
     .await
     .context("starting raft")?;
-    let kek = std::sync::OnceLock::new();
+    let mut kek = None;
     match crate::secrets::Key::load_or_create(&config.master_key_file, config.bootstrap) {
         Ok(k) => {
             pool.set_secret(k.peer_credential());
-            let _ = kek.set(k);
+            kek = Some(k);
         }
         Err(e) => {
             tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one")
         }
     }
     let cluster = Arc::new(Cluster {
-        kek,
+        kek: std::sync::RwLock::new(kek),
         data_key: Default::default(),
         id: config.id,
         raft: raft.clone(),
@@ -212,6 +212,7 @@ pub async fn run(
 
     let starter = tokio::spawn(start_membership(cluster.clone()));
     let identity = tokio::spawn(crate::join::run_identity(cluster.clone()));
+    let key_sync = tokio::spawn(crate::keys::run_key_sync(cluster.clone()));
     let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
     let liveness = tokio::spawn(run_liveness(cluster.clone()));
     let agent = tokio::spawn(run_agent(cluster.clone()));
@@ -230,6 +231,7 @@ pub async fn run(
     tracing::info!(node = config.id, "shutting down");
     starter.abort();
     identity.abort();
+    key_sync.abort();
     scheduler.abort();
     liveness.abort();
     mesh_task.abort();
@@ -527,7 +529,7 @@ async fn ensure_data_key(cluster: &Cluster) {
     if has_dk {
         return;
     }
-    let Some(kek) = cluster.kek.get() else { return };
+    let Ok(kek) = cluster.kek() else { return };
     let dk = crate::secrets::Key::random();
     let Ok(wrapped) = kek.wrap(&dk) else { return };
     match cluster.write(Command::InitDataKey { wrapped }).await {

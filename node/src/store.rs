@@ -295,6 +295,7 @@ const SM_REVISION: &[u8] = b"meta/revision";
 const SM_DATA_KEY: &[u8] = b"meta/data_key";
 const SM_SIGNING_KEYS: &[u8] = b"meta/signing_keys";
 const SM_CLUSTER_CA: &[u8] = b"meta/cluster_ca";
+const SM_KEK_ID: &[u8] = b"meta/kek_id";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -349,6 +350,10 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
             Some(v) => batch.insert(SM_CLUSTER_CA, json(v)?),
             None => batch.remove(SM_CLUSTER_CA),
         },
+        Key::KekId => match &d.kek_id {
+            Some(v) => batch.insert(SM_KEK_ID, json(v)?),
+            None => batch.remove(SM_KEK_ID),
+        },
         Key::JoinToken(id) => match d.join_tokens.get(id) {
             Some(v) => batch.insert(format!("join/{id}").as_bytes(), json(v)?),
             None => batch.remove(format!("join/{id}").as_bytes()),
@@ -395,6 +400,9 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     if let Some(ca) = &a.data.cluster_ca {
         b.insert(SM_CLUSTER_CA, json(ca)?);
     }
+    if let Some(id) = &a.data.kek_id {
+        b.insert(SM_KEK_ID, json(id)?);
+    }
     for (k, v) in &a.data.join_tokens {
         b.insert(format!("join/{k}").as_bytes(), json(v)?);
     }
@@ -426,6 +434,8 @@ impl StateMachineStore {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_SIGNING_KEYS {
                 a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
+            } else if k.as_ref() == SM_KEK_ID {
+                a.data.kek_id = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_CLUSTER_CA {
                 a.data.cluster_ca = serde_json::from_slice(&v).map_err(bad)?;
             } else if let Some(id) = key.strip_prefix("join/") {

@@ -20,6 +20,28 @@ fn deploy(ns: &str, name: &str, image: &str, min: u32) -> pb::DeployContainerReq
     }
 }
 
+/// Creates namespace `name` with secrets (retried until the cluster's data
+/// key is set up).
+async fn namespace_with_secrets(c: &Client, name: &str, secrets: &[(&str, &str)]) {
+    let secrets: HashMap<String, String> = secrets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    eventually("namespace with secrets", || {
+        let mut c = c.clone();
+        let secrets = secrets.clone();
+        async move {
+            c.create_namespace_with(pb::CreateNamespaceRequest {
+                name: name.into(),
+                env: HashMap::new(),
+                secrets,
+            })
+            .await
+        }
+    })
+    .await;
+}
+
 /// Waits until `ns/name` has `n` ready instances; returns them.
 async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> {
     eventually(&format!("{n} ready instance(s) of {ns}/{name}"), || {
@@ -418,20 +440,11 @@ async fn secrets_reach_the_container_environment_only() {
     let cluster = TestCluster::start_with_runtime(1, &[]).await;
     let mut c = cluster.client(1).await;
     let secret = "sekrit-7e1f9c-in-env-only";
-    eventually("namespace with a secret", || {
-        let mut c = c.clone();
-        async move {
-            c.create_namespace_with(pb::CreateNamespaceRequest {
-                name: "n".into(),
-                env: HashMap::new(),
-                secrets: HashMap::from([
-                    ("SHARED".into(), "from-namespace".into()),
-                    ("TOKEN".into(), "ns-level".into()),
-                ]),
-            })
-            .await
-        }
-    })
+    namespace_with_secrets(
+        &c,
+        "n",
+        &[("SHARED", "from-namespace"), ("TOKEN", "ns-level")],
+    )
     .await;
     let mut req = deploy("n", "app", &image, 1);
     req.secrets = HashMap::from([("TOKEN".into(), secret.into())]);
@@ -579,4 +592,98 @@ async fn registry_basic_auth() {
         .unwrap();
     let inst = ready(&c, "n", "open", 1).await.remove(0);
     assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+}
+
+/// Waits until node `id`'s master key file holds `key`; returns how long.
+async fn master_key_is(cluster: &TestCluster, id: u64, key: &str) -> std::time::Duration {
+    let path = cluster.nodes[&id].data_dir.join("master.key");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&path).unwrap_or_default() != key {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "node {id} never got the rotated master key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    start.elapsed()
+}
+
+/// `rouse cluster rotate-keys` replaces the master key and the data key:
+/// secrets sealed before still reach containers, a node that was up
+/// fetches the new master key at once and one that was down fetches it when
+/// it returns, and every node starts instances with secrets afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_every_node_follows() {
+    let image = push_test_image("rouse-test/rotate", "1");
+    let mut cluster = TestCluster::start_with_runtime(3, &[]).await;
+    let c = cluster.client(1).await;
+    namespace_with_secrets(&c, "n", &[("SHARED", "sealed-before")]).await;
+    let key = |cluster: &TestCluster, id: u64| {
+        std::fs::read_to_string(cluster.nodes[&id].data_dir.join("master.key")).unwrap()
+    };
+    let old = key(&cluster, 1);
+    assert_eq!(
+        old,
+        key(&cluster, 2),
+        "node 2 received the master key at join"
+    );
+
+    cluster.kill(2);
+    let (code, out, err) = cluster.cli(1, &["cluster", "rotate-keys", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["secrets_resealed"].as_u64().unwrap() >= 1, "{v}");
+    let new = key(&cluster, 1);
+    assert_ne!(new, old, "node 1's master key file was replaced");
+    let (_, status, _) = cluster.cli(1, &["cluster", "status", "-o", "json"]);
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["master_key_id"], v["master_key_id"], "{s}");
+
+    // Node 3 was up: it fetches the new key from a peer at once.
+    let t = master_key_is(&cluster, 3, &new).await;
+    println!("node 3 (up) had the rotated master key after {t:?}");
+    // Node 2 missed it: back up, it fetches the new key from a peer.
+    cluster.restart(2);
+    let t = master_key_is(&cluster, 2, &new).await;
+    println!("node 2 (down during the rotation) had it {t:?} after its restart");
+    eventually("node 2 up again", || async {
+        let (_, out, _) = cluster.cli(1, &["node", "list", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let up = v
+            .as_array()
+            .map(|a| a.iter().filter(|n| n["state"] == "up").count())
+            .unwrap_or(0);
+        if up == 3 {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+
+    // Every node opens old and new secrets with the new keys.
+    let mut req = deploy("n", "app", &image, 3);
+    req.secrets = HashMap::from([("OWN".into(), "sealed-after".into())]);
+    c.clone().deploy_container(req).await.unwrap();
+    let insts = ready(&c, "n", "app", 3).await;
+    let mut nodes: Vec<u64> = insts.iter().map(|i| i.node).collect();
+    nodes.sort_unstable();
+    assert_eq!(nodes, vec![1, 2, 3], "one instance per zone");
+    for i in &insts {
+        let env = http_get(i.port, "/cgi-bin/env");
+        assert!(
+            env.lines().any(|l| l == "SHARED=sealed-before"),
+            "node {}: {env}",
+            i.node
+        );
+        assert!(
+            env.lines().any(|l| l == "OWN=sealed-after"),
+            "node {}: {env}",
+            i.node
+        );
+    }
+    // The re-sealed signing key still signs.
+    let (code, _, err) = cluster.cli(3, &["token", "create", "--namespace", "n"]);
+    assert_eq!(code, 0, "{err}");
+    cluster.assert_no_panics();
 }

@@ -254,6 +254,10 @@ enum ClusterCmd {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// Rotate the master key and the data key: secrets, token-signing keys
+    /// and the CA key are re-sealed, and every node fetches the new master
+    /// key from a peer over mutual TLS (its --master-key-file is rewritten).
+    RotateKeys,
 }
 
 #[derive(Args)]
@@ -445,6 +449,8 @@ struct StatusOut {
     leader_id: u64,
     term: u64,
     peer_tls: bool,
+    /// Empty until the first rotation.
+    master_key_id: String,
     members: Vec<MemberOut>,
 }
 
@@ -744,6 +750,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 leader_id: s.leader_id,
                 term: s.term,
                 peer_tls: s.peer_tls,
+                master_key_id: s.master_key_id,
                 members: s
                     .members
                     .into_iter()
@@ -796,6 +803,20 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let secs = duration_secs("ttl", ttl.as_deref(), "1h")?;
             let t = c.create_join_token(secs).await?;
             emit_issued(fmt, &t.id, &t.token, t.expires_at_ms)
+        }
+        Cmd::Cluster(ClusterCmd::RotateKeys) => {
+            let r = c.rotate_keys().await?;
+            let out = serde_json::json!({
+                "master_key_id": r.master_key_id,
+                "secrets_resealed": r.secrets_resealed,
+                "signing_keys_resealed": r.signing_keys_resealed,
+            });
+            emit(fmt, &out, || {
+                format!(
+                    "rotated: master key {}; {} secrets and {} signing keys re-sealed under a new data key",
+                    r.master_key_id, r.secrets_resealed, r.signing_keys_resealed
+                )
+            })
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
             c.remove_node(id).await?;

@@ -214,6 +214,29 @@ impl ClusterService for Api {
             term: m.current_term,
             members,
             peer_tls: !self.cluster.tls.insecure(),
+            master_key_id: self
+                .cluster
+                .sm
+                .read()
+                .data
+                .kek_id
+                .clone()
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate_keys(
+        &self,
+        req: Request<pb::RotateKeysRequest>,
+    ) -> ApiResult<pb::RotateKeysResponse> {
+        self.require_admin(&req)?;
+        let r = crate::keys::rotate(&self.cluster)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::RotateKeysResponse {
+            master_key_id: r.master_key_id,
+            secrets_resealed: r.secrets,
+            signing_keys_resealed: r.signing_keys,
         }))
     }
 

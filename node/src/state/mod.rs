@@ -477,6 +477,19 @@ pub enum Command {
         hash: String,
         node: NodeId,
     },
+    /// Replaces the master key (known here only by its id) and the data
+    /// key, with every secret, signing key and the CA key re-sealed under
+    /// them. Preconditions: the data key is still `from`, and the secrets
+    /// and signing keys are exactly the ones re-sealed (same scopes, keys
+    /// and versions; same kids), so no concurrent change is lost.
+    RotateKeys {
+        from: crate::secrets::Envelope,
+        kek_id: String,
+        data_key: crate::secrets::Envelope,
+        ca_key: Option<crate::secrets::Envelope>,
+        secrets: BTreeMap<String, BTreeMap<String, StoredSecret>>,
+        signing_keys: Vec<SigningKey>,
+    },
 }
 
 /// A join token as Raft keeps it: the hash of its secret, never the secret.
@@ -546,6 +559,10 @@ pub struct StateData {
     pub cluster_ca: Option<crate::tls::ClusterCa>,
     #[serde(default)]
     pub join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Id of the master key that wraps the data key, once it was rotated
+    /// (nodes with another key fetch the current one from a peer).
+    #[serde(default)]
+    pub kek_id: Option<String>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -564,6 +581,7 @@ pub enum Key {
     ApiKey(String),
     ClusterCa,
     JoinToken(String),
+    KekId,
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -1059,6 +1077,53 @@ impl StateData {
                         touched.push(Key::JoinToken(id.clone()));
                     }
                 }
+            }
+            Command::RotateKeys {
+                from,
+                kek_id,
+                data_key,
+                ca_key,
+                secrets,
+                signing_keys,
+            } => {
+                let conflict = |what: &str| {
+                    Rejection::Conflict(format!(
+                        "{what} changed while the keys were rotated; rotate again"
+                    ))
+                };
+                if self.data_key.as_ref() != Some(from) {
+                    return Err(conflict("the data key"));
+                }
+                let versions = |m: &BTreeMap<String, BTreeMap<String, StoredSecret>>| {
+                    m.iter()
+                        .flat_map(|(scope, keys)| {
+                            keys.iter()
+                                .map(move |(k, v)| (scope.clone(), k.clone(), v.version))
+                        })
+                        .collect::<Vec<_>>()
+                };
+                if versions(&self.secrets) != versions(secrets) {
+                    return Err(conflict("a secret"));
+                }
+                let kids = |v: &[SigningKey]| v.iter().map(|k| k.kid.clone()).collect::<Vec<_>>();
+                if kids(&self.signing_keys) != kids(signing_keys) {
+                    return Err(conflict("the signing keys"));
+                }
+                if self.cluster_ca.is_some() != ca_key.is_some() {
+                    return Err(conflict("the cluster CA"));
+                }
+                self.bump();
+                self.data_key = Some(data_key.clone());
+                self.kek_id = Some(kek_id.clone());
+                if let (Some(ca), Some(k)) = (self.cluster_ca.as_mut(), ca_key) {
+                    ca.key = k.clone();
+                }
+                for scope in self.secrets.keys() {
+                    touched.push(Key::Secrets(scope.clone()));
+                }
+                self.secrets = secrets.clone();
+                self.signing_keys = signing_keys.clone();
+                touched.extend([Key::DataKey, Key::KekId, Key::ClusterCa, Key::SigningKeys]);
             }
             Command::RevokeApiKey { id } => {
                 let k = self

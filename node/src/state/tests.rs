@@ -252,3 +252,103 @@ fn proposal_encoding_is_stable() {
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
+
+#[test]
+fn join_tokens_are_spent_once_and_expire() {
+    let mut s = StateData::default();
+    let token = JoinTokenRecord {
+        id: "t1".into(),
+        hash: "h".repeat(64),
+        created_ms: 0,
+        expires_ms: 1_000,
+        used_by: None,
+    };
+    assert!(apply(
+        &mut s,
+        0,
+        Command::CreateJoinToken {
+            token: token.clone()
+        }
+    )
+    .rejection
+    .is_none());
+    let spend = |node, hash: &str| Command::UseJoinToken {
+        id: "t1".into(),
+        hash: hash.into(),
+        node,
+    };
+    let r = apply(&mut s, 10, spend(2, &"x".repeat(64)));
+    assert!(
+        matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("unknown token"))
+    );
+    assert!(apply(&mut s, 10, spend(2, &token.hash)).rejection.is_none());
+    // The same node may retry; another node may not.
+    assert!(apply(&mut s, 20, spend(2, &token.hash)).rejection.is_none());
+    let r = apply(&mut s, 20, spend(3, &token.hash));
+    assert!(
+        matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("already used (by node 2)"))
+    );
+    let late = JoinTokenRecord {
+        id: "t2".into(),
+        ..token.clone()
+    };
+    apply(&mut s, 0, Command::CreateJoinToken { token: late });
+    let r = apply(
+        &mut s,
+        1_000,
+        Command::UseJoinToken {
+            id: "t2".into(),
+            hash: token.hash.clone(),
+            node: 4,
+        },
+    );
+    assert!(matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("expired")));
+}
+
+#[test]
+fn key_rotation_refuses_to_lose_a_concurrent_change() {
+    let kek = crate::secrets::Key::random();
+    let dk = crate::secrets::Key::random();
+    let mut s = StateData::default();
+    create_ns(&mut s, "ns");
+    let wrapped = kek.wrap(&dk).unwrap();
+    apply(
+        &mut s,
+        1,
+        Command::InitDataKey {
+            wrapped: wrapped.clone(),
+        },
+    );
+    let sealed = |v: &str| SealedSecret {
+        sealed: dk.seal(v.as_bytes(), "aad").unwrap(),
+        fingerprint: dk.fingerprint(v),
+    };
+    let set = |v: &str| Command::SetSecrets {
+        scope: "ns".into(),
+        entries: [("K".to_string(), sealed(v))].into_iter().collect(),
+    };
+    assert!(apply(&mut s, 2, set("one")).rejection.is_none());
+    let snapshot = s.secrets.clone();
+    let rotate = |from: &crate::secrets::Envelope, secrets| Command::RotateKeys {
+        from: from.clone(),
+        kek_id: "new".into(),
+        data_key: kek.wrap(&crate::secrets::Key::random()).unwrap(),
+        ca_key: None,
+        secrets,
+        signing_keys: Vec::new(),
+    };
+    // A secret set after the rotation read the state: refused.
+    assert!(apply(&mut s, 3, set("two")).rejection.is_none());
+    let r = apply(&mut s, 4, rotate(&wrapped, snapshot));
+    assert!(matches!(r.rejection, Some(Rejection::Conflict(_))), "{r:?}");
+    // A rotation from another data key: refused.
+    let other = kek.wrap(&crate::secrets::Key::random()).unwrap();
+    let current = s.secrets.clone();
+    let r = apply(&mut s, 5, rotate(&other, current.clone()));
+    assert!(matches!(r.rejection, Some(Rejection::Conflict(_))), "{r:?}");
+    // Up to date: applied.
+    let r = apply(&mut s, 6, rotate(&wrapped, current));
+    assert!(r.rejection.is_none(), "{r:?}");
+    assert_eq!(s.kek_id.as_deref(), Some("new"));
+    assert_ne!(s.data_key.as_ref(), Some(&wrapped));
+}
