@@ -792,6 +792,7 @@ async fn placement_run(
             region: "sim".into(),
             cpu_capacity_mvcpu: 64_000,
             memory_capacity_mb: 262_144,
+            cert_sha256: String::new(),
         };
         let p = Proposal::new(0, Command::RegisterNode { node });
         let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage {

@@ -196,6 +196,26 @@ impl Cluster {
             region: self.config.region.clone(),
             cpu_capacity_mvcpu: self.config.cpu_capacity_mvcpu,
             memory_capacity_mb: self.config.memory_capacity_mb,
+            cert_sha256: self.tls.own_fingerprint().unwrap_or_default(),
+        }
+    }
+
+    /// Whether a peer connection may be trusted: it showed a cluster
+    /// certificate that was not revoked (or `--insecure`).
+    pub fn trusted_peer(&self, info: Option<&crate::tls::ConnInfo>) -> Result<(), String> {
+        if self.tls.insecure() {
+            return Ok(());
+        }
+        match info.and_then(|i| i.peer.as_ref()) {
+            None => Err(
+                "a cluster certificate is required (mutual TLS); this connection presented none"
+                    .into(),
+            ),
+            Some(p) if self.sm.read().data.revoked_certs.contains(&p.cert_sha256) => Err(format!(
+                "the certificate of node {} was revoked when it was removed from the cluster",
+                p.node
+            )),
+            Some(_) => Ok(()),
         }
     }
 

@@ -140,15 +140,9 @@ pub async fn run(
             let c = cluster.clone();
             let check = move |req: tonic::Request<()>| {
                 if !c.tls.insecure() {
-                    let peer = req
-                        .extensions()
-                        .get::<crate::tls::ConnInfo>()
-                        .and_then(|i| i.peer);
-                    return match peer {
-                        Some(_) => Ok(req),
-                        None => Err(tonic::Status::unauthenticated(
-                            "peer: a cluster certificate is required (mutual TLS); this connection presented none",
-                        )),
+                    return match c.trusted_peer(req.extensions().get::<crate::tls::ConnInfo>()) {
+                        Ok(()) => Ok(req),
+                        Err(why) => Err(tonic::Status::unauthenticated(format!("peer: {why}"))),
                     };
                 }
                 let presented = req
@@ -285,9 +279,16 @@ async fn start_membership(cluster: Arc<Cluster>) {
     if cfg.data_dir.join("admin-token").exists() {
         register_admin_key(&cluster).await;
     }
-    // Register (or refresh) this node's record.
-    let record = cluster.own_record();
+    // Register (or refresh) this node's record, with its certificate's
+    // fingerprint once it has one (the bootstrap node issues its own just
+    // after the cluster CA exists).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cluster.tls.insecure() && !cluster.tls.ready() && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     loop {
+        let record = cluster.own_record();
         let current = cluster.sm.read().data.nodes.get(&cfg.id).cloned();
         if current.as_ref() == Some(&record) {
             break;

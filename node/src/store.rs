@@ -296,6 +296,7 @@ const SM_DATA_KEY: &[u8] = b"meta/data_key";
 const SM_SIGNING_KEYS: &[u8] = b"meta/signing_keys";
 const SM_CLUSTER_CA: &[u8] = b"meta/cluster_ca";
 const SM_KEK_ID: &[u8] = b"meta/kek_id";
+const SM_REVOKED_CERTS: &[u8] = b"meta/revoked_certs";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 
@@ -350,6 +351,7 @@ fn write_key(batch: &mut sled::Batch, d: &StateData, key: &Key) -> Result<(), se
             Some(v) => batch.insert(SM_CLUSTER_CA, json(v)?),
             None => batch.remove(SM_CLUSTER_CA),
         },
+        Key::RevokedCerts => batch.insert(SM_REVOKED_CERTS, json(&d.revoked_certs)?),
         Key::KekId => match &d.kek_id {
             Some(v) => batch.insert(SM_KEK_ID, json(v)?),
             None => batch.remove(SM_KEK_ID),
@@ -403,6 +405,7 @@ fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> {
     if let Some(id) = &a.data.kek_id {
         b.insert(SM_KEK_ID, json(id)?);
     }
+    b.insert(SM_REVOKED_CERTS, json(&a.data.revoked_certs)?);
     for (k, v) in &a.data.join_tokens {
         b.insert(format!("join/{k}").as_bytes(), json(v)?);
     }
@@ -434,6 +437,8 @@ impl StateMachineStore {
                 a.membership = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_SIGNING_KEYS {
                 a.data.signing_keys = serde_json::from_slice(&v).map_err(bad)?;
+            } else if k.as_ref() == SM_REVOKED_CERTS {
+                a.data.revoked_certs = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_KEK_ID {
                 a.data.kek_id = serde_json::from_slice(&v).map_err(bad)?;
             } else if k.as_ref() == SM_CLUSTER_CA {

@@ -359,6 +359,13 @@ impl Tls {
         self.material().is_some_and(|m| m.key.is_some())
     }
 
+    /// SHA-256 of this node's own certificate, once it has one.
+    pub fn own_fingerprint(&self) -> Option<String> {
+        let m = self.material()?;
+        let cert = m.key.as_ref()?.cert.first()?;
+        Some(hex::encode(Sha256::digest(cert.as_ref())))
+    }
+
     pub fn material(&self) -> Option<Arc<Material>> {
         self.material
             .read()
@@ -561,8 +568,15 @@ pub enum Io {
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub tls: bool,
-    /// The node named by a verified cluster certificate.
-    pub peer: Option<NodeId>,
+    /// The verified cluster certificate the other side showed.
+    pub peer: Option<PeerCert>,
+}
+
+/// A verified peer certificate: the node it names, and its SHA-256.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub node: NodeId,
+    pub cert_sha256: String,
 }
 
 impl Io {
@@ -581,7 +595,12 @@ impl Io {
                     peer: conn
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(node_of),
+                        .and_then(|c| {
+                            Some(PeerCert {
+                                node: node_of(c)?,
+                                cert_sha256: hex::encode(Sha256::digest(c.as_ref())),
+                            })
+                        }),
                 }
             }
         }

@@ -320,11 +320,12 @@ fn intruder(
 
 /// Peer traffic is mutual TLS under the cluster CA: the peer service and
 /// the mesh's hop port refuse connections without a cluster certificate,
-/// a certificate of another CA fails the handshake, and a node gets its
-/// certificate only with a valid, unused join token for this cluster.
+/// a certificate of another CA fails the handshake, a node gets its
+/// certificate only with a valid, unused join token for this cluster, and a
+/// removed node's certificate is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_connections_without_a_cluster_certificate_are_refused() {
-    let cluster = TestCluster::start(2, &[]).await;
+    let cluster = TestCluster::start(3, &[]).await;
     let n1 = &cluster.nodes[&1];
     let (ca, cert2, key2) = node_tls(&cluster, 2);
     assert_eq!(ca, node_tls(&cluster, 1).0, "one cluster CA");
@@ -424,7 +425,32 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     assert_eq!(code, None, "{log}");
     assert!(log.contains("a cluster certificate is required"), "{log}");
     let s = c.cluster_status().await.unwrap();
-    assert_eq!(s.members.len(), 2, "{s:?}");
+    assert_eq!(s.members.len(), 3, "{s:?}");
+
+    // A removed node's certificate is revoked: peers refuse it.
+    let (_, cert3, key3) = node_tls(&cluster, 3);
+    let ch = tls_channel(&n1.listen, client_config(&ca, Some((&cert3, &key3))))
+        .await
+        .unwrap();
+    assert_eq!(
+        ping(ch.clone()).await.unwrap(),
+        1,
+        "a member's certificate works"
+    );
+    let (code, _, err) = cluster.cli(1, &["cluster", "remove", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let e = eventually("node 3's certificate refused", || {
+        let ch = ch.clone();
+        async move {
+            match ping(ch).await {
+                Err(e) => Ok(e),
+                Ok(id) => Err(format!("still answered by node {id}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("revoked"), "{e}");
     cluster.assert_no_panics();
 }
 

@@ -228,7 +228,7 @@ impl Mesh {
                         return;
                     }
                 };
-                let peer = mesh.cluster.tls.insecure() || stream.info().peer.is_some();
+                let peer = mesh.cluster.trusted_peer(Some(&stream.info())).is_ok();
                 let svc = hyper::service::service_fn(move |req| {
                     let mesh = mesh.clone();
                     async move { Ok::<_, Infallible>(mesh.handle(req, remote, peer).await) }

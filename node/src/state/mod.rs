@@ -258,6 +258,10 @@ pub struct NodeRecord {
     pub region: String,
     pub cpu_capacity_mvcpu: u32,
     pub memory_capacity_mb: u32,
+    /// SHA-256 of the node's cluster certificate (revoked when the node is
+    /// removed); empty with `--insecure`.
+    #[serde(default)]
+    pub cert_sha256: String,
 }
 
 /// What the cluster decided about a node (its record is what the node says
@@ -563,6 +567,9 @@ pub struct StateData {
     /// (nodes with another key fetch the current one from a peer).
     #[serde(default)]
     pub kek_id: Option<String>,
+    /// Certificates (SHA-256) of removed nodes: peers refuse them.
+    #[serde(default)]
+    pub revoked_certs: std::collections::BTreeSet<String>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -582,6 +589,7 @@ pub enum Key {
     ClusterCa,
     JoinToken(String),
     KekId,
+    RevokedCerts,
 }
 
 pub fn container_key(namespace: &str, name: &str) -> String {
@@ -805,6 +813,10 @@ impl StateData {
             }
             Command::RemoveNode { id } => {
                 self.bump();
+                if let Some(n) = self.nodes.get(id).filter(|n| !n.cert_sha256.is_empty()) {
+                    self.revoked_certs.insert(n.cert_sha256.clone());
+                    touched.push(Key::RevokedCerts);
+                }
                 self.nodes.remove(id);
                 self.node_states.remove(id);
                 touched.push(Key::Node(*id));

@@ -181,6 +181,7 @@ fn register_and_remove_node() {
         id: 3,
         api_addr: "127.0.0.1:1".into(),
         zone: "z1".into(),
+        cert_sha256: "c3".into(),
         ..Default::default()
     };
     apply(&mut s, 1, Command::RegisterNode { node: node.clone() });
@@ -197,6 +198,10 @@ fn register_and_remove_node() {
     assert_eq!(s.nodes[&3].zone, "z2");
     apply(&mut s, 1, Command::RemoveNode { id: 3 });
     assert!(s.nodes.is_empty());
+    assert!(
+        s.revoked_certs.contains("c3"),
+        "a removed node's certificate is revoked"
+    );
     assert_eq!(s.revision, 3);
 }
 
