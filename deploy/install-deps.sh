@@ -7,6 +7,8 @@ set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have protoc || need+=(protobuf-compiler)
+# The well-known .proto files, which the benchmark's etcd client compiles.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 have containerd || need+=(containerd)
 have runc || need+=(runc)
 have docker-registry || need+=(docker-registry)
