@@ -131,6 +131,32 @@ pub async fn run_identity(cluster: Arc<Cluster>) {
     }
 }
 
+/// Gives this node its certificate now if it can (creating the CA first
+/// when this node leads a cluster without one), waiting at most `max`.
+/// The bootstrap node registers only after this, with its certificate.
+pub async fn ensure_own_certificate(cluster: &Cluster, max: Duration) {
+    let deadline = tokio::time::Instant::now() + max;
+    while !cluster.tls.insecure() && !cluster.tls.ready() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("no cluster certificate yet; registering without one");
+            return;
+        }
+        let has_ca = cluster.sm.read().data.cluster_ca.is_some();
+        let leader = cluster.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let res = if has_ca {
+            self_issue(cluster)
+        } else if leader {
+            create_ca(cluster).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "cluster certificate");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn create_ca(cluster: &Cluster) -> Result<(), ClusterError> {
     let kek = cluster
         .kek()
@@ -148,7 +174,14 @@ async fn create_ca(cluster: &Cluster) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// One certificate issue at a time: the files must come from one issue.
+static ISSUING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn self_issue(cluster: &Cluster) -> Result<(), ClusterError> {
+    let _one = ISSUING.lock().unwrap_or_else(|p| p.into_inner());
+    if cluster.tls.ready() {
+        return Ok(());
+    }
     let (ca_pem, ca_key) = ca_key(cluster)?;
     let other = |e: tls::TlsError| ClusterError::Raft(e.to_string());
     let (key_pem, csr) = tls::node_request(cluster.id).map_err(other)?;

@@ -282,11 +282,7 @@ async fn start_membership(cluster: Arc<Cluster>) {
     // Register (or refresh) this node's record, with its certificate's
     // fingerprint once it has one (the bootstrap node issues its own just
     // after the cluster CA exists).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cluster.tls.insecure() && !cluster.tls.ready() && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::join::ensure_own_certificate(&cluster, Duration::from_secs(10)).await;
     loop {
         let record = cluster.own_record();
         let current = cluster.sm.read().data.nodes.get(&cfg.id).cloned();
