@@ -693,6 +693,19 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A one-time join token minted through the node at `url`.
+async fn join_token(url: &str) -> String {
+    for _ in 0..300 {
+        if let Ok(mut c) = connect(url).await {
+            if let Ok(t) = c.create_join_token(0).await {
+                return t.token;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no join token from {url}");
+}
+
 /// Starts 3 real nodes (no containerd) with the given extra flags.
 async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&str]) -> Vec<String> {
     let node = bin_dir.join("rouse-node");
@@ -714,8 +727,6 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
             dir.join("no-containerd.sock").display().to_string(),
             "--node-grace".into(),
             "1h".into(),
-            "--master-key-file".into(),
-            dir.join("master.key").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         if id == 1 {
@@ -723,6 +734,8 @@ async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&st
         } else {
             args.push("--join".into());
             args.push(eps[0].trim_start_matches("http://").to_string());
+            args.push("--join-token".into());
+            args.push(join_token(&eps[0]).await);
         }
         procs
             .0
@@ -772,14 +785,15 @@ async fn placement_run(
         &["--placement-batch", &batch.to_string()],
     )
     .await;
-    // Simulated nodes, registered through the peer service's forwarding
-    // (which wants the cluster credential, derived from the master key).
-    let credential =
-        rouse_node::secrets::Key::load_or_create(&tmp.path().join("master.key"), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .peer_credential();
-    let ch = tonic::transport::Endpoint::from_shared(eps[0].clone())?
-        .connect()
+    // Simulated nodes, registered through the peer service's forwarding,
+    // which wants a cluster certificate: node 1's.
+    let tls = rouse_node::tls::Tls::new(false);
+    tls.set(
+        rouse_node::tls::load(&tmp.path().join("p1"))?
+            .ok_or_else(|| anyhow::anyhow!("node 1 has no certificate"))?,
+    );
+    let ch = tonic::transport::Endpoint::from_shared(eps[0].replace("http://", "https://"))?
+        .connect_with_connector(rouse_node::tls::connector(&tls, None, true))
         .await?;
     let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
     for id in 0..nodes {
@@ -795,12 +809,10 @@ async fn placement_run(
             cert_sha256: String::new(),
         };
         let p = Proposal::new(0, Command::RegisterNode { node });
-        let mut req = tonic::Request::new(rouse_proto::peer::RaftMessage {
+        peer.forward(rouse_proto::peer::RaftMessage {
             payload: serde_json::to_vec(&p)?,
-        });
-        req.metadata_mut()
-            .insert("x-rouse-peer", credential.parse()?);
-        peer.forward(req).await?;
+        })
+        .await?;
     }
     let mut c = connect(&eps[0]).await?;
     c.create_namespace("sim", Default::default()).await?;
