@@ -182,13 +182,15 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let endpoints = Arc::new(Mutex::new(endpoints_of(&cluster)));
     let start = Instant::now();
     let until = start + opts.duration;
-    let mesh_addrs = Arc::new(Mutex::new(
+    // Every member's mesh, kept current across membership changes.
+    let mesh_of = |cluster: &Cluster| {
         cluster
             .members()
             .iter()
             .map(|id| cluster.nodes[id].http)
-            .collect::<Vec<_>>(),
-    ));
+            .collect::<Vec<_>>()
+    };
+    let mesh_addrs = Arc::new(Mutex::new(mesh_of(&cluster)));
     let mesh_counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let mut mesh_clients = Vec::new();
     if mesh_on {
@@ -348,6 +350,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                         n.removed = true;
                     }
                     *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
+                    *mesh_addrs.lock().unwrap_or_else(|p| p.into_inner()) = mesh_of(&cluster);
                     cluster.kill(v);
                     let fresh = next_id;
                     next_id += 1;
@@ -356,6 +359,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                         .await
                         .is_ok();
                     *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
+                    *mesh_addrs.lock().unwrap_or_else(|p| p.into_inner()) = mesh_of(&cluster);
                     (
                         "membership",
                         format!("removed node {v}, added fresh node {fresh} (joined: {joined})"),
