@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pb::api_key_service_client::ApiKeyServiceClient;
@@ -91,6 +92,9 @@ fn read(stale: bool) -> Option<pb::ReadOptions> {
     Some(pb::ReadOptions { stale })
 }
 
+/// The name every node certificate carries (checked by TLS clients).
+pub const CLUSTER_NAME: &str = "peer.rouse.internal";
+
 impl Client {
     /// Connects to the node at `endpoint` (`http://host:port` or `host:port`).
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self, Error> {
@@ -107,6 +111,64 @@ impl Client {
             .connect()
             .await
             .map_err(|e| bad(format!("cannot connect: {e}")))?;
+        Self::from_channel(channel, token).map_err(bad)
+    }
+
+    /// Connects over TLS to `https://host:port`, trusting only the cluster CA
+    /// in `ca_pem` (any node's `<data-dir>/tls/ca.crt`). Nodes are checked
+    /// under the name every cluster certificate carries, whatever address
+    /// is dialled.
+    pub async fn connect_tls(
+        endpoint: &str,
+        token: Option<&str>,
+        ca_pem: &str,
+    ) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |message: String| Error::Endpoint {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let url = match endpoint.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None if endpoint.starts_with("https://") => endpoint.to_string(),
+            None => format!("https://{endpoint}"),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let mut found = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| bad(format!("ca_file: not a PEM certificate ({e})")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("ca_file: not a usable CA certificate ({e})")))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(bad("ca_file: holds no PEM certificate".into()));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(CLUSTER_NAME)
+            .map_err(|e| bad(format!("tls: {e}")))?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            .enable_http2()
+            .wrap_connector(http);
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(60))
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| bad(format!("cannot connect over TLS: {e}")))?;
         Self::from_channel(channel, token).map_err(bad)
     }
 

@@ -385,6 +385,47 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     let log = n1.log_text();
     assert!(log.contains("TLS handshake failed"), "{log}");
 
+    // Clients may reach the API over TLS too, trusting the cluster CA.
+    let rouse = |args: &[&str]| {
+        let out = std::process::Command::new(cluster.bin("rouse"))
+            .env("ROUSE_TOKEN", cluster.admin_token())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca_file = n1.data_dir.join("tls").join("ca.crt");
+    let https = format!("https://{}", n1.listen);
+    let (code, out, err) = rouse(&[
+        "--endpoint",
+        &https,
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+        "cluster",
+        "status",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("peer traffic: mutual TLS"), "{out}");
+    let other_file = cluster.dir.path().join("other-ca.crt");
+    std::fs::write(&other_file, &other_ca).unwrap();
+    let (code, _, err) = rouse(&[
+        "--endpoint",
+        &https,
+        "--ca-file",
+        other_file.to_str().unwrap(),
+        "cluster",
+        "status",
+    ]);
+    assert_ne!(code, 0, "a server outside the given CA was trusted");
+    assert!(err.contains("TLS"), "{err}");
+    let (code, _, err) = rouse(&["--endpoint", &https, "cluster", "status"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ca_file"), "{err}");
+
     // Joining: no token, a forged token, another cluster's token, a spent
     // token: each node stops with the reason and is never a member.
     let fp = rouse_node::tls::fingerprint(&ca).unwrap();

@@ -24,6 +24,10 @@ struct Cli {
     /// API token.
     #[arg(long, global = true, env = "ROUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Talk TLS to the API, trusting this cluster CA (a node's
+    /// <data-dir>/tls/ca.crt); the endpoint may then be https://HOST:PORT.
+    #[arg(long, global = true, env = "ROUSE_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -742,7 +746,19 @@ fn namespace_rows(ns: &[NamespaceOut]) -> String {
 
 async fn run(cli: Cli) -> Result<(), Fail> {
     let fmt = cli.output;
-    let mut c = Client::connect(&cli.endpoint, cli.token.as_deref()).await?;
+    let mut c = match &cli.ca_file {
+        Some(path) => {
+            let ca = std::fs::read_to_string(path)
+                .map_err(|e| Fail(format!("ca_file: cannot read {}: {e}", path.display())))?;
+            Client::connect_tls(&cli.endpoint, cli.token.as_deref(), &ca).await?
+        }
+        None if cli.endpoint.starts_with("https://") => {
+            return Err(Fail(
+                "ca_file: an https:// endpoint needs --ca-file (the cluster CA, a node's <data-dir>/tls/ca.crt)".into(),
+            ))
+        }
+        None => Client::connect(&cli.endpoint, cli.token.as_deref()).await?,
+    };
     match cli.cmd {
         Cmd::Cluster(ClusterCmd::Status) => {
             let s = c.cluster_status().await?;
