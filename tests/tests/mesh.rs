@@ -15,6 +15,11 @@ const DOMAIN: &str = "rouse.localhost";
 
 /// GET through a node's mesh; returns (status, body).
 fn get(mesh: &str, host: &str, path: &str, max_secs: u64) -> (u16, String) {
+    get_with(mesh, host, path, max_secs, &[])
+}
+
+/// Like [`get`], with extra request headers.
+fn get_with(mesh: &str, host: &str, path: &str, max_secs: u64, headers: &[&str]) -> (u16, String) {
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
@@ -27,6 +32,7 @@ fn get(mesh: &str, host: &str, path: &str, max_secs: u64) -> (u16, String) {
             "-H",
             &format!("Host: {host}"),
         ])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .arg(format!("http://{mesh}{path}"))
         .output()
         .unwrap();
@@ -198,6 +204,23 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
     let host = format!("slow.web.{DOMAIN}");
     let (code, body) = get(&cluster.nodes[&other].http, &host, "/", 10);
     assert_eq!((code, body.trim()), (200, "hello from rouse"), "cross-node");
+    // A client posing as another node's hop (the header that says "serve
+    // from your own instances only") is not believed: hops come over mTLS.
+    let (code, body) = get_with(
+        &cluster.nodes[&other].http,
+        &host,
+        "/",
+        10,
+        &[
+            "x-rouse-hop: 1",
+            "x-rouse-host: nothing.else.rouse.localhost",
+        ],
+    );
+    assert_eq!(
+        (code, body.trim()),
+        (200, "hello from rouse"),
+        "posing as a hop"
+    );
 
     // A burst of slow requests, one at a time per instance: all succeed,
     // spread over several instances.
