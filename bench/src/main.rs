@@ -64,6 +64,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Cross-node hops over peer mTLS and over plain peers, against the
+    /// same-node mesh and a direct connection.
+    Hop {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
 }
 
 /// Admin key of the cluster under test (benchmarks start one at a time).
@@ -355,11 +362,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 async fn runtime(rounds: usize) -> anyhow::Result<()> {
-    let sock = std::env::var("ROUSE_TEST_CONTAINERD")
-        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
-    let reg = std::env::var("ROUSE_TEST_REGISTRY")
-        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
-    let run = rand_suffix();
+    let (sock, reg, run) = test_env()?;
     eprintln!("building {} pairs of identical test images…", rounds);
     for i in 0..rounds {
         build_image(&reg, &format!("bench-{run}/rouse:{i}"));
@@ -523,11 +526,7 @@ fn wrk(url: &str, host: Option<&str>, seconds: u64) -> anyhow::Result<Wrk> {
 }
 
 async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
-    let sock = std::env::var("ROUSE_TEST_CONTAINERD")
-        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
-    let reg = std::env::var("ROUSE_TEST_REGISTRY")
-        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
-    let run = rand_suffix();
+    let (sock, reg, run) = test_env()?;
     build_image(&reg, &format!("bench-{run}/mesh:1"));
     let image = format!("{reg}/bench-{run}/mesh:1");
     let (mut procs, mut c, http, tmp) = single_node(
@@ -944,28 +943,32 @@ fn ctr_cleanup(sock: &str, ns: &str) {
     rouse_chaos::mesh::remove_leftovers(sock, ns);
 }
 
-/// One bootstrapped node on the test containerd, with a `bench` namespace:
-/// (processes, client, mesh address, temp dir).
-async fn single_node(
+/// Starts node `id` on the test containerd in `dir` (bootstrapping when
+/// `join` is None; else joining through `join.0`, with token `join.1`).
+/// Returns its (API, mesh) addresses.
+#[allow(clippy::too_many_arguments)]
+fn runtime_node(
+    procs: &mut Procs,
+    dir: &Path,
+    id: u64,
     sock: &str,
     reg: &str,
     ns: &str,
     extra: &[&str],
-) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
+    join: Option<(&str, Option<String>)>,
+) -> anyhow::Result<(String, String)> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
     let listen = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
+    let lo = 23000 + id * 100;
     let mut args: Vec<String> = [
         "--id",
-        "1",
-        "--bootstrap",
+        &id.to_string(),
         "--data-dir",
-        &tmp.path().join("n1").display().to_string(),
+        &dir.join(format!("n{id}")).display().to_string(),
         "--listen",
         &listen,
         "--http",
@@ -976,6 +979,8 @@ async fn single_node(
         ns,
         "--insecure-registry",
         reg,
+        "--instance-ports",
+        &format!("{lo}-{}", lo + 99),
         "--log",
         "warn",
         "--stop-grace",
@@ -985,25 +990,174 @@ async fn single_node(
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
+    match join {
+        None => args.push("--bootstrap".into()),
+        Some((via, token)) => {
+            args.extend(["--join".to_string(), via.to_string()]);
+            if let Some(t) = token {
+                args.extend(["--join-token".to_string(), t]);
+            }
+        }
+    }
     procs.0.push(spawn(
         &bin_dir.join("rouse-node"),
         &args,
-        &tmp.path().join("n1.log"),
+        &dir.join(format!("n{id}.log")),
     ));
-    take_token(&tmp.path().join("n1")).await;
+    Ok((listen, http))
+}
+
+/// A client of the node at `listen` once it takes writes, with a `bench`
+/// namespace.
+async fn bench_namespace(listen: &str) -> rouse_client::Client {
     let ep = format!("http://{listen}");
-    let c = loop {
+    loop {
         if let Ok(mut c) = connect(&ep).await {
             if c.create_namespace("bench", Default::default())
                 .await
                 .is_ok()
             {
-                break c;
+                return c;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// One bootstrapped node on the test containerd, with a `bench` namespace:
+/// (processes, client, mesh address, temp dir).
+async fn single_node(
+    sock: &str,
+    reg: &str,
+    ns: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let (listen, http) = runtime_node(&mut procs, tmp.path(), 1, sock, reg, ns, extra, None)?;
+    take_token(&tmp.path().join("n1")).await;
+    let c = bench_namespace(&listen).await;
     Ok((procs, c, http, tmp))
+}
+
+/// Cross-node hops: wrk to one instance straight, through the mesh of the
+/// node that runs it, and through the other node's mesh (a hop), on a
+/// cluster with peer mTLS and on one with `--insecure`.
+async fn hop(seconds: u64) -> anyhow::Result<()> {
+    let (sock, reg, run) = test_env()?;
+    build_image(&reg, &format!("bench-{run}/hop:1"));
+    let image = format!("{reg}/bench-{run}/hop:1");
+    let mut rows = Vec::new();
+    for (k, (label, insecure)) in [("peer mTLS", false), ("--insecure", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let ns = format!("bench-hop-{run}-{k}");
+        let tmp = tempfile::tempdir()?;
+        let mut procs = Procs(Vec::new());
+        let key = tmp.path().join("master.key").display().to_string();
+        let extra: Vec<&str> = if insecure {
+            vec!["--insecure", "--master-key-file", &key]
+        } else {
+            vec![]
+        };
+        let (l1, h1) = runtime_node(&mut procs, tmp.path(), 1, &sock, &reg, &ns, &extra, None)?;
+        take_token(&tmp.path().join("n1")).await;
+        let token = if insecure {
+            None
+        } else {
+            Some(join_token(&format!("http://{l1}")).await)
+        };
+        let (_, h2) = runtime_node(
+            &mut procs,
+            tmp.path(),
+            2,
+            &sock,
+            &reg,
+            &ns,
+            &extra,
+            Some((&l1, token)),
+        )?;
+        let mut c = bench_namespace(&l1).await;
+        c.deploy_container(rouse_client::pb::DeployContainerRequest {
+            namespace: "bench".into(),
+            name: "web".into(),
+            image: Some(image.clone()),
+            min_scale: Some(1),
+            max_scale: Some(1),
+            max_concurrency: Some(1000),
+            cpu_mvcpu: Some(1000),
+            memory_mb: Some(128),
+            ..Default::default()
+        })
+        .await?;
+        let t = Instant::now();
+        let (node, port) = loop {
+            let ct = c.get_container("bench", "web", true).await?;
+            if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
+                break (i.node, u16::try_from(i.port)?);
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no ready instance");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (local, other) = if node == 1 { (&h1, &h2) } else { (&h2, &h1) };
+        let host = Some("web.bench.rouse.localhost");
+        // Both meshes must know the instance before the clock runs.
+        for m in [local, other] {
+            wrk(&format!("http://{m}/"), host, 1)?;
+        }
+        let direct = wrk(&format!("http://127.0.0.1:{port}/"), None, seconds)?;
+        let same = wrk(&format!("http://{local}/"), host, seconds)?;
+        let hopped = wrk(&format!("http://{other}/"), host, seconds)?;
+        println!("  ({label}: the instance ran on node {node}; hops came from the other node)");
+        rows.push((label, direct, same, hopped));
+        c.delete_container("bench", "web").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(procs);
+        ctr_cleanup(&sock, &ns);
+    }
+    println!("cross-node hops, wrk -t2 -c32 -d{seconds}s, one busybox httpd instance, 2 nodes");
+    println!(
+        "  {:<12} {:<28} {:>10} {:>9} {:>9} {:>7}",
+        "peers", "path", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for (label, direct, same, hopped) in &rows {
+        for (path, w) in [
+            ("direct to instance", direct),
+            ("mesh of the instance's node", same),
+            ("other node's mesh (hop)", hopped),
+        ] {
+            println!(
+                "  {:<12} {:<28} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+                label, path, w.rps, w.p50_ms, w.p99_ms, w.errors
+            );
+        }
+        println!(
+            "  {:<12} hop/direct throughput {:.2}, hop/same-node throughput {:.2}, hop/same-node p50 {:.2}",
+            label,
+            hopped.rps / direct.rps,
+            hopped.rps / same.rps,
+            hopped.p50_ms / same.p50_ms
+        );
+    }
+    if let [(_, _, _, tls), (_, _, _, plain)] = rows.as_slice() {
+        println!(
+            "  hop throughput mTLS/plain {:.2}, hop p50 mTLS/plain {:.2}",
+            tls.rps / plain.rps,
+            tls.p50_ms / plain.p50_ms
+        );
+    }
+    Ok(())
+}
+
+/// The test containerd socket and registry (`deploy/test-env.sh`), and a
+/// suffix naming this run's images and namespaces.
+fn test_env() -> anyhow::Result<(String, String, String)> {
+    let sock = std::env::var("ROUSE_TEST_CONTAINERD")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_CONTAINERD is unset"))?;
+    let reg = std::env::var("ROUSE_TEST_REGISTRY")
+        .map_err(|_| anyhow::anyhow!("ROUSE_TEST_REGISTRY is unset"))?;
+    Ok((sock, reg, rand_suffix()))
 }
 
 fn rand_suffix() -> String {
@@ -1026,6 +1180,7 @@ async fn main() -> anyhow::Result<()> {
         } => control_plane(serial_writes, parallel_writes, clients).await,
         Cmd::Runtime { rounds } => runtime(rounds).await,
         Cmd::Mesh { rounds, seconds } => mesh(rounds, seconds).await,
+        Cmd::Hop { seconds } => hop(seconds).await,
         Cmd::Placement {
             nodes,
             containers,
