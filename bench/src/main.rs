@@ -467,6 +467,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
 struct Wrk {
     rps: f64,
     p50_ms: f64,
@@ -963,7 +964,10 @@ fn runtime_node(
         .unwrap_or_else(|| PathBuf::from("."));
     let listen = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
-    let lo = 23000 + id * 100;
+    // A block of 100 instance ports per node started by this process.
+    static BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let block = BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
+    let lo = 23000 + u64::from(block) * 100;
     let mut args: Vec<String> = [
         "--id",
         &id.to_string(),
@@ -1040,112 +1044,191 @@ async fn single_node(
     Ok((procs, c, http, tmp))
 }
 
+/// A two-node cluster serving one instance, for the hop benchmark.
+struct HopCluster {
+    label: &'static str,
+    _procs: Procs,
+    _tmp: tempfile::TempDir,
+    client: rouse_client::Client,
+    ns: String,
+    /// Where the instance listens, the mesh of its node, the other mesh.
+    direct: String,
+    local: String,
+    other: String,
+    node: u64,
+}
+
+async fn hop_cluster(
+    label: &'static str,
+    insecure: bool,
+    sock: &str,
+    reg: &str,
+    image: &str,
+    ns: String,
+) -> anyhow::Result<HopCluster> {
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let key = tmp.path().join("master.key").display().to_string();
+    // No suspend tier: the direct runs must find the instance running.
+    let mut extra: Vec<&str> = vec!["--suspend-after", "0s"];
+    if insecure {
+        extra.extend(["--insecure", "--master-key-file", &key]);
+    }
+    let (l1, h1) = runtime_node(&mut procs, tmp.path(), 1, sock, reg, &ns, &extra, None)?;
+    take_token(&tmp.path().join("n1")).await;
+    let token = if insecure {
+        None
+    } else {
+        Some(join_token(&format!("http://{l1}")).await)
+    };
+    let (_, h2) = runtime_node(
+        &mut procs,
+        tmp.path(),
+        2,
+        sock,
+        reg,
+        &ns,
+        &extra,
+        Some((&l1, token)),
+    )?;
+    let mut c = bench_namespace(&l1).await;
+    c.deploy_container(rouse_client::pb::DeployContainerRequest {
+        namespace: "bench".into(),
+        name: "web".into(),
+        image: Some(image.to_string()),
+        min_scale: Some(1),
+        max_scale: Some(1),
+        max_concurrency: Some(1000),
+        cpu_mvcpu: Some(1000),
+        memory_mb: Some(128),
+        ..Default::default()
+    })
+    .await?;
+    let t = Instant::now();
+    let (node, port) = loop {
+        let ct = c.get_container("bench", "web", true).await?;
+        if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
+            break (i.node, u16::try_from(i.port)?);
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no ready instance");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (local, other) = if node == 1 { (h1, h2) } else { (h2, h1) };
+    Ok(HopCluster {
+        label,
+        _procs: procs,
+        _tmp: tmp,
+        client: c,
+        ns,
+        direct: format!("127.0.0.1:{port}"),
+        local,
+        other,
+        node,
+    })
+}
+
+/// Mean of several wrk runs (errors summed).
+fn mean_wrk(runs: &[Wrk]) -> Wrk {
+    let n = runs.len().max(1) as f64;
+    Wrk {
+        rps: runs.iter().map(|w| w.rps).sum::<f64>() / n,
+        p50_ms: runs.iter().map(|w| w.p50_ms).sum::<f64>() / n,
+        p99_ms: runs.iter().map(|w| w.p99_ms).sum::<f64>() / n,
+        errors: runs.iter().map(|w| w.errors).sum(),
+    }
+}
+
 /// Cross-node hops: wrk to one instance straight, through the mesh of the
 /// node that runs it, and through the other node's mesh (a hop), on a
-/// cluster with peer mTLS and on one with `--insecure`.
+/// cluster with peer mTLS and one with `--insecure`, both up at once and
+/// measured in A-B-B-A order (whatever runs later on this machine runs
+/// slower, so neither side may always go second).
 async fn hop(seconds: u64) -> anyhow::Result<()> {
     let (sock, reg, run) = test_env()?;
     build_image(&reg, &format!("bench-{run}/hop:1"));
     let image = format!("{reg}/bench-{run}/hop:1");
-    let mut rows = Vec::new();
-    for (k, (label, insecure)) in [("peer mTLS", false), ("--insecure", true)]
-        .into_iter()
-        .enumerate()
-    {
-        let ns = format!("bench-hop-{run}-{k}");
-        let tmp = tempfile::tempdir()?;
-        let mut procs = Procs(Vec::new());
-        let key = tmp.path().join("master.key").display().to_string();
-        let extra: Vec<&str> = if insecure {
-            vec!["--insecure", "--master-key-file", &key]
-        } else {
-            vec![]
-        };
-        let (l1, h1) = runtime_node(&mut procs, tmp.path(), 1, &sock, &reg, &ns, &extra, None)?;
-        take_token(&tmp.path().join("n1")).await;
-        let token = if insecure {
-            None
-        } else {
-            Some(join_token(&format!("http://{l1}")).await)
-        };
-        let (_, h2) = runtime_node(
-            &mut procs,
-            tmp.path(),
-            2,
+    let mut clusters = vec![
+        hop_cluster(
+            "peer mTLS",
+            false,
             &sock,
             &reg,
-            &ns,
-            &extra,
-            Some((&l1, token)),
-        )?;
-        let mut c = bench_namespace(&l1).await;
-        c.deploy_container(rouse_client::pb::DeployContainerRequest {
-            namespace: "bench".into(),
-            name: "web".into(),
-            image: Some(image.clone()),
-            min_scale: Some(1),
-            max_scale: Some(1),
-            max_concurrency: Some(1000),
-            cpu_mvcpu: Some(1000),
-            memory_mb: Some(128),
-            ..Default::default()
-        })
-        .await?;
-        let t = Instant::now();
-        let (node, port) = loop {
-            let ct = c.get_container("bench", "web", true).await?;
-            if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
-                break (i.node, u16::try_from(i.port)?);
-            }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no ready instance");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let (local, other) = if node == 1 { (&h1, &h2) } else { (&h2, &h1) };
-        let host = Some("web.bench.rouse.localhost");
+            &image,
+            format!("bench-hop-{run}-0"),
+        )
+        .await?,
+        hop_cluster(
+            "--insecure",
+            true,
+            &sock,
+            &reg,
+            &image,
+            format!("bench-hop-{run}-1"),
+        )
+        .await?,
+    ];
+    let host = Some("web.bench.rouse.localhost");
+    for h in &clusters {
+        println!(
+            "  ({}: the instance runs on node {}; hops come from the other node)",
+            h.label, h.node
+        );
         // Both meshes must know the instance before the clock runs.
-        for m in [local, other] {
+        for m in [&h.local, &h.other] {
             wrk(&format!("http://{m}/"), host, 1)?;
         }
-        let direct = wrk(&format!("http://127.0.0.1:{port}/"), None, seconds)?;
-        let same = wrk(&format!("http://{local}/"), host, seconds)?;
-        let hopped = wrk(&format!("http://{other}/"), host, seconds)?;
-        println!("  ({label}: the instance ran on node {node}; hops came from the other node)");
-        rows.push((label, direct, same, hopped));
-        c.delete_container("bench", "web").await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        drop(procs);
-        ctr_cleanup(&sock, &ns);
     }
-    println!("cross-node hops, wrk -t2 -c32 -d{seconds}s, one busybox httpd instance, 2 nodes");
+    // [cluster][path] → runs; paths: direct, same-node mesh, hop.
+    let mut runs: Vec<Vec<Vec<Wrk>>> = vec![vec![Vec::new(), Vec::new(), Vec::new()]; 2];
+    for &i in &[0usize, 1, 1, 0] {
+        let h = &clusters[i];
+        runs[i][0].push(wrk(&format!("http://{}/", h.direct), None, seconds)?);
+        runs[i][1].push(wrk(&format!("http://{}/", h.local), host, seconds)?);
+        runs[i][2].push(wrk(&format!("http://{}/", h.other), host, seconds)?);
+    }
+    println!(
+        "cross-node hops, wrk -t2 -c32 -d{seconds}s, one busybox httpd instance, 2 nodes, A-B-B-A, means of 2 runs"
+    );
     println!(
         "  {:<12} {:<28} {:>10} {:>9} {:>9} {:>7}",
         "peers", "path", "req/s", "p50 ms", "p99 ms", "errors"
     );
-    for (label, direct, same, hopped) in &rows {
+    let means: Vec<Vec<Wrk>> = runs
+        .iter()
+        .map(|paths| paths.iter().map(|r| mean_wrk(r)).collect())
+        .collect();
+    for (h, m) in clusters.iter().zip(&means) {
         for (path, w) in [
-            ("direct to instance", direct),
-            ("mesh of the instance's node", same),
-            ("other node's mesh (hop)", hopped),
+            ("direct to instance", &m[0]),
+            ("mesh of the instance's node", &m[1]),
+            ("other node's mesh (hop)", &m[2]),
         ] {
             println!(
                 "  {:<12} {:<28} {:>10.0} {:>9.2} {:>9.2} {:>7}",
-                label, path, w.rps, w.p50_ms, w.p99_ms, w.errors
+                h.label, path, w.rps, w.p50_ms, w.p99_ms, w.errors
             );
         }
         println!(
             "  {:<12} hop/direct throughput {:.2}, hop/same-node throughput {:.2}, hop/same-node p50 {:.2}",
-            label,
-            hopped.rps / direct.rps,
-            hopped.rps / same.rps,
-            hopped.p50_ms / same.p50_ms
+            h.label,
+            m[2].rps / m[0].rps,
+            m[2].rps / m[1].rps,
+            m[2].p50_ms / m[1].p50_ms
         );
     }
-    if let [(_, _, _, tls), (_, _, _, plain)] = rows.as_slice() {
-        println!(
-            "  hop throughput mTLS/plain {:.2}, hop p50 mTLS/plain {:.2}",
-            tls.rps / plain.rps,
-            tls.p50_ms / plain.p50_ms
-        );
+    println!(
+        "  hop throughput mTLS/plain {:.2}, hop p50 mTLS/plain {:.2}",
+        means[0][2].rps / means[1][2].rps,
+        means[0][2].p50_ms / means[1][2].p50_ms
+    );
+    for h in &mut clusters {
+        h.client.delete_container("bench", "web").await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for h in clusters {
+        let ns = h.ns.clone();
+        drop(h);
+        ctr_cleanup(&sock, &ns);
     }
     Ok(())
 }
