@@ -526,6 +526,17 @@ fn wrk(url: &str, host: Option<&str>, seconds: u64) -> anyhow::Result<Wrk> {
     Ok(w)
 }
 
+/// The status of `GET http://{addr}/` with `Host: host` (0: no answer).
+fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m"])
+        .arg(max_secs.to_string())
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{addr}/"))
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
+}
+
 async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let (sock, reg, run) = test_env()?;
     build_image(&reg, &format!("bench-{run}/mesh:1"));
@@ -576,21 +587,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
         let t = Instant::now();
         let host = format!("{name}.bench.rouse.localhost");
         loop {
-            let out = Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-m",
-                    "60",
-                    "-H",
-                    &format!("Host: {host}"),
-                ])
-                .arg(format!("http://127.0.0.1:{mesh_port}/"))
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout) == "200" {
+            if http_status(&format!("127.0.0.1:{mesh_port}"), &host, 60)? == 200 {
                 break;
             }
             anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no cold start");
@@ -894,24 +891,7 @@ async fn wake_rounds(
     .await?;
     let one = |host: &str| -> anyhow::Result<f64> {
         let t = Instant::now();
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-m",
-                "10",
-                "-H",
-                &format!("Host: {host}"),
-            ])
-            .arg(format!("http://{http}/"))
-            .output()?;
-        anyhow::ensure!(
-            String::from_utf8_lossy(&out.stdout) == "200",
-            "request failed"
-        );
+        anyhow::ensure!(http_status(&http, host, 10)? == 200, "request failed");
         Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
     let (mut wake, mut warm) = (Vec::new(), Vec::new());

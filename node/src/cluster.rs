@@ -108,6 +108,15 @@ pub struct Cluster {
     pub data_key: std::sync::RwLock<Option<(crate::secrets::Envelope, crate::secrets::Key)>>,
 }
 
+/// Makes "the leader at `addr` could not be reached" errors.
+fn leader_unreachable(leader: NodeId, addr: &str) -> impl Fn(String) -> ClusterError + '_ {
+    move |message| ClusterError::LeaderUnreachable {
+        leader,
+        addr: addr.to_string(),
+        message,
+    }
+}
+
 /// Whether a forwarded call failed before it reached the leader.
 fn never_sent(status: &tonic::Status) -> bool {
     status.metadata().get(NOT_LEADER).is_some()
@@ -283,11 +292,7 @@ impl Cluster {
         addr: &str,
         p: &Proposal,
     ) -> Result<WriteOutcome, ClusterError> {
-        let unreachable = |message: String| ClusterError::LeaderUnreachable {
-            leader,
-            addr: addr.to_string(),
-            message,
-        };
+        let unreachable = leader_unreachable(leader, addr);
         let mut client = self
             .pool
             .client(addr)
@@ -347,11 +352,7 @@ impl Cluster {
     }
 
     async fn remote_read_index(&self, leader: NodeId, addr: &str) -> Result<u64, ClusterError> {
-        let unreachable = |message: String| ClusterError::LeaderUnreachable {
-            leader,
-            addr: addr.to_string(),
-            message,
-        };
+        let unreachable = leader_unreachable(leader, addr);
         let mut client = self
             .pool
             .client(addr)

@@ -38,9 +38,7 @@ pub async fn mint(cluster: &Cluster, ttl: Duration) -> Result<(JoinToken, u64), 
             "this cluster's peer traffic is plain (--insecure): nodes join without a token".into(),
         ));
     }
-    let ca = cluster.sm.read().data.cluster_ca.clone().ok_or_else(|| {
-        ClusterError::Precondition("the cluster CA is not set up yet; retry in a moment".into())
-    })?;
+    let ca = stored_ca(cluster)?;
     let fp = tls::fingerprint(&ca.cert_pem).map_err(|e| ClusterError::Raft(e.to_string()))?;
     let token = JoinToken::new(&fp);
     let now = now_ms();
@@ -59,11 +57,16 @@ pub async fn mint(cluster: &Cluster, ttl: Duration) -> Result<(JoinToken, u64), 
     Ok((token, expires_ms))
 }
 
+/// The cluster CA as the replicated state holds it.
+fn stored_ca(cluster: &Cluster) -> Result<tls::ClusterCa, ClusterError> {
+    cluster.sm.read().data.cluster_ca.clone().ok_or_else(|| {
+        ClusterError::Precondition("the cluster CA is not set up yet; retry in a moment".into())
+    })
+}
+
 /// The CA's private key, opened with this node's master key.
 fn ca_key(cluster: &Cluster) -> Result<(String, String), ClusterError> {
-    let ca = cluster.sm.read().data.cluster_ca.clone().ok_or_else(|| {
-        ClusterError::Precondition("the cluster CA is not set up yet; retry in a moment".into())
-    })?;
+    let ca = stored_ca(cluster)?;
     let kek = cluster.kek().map_err(|e| {
         ClusterError::Precondition(format!("{e}; this node cannot sign certificates"))
     })?;
@@ -97,21 +100,11 @@ pub async fn run_identity(cluster: Arc<Cluster>) {
                 !sm.data.join_tokens.is_empty(),
             )
         };
-        let leader = cluster.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if !has_ca && leader {
-            if let Err(e) = create_ca(&cluster).await {
-                tracing::debug!(error = %e, "cluster CA");
-            }
-            continue;
+        if let Err(e) = certificate_step(&cluster).await {
+            tracing::warn!(error = %e, "cannot give this node its cluster certificate yet");
         }
-        if has_ca && !cluster.tls.ready() {
-            match self_issue(&cluster) {
-                Ok(()) => tracing::info!(
-                    node = cluster.id,
-                    "issued this node's cluster certificate; peer traffic uses mutual TLS"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cannot issue this node's certificate"),
-            }
+        if !has_ca {
+            continue;
         }
         let file = cluster.config.data_dir.join("join-token");
         if has_ca && cluster.config.bootstrap && !has_tokens && !file.exists() {
@@ -141,20 +134,31 @@ pub async fn ensure_own_certificate(cluster: &Cluster, max: Duration) {
             tracing::warn!("no cluster certificate yet; registering without one");
             return;
         }
-        let has_ca = cluster.sm.read().data.cluster_ca.is_some();
-        let leader = cluster.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let res = if has_ca {
-            self_issue(cluster)
-        } else if leader {
-            create_ca(cluster).await
-        } else {
-            Ok(())
-        };
-        if let Err(e) = res {
+        if let Err(e) = certificate_step(cluster).await {
             tracing::debug!(error = %e, "cluster certificate");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One step towards this node's certificate: issue it from the CA in the
+/// state, or, on the leader of a cluster without a CA, create the CA.
+async fn certificate_step(cluster: &Cluster) -> Result<(), ClusterError> {
+    if cluster.tls.ready() {
+        return Ok(());
+    }
+    let has_ca = cluster.sm.read().data.cluster_ca.is_some();
+    let leader = cluster.raft.metrics().borrow().state == openraft::ServerState::Leader;
+    if has_ca {
+        self_issue(cluster)?;
+        tracing::info!(
+            node = cluster.id,
+            "issued this node's cluster certificate; peer traffic uses mutual TLS"
+        );
+    } else if leader {
+        create_ca(cluster).await?;
+    }
+    Ok(())
 }
 
 async fn create_ca(cluster: &Cluster) -> Result<(), ClusterError> {

@@ -39,9 +39,7 @@ pub async fn run(
     let fresh = !config.data_dir.join("raft").exists();
     let tls = crate::tls::Tls::new(config.insecure);
     if config.insecure {
-        for _ in 0..3 {
-            tracing::warn!("INSECURE: --insecure is set: peer traffic (Raft, forwarded writes, mesh hops) is plain and unencrypted, checked only by a key-derived credential. For development only; never on a network you do not control.");
-        }
+        tracing::warn!("INSECURE: --insecure is set: peer traffic (Raft, forwarded writes, mesh hops) is plain and unencrypted, checked only by a key-derived credential. For development only; never on a network you do not control.");
     } else if let Some(m) = crate::tls::load(&config.data_dir)? {
         tls.set(m);
     } else if let Some(target) = config.join.as_deref() {

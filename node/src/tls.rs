@@ -60,8 +60,12 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> TlsError {
     TlsError::Invalid(format!("{what}: {e}"))
 }
 
+/// The one crypto provider every TLS configuration and handshake check
+/// uses (built once: handshakes consult it on every signature).
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: std::sync::LazyLock<Arc<CryptoProvider>> =
+        std::sync::LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    PROVIDER.clone()
 }
 
 /// The cluster CA as stored in the replicated state: the certificate, and
@@ -418,12 +422,7 @@ fn client_config_with(
 ) -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| {
-            // ring supports the safe defaults; this cannot be reached.
-            rustls::ClientConfig::builder_with_provider(provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap_or_else(|_| unreachable!("TLS 1.3 is supported by ring"))
-        })
+        .unwrap_or_else(|e| unreachable!("ring supports the default TLS versions: {e}"))
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     match identity {

@@ -482,9 +482,15 @@ impl TestCluster {
 
     /// Runs the `rouse` CLI with the given API key.
     pub fn cli_as(&self, id: u64, token: &str, args: &[&str]) -> (i32, String, String) {
+        let endpoint = self.nodes[&id].endpoint();
+        let mut all = vec!["--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        self.rouse(token, &all)
+    }
+
+    /// Runs the `rouse` CLI with `args` as given (no endpoint added).
+    pub fn rouse(&self, token: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(self.bin.join("rouse"))
-            .arg("--endpoint")
-            .arg(self.nodes[&id].endpoint())
             .env("ROUSE_TOKEN", token)
             .args(args)
             .output()

@@ -386,18 +386,8 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     assert!(log.contains("TLS handshake failed"), "{log}");
 
     // Clients may reach the API over TLS too, trusting the cluster CA.
-    let rouse = |args: &[&str]| {
-        let out = std::process::Command::new(cluster.bin("rouse"))
-            .env("ROUSE_TOKEN", cluster.admin_token())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let admin = cluster.admin_token();
+    let rouse = |args: &[&str]| cluster.rouse(&admin, args);
     let ca_file = n1.data_dir.join("tls").join("ca.crt");
     let https = format!("https://{}", n1.listen);
     let (code, out, err) = rouse(&[

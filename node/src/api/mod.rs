@@ -192,6 +192,11 @@ impl Api {
     }
 }
 
+/// The namespace a secret scope names ("" when absent), for the access check.
+fn scope_namespace(s: &Option<pb::SecretScope>) -> &str {
+    s.as_ref().map_or("", |s| s.namespace.as_str())
+}
+
 // ---------------------------------------------------------------- cluster
 
 #[tonic::async_trait]
@@ -720,14 +725,7 @@ impl ContainerService for Api {
 #[tonic::async_trait]
 impl SecretService for Api {
     async fn set(&self, req: Request<pb::SetSecretsRequest>) -> ApiResult<pb::SetSecretsResponse> {
-        self.require_ns(
-            &req,
-            &req.get_ref()
-                .scope
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default(),
-        )?;
+        self.require_ns(&req, scope_namespace(&req.get_ref().scope))?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         if r.values.is_empty() {
@@ -742,14 +740,7 @@ impl SecretService for Api {
         &self,
         req: Request<pb::ListSecretsRequest>,
     ) -> ApiResult<pb::ListSecretsResponse> {
-        self.require_ns(
-            &req,
-            &req.get_ref()
-                .scope
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default(),
-        )?;
+        self.require_ns(&req, scope_namespace(&req.get_ref().scope))?;
         let scope = Self::scope_of(&req.into_inner().scope)?;
         self.cluster
             .read_barrier(false)
@@ -763,14 +754,7 @@ impl SecretService for Api {
         &self,
         req: Request<pb::DeleteSecretRequest>,
     ) -> ApiResult<pb::DeleteSecretResponse> {
-        self.require_ns(
-            &req,
-            &req.get_ref()
-                .scope
-                .as_ref()
-                .map(|s| s.namespace.clone())
-                .unwrap_or_default(),
-        )?;
+        self.require_ns(&req, scope_namespace(&req.get_ref().scope))?;
         let r = req.into_inner();
         let scope = Self::scope_of(&r.scope)?;
         self.cluster

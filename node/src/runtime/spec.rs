@@ -381,17 +381,8 @@ mod tests {
             memory_mb: 64,
         };
         assert!(build(&s).unwrap_err().to_string().contains("user:"));
-        let img = ImageInfo::default();
-        let s = InstanceSpec {
-            id: "i",
-            image: &img,
-            namespace_env: &e,
-            container_env: &e,
-            secrets: &BTreeMap::new(),
-            port: 1,
-            cpu_mvcpu: 100,
-            memory_mb: 64,
-        };
+        let empty = ImageInfo::default();
+        let s = InstanceSpec { image: &empty, ..s };
         assert!(build(&s).is_err());
     }
 }
