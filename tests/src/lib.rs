@@ -451,7 +451,7 @@ impl TestCluster {
         .await
     }
 
-    /// Waits until the cluster reports `n` healthy voters.
+    /// Waits until `n` members are healthy, registered voters and a leader is known.
     pub async fn wait_voters(&self, n: usize) {
         let first = *self.nodes.keys().next().expect("a node");
         let mut c = self.client(first).await;
@@ -459,10 +459,12 @@ impl TestCluster {
             let mut c = c.clone();
             async move {
                 let s = c.cluster_status().await.map_err(|e| e.to_string())?;
+                // Registered too: a node's record (zone…) follows its
+                // membership, after it has its certificate.
                 let voters = s
                     .members
                     .iter()
-                    .filter(|m| m.role == "voter" && m.healthy)
+                    .filter(|m| m.role == "voter" && m.healthy && !m.zone.is_empty())
                     .count();
                 if voters == n && s.leader_id != 0 {
                     Ok(())
