@@ -58,7 +58,7 @@ pub async fn mint(cluster: &Cluster, ttl: Duration) -> Result<(JoinToken, u64), 
 }
 
 /// The cluster CA as the replicated state holds it.
-fn stored_ca(cluster: &Cluster) -> Result<tls::ClusterCa, ClusterError> {
+fn stored_ca(cluster: &Cluster) -> Result<crate::state::ClusterCa, ClusterError> {
     cluster.sm.read().data.cluster_ca.clone().ok_or_else(|| {
         ClusterError::Precondition("the cluster CA is not set up yet; retry in a moment".into())
     })
@@ -171,7 +171,7 @@ async fn create_ca(cluster: &Cluster) -> Result<(), ClusterError> {
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     cluster
         .write(Command::InitClusterCa {
-            ca: tls::ClusterCa { cert_pem, key },
+            ca: crate::state::ClusterCa { cert_pem, key },
         })
         .await?;
     tracing::info!("created the cluster CA");

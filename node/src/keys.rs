@@ -82,7 +82,7 @@ async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
     let mut n_secrets = 0u32;
     for (scope, keys) in secrets.iter_mut() {
         for (name, s) in keys.iter_mut() {
-            let aad = crate::secrets::aad(scope, name);
+            let aad = crate::secrets::aad(scope.as_str(), name);
             let plain = old_dk.open(&s.sealed, &aad).map_err(other)?;
             s.sealed = dk.seal(&plain, &aad).map_err(other)?;
             s.fingerprint = dk.fingerprint(&String::from_utf8_lossy(&plain));

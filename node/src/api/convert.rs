@@ -54,7 +54,7 @@ pub fn protocol_from_pb(v: i32) -> Result<Option<Protocol>, String> {
 /// A container with its instances as the state holds them.
 pub fn container_with_instances(c: &Container, state: &StateData) -> pb::Container {
     let mut out = pb::Container::from(c);
-    out.secret_names = state.secret_names(&format!("{}/{}", c.namespace, c.name));
+    out.secret_names = state.secret_names(&crate::state::Scope::of(&c.namespace, Some(&c.name)));
     out.instances = state
         .instances_of(&c.namespace, &c.name)
         .map(|i| {

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::state::validate::{self, Invalid, RESERVED_ENV};
-use crate::state::{Command, ContainerSpec, Rejection};
+use crate::state::{Command, ContainerSpec, Rejection, Scope};
 use convert::{privacy_from_pb, protocol_from_pb};
 use error::ApiError;
 
@@ -70,7 +70,7 @@ impl Api {
     fn seal(
         &self,
         field: &str,
-        scope: &str,
+        scope: &Scope,
         values: std::collections::HashMap<String, String>,
     ) -> Result<BTreeMap<String, crate::state::SealedSecret>, ApiError> {
         let names: BTreeMap<String, String> =
@@ -86,7 +86,7 @@ impl Api {
                 ));
             }
             let sealed = dk
-                .seal(v.as_bytes(), &crate::secrets::aad(scope, &k))
+                .seal(v.as_bytes(), &crate::secrets::aad(scope.as_str(), &k))
                 .map_err(|e| ApiError::Cluster(ClusterError::Raft(e.to_string())))?;
             out.insert(
                 k,
@@ -102,7 +102,7 @@ impl Api {
     async fn set_secrets(
         &self,
         field: &str,
-        scope: &str,
+        scope: &Scope,
         values: std::collections::HashMap<String, String>,
     ) -> Result<(), ApiError> {
         if values.is_empty() {
@@ -111,27 +111,27 @@ impl Api {
         let entries = self.seal(field, scope, values)?;
         self.cluster
             .write(Command::SetSecrets {
-                scope: scope.to_string(),
+                scope: scope.clone(),
                 entries,
             })
             .await?;
         Ok(())
     }
 
-    fn scope_of(s: &Option<pb::SecretScope>) -> Result<String, ApiError> {
+    fn scope_of(s: &Option<pb::SecretScope>) -> Result<Scope, ApiError> {
         let s = s
             .as_ref()
             .ok_or_else(|| inv("scope", "is required (a namespace, optionally a container)"))?;
         validate::dns_label("scope.namespace", &s.namespace)?;
         if s.container.is_empty() {
-            Ok(s.namespace.clone())
+            Ok(Scope::namespace(&s.namespace))
         } else {
             validate::dns_label("scope.container", &s.container)?;
-            Ok(format!("{}/{}", s.namespace, s.container))
+            Ok(Scope::of(&s.namespace, Some(&s.container)))
         }
     }
 
-    fn secret_infos(&self, scope: &str) -> Vec<pb::SecretInfo> {
+    fn secret_infos(&self, scope: &Scope) -> Vec<pb::SecretInfo> {
         let sm = self.cluster.sm.read();
         sm.data
             .secrets
@@ -393,7 +393,7 @@ impl Api {
     ) -> Result<pb::Namespace, ApiError> {
         validate::dns_label("name", &r.name)?;
         if !r.secrets.is_empty() {
-            self.seal("secrets", &r.name, r.secrets.clone())?;
+            self.seal("secrets", &Scope::namespace(&r.name), r.secrets.clone())?;
         }
         let patch = env_map(r.env);
         validate::env("env", &patch, &[])?;
@@ -427,7 +427,8 @@ impl Api {
                 }
             }
         }
-        self.set_secrets("secrets", &r.name, r.secrets).await?;
+        self.set_secrets("secrets", &Scope::namespace(&r.name), r.secrets)
+            .await?;
         self.get_namespace_local(&r.name)
     }
 
@@ -437,7 +438,7 @@ impl Api {
             .namespaces
             .get(name)
             .map(|n| pb::Namespace {
-                secret_names: sm.data.secret_names(name),
+                secret_names: sm.data.secret_names(&crate::state::Scope::namespace(name)),
                 ..pb::Namespace::from(n)
             })
             .ok_or_else(|| ApiError::NotFound(format!("namespace {name:?} not found")))
@@ -455,7 +456,7 @@ impl NamespaceService for Api {
             validate::env("env", &env, &[])?;
             if !r.secrets.is_empty() {
                 // Check the secrets before anything is written.
-                self.seal("secrets", &r.name, r.secrets.clone())?;
+                self.seal("secrets", &Scope::namespace(&r.name), r.secrets.clone())?;
             }
             self.cluster
                 .write(Command::CreateNamespace {
@@ -463,7 +464,8 @@ impl NamespaceService for Api {
                     env,
                 })
                 .await?;
-            self.set_secrets("secrets", &r.name, r.secrets).await?;
+            self.set_secrets("secrets", &Scope::namespace(&r.name), r.secrets)
+                .await?;
             self.get_namespace_local(&r.name)
         };
         Ok(Response::new(run.await?))
@@ -504,7 +506,9 @@ impl NamespaceService for Api {
             .values()
             .filter(|n| who.may(&n.name))
             .map(|n| pb::Namespace {
-                secret_names: sm.data.secret_names(&n.name),
+                secret_names: sm
+                    .data
+                    .secret_names(&crate::state::Scope::namespace(&n.name)),
                 ..pb::Namespace::from(n)
             })
             .collect();
@@ -532,7 +536,7 @@ impl Api {
     async fn deploy(&self, r: pb::DeployContainerRequest) -> Result<pb::Container, ApiError> {
         validate::dns_label("namespace", &r.namespace)?;
         validate::dns_label("name", &r.name)?;
-        let scope = format!("{}/{}", r.namespace, r.name);
+        let scope = Scope::of(&r.namespace, Some(&r.name));
         if !r.secrets.is_empty() {
             self.seal("secrets", &scope, r.secrets.clone())?;
         }

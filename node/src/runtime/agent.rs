@@ -612,10 +612,13 @@ impl Agent {
         ns: &str,
         name: &str,
     ) -> Result<BTreeMap<String, crate::secrets::SecretValue>, RuntimeError> {
-        let sealed: Vec<(String, String, crate::state::StoredSecret)> = {
+        let sealed: Vec<(crate::state::Scope, String, crate::state::StoredSecret)> = {
             let sm = self.cluster.sm.read();
             let mut v = Vec::new();
-            for scope in [ns.to_string(), format!("{ns}/{name}")] {
+            for scope in [
+                crate::state::Scope::namespace(ns),
+                crate::state::Scope::of(ns, Some(name)),
+            ] {
                 if let Some(m) = sm.data.secrets.get(&scope) {
                     v.extend(m.iter().map(|(k, s)| (scope.clone(), k.clone(), s.clone())));
                 }
@@ -632,7 +635,7 @@ impl Agent {
         let mut out = BTreeMap::new();
         for (scope, k, s) in sealed {
             let plain = dk
-                .open(&s.sealed, &crate::secrets::aad(&scope, &k))
+                .open(&s.sealed, &crate::secrets::aad(scope.as_str(), &k))
                 .map_err(|e| RuntimeError::Spec(format!("secrets: {scope}/{k}: {e}")))?;
             let v = String::from_utf8(plain)
                 .map_err(|_| RuntimeError::Spec(format!("secrets: {scope}/{k} is not UTF-8")))?;

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -205,25 +207,52 @@ fn register_and_remove_node() {
     assert_eq!(s.revision, 3);
 }
 
+/// Every timestamp in `v` (a key ending in `_ms`) must be one the log
+/// carried: a clock read inside apply would put another time there.
+fn timestamps_come_from_the_log(v: &serde_json::Value, allowed: &[u64], path: &str) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let here = format!("{path}.{k}");
+                if k.ends_with("_ms") {
+                    if let Some(t) = v.as_u64() {
+                        assert!(
+                            t == 0 || allowed.contains(&t),
+                            "{here} = {t}: not a time any proposal carried"
+                        );
+                    }
+                }
+                timestamps_come_from_the_log(v, allowed, &here);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                timestamps_come_from_the_log(v, allowed, &format!("{path}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
 #[test]
 fn apply_is_deterministic_and_digest_tracks_state() {
-    let log = [
+    let mut log = vec![
         Proposal::new(
-            1,
+            11,
             Command::CreateNamespace {
                 name: "a".into(),
                 env: env(&[]),
             },
         ),
         Proposal::new(
-            2,
+            12,
             Command::CreateNamespace {
                 name: "a".into(),
                 env: env(&[]),
             },
         ),
         Proposal::new(
-            3,
+            13,
             Command::PutContainer {
                 namespace: "a".into(),
                 name: "c".into(),
@@ -231,19 +260,51 @@ fn apply_is_deterministic_and_digest_tracks_state() {
                 expected_revision: None,
             },
         ),
+        Proposal::new(
+            14,
+            Command::RegisterNode {
+                node: NodeRecord {
+                    id: 1,
+                    ..Default::default()
+                },
+            },
+        ),
+        Proposal::new(
+            15,
+            Command::SetNodeState {
+                id: 1,
+                down: Some(true),
+                cordoned: None,
+                draining: None,
+            },
+        ),
+        Proposal::new(
+            16,
+            Command::UpdateNamespace {
+                name: "a".into(),
+                env: env(&[("K", "v")]),
+                expected_revision: None,
+            },
+        ),
     ];
+    // The same entries applied at two different wall-clock moments give the
+    // same state, and every time in it is a time the log carried.
     let (mut x, mut y) = (StateData::default(), StateData::default());
     let rx: Vec<_> = log.iter().map(|p| x.apply(p)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let ry: Vec<_> = log.iter().map(|p| y.apply(p)).collect();
     assert_eq!(rx, ry);
     assert_eq!(x.digest(), y.digest());
-    y.apply(&Proposal::new(
-        4,
+    let times: Vec<u64> = log.iter().map(|p| p.at_ms).collect();
+    timestamps_come_from_the_log(&serde_json::to_value(&x).unwrap(), &times, "state");
+    log.push(Proposal::new(
+        17,
         Command::DeleteContainer {
             namespace: "a".into(),
             name: "c".into(),
         },
     ));
+    y.apply(&log[log.len() - 1]);
     assert_ne!(x.digest(), y.digest());
 }
 
@@ -329,7 +390,7 @@ fn key_rotation_refuses_to_lose_a_concurrent_change() {
         fingerprint: dk.fingerprint(v),
     };
     let set = |v: &str| Command::SetSecrets {
-        scope: "ns".into(),
+        scope: Scope::namespace("ns"),
         entries: [("K".to_string(), sealed(v))].into_iter().collect(),
     };
     assert!(apply(&mut s, 2, set("one")).rejection.is_none());

@@ -1,0 +1,203 @@
+//! The replicated log's vocabulary: a [`Proposal`] carries one [`Command`]
+//! and the proposer's clock; applying it gives a [`Response`] or a
+//! deterministic [`Rejection`].
+//!
+//! [`Command`] is append-only: variants are added at the end and never
+//! change meaning, so old logs and snapshots replay on newer nodes. Every
+//! entry carries [`COMMAND_VERSION`]; a node refuses to apply an entry
+//! written by a newer version than its own (see `store`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::key::Scope;
+use super::types::{
+    ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, JoinTokenRecord, NodeId,
+    NodeRecord, SealedSecret, SigningKey, StoredSecret, TokenRecord,
+};
+
+/// Version of the command encoding written into every log entry.
+pub const COMMAND_VERSION: u32 = 1;
+
+/// One entry's payload in the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Encoding version; see [`COMMAND_VERSION`].
+    pub v: u32,
+    /// Wall-clock time of the proposing node, in ms since the Unix epoch.
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+impl Proposal {
+    pub fn new(at_ms: u64, command: Command) -> Self {
+        Proposal {
+            v: COMMAND_VERSION,
+            at_ms,
+            command,
+        }
+    }
+
+    /// Whether this node understands the entry: it was written with this
+    /// version of the encoding or an older one.
+    pub fn readable(&self) -> bool {
+        self.v <= COMMAND_VERSION
+    }
+}
+
+/// The replicated commands. Append-only: never reorder, rename or change
+/// the meaning of a variant; add new ones at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Precondition: no namespace named `name`.
+    CreateNamespace {
+        name: String,
+        env: BTreeMap<String, String>,
+    },
+    /// Precondition: the namespace exists and, when `expected_revision` is
+    /// set, its revision equals it. Replaces the env vars.
+    UpdateNamespace {
+        name: String,
+        env: BTreeMap<String, String>,
+        expected_revision: Option<u64>,
+    },
+    /// Precondition: the namespace exists and holds no container.
+    DeleteNamespace { name: String },
+    /// Creates or replaces a container. Preconditions: the namespace
+    /// exists; `expected_revision` `Some(0)` means the container must not
+    /// exist, `Some(r)` that its revision is `r`.
+    PutContainer {
+        namespace: String,
+        name: String,
+        spec: ContainerSpec,
+        expected_revision: Option<u64>,
+    },
+    /// Precondition: the container exists.
+    DeleteContainer { namespace: String, name: String },
+    /// Inserts or replaces a node's record. No precondition.
+    RegisterNode { node: NodeRecord },
+    /// Removes a node's record and the instances placed on it. No precondition.
+    RemoveNode { id: NodeId },
+    /// A placement plan from the leader's scheduler. Entries whose
+    /// preconditions fail are skipped: an added instance needs its container
+    /// at that generation, a registered node and a fresh id; a removed one
+    /// must exist.
+    PlaceInstances {
+        add: Vec<Instance>,
+        remove: Vec<String>,
+    },
+    /// A node reports an instance's status. Precondition: the instance is
+    /// placed on that node.
+    ReportInstanceStatus {
+        id: String,
+        node: NodeId,
+        status: InstanceStatus,
+    },
+    /// Pins the image a generation runs. Preconditions: the container is at
+    /// that generation and has no pinned image yet.
+    PinImage {
+        namespace: String,
+        name: String,
+        generation: u64,
+        image: String,
+    },
+    /// Sets a container's desired scale. Precondition: the container exists
+    /// and its desired scale differs.
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+    },
+    /// Changes the cluster's view of a node (liveness, cordon, drain); unset
+    /// fields keep their value. Precondition: the node is registered and
+    /// something changes.
+    SetNodeState {
+        id: NodeId,
+        down: Option<bool>,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+    },
+    /// Records (or clears) why a container's wanted instances are not
+    /// placed. Precondition: the container exists and the reason changes.
+    SetPending {
+        namespace: String,
+        name: String,
+        reason: Option<String>,
+    },
+    /// Records the cluster data key, wrapped by the master key.
+    /// Precondition: no data key yet.
+    InitDataKey { wrapped: crate::secrets::Envelope },
+    /// Sets sealed secrets in a scope (`ns` or `ns/container`), bumping
+    /// each key's version. Precondition: the namespace (and container) exist.
+    SetSecrets {
+        scope: Scope,
+        entries: BTreeMap<String, SealedSecret>,
+    },
+    /// Precondition: the secret exists.
+    DeleteSecret { scope: Scope, key: String },
+    /// Adds a token-signing key; the newest signs, all verify.
+    /// Precondition: its kid is new.
+    AddSigningKey { key: SigningKey },
+    /// Records an issued token. Preconditions: the namespace (and container)
+    /// exist and the id is new.
+    CreateToken { record: TokenRecord },
+    /// Precondition: the token exists.
+    RevokeToken { id: String },
+    /// Records an API key. Preconditions: its id is new; a namespace key's
+    /// namespace exists.
+    CreateApiKey { key: ApiKey },
+    /// Precondition: the key exists.
+    RevokeApiKey { id: String },
+    /// Records the cluster CA (its key sealed by the master key).
+    /// Precondition: no CA yet.
+    InitClusterCa { ca: ClusterCa },
+    /// Records a join token by the hash of its secret. Precondition: its id
+    /// is new.
+    CreateJoinToken { token: JoinTokenRecord },
+    /// Spends a join token for `node`. Preconditions: the token exists, the
+    /// hash matches, it has not expired at the proposal's time, and it is
+    /// unused or was used by this same node (a retried join).
+    UseJoinToken {
+        id: String,
+        hash: String,
+        node: NodeId,
+    },
+    /// Replaces the master key (known here only by its id) and the data
+    /// key, with every secret, signing key and the CA key re-sealed under
+    /// them. Preconditions: the data key is still `from`, and the secrets
+    /// and signing keys are exactly the ones re-sealed (same scopes, keys
+    /// and versions; same kids), so no concurrent change is lost.
+    RotateKeys {
+        from: crate::secrets::Envelope,
+        kek_id: String,
+        data_key: crate::secrets::Envelope,
+        ca_key: Option<crate::secrets::Envelope>,
+        secrets: BTreeMap<Scope, BTreeMap<String, StoredSecret>>,
+        signing_keys: Vec<SigningKey>,
+    },
+}
+
+/// Why `apply` refused a command. Deterministic: every node refuses alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The object changed since the caller read it; retry with a fresh read.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The result of applying one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Response {
+    /// The state's revision after the entry (unchanged when rejected).
+    pub revision: u64,
+    pub rejection: Option<Rejection>,
+}

@@ -1,0 +1,122 @@
+//! The whole replicated state ([`StateData`]) and the read-side views every
+//! part of a node uses (a container by key, its instances, a node's state).
+//! Changes only come through `apply`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::key::{ContainerKey, Scope};
+use super::types::{
+    ApiKey, ClusterCa, Container, Instance, InstanceStatus, JoinTokenRecord, Namespace, NodeId,
+    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord,
+};
+
+/// The whole replicated state. Ordered maps keep serialisation, and so
+/// snapshots and digests, deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StateData {
+    /// Bumped by every command that changes something.
+    pub revision: u64,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub containers: BTreeMap<ContainerKey, Container>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    #[serde(default)]
+    pub instances: BTreeMap<String, Instance>,
+    #[serde(default)]
+    pub statuses: BTreeMap<String, InstanceStatus>,
+    #[serde(default)]
+    pub node_states: BTreeMap<NodeId, NodeState>,
+    /// The cluster data key, wrapped by the nodes' master key.
+    #[serde(default)]
+    pub data_key: Option<crate::secrets::Envelope>,
+    /// Scope → key → sealed secret.
+    #[serde(default)]
+    pub secrets: BTreeMap<Scope, BTreeMap<String, StoredSecret>>,
+    /// Token-signing keys, oldest first.
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKey>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKey>,
+    /// The CA that signs node certificates for peer mTLS.
+    #[serde(default)]
+    pub cluster_ca: Option<ClusterCa>,
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Id of the master key that wraps the data key, once it was rotated
+    /// (nodes with another key fetch the current one from a peer).
+    #[serde(default)]
+    pub kek_id: Option<String>,
+    /// Certificates (SHA-256) of removed nodes: peers refuse them.
+    #[serde(default)]
+    pub revoked_certs: BTreeSet<String>,
+}
+
+/// A key of the state an applied command changed (for write-through storage).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Namespace(String),
+    Container(ContainerKey),
+    Node(NodeId),
+    /// The instance and its status.
+    Instance(String),
+    /// A scope's secrets.
+    Secrets(Scope),
+    DataKey,
+    SigningKeys,
+    Token(String),
+    ApiKey(String),
+    ClusterCa,
+    JoinToken(String),
+    KekId,
+    RevokedCerts,
+}
+
+impl StateData {
+    /// Instances of one container.
+    pub fn instances_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.instances
+            .values()
+            .filter(move |i| i.namespace == namespace && i.container == name)
+    }
+
+    pub fn container(&self, namespace: &str, name: &str) -> Option<&Container> {
+        self.containers.get(&ContainerKey::new(namespace, name))
+    }
+
+    /// The cluster's view of a node (default: up, schedulable).
+    pub fn node_state(&self, id: NodeId) -> NodeState {
+        self.node_states.get(&id).cloned().unwrap_or_default()
+    }
+
+    pub fn containers_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Container> + 'a {
+        self.containers
+            .values()
+            .filter(move |c| c.namespace == namespace)
+    }
+
+    /// Secret names of a scope.
+    pub fn secret_names(&self, scope: &Scope) -> Vec<String> {
+        self.secrets
+            .get(scope)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical JSON encoding, hex. Equal states, equal digests.
+    pub fn digest(&self) -> String {
+        // Serialising plain maps of strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}

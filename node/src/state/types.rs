@@ -1,0 +1,340 @@
+//! Domain types of the replicated state: what namespaces, containers,
+//! instances, nodes, secrets and credentials look like once committed.
+//! Plain data, no behaviour beyond small derived views.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    #[default]
+    Public,
+    Private,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub name: String,
+    pub env: BTreeMap<String, String>,
+    pub revision: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// What an operator asks for when deploying a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub port: u32,
+    pub env: BTreeMap<String, String>,
+    pub cpu_mvcpu: u32,
+    pub memory_mb: u32,
+    pub min_scale: u32,
+    pub max_scale: u32,
+    pub max_concurrency: u32,
+    pub timeout_secs: u32,
+    pub privacy: Privacy,
+    pub protocol: Protocol,
+    pub scale_to_zero_after_secs: u32,
+    /// Place instances only on nodes of this region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Ready when this path answers 2xx (default: when the port accepts).
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+impl ContainerSpec {
+    pub const DEFAULT_PORT: u32 = 8080;
+    pub const DEFAULT_CPU_MVCPU: u32 = 1000;
+    pub const DEFAULT_MEMORY_MB: u32 = 256;
+    pub const DEFAULT_MAX_SCALE: u32 = 5;
+    pub const DEFAULT_MAX_CONCURRENCY: u32 = 80;
+    pub const DEFAULT_TIMEOUT_SECS: u32 = 300;
+    pub const DEFAULT_SCALE_TO_ZERO_AFTER_SECS: u32 = 300;
+
+    /// A spec with every field at its default, for the given image.
+    pub fn with_image(image: impl Into<String>) -> Self {
+        ContainerSpec {
+            image: image.into(),
+            port: Self::DEFAULT_PORT,
+            env: BTreeMap::new(),
+            cpu_mvcpu: Self::DEFAULT_CPU_MVCPU,
+            memory_mb: Self::DEFAULT_MEMORY_MB,
+            min_scale: 0,
+            max_scale: Self::DEFAULT_MAX_SCALE,
+            max_concurrency: Self::DEFAULT_MAX_CONCURRENCY,
+            timeout_secs: Self::DEFAULT_TIMEOUT_SECS,
+            privacy: Privacy::Public,
+            protocol: Protocol::Http1,
+            scale_to_zero_after_secs: Self::DEFAULT_SCALE_TO_ZERO_AFTER_SECS,
+            region: None,
+            health_path: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub namespace: String,
+    pub name: String,
+    pub spec: ContainerSpec,
+    pub revision: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Changes when what instances run changes (image, port, env, limits,
+    /// protocol, or the namespace's env); instances of an older generation
+    /// are replaced. Scale settings alone keep the generation.
+    #[serde(default)]
+    pub generation: u64,
+    /// `image@sha256:…` the generation's tag resolved to, pinned once so
+    /// that every instance of a generation runs the same bits.
+    #[serde(default)]
+    pub resolved_image: Option<String>,
+    /// Instances the autoscaler (or the activator, on a cold start) wants;
+    /// the scheduler runs `clamp(max(min_scale, desired_scale), max_scale)`.
+    #[serde(default)]
+    pub desired_scale: u32,
+    /// Recent cold starts of the container's instances, oldest first.
+    #[serde(default)]
+    pub cold_starts: Vec<ColdStart>,
+    /// Why instances the container wants are not placed, when some are not.
+    #[serde(default)]
+    pub pending_reason: Option<String>,
+}
+
+impl Container {
+    /// The most recent cold start and the median total.
+    pub fn cold_start_summary(&self) -> Option<(ColdStart, u64)> {
+        let last = *self.cold_starts.last()?;
+        let mut totals: Vec<u64> = self.cold_starts.iter().map(|c| c.total_ms).collect();
+        totals.sort_unstable();
+        Some((last, totals[totals.len() / 2]))
+    }
+
+    /// How many instances the scheduler should run.
+    pub fn target_scale(&self) -> u32 {
+        self.desired_scale
+            .max(self.spec.min_scale)
+            .min(self.spec.max_scale)
+    }
+}
+
+impl ContainerSpec {
+    /// Whether instances of `self` and `other` would run differently.
+    pub fn runtime_differs(&self, other: &ContainerSpec) -> bool {
+        self.image != other.image
+            || self.port != other.port
+            || self.env != other.env
+            || self.cpu_mvcpu != other.cpu_mvcpu
+            || self.memory_mb != other.memory_mb
+            || self.protocol != other.protocol
+            || self.health_path != other.health_path
+    }
+}
+
+/// One placed instance of a container generation on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub namespace: String,
+    pub container: String,
+    pub generation: u64,
+    pub node: NodeId,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Placed; the node has not reported yet.
+    #[default]
+    Pending,
+    Pulling,
+    Starting,
+    Ready,
+    /// Exited or killed; the node restarts it after a backoff.
+    Crashed,
+    /// Cannot start (bad image, unreachable registry…); retried slowly.
+    Failed,
+    Stopping,
+    /// Paused (memory kept) after an idle time; the mesh still routes to it
+    /// and its node resumes it on the next request.
+    Suspended,
+}
+
+impl InstanceState {
+    /// Whether the mesh may send it requests.
+    pub fn routable(self) -> bool {
+        matches!(self, InstanceState::Ready | InstanceState::Suspended)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Pulling => "pulling",
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Crashed => "crashed",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Suspended => "suspended",
+        }
+    }
+}
+
+/// What the node running an instance last reported about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InstanceStatus {
+    pub state: InstanceState,
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    pub restarts: u32,
+    /// Host port the instance listens on (host networking).
+    pub port: u32,
+    pub updated_at_ms: u64,
+    /// The instance's last cold start, once it has been ready.
+    #[serde(default)]
+    pub cold_start: Option<ColdStart>,
+}
+
+/// How long a cold start took, by phase, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ColdStart {
+    /// Placement committed → the node started working on it.
+    pub placement_ms: u64,
+    /// Tag resolution, pull and unpack (near zero when cached).
+    pub pull_ms: u64,
+    /// Spec, snapshot and container record.
+    pub create_ms: u64,
+    /// Task create and start.
+    pub start_ms: u64,
+    /// Task started → its port accepts connections.
+    pub ready_ms: u64,
+    pub total_ms: u64,
+    /// When the instance became ready.
+    pub at_ms: u64,
+}
+
+/// Cold starts kept per container.
+pub const COLD_START_HISTORY: usize = 32;
+
+/// A cluster member as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// gRPC API and peer address (`--advertise`, else `--listen`).
+    pub api_addr: String,
+    /// Routing-mesh address (`--http`).
+    pub http_addr: String,
+    pub zone: String,
+    pub region: String,
+    pub cpu_capacity_mvcpu: u32,
+    pub memory_capacity_mb: u32,
+    /// SHA-256 of the node's cluster certificate (revoked when the node is
+    /// removed); empty with `--insecure`.
+    #[serde(default)]
+    pub cert_sha256: String,
+}
+
+/// What the cluster decided about a node (its record is what the node says
+/// about itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeState {
+    /// Silent past the liveness grace: its instances are replaced elsewhere
+    /// and the mesh stops routing to it.
+    pub down: bool,
+    /// Gets no new instances.
+    pub cordoned: bool,
+    /// Cordoned, and its instances are moved off (replacements first).
+    pub draining: bool,
+    pub since_ms: u64,
+}
+
+impl NodeState {
+    /// Whether new instances may be placed on the node.
+    pub fn schedulable(&self) -> bool {
+        !self.down && !self.cordoned && !self.draining
+    }
+}
+
+/// A secret as the replicated state holds it: sealed, never in plain text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    pub sealed: crate::secrets::Envelope,
+    /// HMAC-SHA256 of the value under the data key (what reads show).
+    pub fingerprint: String,
+    pub version: u64,
+    pub updated_at_ms: u64,
+}
+
+/// A secret on its way into the state (sealed by the proposing node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub sealed: crate::secrets::Envelope,
+    pub fingerprint: String,
+}
+
+/// A token-signing key: the private half sealed under the data key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub kid: String,
+    /// Raw Ed25519 public key, hex.
+    pub public_hex: String,
+    pub sealed_private: crate::secrets::Envelope,
+    pub created_at_ms: u64,
+}
+
+/// An issued access token (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub namespace: String,
+    pub container: Option<String>,
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+/// An API key: only a hash of its secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    /// SHA-256 of the key's secret part, hex.
+    pub secret_sha256: String,
+    /// `None`: an admin key; `Some(ns)`: may manage only that namespace.
+    pub namespace: Option<String>,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+/// A join token as Raft keeps it: the hash of its secret, never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub used_by: Option<NodeId>,
+}
+
+/// The cluster CA as stored in the replicated state: the certificate, and
+/// its private key sealed by the master key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key: crate::secrets::Envelope,
+}
