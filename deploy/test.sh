@@ -10,10 +10,13 @@ bash deploy/install-deps.sh
 eval "$(bash deploy/test-env.sh start)"
 trap 'bash deploy/test-env.sh stop' EXIT
 export CARGO_TERM_COLOR=never
-# End-to-end tests run the binaries from the same target dir.
-cargo build --bins
+# End-to-end tests run the binaries from the same target dir. The chaos
+# suite's planted bug (stale reads) needs the `sabotage` feature; every
+# step uses it so that no step rebuilds the node binary without it.
+features=(--features rouse-node/sabotage)
+cargo build --bins "${features[@]}"
 rc=0
-cargo test --no-fail-fast -p rouse-proto -p rouse-node -p rouse-client -p rouse-chaos -- --test-threads=2 "$@" || rc=$?
+cargo test "${features[@]}" --no-fail-fast -p rouse-proto -p rouse-node -p rouse-client -p rouse-chaos -- --test-threads=2 "$@" || rc=$?
 # End-to-end tests print what they measure (failover time, ...).
-cargo test --no-fail-fast -p rouse-e2e -- --test-threads=2 --nocapture "$@" || rc=$?
+cargo test "${features[@]}" --no-fail-fast -p rouse-e2e -- --test-threads=2 --nocapture "$@" || rc=$?
 exit $rc

@@ -13,45 +13,51 @@ use rouse_proto::peer::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, ClusterError, WriteOutcome, NOT_LEADER};
+use crate::api::ApiError;
+use crate::cluster::{now_ms, Cluster, WriteOutcome, NOT_LEADER};
+use crate::keys::Keyring;
+use crate::loads::LoadBook;
 use crate::raft::{decode, encode, TypeConfig};
 use crate::state::{NodeRecord, Proposal};
 
 pub struct PeerService {
     cluster: Arc<Cluster>,
+    keys: Arc<Keyring>,
+    loads: Arc<LoadBook>,
+    insecure: bool,
 }
 
 impl PeerService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        PeerService { cluster }
+    pub fn new(
+        cluster: Arc<Cluster>,
+        keys: Arc<Keyring>,
+        loads: Arc<LoadBook>,
+        insecure: bool,
+    ) -> Self {
+        PeerService {
+            cluster,
+            keys,
+            loads,
+            insecure,
+        }
     }
 }
 
 fn bad_payload(e: serde_json::Error) -> Status {
-    Status::invalid_argument(format!("payload: {e}"))
+    ApiError::invalid("payload", e.to_string()).into()
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = encode(v).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    let payload = encode(v).map_err(|e| ApiError::Internal(format!("encoding reply: {e}")))?;
     Ok(Response::new(RaftMessage { payload }))
 }
 
+/// A refusal that applied nothing: the caller may send it again elsewhere.
 fn not_leader(message: String) -> Status {
-    let mut s = Status::unavailable(message);
+    let mut s: Status = ApiError::Unavailable(message).into();
     s.metadata_mut()
         .insert(NOT_LEADER, tonic::metadata::MetadataValue::from_static("1"));
     s
-}
-
-fn cluster_status(e: ClusterError) -> Status {
-    match e {
-        ClusterError::Remote(s) => s,
-        ClusterError::UnknownMember(_) => Status::not_found(e.to_string()),
-        ClusterError::Precondition(_) => Status::failed_precondition(e.to_string()),
-        ClusterError::Rejected(_) => Status::failed_precondition(e.to_string()),
-        e if e.is_unavailable() => Status::unavailable(e.to_string()),
-        e => Status::internal(e.to_string()),
-    }
 }
 
 #[tonic::async_trait]
@@ -97,7 +103,7 @@ impl RaftPeer for PeerService {
                     self.cluster.id, f.leader_id
                 )))
             }
-            Err(e) => Err(Status::internal(e.to_string())),
+            Err(e) => Err(ApiError::Internal(e.to_string()).into()),
         }
     }
 
@@ -117,11 +123,11 @@ impl RaftPeer for PeerService {
         let r = req.into_inner();
         let record: NodeRecord = decode(&r.node).map_err(bad_payload)?;
         if record.id != r.id || record.id == 0 {
-            return Err(Status::invalid_argument(
-                "id: must match the node record and be at least 1",
-            ));
+            return Err(
+                ApiError::invalid("id", "must match the node record and be at least 1").into(),
+            );
         }
-        let leader_id = self.cluster.join(record).await.map_err(cluster_status)?;
+        let leader_id = self.cluster.join(record).await.map_err(ApiError::from)?;
         Ok(Response::new(JoinResponse { leader_id }))
     }
 
@@ -129,7 +135,7 @@ impl RaftPeer for PeerService {
         self.cluster
             .remove(req.into_inner().id)
             .await
-            .map_err(cluster_status)?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(LeaveResponse {}))
     }
 
@@ -138,7 +144,8 @@ impl RaftPeer for PeerService {
         req: Request<rouse_proto::peer::LoadReport>,
     ) -> Result<Response<rouse_proto::peer::LoadAck>, Status> {
         let r = req.into_inner();
-        self.cluster.autoscaler.report(r.node, r.containers);
+        let loads = r.containers.into_iter().map(Into::into).collect();
+        self.loads.record(r.node, now_ms(), loads);
         Ok(Response::new(rouse_proto::peer::LoadAck {}))
     }
 
@@ -147,15 +154,16 @@ impl RaftPeer for PeerService {
         _req: Request<rouse_proto::peer::FetchMasterKeyRequest>,
     ) -> Result<Response<rouse_proto::peer::FetchMasterKeyResponse>, Status> {
         // Only over mutual TLS: the caller proved a cluster certificate.
-        if self.cluster.tls.insecure() {
-            return Err(Status::failed_precondition(
-                "peer traffic is plain (--insecure): the master key is not handed out",
-            ));
+        if self.insecure {
+            return Err(ApiError::from(crate::keys::KeyError::Precondition(
+                "peer traffic is plain (--insecure): the master key is not handed out".into(),
+            ))
+            .into());
         }
         let k = self
-            .cluster
+            .keys
             .kek()
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(|e| ApiError::from(crate::keys::KeyError::NoMasterKey(e)))?;
         Ok(Response::new(rouse_proto::peer::FetchMasterKeyResponse {
             key: k.export_hex(),
             id: k.id(),

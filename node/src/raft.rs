@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use openraft::error::{
@@ -68,11 +70,7 @@ pub struct PeerAuth {
 
 impl tonic::service::Interceptor for PeerAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let s = self
-            .secret
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let s = self.secret.lock().clone();
         if let Some(v) = s.and_then(|s| s.parse().ok()) {
             req.metadata_mut().insert(PEER_AUTH, v);
         }
@@ -93,14 +91,19 @@ impl PeerPool {
         }
     }
 
+    /// The URL scheme peers are reached with.
+    pub fn scheme(&self) -> &'static str {
+        self.tls.scheme()
+    }
+
     /// Sets the credential sent to peers.
     pub fn set_secret(&self, secret: String) {
-        *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret);
+        *self.secret.lock() = Some(secret);
     }
 
     /// A channel to the node whose gRPC listener is `addr` (host:port).
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.channels.lock();
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }

@@ -1,32 +1,61 @@
-//! Starts a node: opens the store, builds Raft, serves the API and peer
-//! service on one listener, bootstraps or joins, and stops on shutdown.
+//! Starts a node: opens the store, builds Raft, wires every service with
+//! only what it needs, serves the API and peer service on one listener and
+//! the mesh on another, bootstraps or joins, and stops on shutdown.
+//!
+//! ```text
+//!  Cluster (raft, state, peer pool) ─┬─▶ api, peer, join services (gRPC listener)
+//!  Keyring (master key, data key) ───┤
+//!  LocalInstances ─┬─▶ mesh ◀─ resume channel ─▶ agent (containerd)
+//!                  └──────────────────────────▶ agent
+//!  LoadBook ◀─ peer.ReportLoad, mesh reporter ─▶ leader: liveness, autoscale
+//!  leader loops: placement, liveness, autoscale, bootstrap (keys, CA)
+//! ```
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
 use rouse_proto::peer::raft_peer_server::RaftPeerServer;
-use rouse_proto::v1::cluster_service_server::ClusterServiceServer;
-use rouse_proto::v1::container_service_server::ContainerServiceServer;
-use rouse_proto::v1::namespace_service_server::NamespaceServiceServer;
-use rouse_proto::v1::secret_service_server::SecretServiceServer;
-use rouse_proto::v1::token_service_server::TokenServiceServer;
+use rouse_proto::v1 as pb;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
-use crate::api::Api;
+use crate::api::{Api, ApiConfig};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::join::Identity;
+use crate::keys::Keyring;
+use crate::leader::driver::{self, Pace};
+use crate::loads::LoadBook;
+use crate::local::{LocalInstances, ResumeRequest};
+use crate::mesh::{Mesh, MeshConfig, Upstreams};
 use crate::peer::PeerService;
 use crate::raft::{Network, PeerPool, Raft, PEER_MAX_MESSAGE};
-use crate::state::Command;
+use crate::runtime::agent::AgentConfig;
+use crate::state::{Command, NodeRecord};
+use crate::trust::PeerTrust;
 
 /// Largest public API message.
 const API_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// Runs a node on an already-bound listener until `shutdown` resolves.
+/// The record this node registers for itself.
+fn own_record(config: &NodeConfig, tls: &crate::tls::Tls) -> NodeRecord {
+    NodeRecord {
+        id: config.id,
+        api_addr: config.advertise.clone(),
+        http_addr: config.http.to_string(),
+        zone: config.zone.clone(),
+        region: config.region.clone(),
+        cpu_capacity_mvcpu: config.cpu_capacity_mvcpu,
+        memory_capacity_mb: config.memory_capacity_mb,
+        cert_sha256: tls.own_fingerprint().unwrap_or_default(),
+    }
+}
+
+/// Runs a node on already-bound listeners until `shutdown` resolves.
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
@@ -37,6 +66,7 @@ pub async fn run(
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
     // A node with no Raft state yet is joining (or bootstrapping) now.
     let fresh = !config.data_dir.join("raft").exists();
+    let local_ip = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
     let tls = crate::tls::Tls::new(config.insecure);
     if config.insecure {
         tracing::warn!("INSECURE: --insecure is set: peer traffic (Raft, forwarded writes, mesh hops) is plain and unencrypted, checked only by a key-derived credential. For development only; never on a network you do not control.");
@@ -44,7 +74,14 @@ pub async fn run(
         tls.set(m);
     } else if let Some(target) = config.join.as_deref() {
         if fresh {
-            crate::join::obtain_certificate(&config, target, &tls).await?;
+            let join = crate::join::client::JoinConfig {
+                id: config.id,
+                data_dir: config.data_dir.clone(),
+                master_key_file: config.master_key_file.clone(),
+                join_token: config.join_token.clone(),
+                local: local_ip,
+            };
+            crate::join::client::obtain_certificate(&join, target, &tls).await?;
         }
     }
     let (log, sm) = crate::store::open(&config.data_dir)?;
@@ -65,11 +102,7 @@ pub async fn run(
     .validate()
     .context("raft configuration")?;
 
-    let local = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-    let pool = PeerPool::new(local, tls.clone());
-    if config.sabotage_stale_reads {
-        tracing::error!("SABOTAGE: reads are answered from local state without the leader check; never use this outside the chaos suite");
-    }
+    let pool = PeerPool::new(local_ip, tls.clone());
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -79,29 +112,205 @@ pub async fn run(
     )
     .await
     .context("starting raft")?;
-    let mut kek = None;
-    match crate::secrets::Key::load_or_create(&config.master_key_file, config.bootstrap) {
-        Ok(k) => {
-            pool.set_secret(k.peer_credential());
-            kek = Some(k);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no master key yet: this node cannot seal or open secrets until it has one")
+    #[allow(unused_mut)]
+    let mut cluster = Cluster::new(config.id, raft.clone(), shared.clone(), pool.clone());
+    #[cfg(feature = "sabotage")]
+    {
+        cluster.sabotage_stale_reads = config.sabotage_stale_reads;
+        if config.sabotage_stale_reads {
+            tracing::error!("SABOTAGE: reads are answered from local state without the leader check; never use this outside the chaos suite");
         }
     }
-    let cluster = Arc::new(Cluster {
-        kek: std::sync::RwLock::new(kek),
-        data_key: Default::default(),
-        id: config.id,
-        raft: raft.clone(),
-        sm: shared,
-        pool,
-        tls: tls.clone(),
-        config: config.clone(),
-        agent: Default::default(),
-        mesh: Default::default(),
-        autoscaler: Default::default(),
-    });
+    let cluster = Arc::new(cluster);
+    let keys = Arc::new(Keyring::open(
+        &config.master_key_file,
+        config.bootstrap,
+        pool.clone(),
+    ));
+    let identity = Identity::new(
+        cluster.clone(),
+        keys.clone(),
+        tls.clone(),
+        config.data_dir.clone(),
+        config.bootstrap,
+    );
+    let trust = PeerTrust::new(tls.clone(), shared.clone());
+    let loads = Arc::new(LoadBook::default());
+    let local = LocalInstances::new();
+    let images = Arc::new(OnceLock::new());
+    let (resumer, resumes) = tokio::sync::mpsc::channel::<ResumeRequest>(64);
+
+    let api = Api::new(
+        ApiConfig {
+            scale_cap: config.scale_cap,
+            data_dir: config.data_dir.clone(),
+            insecure: config.insecure,
+        },
+        cluster.clone(),
+        keys.clone(),
+        identity.clone(),
+        images.clone(),
+    );
+    let peer = PeerService::new(
+        cluster.clone(),
+        keys.clone(),
+        loads.clone(),
+        config.insecure,
+    );
+    let router = grpc_router(
+        api,
+        peer,
+        crate::join::service::JoinService::new(identity.clone()),
+        trust.clone(),
+        keys.clone(),
+    )
+    .await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = if config.insecure {
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(tls.server_config(false)?))
+    };
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        crate::tls::incoming(listener, acceptor, config.header_timeout),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
+
+    let mesh = Mesh::new(
+        MeshConfig {
+            base_domain: config.base_domain.clone(),
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
+        },
+        cluster.clone(),
+        local.clone(),
+        resumer,
+        Upstreams::new(&tls, local_ip),
+    );
+    let mut tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(start_membership(
+            cluster.clone(),
+            identity.clone(),
+            config.clone(),
+            tls.clone(),
+        )),
+        tokio::spawn(identity.clone().run()),
+        tokio::spawn(crate::keys::rotate::run_key_sync(
+            cluster.clone(),
+            keys.clone(),
+        )),
+        tokio::spawn(crate::mesh::server::serve(
+            mesh.clone(),
+            http_listener,
+            tls.clone(),
+            trust,
+        )),
+        tokio::spawn(crate::mesh::report::run(
+            cluster.clone(),
+            mesh,
+            loads.clone(),
+        )),
+        // Instances keep running under containerd; a restarted node adopts them.
+        tokio::spawn(run_agent(
+            cluster.clone(),
+            keys.clone(),
+            local,
+            images,
+            resumes,
+            config.clone(),
+        )),
+    ];
+    tasks.extend(leader_loops(&cluster, &config, &keys, &loads));
+    tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
+
+    shutdown.await;
+    tracing::info!(node = config.id, "shutting down");
+    for t in &tasks {
+        t.abort();
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => return Err(e).context("gRPC server"),
+        Ok(Err(e)) => return Err(e).context("gRPC server task"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The leader-only loops: each decides only while this node leads.
+fn leader_loops(
+    cluster: &Arc<Cluster>,
+    config: &NodeConfig,
+    keys: &Arc<Keyring>,
+    loads: &Arc<LoadBook>,
+) -> Vec<JoinHandle<()>> {
+    use crate::leader::{autoscale, bootstrap, liveness, placement};
+    let window_ms = u64::try_from(config.autoscale_window.as_millis()).unwrap_or(u64::MAX);
+    vec![
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            bootstrap::Bootstrap {
+                keys: keys.clone(),
+                insecure: config.insecure,
+            },
+            Pace::OnChange(Duration::from_millis(500)),
+        )),
+        // Plan on every applied change, and at least twice a second.
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            placement::Placement {
+                params: crate::scheduler::Params {
+                    overcommit: config.overcommit,
+                },
+                batch: config.placement_batch,
+            },
+            Pace::OnChange(Duration::from_millis(500)),
+        )),
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            liveness::Liveness {
+                me: config.id,
+                grace: config.node_grace,
+                book: loads.clone(),
+            },
+            Pace::Every(Duration::from_millis(250)),
+        )),
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            autoscale::Autoscaler {
+                window_ms,
+                book: loads.clone(),
+                windows: Default::default(),
+            },
+            Pace::Every(Duration::from_secs(1)),
+        )),
+    ]
+}
+
+/// The gRPC router: health, reflection, the peer service (members only),
+/// the join service and the public API.
+async fn grpc_router(
+    api: Api,
+    peer: PeerService,
+    join: crate::join::service::JoinService,
+    trust: PeerTrust,
+    keys: Arc<Keyring>,
+) -> anyhow::Result<tonic::transport::server::Router> {
+    use pb::api_key_service_server::ApiKeyServiceServer;
+    use pb::cluster_service_server::ClusterServiceServer;
+    use pb::container_service_server::ContainerServiceServer;
+    use pb::image_service_server::ImageServiceServer;
+    use pb::namespace_service_server::NamespaceServiceServer;
+    use pb::node_service_server::NodeServiceServer;
+    use pb::secret_service_server::SecretServiceServer;
+    use pb::token_service_server::TokenServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -123,50 +332,44 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("building the reflection service")?;
-
-    let api = Api::new(cluster.clone());
-    let router = tonic::transport::Server::builder()
+    // Only members may use the peer service: holders of a cluster
+    // certificate, or with --insecure, of the master key.
+    let members_only = move |req: tonic::Request<()>| {
+        if !trust.insecure() {
+            return match trust.check(req.extensions().get::<crate::tls::ConnInfo>()) {
+                Ok(()) => Ok(req),
+                Err(why) => Err(tonic::Status::unauthenticated(format!("peer: {why}"))),
+            };
+        }
+        let presented = req
+            .metadata()
+            .get(crate::raft::PEER_AUTH)
+            .and_then(|v| v.to_str().ok());
+        if keys.peer_authorized(presented) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "peer: not a member of this cluster (no valid cluster credential)",
+            ))
+        }
+    };
+    let peer = tonic::service::interceptor::InterceptedService::new(
+        RaftPeerServer::new(peer)
+            .max_decoding_message_size(PEER_MAX_MESSAGE)
+            .max_encoding_message_size(PEER_MAX_MESSAGE),
+        members_only,
+    );
+    Ok(tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(256)
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service({
-            // Only members may use the peer service: holders of a cluster
-            // certificate, or with --insecure, of the master key.
-            let c = cluster.clone();
-            let check = move |req: tonic::Request<()>| {
-                if !c.tls.insecure() {
-                    return match c.trusted_peer(req.extensions().get::<crate::tls::ConnInfo>()) {
-                        Ok(()) => Ok(req),
-                        Err(why) => Err(tonic::Status::unauthenticated(format!("peer: {why}"))),
-                    };
-                }
-                let presented = req
-                    .metadata()
-                    .get(crate::raft::PEER_AUTH)
-                    .and_then(|v| v.to_str().ok());
-                if c.peer_authorized(presented) {
-                    Ok(req)
-                } else {
-                    Err(tonic::Status::unauthenticated(
-                        "peer: not a member of this cluster (no valid cluster credential)",
-                    ))
-                }
-            };
-            tonic::service::interceptor::InterceptedService::new(
-                RaftPeerServer::new(PeerService::new(cluster.clone()))
-                    .max_decoding_message_size(PEER_MAX_MESSAGE)
-                    .max_encoding_message_size(PEER_MAX_MESSAGE),
-                check,
-            )
-        })
+        .add_service(peer)
         .add_service(
-            rouse_proto::peer::cluster_join_server::ClusterJoinServer::new(
-                crate::join::JoinService::new(cluster.clone()),
-            )
-            .max_decoding_message_size(64 * 1024),
+            rouse_proto::peer::cluster_join_server::ClusterJoinServer::new(join)
+                .max_decoding_message_size(64 * 1024),
         )
         .add_service(
             ClusterServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
@@ -180,74 +383,23 @@ pub async fn run(
         .add_service(
             SecretServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(rouse_proto::v1::node_service_server::NodeServiceServer::new(api.clone()))
-        .add_service(rouse_proto::v1::api_key_service_server::ApiKeyServiceServer::new(api.clone()))
+        .add_service(NodeServiceServer::new(api.clone()))
+        .add_service(ApiKeyServiceServer::new(api.clone()))
         .add_service(
-            rouse_proto::v1::image_service_server::ImageServiceServer::new(api.clone())
-                .max_decoding_message_size(API_MAX_MESSAGE),
+            ImageServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
-        .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE));
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let acceptor = if config.insecure {
-        None
-    } else {
-        Some(tokio_rustls::TlsAcceptor::from(tls.server_config(false)?))
-    };
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        crate::tls::incoming(listener, acceptor, config.header_timeout),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
-
-    let starter = tokio::spawn(start_membership(cluster.clone()));
-    let identity = tokio::spawn(crate::join::run_identity(cluster.clone()));
-    let key_sync = tokio::spawn(crate::keys::run_key_sync(cluster.clone()));
-    let scheduler = tokio::spawn(run_scheduler(cluster.clone()));
-    let liveness = tokio::spawn(run_liveness(cluster.clone()));
-    let agent = tokio::spawn(run_agent(cluster.clone()));
-    let mesh = crate::mesh::Mesh::new(cluster.clone());
-    let _ = cluster.mesh.set(mesh.clone());
-    let mesh_task = tokio::spawn(mesh.clone().serve(http_listener));
-    let loads = tokio::spawn(crate::mesh::report_load(
-        cluster.clone(),
-        mesh,
-        cluster.autoscaler.clone(),
-    ));
-    let autoscaler = tokio::spawn(cluster.autoscaler.clone().run(cluster.clone()));
-    tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
-
-    shutdown.await;
-    tracing::info!(node = config.id, "shutting down");
-    starter.abort();
-    identity.abort();
-    key_sync.abort();
-    scheduler.abort();
-    liveness.abort();
-    mesh_task.abort();
-    loads.abort();
-    autoscaler.abort();
-    // Instances keep running under containerd; a restarted node adopts them.
-    agent.abort();
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => return Err(e).context("gRPC server"),
-        Ok(Err(e)) => return Err(e).context("gRPC server task"),
-        _ => {}
-    }
-    Ok(())
+        .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE)))
 }
 
 /// Bootstraps or joins on first start, then keeps this node's record in
 /// the replicated node table up to date.
-async fn start_membership(cluster: Arc<Cluster>) {
+async fn start_membership(
+    cluster: Arc<Cluster>,
+    identity: Arc<Identity>,
+    cfg: NodeConfig,
+    tls: crate::tls::Tls,
+) {
     let initialized = cluster.raft.is_initialized().await.unwrap_or(false);
-    let cfg = &cluster.config;
     if !initialized {
         if cfg.bootstrap {
             let members = BTreeMap::from([(
@@ -260,9 +412,9 @@ async fn start_membership(cluster: Arc<Cluster>) {
                 Ok(()) => tracing::info!(node = cfg.id, "bootstrapped a new one-node cluster"),
                 Err(e) => tracing::error!(error = %e, "bootstrap failed"),
             }
-            register_admin_key(&cluster).await;
+            register_admin_key(&cluster, &cfg).await;
         } else if let Some(target) = &cfg.join {
-            join_until_done(&cluster, target).await;
+            join_until_done(&cluster, own_record(&cfg, &tls), target).await;
         } else {
             tracing::warn!(
                 node = cfg.id,
@@ -275,14 +427,16 @@ async fn start_membership(cluster: Arc<Cluster>) {
     }
     // A bootstrap node that stopped before registering its admin key does it now.
     if cfg.data_dir.join("admin-token").exists() {
-        register_admin_key(&cluster).await;
+        register_admin_key(&cluster, &cfg).await;
     }
     // Register (or refresh) this node's record, with its certificate's
     // fingerprint once it has one (the bootstrap node issues its own just
     // after the cluster CA exists).
-    crate::join::ensure_own_certificate(&cluster, Duration::from_secs(10)).await;
+    identity
+        .ensure_own_certificate(Duration::from_secs(10))
+        .await;
     loop {
-        let record = cluster.own_record();
+        let record = own_record(&cfg, &tls);
         let current = cluster.sm.read().data.nodes.get(&cfg.id).cloned();
         if current.as_ref() == Some(&record) {
             break;
@@ -305,14 +459,9 @@ async fn start_membership(cluster: Arc<Cluster>) {
     }
 }
 
-async fn join_until_done(cluster: &Cluster, target: &str) {
-    let record = cluster.own_record();
+async fn join_until_done(cluster: &Cluster, record: NodeRecord, target: &str) {
     let mut delay = Duration::from_millis(200);
     loop {
-        // Peers accept only holders of the cluster's master key.
-        if let Err(e) = cluster.kek() {
-            tracing::warn!(error = %e, "cannot join without the cluster's master key; waiting for it");
-        }
         let res = async {
             let mut client = cluster.pool.client(target)?;
             let node = crate::raft::encode(&record)?;
@@ -339,78 +488,16 @@ async fn join_until_done(cluster: &Cluster, target: &str) {
     }
 }
 
-/// On the leader, turns the state into placement plans, committed through
-/// Raft in one command per pass.
-async fn run_scheduler(cluster: Arc<Cluster>) {
-    let mut seen = 0;
-    loop {
-        // Plan on every applied change, and at least twice a second.
-        cluster
-            .applied_change(&mut seen, Duration::from_millis(500))
-            .await;
-        if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
-            continue;
-        }
-        ensure_data_key(&cluster).await;
-        let params = crate::scheduler::Params {
-            overcommit: cluster.config.overcommit,
-        };
-        let plan = {
-            let sm = cluster.sm.read();
-            crate::scheduler::plan(
-                &sm.data,
-                crate::cluster::now_ms(),
-                params,
-                rand::random::<u32>,
-            )
-        };
-        for (namespace, name, reason) in plan.pending.clone() {
-            if let Some(r) = &reason {
-                tracing::info!(%namespace, container = %name, reason = %r, "instances pending");
-            }
-            let _ = cluster
-                .write(Command::SetPending {
-                    namespace,
-                    name,
-                    reason,
-                })
-                .await;
-        }
-        if plan.is_empty() {
-            continue;
-        }
-        tracing::info!(
-            add = plan.add.len(),
-            remove = plan.remove.len(),
-            "committing placement"
-        );
-        let batch = match cluster.config.placement_batch {
-            0 => plan.add.len().max(1),
-            n => n,
-        };
-        let mut remove = plan.remove;
-        let mut chunks: Vec<Vec<crate::state::Instance>> =
-            plan.add.chunks(batch).map(<[_]>::to_vec).collect();
-        if chunks.is_empty() {
-            chunks.push(Vec::new());
-        }
-        for add in chunks {
-            let cmd = Command::PlaceInstances {
-                add,
-                remove: std::mem::take(&mut remove),
-            };
-            if let Err(e) = cluster.write(cmd).await {
-                tracing::debug!(error = %e, "placement not committed");
-                break;
-            }
-        }
-    }
-}
-
 /// Connects to containerd (retrying, loudly) and runs the node agent.
-async fn run_agent(cluster: Arc<Cluster>) {
+async fn run_agent(
+    cluster: Arc<Cluster>,
+    keys: Arc<Keyring>,
+    local: Arc<LocalInstances>,
+    images_slot: Arc<OnceLock<Arc<crate::runtime::image::Images>>>,
+    resumes: tokio::sync::mpsc::Receiver<ResumeRequest>,
+    cfg: NodeConfig,
+) {
     use crate::runtime::{agent, ctr, image, task};
-    let cfg = cluster.config.clone();
     let credentials = match load_credentials(cfg.registry_auth.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -436,19 +523,23 @@ async fn run_agent(cluster: Arc<Cluster>) {
         credentials,
         cfg.data_dir.join("tmp"),
     ));
+    let _ = images_slot.set(images.clone());
     let tasks = Arc::new(task::Tasks::new(ctr, cfg.data_dir.join("logs"), cfg.id));
     let a = agent::Agent::new(
-        cluster.clone(),
+        cluster,
+        keys,
+        local,
         images,
         tasks,
-        agent::AgentConfig {
+        AgentConfig {
+            node: cfg.id,
             ports: cfg.instance_ports,
             stop_grace: cfg.stop_grace,
             image_gc_after: cfg.image_gc_after,
+            suspend_after: cfg.suspend_after,
         },
     );
-    let _ = cluster.agent.set(a.clone());
-    a.run().await;
+    a.run(resumes).await;
 }
 
 fn load_credentials(
@@ -461,103 +552,11 @@ fn load_credentials(
     toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
-/// On the leader: marks nodes down when their lease (the load report they
-/// send about every 500 ms) is older than the grace, and up when it is
-/// fresh again. A new leader gives every node a full grace first.
-async fn run_liveness(cluster: Arc<Cluster>) {
-    let mut since_leader: Option<std::time::Instant> = None;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if cluster.raft.metrics().borrow().state != openraft::ServerState::Leader {
-            since_leader = None;
-            continue;
-        }
-        let started = *since_leader.get_or_insert_with(std::time::Instant::now);
-        let grace = cluster.config.node_grace;
-        if started.elapsed() < grace {
-            continue;
-        }
-        let now = crate::cluster::now_ms();
-        let seen = cluster.autoscaler.last_seen();
-        let nodes: Vec<(u64, bool)> = {
-            let sm = cluster.sm.read();
-            sm.data
-                .nodes
-                .keys()
-                .map(|id| (*id, sm.data.node_state(*id).down))
-                .collect()
-        };
-        for (id, down) in nodes {
-            let fresh = id == cluster.id
-                || seen.get(&id).is_some_and(|t| {
-                    now.saturating_sub(*t) <= u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)
-                });
-            if fresh == down {
-                tracing::warn!(node = id, up = fresh, "node liveness changed");
-                let cmd = Command::SetNodeState {
-                    id,
-                    down: Some(!fresh),
-                    cordoned: None,
-                    draining: None,
-                };
-                if let Err(e) = cluster.write(cmd).await {
-                    tracing::debug!(error = %e, "liveness not committed");
-                }
-            }
-        }
-    }
-}
-
-/// On the leader: creates the cluster data key once, wrapped by the master
-/// key, and the first token-signing key.
-async fn ensure_data_key(cluster: &Cluster) {
-    let (has_dk, has_sk) = {
-        let sm = cluster.sm.read();
-        (sm.data.data_key.is_some(), !sm.data.signing_keys.is_empty())
-    };
-    if has_dk && !has_sk {
-        if let Err(e) = add_signing_key(cluster).await {
-            tracing::debug!(error = %e, "signing key");
-        }
-        return;
-    }
-    if has_dk {
-        return;
-    }
-    let Ok(kek) = cluster.kek() else { return };
-    let dk = crate::secrets::Key::random();
-    let Ok(wrapped) = kek.wrap(&dk) else { return };
-    match cluster.write(Command::InitDataKey { wrapped }).await {
-        Ok(_) => tracing::info!("created the cluster data key"),
-        Err(e) => tracing::debug!(error = %e, "data key"),
-    }
-}
-
-/// Makes a new token-signing key (used for rotation too).
-pub async fn add_signing_key(cluster: &Cluster) -> Result<String, crate::cluster::ClusterError> {
-    use crate::cluster::ClusterError;
-    let dk = cluster.data_key()?;
-    let (private, public) = crate::tokens::generate().map_err(ClusterError::Raft)?;
-    let kid = format!("k{}", hex::encode(rand::random::<[u8; 6]>()));
-    let sealed_private = dk
-        .seal(&private, &format!("rouse/signing-key/{kid}"))
-        .map_err(|e| ClusterError::Raft(e.to_string()))?;
-    let key = crate::state::SigningKey {
-        kid: kid.clone(),
-        public_hex: hex::encode(public),
-        sealed_private,
-        created_at_ms: crate::cluster::now_ms(),
-    };
-    cluster.write(Command::AddSigningKey { key }).await?;
-    tracing::info!(%kid, "added a token-signing key");
-    Ok(kid)
-}
-
 /// Records the admin key whose token the bootstrap node wrote to
 /// `<data-dir>/admin-token` (only its hash enters the state).
-async fn register_admin_key(cluster: &Cluster) {
-    let path = cluster.config.data_dir.join("admin-token");
-    let token = match crate::auth::admin_token_file(&path, cluster.config.bootstrap) {
+async fn register_admin_key(cluster: &Cluster, cfg: &NodeConfig) {
+    let path = cfg.data_dir.join("admin-token");
+    let token = match crate::auth::admin_token_file(&path, cfg.bootstrap) {
         Ok(Some(t)) => t,
         Ok(None) => return,
         Err(e) => {

@@ -33,23 +33,27 @@ pub enum TokenError {
     Revoked,
     #[error("token is scoped to {0}, not to this container")]
     WrongScope(String),
+    /// Making a key or a signature failed (not the caller's fault).
+    #[error("signing: {0}")]
+    Crypto(String),
 }
 
 /// A fresh Ed25519 key pair: (PKCS#8 private key, raw public key).
-pub fn generate() -> Result<(Vec<u8>, Vec<u8>), String> {
+pub fn generate() -> Result<(Vec<u8>, Vec<u8>), TokenError> {
     use ring::signature::KeyPair;
+    let crypto = |e: ring::error::Unspecified| TokenError::Crypto(e.to_string());
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| e.to_string())?;
-    let pair =
-        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| e.to_string())?;
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(crypto)?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|e| TokenError::Crypto(e.to_string()))?;
     Ok((pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
 }
 
-pub fn sign(private_pkcs8: &[u8], kid: &str, claims: &Claims) -> Result<String, String> {
+pub fn sign(private_pkcs8: &[u8], kid: &str, claims: &Claims) -> Result<String, TokenError> {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_string());
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(private_pkcs8))
-        .map_err(|e| e.to_string())
+        .map_err(|e| TokenError::Crypto(e.to_string()))
 }
 
 /// Verifies signature (EdDSA only), issuer and expiry against the public

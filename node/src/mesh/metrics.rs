@@ -7,7 +7,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::cluster::Cluster;
+use openraft::{BasicNode, RaftMetrics};
+
+use crate::loads::ContainerLoad;
+use crate::state::{NodeId, StateData};
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -19,16 +22,20 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// Renders the metrics in the text exposition format.
-pub fn render(cluster: &Cluster, mesh: &super::Mesh) -> String {
+/// Renders the metrics in the text exposition format, from the state, this
+/// node's Raft metrics and its demand.
+pub fn render(
+    state: &StateData,
+    m: &RaftMetrics<NodeId, BasicNode>,
+    loads: &[ContainerLoad],
+) -> String {
     let cold_last = Family::<Labels, FGauge>::default();
     let cold_median = Family::<Labels, FGauge>::default();
     let instances = Family::<Labels, Gauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
     let raft = Family::<Labels, Gauge>::default();
     {
-        let sm = cluster.sm.read();
-        for c in sm.data.containers.values() {
+        for c in state.containers.values() {
             if let Some((last, median)) = c.cold_start_summary() {
                 for (phase, v) in [
                     ("placement", last.placement_ms),
@@ -54,9 +61,8 @@ pub fn render(cluster: &Cluster, mesh: &super::Mesh) -> String {
                     .set(median as f64 / 1000.0);
             }
         }
-        for i in sm.data.instances.values() {
-            let state = sm
-                .data
+        for i in state.instances.values() {
+            let st = state
                 .statuses
                 .get(&i.id)
                 .map_or("pending", |s| s.state.as_str());
@@ -64,20 +70,19 @@ pub fn render(cluster: &Cluster, mesh: &super::Mesh) -> String {
                 .get_or_create(&labels(&[
                     ("namespace", &i.namespace),
                     ("container", &i.container),
-                    ("state", state),
+                    ("state", st),
                 ]))
                 .inc();
         }
     }
-    for l in mesh.load() {
+    for l in loads {
         in_flight
             .get_or_create(&labels(&[
-                ("namespace", &l.namespace),
-                ("container", &l.name),
+                ("namespace", l.key.namespace()),
+                ("container", l.key.name()),
             ]))
             .set(i64::from(l.in_flight));
     }
-    let m = cluster.raft.metrics().borrow().clone();
     raft.get_or_create(&labels(&[("value", "term")]))
         .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
     raft.get_or_create(&labels(&[("value", "applied_index")]))

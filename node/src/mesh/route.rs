@@ -1,4 +1,38 @@
-//! Host → container, and which instances may take a request. Pure.
+//! The first layer: Host → container, with what the rest of the stack
+//! needs to know of it (timeout, protocol, concurrency, privacy). Pure.
+
+use std::time::Duration;
+
+use super::error::MeshError;
+use crate::state::{ContainerKey, Privacy, Protocol, StateData};
+
+/// A request's container and the settings that govern it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub key: ContainerKey,
+    pub timeout: Duration,
+    pub protocol: Protocol,
+    pub max_concurrency: usize,
+    pub private: bool,
+}
+
+/// Resolves `host` against the state.
+pub fn resolve(state: &StateData, base_domain: &str, host: &str) -> Result<Route, MeshError> {
+    let (ns, name) =
+        parse_host(host, base_domain).ok_or_else(|| MeshError::UnknownHost(host.to_string()))?;
+    let key = ContainerKey::new(&ns, &name);
+    let c = state
+        .containers
+        .get(&key)
+        .ok_or_else(|| MeshError::UnknownContainer(key.clone()))?;
+    Ok(Route {
+        timeout: Duration::from_secs(u64::from(c.spec.timeout_secs)),
+        protocol: c.spec.protocol,
+        max_concurrency: c.spec.max_concurrency as usize,
+        private: c.spec.privacy == Privacy::Private,
+        key,
+    })
+}
 
 /// `NAME.NAMESPACE.BASE_DOMAIN[:port]` → `(namespace, name)`.
 pub fn parse_host(host: &str, base_domain: &str) -> Option<(String, String)> {
@@ -61,6 +95,43 @@ mod tests {
         assert_eq!(parse_host("a.b.c.rouse.localhost", d), None);
         assert_eq!(parse_host("web.shop.example.com", d), None);
         assert_eq!(parse_host("xrouse.localhost", d), None);
+    }
+
+    #[test]
+    fn resolve_names_what_is_missing() {
+        let mut s = StateData::default();
+        assert!(matches!(
+            resolve(&s, "rouse.localhost", "nope.example"),
+            Err(MeshError::UnknownHost(_))
+        ));
+        assert!(matches!(
+            resolve(&s, "rouse.localhost", "web.shop.rouse.localhost"),
+            Err(MeshError::UnknownContainer(_))
+        ));
+        s.apply(&crate::state::Proposal::new(
+            1,
+            crate::state::Command::CreateNamespace {
+                name: "shop".into(),
+                env: Default::default(),
+            },
+        ));
+        s.apply(&crate::state::Proposal::new(
+            2,
+            crate::state::Command::PutContainer {
+                namespace: "shop".into(),
+                name: "web".into(),
+                spec: crate::state::ContainerSpec {
+                    privacy: Privacy::Private,
+                    timeout_secs: 12,
+                    ..crate::state::ContainerSpec::with_image("i")
+                },
+                expected_revision: None,
+            },
+        ));
+        let r = resolve(&s, "rouse.localhost", "web.shop.rouse.localhost:80").unwrap();
+        assert_eq!(r.key, ContainerKey::new("shop", "web"));
+        assert!(r.private);
+        assert_eq!(r.timeout, Duration::from_secs(12));
     }
 
     #[test]

@@ -16,12 +16,21 @@
 //!   unpacks into snapshots; imports OCI-layout tarballs.
 //! - [`spec`]: the OCI runtime spec of an instance (pure).
 //! - [`task`]: container, snapshot and task lifecycle.
-//! - [`agent`]: the level-triggered reconciler and the supervisors.
+//! - [`agent`]: the level-triggered reconciler, suspend and image GC.
+//! - [`supervisor`]: one instance's life as a pure state machine, with
+//!   backoff; `supervise` performs its steps.
+//! - [`idle`], [`gc`]: which instances to suspend, which images to delete (pure).
+//! - [`health`]: readiness checks.
 
 pub mod agent;
 pub mod ctr;
+pub mod gc;
+pub mod health;
+pub mod idle;
 pub mod image;
 pub mod spec;
+mod supervise;
+pub mod supervisor;
 pub mod task;
 
 /// A runtime failure, with the step that failed.

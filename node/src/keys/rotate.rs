@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ring::{KeyError, Keyring};
 use crate::cluster::{Cluster, ClusterError};
 use crate::secrets::Key;
 use crate::state::{Command, Rejection};
@@ -28,50 +29,49 @@ pub struct Rotated {
 }
 
 /// Where a rotation keeps the new master key until Raft has it.
-fn pending_path(cluster: &Cluster) -> PathBuf {
-    PathBuf::from(format!("{}.next", cluster.config.master_key_file.display()))
-}
-
-fn other(e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Raft(e.to_string())
+fn pending_path(keys: &Keyring) -> PathBuf {
+    PathBuf::from(format!("{}.next", keys.master_key_file().display()))
 }
 
 /// One rotation at a time on a node: they share the `.next` file.
 static ROTATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Rotates both keys; retried when a secret changes meanwhile.
-pub async fn rotate(cluster: &Cluster) -> Result<Rotated, ClusterError> {
+/// `insecure`: peer traffic is plain, so a new key could not be handed over.
+pub async fn rotate(
+    cluster: &Cluster,
+    keys: &Keyring,
+    insecure: bool,
+) -> Result<Rotated, KeyError> {
     let _one_at_a_time = ROTATION.lock().await;
-    if cluster.tls.insecure() {
-        return Err(ClusterError::Precondition(
+    if insecure {
+        return Err(KeyError::Precondition(
             "this cluster's peer traffic is plain (--insecure): the new master key would cross the network in the clear; rotate on a cluster with mutual TLS".into(),
         ));
     }
     for _ in 0..5 {
-        match rotate_once(cluster).await {
-            Err(ClusterError::Rejected(Rejection::Conflict(m))) => {
+        match rotate_once(cluster, keys).await {
+            Err(KeyError::Cluster(ClusterError::Rejected(Rejection::Conflict(m)))) => {
                 tracing::info!(reason = %m, "key rotation raced a change; trying again");
             }
             r => return r,
         }
     }
-    Err(ClusterError::Precondition(
+    Err(KeyError::Precondition(
         "secrets kept changing during the rotation; try again".into(),
     ))
 }
 
-async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
-    let old_kek = cluster
+async fn rotate_once(cluster: &Cluster, keys: &Keyring) -> Result<Rotated, KeyError> {
+    let old_kek = keys
         .kek()
-        .map_err(|e| ClusterError::Precondition(e.to_string()))?;
-    let old_dk = cluster.data_key()?;
-    let (from, mut secrets, mut signing_keys, ca) = {
+        .map_err(|e| KeyError::Precondition(e.to_string()))?;
+    let (old_dk, from, mut secrets, mut signing_keys, ca) = {
         let sm = cluster.sm.read();
         let d = &sm.data;
         (
-            d.data_key.clone().ok_or_else(|| {
-                ClusterError::Precondition("the cluster data key is not set up yet".into())
-            })?,
+            keys.data_key(d)?,
+            d.data_key.clone().ok_or(KeyError::NoDataKey)?,
             d.secrets.clone(),
             d.signing_keys.clone(),
             d.cluster_ca.clone(),
@@ -83,30 +83,28 @@ async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
     for (scope, keys) in secrets.iter_mut() {
         for (name, s) in keys.iter_mut() {
             let aad = crate::secrets::aad(scope.as_str(), name);
-            let plain = old_dk.open(&s.sealed, &aad).map_err(other)?;
-            s.sealed = dk.seal(&plain, &aad).map_err(other)?;
+            let plain = old_dk.open(&s.sealed, &aad)?;
+            s.sealed = dk.seal(&plain, &aad)?;
             s.fingerprint = dk.fingerprint(&String::from_utf8_lossy(&plain));
             n_secrets += 1;
         }
     }
     for k in signing_keys.iter_mut() {
-        let aad = format!("rouse/signing-key/{}", k.kid);
-        let plain = old_dk.open(&k.sealed_private, &aad).map_err(other)?;
-        k.sealed_private = dk.seal(&plain, &aad).map_err(other)?;
+        let aad = super::signing::signing_key_aad(&k.kid);
+        let plain = old_dk.open(&k.sealed_private, &aad)?;
+        k.sealed_private = dk.seal(&plain, &aad)?;
     }
     let ca_key = match &ca {
         Some(ca) => {
-            let plain = old_kek
-                .open(&ca.key, crate::tls::CA_KEY_AAD)
-                .map_err(other)?;
-            Some(kek.seal(&plain, crate::tls::CA_KEY_AAD).map_err(other)?)
+            let plain = old_kek.open(&ca.key, crate::tls::CA_KEY_AAD)?;
+            Some(kek.seal(&plain, crate::tls::CA_KEY_AAD)?)
         }
         None => None,
     };
     // The new master key is on disk before Raft holds anything it wraps.
-    let pending = pending_path(cluster);
+    let pending = pending_path(keys);
     kek.save(&pending).map_err(|e| {
-        ClusterError::Precondition(format!(
+        KeyError::Precondition(format!(
             "master_key_file: cannot write {}: {e}",
             pending.display()
         ))
@@ -114,7 +112,7 @@ async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
     let cmd = Command::RotateKeys {
         from,
         kek_id: kek.id(),
-        data_key: kek.wrap(&dk).map_err(other)?,
+        data_key: kek.wrap(&dk)?,
         ca_key,
         secrets,
         signing_keys: signing_keys.clone(),
@@ -123,15 +121,15 @@ async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
         Ok(_) => {}
         Err(e @ ClusterError::Rejected(_)) => {
             let _ = std::fs::remove_file(&pending);
-            return Err(e);
+            return Err(e.into());
         }
         // Maybe committed: the key sync loop settles it from the .next file.
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
-    promote(cluster, &kek).map_err(|e| {
-        ClusterError::Precondition(format!(
+    promote(keys, &kek).map_err(|e| {
+        KeyError::Precondition(format!(
             "master_key_file: the keys were rotated but {} could not be replaced ({e}); the new key is in {}",
-            cluster.config.master_key_file.display(),
+            keys.master_key_file().display(),
             pending.display()
         ))
     })?;
@@ -146,23 +144,23 @@ async fn rotate_once(cluster: &Cluster) -> Result<Rotated, ClusterError> {
 /// Makes `kek` this node's master key: in memory first (so peers can fetch
 /// it from here at once), then in the master key file, then the pending
 /// file goes. Idempotent: the rotation and the key sync loop may both call it.
-fn promote(cluster: &Cluster, kek: &Key) -> std::io::Result<()> {
-    cluster.set_kek(kek.clone());
-    let file = &cluster.config.master_key_file;
+fn promote(keys: &Keyring, kek: &Key) -> std::io::Result<()> {
+    keys.set_kek(kek.clone());
+    let file = keys.master_key_file();
     let on_disk = std::fs::read_to_string(file)
         .ok()
         .and_then(|t| Key::from_hex(&t).ok());
     if on_disk.is_none_or(|k| k.id() != kek.id()) {
         kek.save(file)?;
     }
-    let _ = std::fs::remove_file(pending_path(cluster));
+    let _ = std::fs::remove_file(pending_path(keys));
     Ok(())
 }
 
 /// Runs on every node: when the state names a master key this node does
 /// not hold (a rotation it missed, or one cut short here), it takes the key
 /// from its `.next` file or fetches it from a peer over mutual TLS.
-pub async fn run_key_sync(cluster: Arc<Cluster>) {
+pub async fn run_key_sync(cluster: Arc<Cluster>, keys: Arc<Keyring>) {
     let mut seen = 0;
     let mut behind = false;
     loop {
@@ -177,8 +175,8 @@ pub async fn run_key_sync(cluster: Arc<Cluster>) {
             continue;
         };
         // (A `.next` file of a rotation in flight here is left alone.)
-        let pending = pending_path(&cluster);
-        if cluster.kek().is_ok_and(|k| k.id() == want) {
+        let pending = pending_path(&keys);
+        if keys.kek().is_ok_and(|k| k.id() == want) {
             behind = false;
             continue;
         }
@@ -187,7 +185,7 @@ pub async fn run_key_sync(cluster: Arc<Cluster>) {
             .and_then(|t| Key::from_hex(&t).ok())
             .filter(|k| k.id() == want)
         {
-            match promote(&cluster, &k) {
+            match promote(&keys, &k) {
                 Ok(()) => {
                     tracing::info!(master_key = %want, "took the rotated master key from an interrupted rotation")
                 }
@@ -196,13 +194,13 @@ pub async fn run_key_sync(cluster: Arc<Cluster>) {
             continue;
         }
         match fetch(&cluster, &want).await {
-            Some(k) => match k.save(&cluster.config.master_key_file) {
+            Some(k) => match k.save(keys.master_key_file()) {
                 Ok(()) => {
-                    cluster.set_kek(k);
+                    keys.set_kek(k);
                     tracing::info!(master_key = %want, "fetched the cluster's rotated master key from a peer");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, path = %cluster.config.master_key_file.display(), "cannot write the rotated master key")
+                    tracing::error!(error = %e, path = %keys.master_key_file().display(), "cannot write the rotated master key")
                 }
             },
             None => {

@@ -1,12 +1,18 @@
 //! Node configuration: command-line flags, `ROUSE_*` environment variables
-//! and a TOML file (`--config`) all fill the same [`NodeConfig`].
-//! Precedence: flag or env var, then file, then default.
+//! and a TOML file (`--config`) all fill the same [`Args`] (one struct, see
+//! [`settings`]); [`NodeConfig::resolve`] merges the layers (flag or env var,
+//! then file, then default) and validates. Each service gets its own part
+//! (`mesh()`, `agent()`, `api()`, …).
+
+pub mod settings;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use clap::Parser;
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+
+pub use settings::Args;
 
 use crate::state::validate::DEFAULT_SCALE_CAP;
 
@@ -24,166 +30,6 @@ fn invalid(field: &'static str, rule: impl Into<String>) -> ConfigError {
         field,
         rule: rule.into(),
     }
-}
-
-/// Flags of `rouse-node`. Every flag also reads `ROUSE_<NAME>`.
-#[derive(Debug, Parser, Default)]
-#[command(name = "rouse-node", version, about = "A rouse cluster node")]
-pub struct Args {
-    /// Node id, unique in the cluster, at least 1.
-    #[arg(long, env = "ROUSE_ID")]
-    pub id: Option<u64>,
-    /// Directory for the Raft log, state and snapshots.
-    #[arg(long, env = "ROUSE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address the gRPC API and the peer service bind (HOST:PORT).
-    #[arg(long, env = "ROUSE_LISTEN")]
-    pub listen: Option<String>,
-    /// Address the routing mesh binds (HOST:PORT).
-    #[arg(long, env = "ROUSE_HTTP")]
-    pub http: Option<String>,
-    /// Address other nodes use to reach --listen (default: --listen).
-    #[arg(long, env = "ROUSE_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Start a new one-node cluster (first start only).
-    #[arg(long, env = "ROUSE_BOOTSTRAP", conflicts_with = "join")]
-    pub bootstrap: bool,
-    /// Join the cluster through the node at HOST:PORT (first start only).
-    #[arg(long, env = "ROUSE_JOIN")]
-    pub join: Option<String>,
-    /// One-time token for --join (from the bootstrap node's
-    /// <data-dir>/join-token or `rouse cluster join-token`); gets this node
-    /// its cluster certificate.
-    #[arg(long, env = "ROUSE_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
-    /// Development only: plain, unencrypted peer traffic (no mTLS). Every
-    /// node of a cluster must agree.
-    #[arg(long, env = "ROUSE_INSECURE")]
-    pub insecure: bool,
-    /// containerd socket.
-    #[arg(long, env = "ROUSE_CONTAINERD")]
-    pub containerd: Option<PathBuf>,
-    /// containerd namespace holding rouse's objects.
-    #[arg(long, env = "ROUSE_CONTAINERD_NAMESPACE")]
-    pub containerd_namespace: Option<String>,
-    /// Registry reached over plain HTTP (repeatable).
-    #[arg(
-        long = "insecure-registry",
-        env = "ROUSE_INSECURE_REGISTRY",
-        value_delimiter = ','
-    )]
-    pub insecure_registry: Vec<String>,
-    #[arg(long, env = "ROUSE_ZONE")]
-    pub zone: Option<String>,
-    #[arg(long, env = "ROUSE_REGION")]
-    pub region: Option<String>,
-    /// CPU this node offers to instances, in mVCPU (default: all cores).
-    #[arg(long, env = "ROUSE_CPU_CAPACITY")]
-    pub cpu_capacity: Option<u32>,
-    /// Memory this node offers to instances, in MB (default: all memory).
-    #[arg(long, env = "ROUSE_MEMORY_CAPACITY")]
-    pub memory_capacity: Option<u32>,
-    /// Domain under which containers are served: NAME.NAMESPACE.DOMAIN.
-    #[arg(long, env = "ROUSE_BASE_DOMAIN")]
-    pub base_domain: Option<String>,
-    /// TOML file with the same settings (keys as the flags, with '_').
-    #[arg(long, env = "ROUSE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Highest max-scale a container may ask for.
-    #[arg(long, env = "ROUSE_SCALE_CAP")]
-    pub scale_cap: Option<u32>,
-    /// Take a snapshot (and compact the log) after this many new entries.
-    #[arg(long, env = "ROUSE_SNAPSHOT_LOGS")]
-    pub snapshot_logs: Option<u64>,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "ROUSE_HEARTBEAT_MS")]
-    pub heartbeat_ms: Option<u64>,
-    /// Log filter, as RUST_LOG (default: info).
-    #[arg(long, env = "ROUSE_LOG")]
-    pub log: Option<String>,
-    /// Host ports given to instances, LO-HI (default 20000-29999).
-    #[arg(long, env = "ROUSE_INSTANCE_PORTS")]
-    pub instance_ports: Option<String>,
-    /// Time an instance gets between SIGTERM and SIGKILL (default 10s).
-    #[arg(long, env = "ROUSE_STOP_GRACE")]
-    pub stop_grace: Option<String>,
-    /// Delete images no instance here has used for this long (default 10m).
-    #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
-    pub image_gc_after: Option<String>,
-    /// Pause an instance idle this long (memory kept, wakes in ms); 0 disables (default 30s).
-    #[arg(long, env = "ROUSE_SUSPEND_AFTER")]
-    pub suspend_after: Option<String>,
-    /// A node silent this long is marked down and its instances replaced (default 3s).
-    #[arg(long, env = "ROUSE_NODE_GRACE")]
-    pub node_grace: Option<String>,
-    /// Time a client gets to send its request head to the mesh, and its
-    /// first bytes or TLS handshake to either listener (default 30s).
-    #[arg(long, env = "ROUSE_HEADER_TIMEOUT")]
-    pub header_timeout: Option<String>,
-    /// Open client connections the mesh serves at once; more wait to be
-    /// accepted (default 16384).
-    #[arg(long, env = "ROUSE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// File with the master key that wraps the cluster data key (64 hex
-    /// characters, mode 0600; created by --bootstrap if absent). Every node
-    /// needs the same key to open secrets. Default: <data-dir>/master.key.
-    #[arg(long, env = "ROUSE_MASTER_KEY_FILE")]
-    pub master_key_file: Option<PathBuf>,
-    /// Chaos-suite sabotage: answer reads from local state without the
-    /// leader check (breaks linearizability on purpose).
-    #[arg(long, hide = true)]
-    pub sabotage_stale_reads: bool,
-    /// Placements per Raft proposal (0: the whole plan of a pass in one).
-    #[arg(long, env = "ROUSE_PLACEMENT_BATCH")]
-    pub placement_batch: Option<usize>,
-    /// Place up to capacity × this ratio of cpu and memory (default 1.0).
-    #[arg(long, env = "ROUSE_OVERCOMMIT")]
-    pub overcommit: Option<f64>,
-    /// Autoscaler stable window (default 60s); the panic window is a tenth.
-    #[arg(long, env = "ROUSE_AUTOSCALE_WINDOW")]
-    pub autoscale_window: Option<String>,
-    /// TOML file of registry credentials: ["host:port"] username/password or token.
-    #[arg(long, env = "ROUSE_REGISTRY_AUTH")]
-    pub registry_auth: Option<PathBuf>,
-}
-
-/// The TOML file: the same settings, all optional, nothing unknown.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub id: Option<u64>,
-    pub data_dir: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub http: Option<String>,
-    pub advertise: Option<String>,
-    pub bootstrap: Option<bool>,
-    pub join: Option<String>,
-    pub join_token: Option<String>,
-    pub insecure: Option<bool>,
-    pub containerd: Option<PathBuf>,
-    pub containerd_namespace: Option<String>,
-    pub insecure_registry: Option<Vec<String>>,
-    pub zone: Option<String>,
-    pub region: Option<String>,
-    pub cpu_capacity: Option<u32>,
-    pub memory_capacity: Option<u32>,
-    pub base_domain: Option<String>,
-    pub scale_cap: Option<u32>,
-    pub snapshot_logs: Option<u64>,
-    pub heartbeat_ms: Option<u64>,
-    pub log: Option<String>,
-    pub instance_ports: Option<String>,
-    pub stop_grace: Option<String>,
-    pub image_gc_after: Option<String>,
-    pub registry_auth: Option<PathBuf>,
-    pub autoscale_window: Option<String>,
-    pub suspend_after: Option<String>,
-    pub node_grace: Option<String>,
-    pub header_timeout: Option<String>,
-    pub max_connections: Option<usize>,
-    pub overcommit: Option<f64>,
-    pub placement_batch: Option<usize>,
-    pub master_key_file: Option<PathBuf>,
 }
 
 /// Resolved, validated node settings.
@@ -223,6 +69,7 @@ pub struct NodeConfig {
     pub overcommit: f64,
     /// Zero: one proposal per scheduling pass.
     pub placement_batch: usize,
+    #[cfg(feature = "sabotage")]
     pub sabotage_stale_reads: bool,
     pub master_key_file: PathBuf,
 }
@@ -230,42 +77,31 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Merges flags/env over the file over defaults, then validates.
     pub fn resolve(args: Args) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(p) => load_file(p)?,
-            None => FileConfig::default(),
-        };
+        let args = merge(args)?;
         let id = args
             .id
-            .or(file.id)
             .ok_or_else(|| invalid("id", "is required (--id N, N >= 1)"))?;
         if id == 0 {
             return Err(invalid("id", "must be at least 1"));
         }
         let data_dir = args
             .data_dir
-            .or(file.data_dir)
             .ok_or_else(|| invalid("data_dir", "is required (--data-dir DIR)"))?;
-        let listen_s = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen_s = args.listen.unwrap_or_else(|| "127.0.0.1:7070".into());
         let listen: SocketAddr = listen_s.parse().map_err(|_| {
             invalid(
                 "listen",
                 format!("{listen_s:?} is not an IP:PORT address to bind"),
             )
         })?;
-        let http_s = args
-            .http
-            .or(file.http)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let http_s = args.http.unwrap_or_else(|| "127.0.0.1:8080".into());
         let http: SocketAddr = http_s.parse().map_err(|_| {
             invalid(
                 "http",
                 format!("{http_s:?} is not an IP:PORT address to bind"),
             )
         })?;
-        let advertise = match args.advertise.or(file.advertise) {
+        let advertise = match args.advertise {
             Some(a) => {
                 host_port("advertise", &a)?;
                 a
@@ -278,15 +114,15 @@ impl NodeConfig {
             }
             None => listen.to_string(),
         };
-        let bootstrap = args.bootstrap || file.bootstrap.unwrap_or(false);
-        let join = args.join.or(file.join);
+        let bootstrap = args.bootstrap;
+        let join = args.join;
         if let Some(j) = &join {
             host_port("join", j)?;
             if bootstrap {
                 return Err(invalid("join", "cannot be combined with --bootstrap"));
             }
         }
-        let join_token = match args.join_token.or(file.join_token) {
+        let join_token = match args.join_token {
             Some(t) => Some(crate::tls::JoinToken::parse(&t).map_err(|e| {
                 invalid(
                     "join_token",
@@ -295,11 +131,8 @@ impl NodeConfig {
             })?),
             None => None,
         };
-        let insecure = args.insecure || file.insecure.unwrap_or(false);
-        let containerd_namespace = args
-            .containerd_namespace
-            .or(file.containerd_namespace)
-            .unwrap_or_else(|| "rouse".into());
+        let insecure = args.insecure;
+        let containerd_namespace = args.containerd_namespace.unwrap_or_else(|| "rouse".into());
         if containerd_namespace.is_empty()
             || !containerd_namespace
                 .chars()
@@ -310,44 +143,29 @@ impl NodeConfig {
                 format!("{containerd_namespace:?} must be letters, digits, '-', '_' or '.'"),
             ));
         }
-        let mut insecure_registries = args.insecure_registry;
-        if insecure_registries.is_empty() {
-            insecure_registries = file.insecure_registry.unwrap_or_default();
-        }
+        let insecure_registries = args.insecure_registry;
         for r in &insecure_registries {
             host_port("insecure_registry", r)?;
         }
-        let zone = args.zone.or(file.zone).unwrap_or_else(|| "default".into());
-        let region = args
-            .region
-            .or(file.region)
-            .unwrap_or_else(|| "default".into());
+        let zone = args.zone.unwrap_or_else(|| "default".into());
+        let region = args.region.unwrap_or_else(|| "default".into());
         label("zone", &zone)?;
         label("region", &region)?;
-        let cpu_capacity_mvcpu = args
-            .cpu_capacity
-            .or(file.cpu_capacity)
-            .unwrap_or_else(default_cpu);
+        let cpu_capacity_mvcpu = args.cpu_capacity.unwrap_or_else(default_cpu);
         if cpu_capacity_mvcpu < 100 {
             return Err(invalid(
                 "cpu_capacity",
                 format!("{cpu_capacity_mvcpu} mVCPU is below the minimum 100 mVCPU"),
             ));
         }
-        let memory_capacity_mb = args
-            .memory_capacity
-            .or(file.memory_capacity)
-            .unwrap_or_else(default_memory);
+        let memory_capacity_mb = args.memory_capacity.unwrap_or_else(default_memory);
         if memory_capacity_mb < 64 {
             return Err(invalid(
                 "memory_capacity",
                 format!("{memory_capacity_mb} MB is below the minimum 64 MB"),
             ));
         }
-        let base_domain = args
-            .base_domain
-            .or(file.base_domain)
-            .unwrap_or_else(|| "rouse.localhost".into());
+        let base_domain = args.base_domain.unwrap_or_else(|| "rouse.localhost".into());
         for part in base_domain.split('.') {
             crate::state::validate::dns_label("base_domain", part).map_err(|e| {
                 invalid(
@@ -356,34 +174,28 @@ impl NodeConfig {
                 )
             })?;
         }
-        let scale_cap = args
-            .scale_cap
-            .or(file.scale_cap)
-            .unwrap_or(DEFAULT_SCALE_CAP);
+        let scale_cap = args.scale_cap.unwrap_or(DEFAULT_SCALE_CAP);
         if !(1..=1000).contains(&scale_cap) {
             return Err(invalid(
                 "scale_cap",
                 format!("{scale_cap} is outside 1..=1000"),
             ));
         }
-        let snapshot_logs = args.snapshot_logs.or(file.snapshot_logs).unwrap_or(5000);
+        let snapshot_logs = args.snapshot_logs.unwrap_or(5000);
         if snapshot_logs < 10 {
             return Err(invalid(
                 "snapshot_logs",
                 format!("{snapshot_logs} is below the minimum 10"),
             ));
         }
-        let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(150);
+        let heartbeat_ms = args.heartbeat_ms.unwrap_or(150);
         if !(20..=5000).contains(&heartbeat_ms) {
             return Err(invalid(
                 "heartbeat_ms",
                 format!("{heartbeat_ms} is outside 20..=5000"),
             ));
         }
-        let ports_s = args
-            .instance_ports
-            .or(file.instance_ports)
-            .unwrap_or_else(|| "20000-29999".into());
+        let ports_s = args.instance_ports.unwrap_or_else(|| "20000-29999".into());
         let instance_ports = ports_s
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
@@ -394,47 +206,28 @@ impl NodeConfig {
                     format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535"),
                 )
             })?;
-        let stop_grace = duration("stop_grace", args.stop_grace.or(file.stop_grace), "10s")?;
-        let image_gc_after = duration(
-            "image_gc_after",
-            args.image_gc_after.or(file.image_gc_after),
-            "10m",
-        )?;
-        let autoscale_window = duration(
-            "autoscale_window",
-            args.autoscale_window.or(file.autoscale_window),
-            "60s",
-        )?;
+        let stop_grace = duration("stop_grace", args.stop_grace, "10s")?;
+        let image_gc_after = duration("image_gc_after", args.image_gc_after, "10m")?;
+        let autoscale_window = duration("autoscale_window", args.autoscale_window, "60s")?;
         if autoscale_window < std::time::Duration::from_secs(2) {
             return Err(invalid("autoscale_window", "must be at least 2s"));
         }
-        let suspend_after = duration(
-            "suspend_after",
-            args.suspend_after.or(file.suspend_after),
-            "30s",
-        )?;
-        let node_grace = duration("node_grace", args.node_grace.or(file.node_grace), "3s")?;
+        let suspend_after = duration("suspend_after", args.suspend_after, "30s")?;
+        let node_grace = duration("node_grace", args.node_grace, "3s")?;
         if node_grace < std::time::Duration::from_secs(1) {
             return Err(invalid("node_grace", "must be at least 1s"));
         }
-        let header_timeout = duration(
-            "header_timeout",
-            args.header_timeout.or(file.header_timeout),
-            "30s",
-        )?;
+        let header_timeout = duration("header_timeout", args.header_timeout, "30s")?;
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600))
             .contains(&header_timeout)
         {
             return Err(invalid("header_timeout", "must be between 1s and 10m"));
         }
-        let max_connections = args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(16_384);
+        let max_connections = args.max_connections.unwrap_or(16_384);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
-        let overcommit = args.overcommit.or(file.overcommit).unwrap_or(1.0);
+        let overcommit = args.overcommit.unwrap_or(1.0);
         if !(1.0..=10.0).contains(&overcommit) {
             return Err(invalid(
                 "overcommit",
@@ -443,12 +236,12 @@ impl NodeConfig {
         }
         let master_key_file = args
             .master_key_file
-            .or(file.master_key_file)
             .unwrap_or_else(|| data_dir.join("master.key"));
         Ok(NodeConfig {
             master_key_file,
+            #[cfg(feature = "sabotage")]
             sabotage_stale_reads: args.sabotage_stale_reads,
-            placement_batch: args.placement_batch.or(file.placement_batch).unwrap_or(0),
+            placement_batch: args.placement_batch.unwrap_or(0),
             node_grace,
             header_timeout,
             max_connections,
@@ -458,7 +251,7 @@ impl NodeConfig {
             instance_ports,
             stop_grace,
             image_gc_after,
-            registry_auth: args.registry_auth.or(file.registry_auth),
+            registry_auth: args.registry_auth,
             id,
             data_dir,
             listen,
@@ -470,7 +263,6 @@ impl NodeConfig {
             insecure,
             containerd: args
                 .containerd
-                .or(file.containerd)
                 .unwrap_or_else(|| "/run/containerd/containerd.sock".into()),
             containerd_namespace,
             insecure_registries,
@@ -482,24 +274,31 @@ impl NodeConfig {
             scale_cap,
             snapshot_logs,
             heartbeat_ms,
-            log: args
-                .log
-                .or(file.log)
-                .unwrap_or_else(|| "info,openraft=warn".into()),
+            log: args.log.unwrap_or_else(|| "info,openraft=warn".into()),
         })
     }
 }
 
-fn load_file(p: &Path) -> Result<FileConfig, ConfigError> {
-    let path = p.display().to_string();
-    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError::File {
-        path,
-        message: e.to_string(),
-    })
+/// Flags and env vars over the `--config` file: one figment, extracted
+/// into the same struct (unknown file keys are refused).
+fn merge(args: Args) -> Result<Args, ConfigError> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(ConfigError::File {
+            path: shown,
+            message: "No such file or directory (os error 2)".into(),
+        });
+    }
+    Figment::from(Toml::file_exact(&path))
+        .merge(Serialized::defaults(args))
+        .extract()
+        .map_err(|e| ConfigError::File {
+            path: shown,
+            message: e.to_string(),
+        })
 }
 
 fn duration(
@@ -553,6 +352,7 @@ fn default_memory() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn args(extra: &[&str]) -> Args {
         let mut v = vec!["rouse-node", "--id", "1", "--data-dir", "/tmp/x"];

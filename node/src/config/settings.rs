@@ -1,0 +1,170 @@
+//! The one raw layer of settings: a flag (and its `ROUSE_*` env var) and a
+//! key of the `--config` TOML file for each, in one struct. Layers merge
+//! through figment; `NodeConfig::resolve` validates the result.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of `rouse-node`, as a flag (which also reads
+/// `ROUSE_<NAME>`) and as a key of the TOML file (the same name with `_`).
+/// Unset settings are absent, so that layers merge: flag or env var over
+/// file over default.
+#[derive(Debug, Parser, Default, Serialize, Deserialize)]
+#[command(name = "rouse-node", version, about = "A rouse cluster node")]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// Node id, unique in the cluster, at least 1.
+    #[arg(long, env = "ROUSE_ID")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Directory for the Raft log, state and snapshots.
+    #[arg(long, env = "ROUSE_DATA_DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the gRPC API and the peer service bind (HOST:PORT).
+    #[arg(long, env = "ROUSE_LISTEN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Address the routing mesh binds (HOST:PORT).
+    #[arg(long, env = "ROUSE_HTTP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Address other nodes use to reach --listen (default: --listen).
+    #[arg(long, env = "ROUSE_ADVERTISE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Start a new one-node cluster (first start only).
+    #[arg(long, env = "ROUSE_BOOTSTRAP", conflicts_with = "join")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap: bool,
+    /// Join the cluster through the node at HOST:PORT (first start only).
+    #[arg(long, env = "ROUSE_JOIN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
+    /// One-time token for --join (from the bootstrap node's
+    /// <data-dir>/join-token or `rouse cluster join-token`); gets this node
+    /// its cluster certificate.
+    #[arg(long, env = "ROUSE_JOIN_TOKEN", hide_env_values = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// Development only: plain, unencrypted peer traffic (no mTLS). Every
+    /// node of a cluster must agree.
+    #[arg(long, env = "ROUSE_INSECURE")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// containerd socket.
+    #[arg(long, env = "ROUSE_CONTAINERD")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd: Option<PathBuf>,
+    /// containerd namespace holding rouse's objects.
+    #[arg(long, env = "ROUSE_CONTAINERD_NAMESPACE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containerd_namespace: Option<String>,
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(
+        long = "insecure-registry",
+        env = "ROUSE_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registry: Vec<String>,
+    #[arg(long, env = "ROUSE_ZONE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[arg(long, env = "ROUSE_REGION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// CPU this node offers to instances, in mVCPU (default: all cores).
+    #[arg(long, env = "ROUSE_CPU_CAPACITY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_capacity: Option<u32>,
+    /// Memory this node offers to instances, in MB (default: all memory).
+    #[arg(long, env = "ROUSE_MEMORY_CAPACITY")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_capacity: Option<u32>,
+    /// Domain under which containers are served: NAME.NAMESPACE.DOMAIN.
+    #[arg(long, env = "ROUSE_BASE_DOMAIN")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_domain: Option<String>,
+    /// TOML file with the same settings (keys as the flags, with '_').
+    #[arg(long, env = "ROUSE_CONFIG")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+    /// Highest max-scale a container may ask for.
+    #[arg(long, env = "ROUSE_SCALE_CAP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_cap: Option<u32>,
+    /// Take a snapshot (and compact the log) after this many new entries.
+    #[arg(long, env = "ROUSE_SNAPSHOT_LOGS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_logs: Option<u64>,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "ROUSE_HEARTBEAT_MS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+    /// Log filter, as RUST_LOG (default: info).
+    #[arg(long, env = "ROUSE_LOG")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Host ports given to instances, LO-HI (default 20000-29999).
+    #[arg(long, env = "ROUSE_INSTANCE_PORTS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_ports: Option<String>,
+    /// Time an instance gets between SIGTERM and SIGKILL (default 10s).
+    #[arg(long, env = "ROUSE_STOP_GRACE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<String>,
+    /// Delete images no instance here has used for this long (default 10m).
+    #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_gc_after: Option<String>,
+    /// Pause an instance idle this long (memory kept, wakes in ms); 0 disables (default 30s).
+    #[arg(long, env = "ROUSE_SUSPEND_AFTER")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_after: Option<String>,
+    /// A node silent this long is marked down and its instances replaced (default 3s).
+    #[arg(long, env = "ROUSE_NODE_GRACE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_grace: Option<String>,
+    /// Time a client gets to send its request head to the mesh, and its
+    /// first bytes or TLS handshake to either listener (default 30s).
+    #[arg(long, env = "ROUSE_HEADER_TIMEOUT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// Open client connections the mesh serves at once; more wait to be
+    /// accepted (default 16384).
+    #[arg(long, env = "ROUSE_MAX_CONNECTIONS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// File with the master key that wraps the cluster data key (64 hex
+    /// characters, mode 0600; created by --bootstrap if absent). Every node
+    /// needs the same key to open secrets. Default: <data-dir>/master.key.
+    #[arg(long, env = "ROUSE_MASTER_KEY_FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// Chaos-suite sabotage: answer reads from local state without the
+    /// leader check (breaks linearizability on purpose). Only in builds
+    /// with the `sabotage` feature.
+    #[cfg(feature = "sabotage")]
+    #[arg(long, hide = true)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sabotage_stale_reads: bool,
+    /// Placements per Raft proposal (0: the whole plan of a pass in one).
+    #[arg(long, env = "ROUSE_PLACEMENT_BATCH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_batch: Option<usize>,
+    /// Place up to capacity × this ratio of cpu and memory (default 1.0).
+    #[arg(long, env = "ROUSE_OVERCOMMIT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overcommit: Option<f64>,
+    /// Autoscaler stable window (default 60s); the panic window is a tenth.
+    #[arg(long, env = "ROUSE_AUTOSCALE_WINDOW")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale_window: Option<String>,
+    /// TOML file of registry credentials: ["host:port"] username/password or token.
+    #[arg(long, env = "ROUSE_REGISTRY_AUTH")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<PathBuf>,
+}

@@ -1,0 +1,184 @@
+//! What this node knows of its own instances that the replicated state does
+//! not: requests in flight per instance (the concurrency slots), when each
+//! last had a request, which are suspended, and when each became ready.
+//! Shared by the mesh (which fills slots and wakes suspended instances) and
+//! the agent (which drains, suspends and forgets them).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::state::ContainerKey;
+
+/// A request to thaw a suspended local instance, answered once it runs.
+pub struct ResumeRequest {
+    pub id: String,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Where the mesh sends resume requests (the agent answers them).
+pub type Resumer = mpsc::Sender<ResumeRequest>;
+
+/// Asks the agent to resume `id` and waits for the answer.
+pub async fn resume(resumer: &Resumer, id: &str) -> Result<(), String> {
+    let (done, answer) = oneshot::channel();
+    resumer
+        .send(ResumeRequest {
+            id: id.to_string(),
+            done,
+        })
+        .await
+        .map_err(|_| "the node agent is not running".to_string())?;
+    answer
+        .await
+        .map_err(|_| "the node agent stopped".to_string())?
+}
+
+#[derive(Default)]
+pub struct LocalInstances {
+    slots: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Per container: woken whenever a slot of one of its instances frees.
+    freed: Mutex<HashMap<ContainerKey, Arc<Notify>>>,
+    last_used: Mutex<HashMap<String, Instant>>,
+    suspended: Mutex<HashSet<String>>,
+    ready_at: Mutex<HashMap<String, Instant>>,
+}
+
+/// One of an instance's concurrency slots; released when dropped.
+pub struct SlotGuard {
+    slot: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slot.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+}
+
+impl LocalInstances {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn slot(&self, id: &str) -> Arc<AtomicUsize> {
+        self.slots.lock().entry(id.to_string()).or_default().clone()
+    }
+
+    /// Woken when a slot of one of `key`'s local instances frees.
+    pub fn freed(&self, key: &ContainerKey) -> Arc<Notify> {
+        self.freed.lock().entry(key.clone()).or_default().clone()
+    }
+
+    /// Requests in flight to a local instance.
+    pub fn in_flight(&self, id: &str) -> usize {
+        self.slots
+            .lock()
+            .get(id)
+            .map_or(0, |s| s.load(Ordering::Acquire))
+    }
+
+    /// Takes one of `id`'s slots if fewer than `limit` are taken, and
+    /// records the use.
+    pub fn try_acquire(&self, key: &ContainerKey, id: &str, limit: usize) -> Option<SlotGuard> {
+        let slot = self.slot(id);
+        if slot.fetch_add(1, Ordering::AcqRel) >= limit {
+            slot.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.last_used.lock().insert(id.to_string(), Instant::now());
+        Some(SlotGuard {
+            slot,
+            freed: self.freed(key),
+        })
+    }
+
+    /// How long a local instance has had no request (none yet: since `since`).
+    pub fn idle_for(&self, id: &str, since: Instant) -> Duration {
+        let last = self.last_used.lock().get(id).copied().unwrap_or(since);
+        last.max(since).elapsed()
+    }
+
+    pub fn mark_suspended(&self, id: &str) {
+        self.suspended.lock().insert(id.to_string());
+    }
+
+    pub fn mark_resumed(&self, id: &str) {
+        self.suspended.lock().remove(id);
+        self.ready_at.lock().insert(id.to_string(), Instant::now());
+    }
+
+    pub fn is_suspended(&self, id: &str) -> bool {
+        self.suspended.lock().contains(id)
+    }
+
+    /// When the instance last became ready or was resumed (first asked: now).
+    pub fn ready_since(&self, id: &str) -> Instant {
+        *self
+            .ready_at
+            .lock()
+            .entry(id.to_string())
+            .or_insert_with(Instant::now)
+    }
+
+    pub fn mark_ready(&self, id: &str) {
+        self.ready_at.lock().insert(id.to_string(), Instant::now());
+    }
+
+    /// Waits until a (no longer routable) instance has no request in
+    /// flight, or `max` passes, then forgets it.
+    pub async fn drain(&self, id: &str, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        while self.in_flight(id) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.forget(id);
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.slots.lock().remove(id);
+        self.last_used.lock().remove(id);
+        self.suspended.lock().remove(id);
+        self.ready_at.lock().remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_released_by_their_guard() {
+        let l = LocalInstances::new();
+        let k = ContainerKey::new("ns", "web");
+        let a = l.try_acquire(&k, "i1", 2).expect("first slot");
+        let b = l.try_acquire(&k, "i1", 2).expect("second slot");
+        assert!(l.try_acquire(&k, "i1", 2).is_none(), "limit 2");
+        assert_eq!(l.in_flight("i1"), 2);
+        drop(a);
+        assert_eq!(l.in_flight("i1"), 1);
+        assert!(l.try_acquire(&k, "i1", 2).is_some());
+        drop(b);
+        assert!(l.idle_for("i1", Instant::now()) < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_waiters() {
+        let l = LocalInstances::new();
+        let k = ContainerKey::new("ns", "web");
+        let g = l.try_acquire(&k, "i1", 1).unwrap();
+        let freed = l.freed(&k);
+        let waiter = tokio::spawn(async move { freed.notified().await });
+        tokio::task::yield_now().await;
+        drop(g);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}

@@ -1,0 +1,235 @@
+//! The mesh's request path, layer by layer, with one span per request:
+//!
+//! ```text
+//!  route (Host → container) → authorize (private: token) → activate (hold
+//!  until an instance is ready, cold-starting one) → concurrency limit (a
+//!  slot on a local instance, or a hop) → timeout (the container's, from
+//!  arrival) → forward
+//! ```
+//!
+//! Each layer is a module of its own; a layer's error is a [`MeshError`],
+//! turned into a response in one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::activate::{Activator, Target};
+use super::authorize;
+use super::demand::Demand;
+use super::error::{text, MeshError, RespBody};
+use super::forward::{Held, Upstreams, HOP, ORIGINAL_HOST};
+use super::route::{self, Route};
+use crate::cluster::{now_ms, Cluster};
+use crate::local::{LocalInstances, Resumer};
+
+/// The mesh's own settings.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub base_domain: String,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Header carrying a request's id, generated when the client sent none.
+pub const REQUEST_ID: &str = "x-request-id";
+
+pub struct Mesh {
+    pub config: MeshConfig,
+    cluster: Arc<Cluster>,
+    demand: Demand,
+    activator: Activator,
+    upstreams: Upstreams,
+}
+
+impl Mesh {
+    pub fn new(
+        config: MeshConfig,
+        cluster: Arc<Cluster>,
+        local: Arc<LocalInstances>,
+        resumer: Resumer,
+        upstreams: Upstreams,
+    ) -> Arc<Self> {
+        Arc::new(Mesh {
+            activator: Activator::new(cluster.clone(), local, resumer),
+            config,
+            cluster,
+            demand: Demand::default(),
+            upstreams,
+        })
+    }
+
+    /// Per-container demand on this node (what the load reporter sends).
+    pub fn demand(&self) -> &Demand {
+        &self.demand
+    }
+
+    /// Serves one request. `peer`: it came from another node over mutual
+    /// TLS (or `--insecure`), so its hop headers are believed.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        peer: bool,
+    ) -> Response<RespBody> {
+        if !peer {
+            // A client cannot pose as another node's hop.
+            req.headers_mut().remove(HOP);
+            req.headers_mut().remove(ORIGINAL_HOST);
+        }
+        let id = request_id(req.headers_mut());
+        let host = host_of(&req);
+        let span = tracing::info_span!("request", id = %id, host = %host, node = self.cluster.id);
+        async {
+            let resp = self.serve(req, &host, remote).await;
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(Some(e)) => {
+                    tracing::debug!(error = %e, "answered by the mesh");
+                    e.into_response()
+                }
+                Err(None) => self.metrics(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert(REQUEST_ID, v);
+            }
+            resp
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// `Err(None)`: no container route (the metrics page may answer).
+    async fn serve(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        remote: SocketAddr,
+    ) -> Result<Response<RespBody>, Option<MeshError>> {
+        let route = {
+            let sm = self.cluster.sm.read();
+            match route::resolve(&sm.data, &self.config.base_domain, host) {
+                Ok(r) => r,
+                Err(MeshError::UnknownHost(_)) if req.uri().path() == "/metrics" => {
+                    return Err(None)
+                }
+                Err(e) => return Err(Some(e)),
+            }
+        };
+        if route.private {
+            let sm = self.cluster.sm.read();
+            authorize::authorize(
+                authorize::bearer(req.headers()),
+                &sm.data,
+                &route.key,
+                now_ms() / 1000,
+            )
+            .map_err(|e| Some(e.into()))?;
+        }
+        let demand = self.demand.enter(&route.key);
+        let hop = req.headers().contains_key(HOP);
+        let timeout = route.timeout;
+        let key = route.key.clone();
+        match tokio::time::timeout(timeout, self.pass(req, route, hop, remote, demand)).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(Some(MeshError::Timeout(key, timeout.as_secs()))),
+        }
+    }
+
+    /// Activate, take a slot (or hop), forward.
+    async fn pass(
+        &self,
+        req: Request<Incoming>,
+        route: Route,
+        hop: bool,
+        remote: SocketAddr,
+        demand: super::demand::DemandGuard,
+    ) -> Result<Response<RespBody>, MeshError> {
+        match self.activator.target(&route, hop, &self.demand).await? {
+            Target::Local { id, port, slot } => {
+                tracing::debug!(instance = %id, "to a local instance");
+                let held = Held {
+                    slot: Some(slot),
+                    demand: Some(demand),
+                };
+                let base = format!("http://127.0.0.1:{port}");
+                self.upstreams
+                    .forward(req, &base, route.protocol, remote, false, held)
+                    .await
+            }
+            Target::Remote { node, addr } => {
+                tracing::debug!(node, "to another node's mesh");
+                let base = format!("{}://{addr}", self.cluster.pool.scheme());
+                let held = Held {
+                    slot: None,
+                    demand: Some(demand),
+                };
+                self.upstreams
+                    .forward(req, &base, route.protocol, remote, true, held)
+                    .await
+            }
+        }
+    }
+
+    /// `GET /metrics` for any Host that names no container.
+    fn metrics(&self) -> Response<RespBody> {
+        let body = {
+            let sm = self.cluster.sm.read();
+            let raft = self.cluster.raft.metrics().borrow().clone();
+            super::metrics::render(&sm.data, &raft, &self.demand.loads())
+        };
+        let mut r = text(StatusCode::OK, body);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        r
+    }
+}
+
+/// The Host a request names (across a hop, the client's original one).
+fn host_of<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(ORIGINAL_HOST)
+        .or_else(|| req.headers().get(HOST))
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// The request's id: the client's `X-Request-Id` when it sent a sane one,
+/// else a new one, set on the request so the instance sees it.
+fn request_id(h: &mut http::HeaderMap) -> String {
+    let given = h
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(REQUEST_ID, v);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_or_made() {
+        let mut h = http::HeaderMap::new();
+        let made = request_id(&mut h);
+        assert_eq!(made.len(), 32);
+        assert_eq!(h[REQUEST_ID], made.as_str());
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-1"));
+        assert_eq!(request_id(&mut h), "abc-1");
+    }
+}
