@@ -508,7 +508,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             })
             .collect();
         let v = tokio::task::spawn_blocking(move || {
-            linearizable::check(workload::INITIAL, &ops, 5_000_000)
+            linearizable::check(workload::INITIAL, &ops, &linearizable::Budget::default()).verdict
         })
         .await?;
         keys.insert(key, format!("{v:?}").to_lowercase());
