@@ -10,6 +10,8 @@
 //!   min-scale 2 container, counting every answer;
 //! - [`run`]: the seeded fault schedule, heal and checks;
 //! - [`check`]: one module per invariant (linearizability, lost writes);
+//! - [`history`]: the register history as JSON lines for outside checkers,
+//!   and back;
 //! - [`report`]: JSON, summary and an SVG timeline.
 
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod history;
 pub mod mesh;
 pub mod proxy;
 pub mod registers;

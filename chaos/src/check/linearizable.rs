@@ -20,7 +20,7 @@
 //! Keys are independent registers, so checking them one at a time is exact
 //! (linearizability is compositional over objects).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub enum Verdict {
 /// What one key's search may spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Budget {
-    #[serde(serialize_with = "as_secs")]
+    #[serde(rename = "time_s", serialize_with = "as_secs")]
     pub time: Duration,
     /// Estimated bytes held by the search (cache, bitsets, stack).
     pub memory_bytes: usize,
@@ -97,6 +97,56 @@ pub struct KeyCheck {
     /// place, or the budget that ran out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Every key's verdict (keys checked one at a time) and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checked {
+    /// `true`; `false`; or `null` when a search ran out of budget, which
+    /// is a failure.
+    pub linearizable: Option<bool>,
+    pub registers: usize,
+    pub not_linearizable: Vec<String>,
+    pub unknown: Vec<String>,
+    /// Wall-clock time of the whole check.
+    pub time_s: f64,
+    /// The largest per-key peak estimate: keys are checked one at a time.
+    pub peak_memory_bytes: usize,
+    pub budget_per_key: Budget,
+    pub keys: BTreeMap<String, KeyCheck>,
+}
+
+/// Checks every key of `by_key`, each from `initial` within `budget`.
+pub fn check_keys(initial: &str, by_key: &BTreeMap<String, Vec<Op>>, budget: &Budget) -> Checked {
+    let started = Instant::now();
+    let keys: BTreeMap<String, KeyCheck> = by_key
+        .iter()
+        .map(|(k, ops)| (k.clone(), check(initial, ops, budget)))
+        .collect();
+    let with = |v: Verdict| -> Vec<String> {
+        keys.iter()
+            .filter(|(_, c)| c.verdict == v)
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let not_linearizable = with(Verdict::NotLinearizable);
+    let unknown = with(Verdict::Unknown);
+    Checked {
+        linearizable: if !not_linearizable.is_empty() {
+            Some(false)
+        } else if !unknown.is_empty() {
+            None
+        } else {
+            Some(true)
+        },
+        registers: keys.len(),
+        not_linearizable,
+        unknown,
+        time_s: started.elapsed().as_secs_f64(),
+        peak_memory_bytes: keys.values().map(|c| c.memory_bytes).max().unwrap_or(0),
+        budget_per_key: *budget,
+        keys,
+    }
 }
 
 /// A register value interned as a small integer; 0 is the initial value.
@@ -901,5 +951,36 @@ mod tests {
         }
         // Both verdicts well represented.
         assert!(yes > 500 && no > 500, "{yes} linearizable, {no} not");
+    }
+
+    #[test]
+    fn one_bad_key_fails_the_run_and_unknown_is_not_a_pass() {
+        let mut by_key = BTreeMap::new();
+        by_key.insert("r0".to_string(), vec![w(0, Some(1), "a"), r(2, 3, "a")]);
+        by_key.insert("r1".to_string(), vec![r(0, 1, "init")]);
+        let c = check_keys("init", &by_key, &Budget::default());
+        assert_eq!(c.linearizable, Some(true));
+        assert_eq!(c.registers, 2);
+        by_key.insert("r2".to_string(), vec![w(0, Some(1), "a"), r(2, 3, "init")]);
+        let c = check_keys("init", &by_key, &Budget::default());
+        assert_eq!(c.linearizable, Some(false));
+        assert_eq!(c.not_linearizable, vec!["r2"]);
+        let mut hard: Vec<Op> = (0..40)
+            .map(|i| w(0, Some(1000), &format!("v{i}")))
+            .collect();
+        hard.extend([
+            r(2000, 2001, "v0"),
+            w(2002, Some(2003), "v0"),
+            r(2004, 2005, "v1"),
+        ]);
+        by_key.remove("r2");
+        by_key.insert("r3".to_string(), hard);
+        let tight = Budget {
+            time: Duration::from_millis(100),
+            memory_bytes: 1 << 20,
+        };
+        let c = check_keys("init", &by_key, &tight);
+        assert_eq!(c.linearizable, None);
+        assert_eq!(c.unknown, vec!["r3"]);
     }
 }
