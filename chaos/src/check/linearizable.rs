@@ -983,4 +983,78 @@ mod tests {
         assert_eq!(c.linearizable, None);
         assert_eq!(c.unknown, vec!["r3"]);
     }
+
+    /// A simulated linearizable register under `clients` clients doing
+    /// `per_client` operations each: every operation takes effect at a
+    /// random point inside its interval; 3% time out (unknown), half of
+    /// those never taking effect. `stale`: one read in the middle returns
+    /// the value from a hundred writes earlier.
+    fn simulated(clients: u64, per_client: u64, seed: u64, stale: bool) -> Vec<Op> {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        // (effect time or None, op index)
+        let mut effects: Vec<(u64, usize)> = Vec::new();
+        let mut ops = Vec::new();
+        for c in 0..clients {
+            let mut t = rng.random_range(0..100);
+            for i in 0..per_client {
+                let invoke = t;
+                let effect = invoke + rng.random_range(1..2_000);
+                let complete = effect + rng.random_range(1..2_000);
+                let timed_out = rng.random_bool(0.03);
+                let write = rng.random_bool(0.5);
+                let kind = if write {
+                    Kind::Write(format!("c{c}-{i}"))
+                } else {
+                    Kind::Read(String::new())
+                };
+                if !(timed_out && (!write || rng.random_bool(0.5))) {
+                    effects.push((effect, ops.len()));
+                }
+                ops.push(Op {
+                    invoke,
+                    complete: (!timed_out).then_some(complete),
+                    kind,
+                });
+                t = if timed_out { invoke + 5_000 } else { complete } + rng.random_range(1..50);
+            }
+        }
+        effects.sort_unstable();
+        let mut value = "init".to_string();
+        let mut written = vec![value.clone()];
+        let mut reads = 0;
+        for (_, i) in effects {
+            match &mut ops[i].kind {
+                Kind::Write(v) => {
+                    value = v.clone();
+                    written.push(value.clone());
+                }
+                Kind::Read(seen) => {
+                    reads += 1;
+                    *seen = if stale && reads == per_client * clients / 4 {
+                        written[written.len().saturating_sub(101)].clone()
+                    } else {
+                        value.clone()
+                    };
+                }
+            }
+        }
+        // Reads that timed out never got a value.
+        ops.retain(|o| !(o.complete.is_none() && matches!(o.kind, Kind::Read(_))));
+        ops
+    }
+
+    #[test]
+    fn a_long_single_key_history_with_timeouts_is_decided() {
+        // The shape that used to exhaust the budget: no rotation, 8 clients,
+        // 12,000 operations on one key, hundreds of unknown writes.
+        let h = simulated(8, 1_500, 5, false);
+        let c = check("init", &h, &Budget::default());
+        assert_eq!(c.verdict, Verdict::Linearizable, "{c:?}");
+        assert!(c.unknown_writes > 100, "{c:?}");
+        assert!(c.memory_bytes < 64 << 20, "{c:?}");
+        let c = check("init", &simulated(8, 1_500, 5, true), &Budget::default());
+        assert_eq!(c.verdict, Verdict::NotLinearizable, "{c:?}");
+    }
 }
