@@ -57,9 +57,10 @@ pub fn summary(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "rouse-chaos seed {} — {} nodes, {:.0}s{}",
+        "rouse-chaos seed {} — {} nodes, {} clients, {:.0}s{}",
         r.seed,
         r.nodes,
+        r.clients,
         r.duration_s,
         r.sabotage
             .as_ref()
