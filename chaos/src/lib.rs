@@ -4,11 +4,14 @@
 //! - [`cluster`]: node processes, each behind a [`proxy`] that can cut,
 //!   delay or drop its links;
 //! - [`workload`]: clients recording a history of register reads and writes
-//!   and create-only writes;
+//!   and create-only writes, on registers that [`registers`] rotates so
+//!   every key's history stays small;
 //! - [`mesh`]: with containerd, requests through every node's mesh to a
 //!   min-scale 2 container, counting every answer;
 //! - [`run`]: the seeded fault schedule, heal and checks;
 //! - [`check`]: one module per invariant (linearizability, lost writes);
+//! - [`history`]: the register history as JSON lines for outside checkers,
+//!   and back;
 //! - [`report`]: JSON, summary and an SVG timeline.
 
 #![forbid(unsafe_code)]
@@ -16,8 +19,10 @@
 
 pub mod check;
 pub mod cluster;
+pub mod history;
 pub mod mesh;
 pub mod proxy;
+pub mod registers;
 pub mod report;
 pub mod run;
 pub mod workload;

@@ -3,21 +3,64 @@
 
 use std::fmt::Write;
 
+use crate::check::linearizable::Checked;
 use crate::run::Report;
 use crate::workload::Outcome;
 
-pub fn summary(r: &Report) -> String {
-    let lin = match r.linearizable {
-        Some(true) => "yes".to_string(),
-        Some(false) => "NO".to_string(),
-        None => "unknown (checker budget exhausted)".to_string(),
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The checker's lines of a summary: verdict, registers, cost, and why any
+/// register failed.
+pub fn check_summary(c: &Checked) -> String {
+    let lin = match c.linearizable {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "unknown (checker budget exhausted: a failure)",
     };
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "rouse-chaos seed {} — {} nodes, {:.0}s{}",
+        "linearizable: {lin} ({} registers: {} not linearizable, {} unknown)",
+        c.registers,
+        c.not_linearizable.len(),
+        c.unknown.len()
+    );
+    let ops: usize = c.keys.values().map(|k| k.operations).sum();
+    let unknown: usize = c.keys.values().map(|k| k.unknown_writes).sum();
+    let pruned: usize = c.keys.values().map(|k| k.pruned_unknown_writes).sum();
+    let largest = c.keys.values().map(|k| k.operations).max().unwrap_or(0);
+    let slowest = c
+        .keys
+        .iter()
+        .max_by(|a, b| a.1.time_ms.total_cmp(&b.1.time_ms))
+        .map(|(k, v)| format!("{k} {:.0} ms", v.time_ms))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "check: {ops} operations checked (largest register {largest}; {unknown} unknown writes, {pruned} of them unseen and dropped) in {:.2} s, peak search memory {} (estimate); slowest {slowest}; budget per register {:.0} s, {}",
+        c.time_s,
+        mib(c.peak_memory_bytes as u64),
+        c.budget_per_key.time.as_secs_f64(),
+        mib(c.budget_per_key.memory_bytes as u64),
+    );
+    for k in c.not_linearizable.iter().chain(&c.unknown).take(10) {
+        if let Some(why) = c.keys.get(k).and_then(|v| v.reason.as_ref()) {
+            let _ = writeln!(s, "  {k}: {why}");
+        }
+    }
+    s
+}
+
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rouse-chaos seed {} — {} nodes, {} clients, {:.0}s{}",
         r.seed,
         r.nodes,
+        r.clients,
         r.duration_s,
         r.sabotage
             .as_ref()
@@ -40,7 +83,26 @@ pub fn summary(r: &Report) -> String {
             f.detail
         );
     }
-    let _ = writeln!(s, "linearizable: {lin} {:?}", r.keys);
+    let _ = writeln!(
+        s,
+        "registers: {} created, {} with operations, {} deleted after use (clients move on after {} operations or {} unknown writes)",
+        r.registers.created,
+        r.check.registers,
+        r.registers.deleted,
+        r.registers.config.ops_per_register,
+        r.registers.config.unknown_writes_per_register
+    );
+    s.push_str(&check_summary(&r.check));
+    if let Some(rss) = r.process_peak_rss_bytes {
+        let _ = writeln!(s, "peak memory (whole harness process): {}", mib(rss));
+    }
+    if let Some(f) = &r.history_file {
+        let _ = writeln!(
+            s,
+            "history: {f} (JSON lines; initial value {:?})",
+            r.initial_value
+        );
+    }
     let _ = writeln!(
         s,
         "lost acknowledged writes: {}",
@@ -67,6 +129,9 @@ pub fn summary(r: &Report) -> String {
     s
 }
 
+/// Timelines draw every operation up to this many.
+const SVG_ALL_OPERATIONS: usize = 20_000;
+
 /// A timeline: one row per client, one bar per operation (green ok,
 /// orange failed, red unknown; reads thin), faults as shaded bands.
 pub fn svg(r: &Report) -> String {
@@ -79,7 +144,7 @@ pub fn svg(r: &Report) -> String {
     let end = r
         .history
         .iter()
-        .map(|e| e.complete_ms)
+        .map(|e| e.complete_ns / 1_000_000)
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -146,7 +211,21 @@ pub fn svg(r: &Report) -> String {
         let y = top + row * c as f64;
         let _ = write!(s, r#"<text x="10" y="{:.1}">client {c}</text>"#, y + 15.0);
     }
-    for e in &r.history {
+    // A long run's every operation would make a file of tens of megabytes:
+    // past this many, acknowledged operations are left out.
+    let thin = r.history.len() > SVG_ALL_OPERATIONS;
+    if thin {
+        let _ = write!(
+            s,
+            r##"<text x="10" y="48" fill="#555">{} operations: only failed and unknown ones drawn</text>"##,
+            r.history.len()
+        );
+    }
+    for e in r
+        .history
+        .iter()
+        .filter(|e| !thin || e.outcome != Outcome::Ok)
+    {
         let y = top + row * e.client as f64 + if e.op == "read" { 14.0 } else { 6.0 };
         let color = match e.outcome {
             Outcome::Ok => "#2e7d32",
@@ -154,7 +233,7 @@ pub fn svg(r: &Report) -> String {
             Outcome::Unknown => "#c62828",
         };
         let height = if e.op == "read" { 3.0 } else { 6.0 };
-        let (x0, x1) = (x(e.invoke_ms), x(e.complete_ms));
+        let (x0, x1) = (x(e.invoke_ns / 1_000_000), x(e.complete_ns / 1_000_000));
         let _ = write!(
             s,
             r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.2}" height="{height}" fill="{color}"><title>{} {} {} {:?} {}–{} ms (node {})</title></rect>"##,
@@ -163,8 +242,8 @@ pub fn svg(r: &Report) -> String {
             e.key,
             e.value,
             e.outcome,
-            e.invoke_ms,
-            e.complete_ms,
+            e.invoke_ns / 1_000_000,
+            e.complete_ns / 1_000_000,
             e.node
         );
     }

@@ -6,9 +6,13 @@
 //!         delay), membership (remove a node, add a fresh one)
 //!      ─▶ heal ─▶ convergence (equal digests) ─▶ checks ─▶ report
 //! ```
+//!
+//! While it runs, a line of progress (operations and faults so far) goes to
+//! stderr every `Options::progress`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +20,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::check::linearizable::{self, Kind, Op, Verdict};
+use crate::check::linearizable::{self, Budget, Checked};
 use crate::cluster::Cluster;
+use crate::registers::{RegisterConfig, Registers};
 use crate::workload::{self, Event, Outcome};
 
 pub struct Options {
@@ -29,6 +34,14 @@ pub struct Options {
     /// containerd socket and registry: adds a mesh workload on a min-scale 2
     /// container.
     pub runtime: Option<(String, String)>,
+    /// How registers rotate.
+    pub registers: RegisterConfig,
+    /// What checking one register may spend.
+    pub budget: Budget,
+    /// Write the register history here, as JSON lines.
+    pub history: Option<PathBuf>,
+    /// Print progress this often (`None`: never).
+    pub progress: Option<Duration>,
 }
 
 /// What the mesh workload saw.
@@ -48,12 +61,23 @@ pub struct Fault {
     pub end_ms: u64,
 }
 
+/// The registers a run went through.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistersReport {
+    #[serde(flatten)]
+    pub config: RegisterConfig,
+    pub created: usize,
+    /// Retired and deleted during the run.
+    pub deleted: usize,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub seed: u64,
     pub nodes: u64,
     pub duration_s: f64,
     pub sabotage: Option<String>,
+    pub clients: usize,
     pub operations: usize,
     pub ok: usize,
     pub failed: usize,
@@ -61,7 +85,18 @@ pub struct Report {
     pub faults: Vec<Fault>,
     /// `true`, `false`, or `null` when the checker ran out of budget.
     pub linearizable: Option<bool>,
+    /// Each register's verdict.
     pub keys: BTreeMap<String, String>,
+    /// Every register's value before its first write.
+    pub initial_value: String,
+    pub registers: RegistersReport,
+    /// The checker's verdicts, time, memory and budget, per register.
+    pub check: Checked,
+    /// Where the register history was written (JSON lines).
+    pub history_file: Option<String>,
+    /// The harness process's peak resident memory (Linux `VmHWM`), checker
+    /// included.
+    pub process_peak_rss_bytes: Option<u64>,
     pub lost_acknowledged_writes: usize,
     pub lost: Vec<String>,
     pub converged: bool,
@@ -169,7 +204,8 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         cluster.add(id, Some(1)).await?;
     }
     wait_voters(&cluster, opts.nodes as usize, Duration::from_secs(60)).await?;
-    workload::setup(&cluster.endpoint(1)).await?;
+    let registers = Arc::new(Mutex::new(Registers::new(opts.registers)));
+    workload::setup(&cluster.endpoint(1), &registers).await?;
     let mesh_on = match &opts.runtime {
         Some((_, reg)) => {
             crate::mesh::deploy(&cluster.endpoint(1), reg).await?;
@@ -203,17 +239,39 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             )));
         }
     }
+    let shared = workload::Shared {
+        endpoints: endpoints.clone(),
+        registers: registers.clone(),
+        history: history.clone(),
+        start,
+        until,
+        clients: opts.clients,
+    };
     let mut clients = Vec::new();
     for id in 0..opts.clients {
         clients.push(tokio::spawn(workload::client(
             id,
             opts.seed,
-            endpoints.clone(),
-            start,
-            until,
-            history.clone(),
+            shared.clone(),
         )));
     }
+    let keeper = tokio::spawn(workload::keeper(
+        opts.seed,
+        registers.clone(),
+        endpoints.clone(),
+        until,
+    ));
+    let faults_so_far = Arc::new(AtomicUsize::new(0));
+    let progress = opts.progress.map(|every| {
+        tokio::spawn(progress(
+            every,
+            start,
+            opts.duration,
+            shared.clone(),
+            faults_so_far.clone(),
+            mesh_counts.clone(),
+        ))
+    });
 
     // The fault schedule comes from the seed alone.
     let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -379,6 +437,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                 ("process-pause", format!("SIGSTOP node {v} for {hold:?}"))
             }
         };
+        faults_so_far.fetch_add(1, Ordering::Relaxed);
         faults.push(Fault {
             kind: kind_label.to_string(),
             detail,
@@ -392,6 +451,10 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     for c in mesh_clients {
         let _ = c.await;
+    }
+    let _ = keeper.await;
+    if let Some(p) = progress {
+        p.abort();
     }
 
     // Heal everything.
@@ -480,47 +543,36 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         lost.extend(crate::check::lost::missing(&history, &names));
     }
 
-    // Per-key linearizability.
-    let mut keys = BTreeMap::new();
-    let mut verdicts = Vec::new();
-    for k in 0..workload::KEYS {
-        let key = workload::register_name(k);
-        let ops: Vec<Op> = history
-            .iter()
-            .filter(|e| e.key == key)
-            .filter_map(|e| match (e.op, &e.outcome) {
-                ("write", Outcome::Ok) => Some(Op {
-                    invoke: e.invoke_ms,
-                    complete: Some(e.complete_ms),
-                    kind: Kind::Write(e.value.clone()),
-                }),
-                ("write", Outcome::Unknown) => Some(Op {
-                    invoke: e.invoke_ms,
-                    complete: None,
-                    kind: Kind::Write(e.value.clone()),
-                }),
-                ("read", Outcome::Ok) => Some(Op {
-                    invoke: e.invoke_ms,
-                    complete: Some(e.complete_ms),
-                    kind: Kind::Read(e.value.clone()),
-                }),
-                _ => None,
-            })
-            .collect();
-        let v = tokio::task::spawn_blocking(move || {
-            linearizable::check(workload::INITIAL, &ops, 5_000_000)
-        })
-        .await?;
-        keys.insert(key, format!("{v:?}").to_lowercase());
-        verdicts.push(v);
-    }
-    let linearizable = if verdicts.contains(&Verdict::NotLinearizable) {
-        Some(false)
-    } else if verdicts.contains(&Verdict::Unknown) {
-        None
-    } else {
-        Some(true)
+    // Per-key linearizability, over the history as exported.
+    let lines = crate::history::from_events(&history);
+    let history_file = match &opts.history {
+        Some(path) => match write_history(path, &lines) {
+            Ok(()) => Some(path.display().to_string()),
+            Err(e) => {
+                eprintln!("rouse-chaos: {}: {e}", path.display());
+                None
+            }
+        },
+        None => None,
     };
+    let by_key = crate::history::ops_by_key(&lines)?;
+    drop(lines);
+    let budget = opts.budget;
+    eprintln!(
+        "rouse-chaos: checking {} registers ({} operations)",
+        by_key.len(),
+        by_key.values().map(Vec::len).sum::<usize>()
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        linearizable::check_keys(workload::INITIAL, &by_key, &budget)
+    })
+    .await?;
+    let keys: BTreeMap<String, String> = checked
+        .keys
+        .iter()
+        .map(|(k, c)| (k.clone(), verdict_name(c.verdict)))
+        .collect();
+    let linearizable = checked.linearizable;
     let panics = cluster.panics();
     let count = |o: Outcome| history.iter().filter(|e| e.outcome == o).count();
     let converged = converged_after.is_some();
@@ -539,6 +591,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         nodes: opts.nodes,
         duration_s: opts.duration.as_secs_f64(),
         sabotage: opts.sabotage_stale_reads.then(|| "stale-reads".to_string()),
+        clients: opts.clients,
         operations: history.len(),
         ok: count(Outcome::Ok),
         failed: count(Outcome::Fail),
@@ -546,6 +599,18 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         faults,
         linearizable,
         keys,
+        initial_value: workload::INITIAL.to_string(),
+        registers: {
+            let r = registers.lock().unwrap_or_else(|p| p.into_inner());
+            RegistersReport {
+                config: r.config(),
+                created: r.created_count(),
+                deleted: r.deleted_count(),
+            }
+        },
+        check: checked,
+        history_file,
+        process_peak_rss_bytes: peak_rss_bytes(),
         lost_acknowledged_writes: lost.len(),
         lost: lost.into_iter().collect(),
         converged,
@@ -556,4 +621,77 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         passed,
         history,
     })
+}
+
+fn verdict_name(v: linearizable::Verdict) -> String {
+    match v {
+        linearizable::Verdict::Linearizable => "linearizable",
+        linearizable::Verdict::NotLinearizable => "not_linearizable",
+        linearizable::Verdict::Unknown => "unknown",
+    }
+    .to_string()
+}
+
+fn write_history(
+    path: &std::path::Path,
+    lines: &[crate::history::Line],
+) -> Result<(), crate::history::HistoryError> {
+    let file = std::fs::File::create(path)?;
+    crate::history::write(std::io::BufWriter::new(file), lines)
+}
+
+/// This process's peak resident set size, where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Prints, every `every`, how far the run is: operations and faults so far.
+async fn progress(
+    every: Duration,
+    start: Instant,
+    duration: Duration,
+    shared: workload::Shared,
+    faults: Arc<AtomicUsize>,
+    mesh: Arc<Mutex<BTreeMap<String, usize>>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (ops, unknown) = {
+            let h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+            let unknown = h.iter().filter(|e| e.outcome == Outcome::Unknown).count();
+            (h.len(), unknown)
+        };
+        let (created, deleted) = {
+            let r = shared.registers.lock().unwrap_or_else(|p| p.into_inner());
+            (r.created_count(), r.deleted_count())
+        };
+        let mesh: usize = mesh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum();
+        let mesh = if mesh > 0 {
+            format!(", mesh requests {mesh}")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "rouse-chaos: [{:>5.0}s/{:.0}s] operations {ops} ({unknown} unknown), faults {}, registers {created} ({} live){mesh}",
+            start.elapsed().as_secs_f64(),
+            duration.as_secs_f64(),
+            faults.load(Ordering::Relaxed),
+            created - deleted,
+        );
+    }
 }

@@ -1,13 +1,18 @@
 //! The chaos suite, short and seeded: a 3-node run with faults passes, and
-//! the same run with stale reads sabotaged is caught by the checker.
+//! the same run with stale reads sabotaged is caught by the checker. Each
+//! run's exported history, checked again by `rouse-chaos check`, gets the
+//! same verdict.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::process::Command;
 
-fn run(extra: &[&str]) -> (i32, serde_json::Value, String) {
+/// Exit code, report, output, and the exit code of `rouse-chaos check` on
+/// the run's history.
+fn run(extra: &[&str]) -> (i32, serde_json::Value, String, i32) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
+    let history = dir.path().join("history.jsonl");
     let out = Command::new(rouse_e2e::bin_dir().join("rouse-chaos"))
         .args([
             "run",
@@ -20,6 +25,8 @@ fn run(extra: &[&str]) -> (i32, serde_json::Value, String) {
             "--report",
         ])
         .arg(&report)
+        .arg("--history")
+        .arg(&history)
         .args(extra)
         .output()
         .expect("run rouse-chaos");
@@ -35,14 +42,34 @@ fn run(extra: &[&str]) -> (i32, serde_json::Value, String) {
         dir.path().join("report.svg").exists() || v.is_null(),
         "timeline missing"
     );
-    (out.status.code().unwrap_or(-1), v, text)
+    // The history's contract shape, and its verdict read back.
+    let lines = std::fs::read_to_string(&history).unwrap_or_default();
+    let first: serde_json::Value =
+        serde_json::from_str(lines.lines().next().unwrap_or("null")).unwrap();
+    for field in ["process", "type", "f", "key", "value", "time"] {
+        assert!(first.get(field).is_some(), "{field} missing: {first}");
+    }
+    let check = Command::new(rouse_e2e::bin_dir().join("rouse-chaos"))
+        .arg("check")
+        .arg(&history)
+        .output()
+        .expect("run rouse-chaos check");
+    println!("{}", String::from_utf8_lossy(&check.stdout));
+    (
+        out.status.code().unwrap_or(-1),
+        v,
+        text,
+        check.status.code().unwrap_or(-1),
+    )
 }
 
 #[test]
 fn seeded_run_passes_and_sabotage_is_caught() {
-    let (code, v, text) = run(&[]);
+    let (code, v, text, rechecked) = run(&[]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(v["linearizable"], true);
+    assert_eq!(v["initial_value"], "init");
+    assert_eq!(rechecked, 0, "the exported history did not pass again");
     assert_eq!(v["lost_acknowledged_writes"], 0);
     assert_eq!(v["converged"], true);
     assert_eq!(v["seed"], 7);
@@ -63,7 +90,8 @@ fn seeded_run_passes_and_sabotage_is_caught() {
         );
     }
 
-    let (code, v, text) = run(&["--sabotage", "stale-reads"]);
+    let (code, v, text, rechecked) = run(&["--sabotage", "stale-reads"]);
     assert_ne!(code, 0, "sabotaged run passed:\n{text}");
     assert_eq!(v["linearizable"], false, "{text}");
+    assert_eq!(rechecked, 1, "the sabotaged history passed when read back");
 }

@@ -22,12 +22,13 @@ mod tests {
     fn create(v: &str, outcome: Outcome) -> Event {
         Event {
             client: 0,
+            process: 0,
             node: 1,
             key: "set".into(),
             op: "create",
             value: v.into(),
-            invoke_ms: 0,
-            complete_ms: 1,
+            invoke_ns: 0,
+            complete_ns: 1,
             outcome,
         }
     }
