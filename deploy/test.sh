@@ -16,7 +16,7 @@ export CARGO_TERM_COLOR=never
 features=(--features rouse-node/sabotage)
 cargo build --bins "${features[@]}"
 rc=0
-cargo test "${features[@]}" --no-fail-fast -p rouse-proto -p rouse-node -p rouse-client -p rouse-chaos -- --test-threads=2 "$@" || rc=$?
+cargo test "${features[@]}" --no-fail-fast -p rouse-proto -p rouse-node -p rouse-client -p rouse-chaos -p rouse-testkit -- --test-threads=2 "$@" || rc=$?
 # End-to-end tests print what they measure (failover time, ...).
 cargo test "${features[@]}" --no-fail-fast -p rouse-e2e -- --test-threads=2 --nocapture "$@" || rc=$?
 exit $rc

@@ -7,13 +7,13 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use rouse_testkit::cluster::{Cluster as Kit, Template};
 
 #[derive(Parser)]
 #[command(name = "rouse-bench")]
@@ -73,35 +73,99 @@ enum Cmd {
     },
 }
 
-/// Admin key of the cluster under test (benchmarks start one at a time).
-static TOKEN: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// Waits for the bootstrap node's admin key under `data_dir` and uses it.
-async fn take_token(data_dir: &Path) {
-    let p = data_dir.join("admin-token");
-    for _ in 0..400 {
-        if let Ok(t) = std::fs::read_to_string(&p) {
-            if !t.trim().is_empty() {
-                *TOKEN.lock().unwrap() = Some(t.trim().to_string());
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never appeared", p.display());
-}
-
-async fn connect(url: &str) -> Result<rouse_client::Client, rouse_client::Error> {
-    let t = TOKEN.lock().unwrap().clone();
-    rouse_client::Client::connect(url, t.as_deref()).await
-}
-
+/// A port for a baseline program that binds its own (etcd, nginx, ctr run).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rouse_testkit::listener::pick_port(std::net::IpAddr::from([127, 0, 0, 1])).expect("a free port")
+}
+
+/// A rouse cluster under benchmark, on the test kit's harness (nodes on
+/// listeners the harness holds).
+struct Rouse {
+    kit: Kit,
+    token: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Rouse {
+    /// Starts `n` nodes (node 1 bootstraps, the others join it) with
+    /// `common` flags and each node's own from `per_node`, and waits until
+    /// all are voters.
+    async fn start(n: u64, common: &[String], per_node: impl Fn(u64) -> Vec<String>) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let refs: Vec<&str> = common.iter().map(String::as_str).collect();
+        let mut template = Template::new(rouse_testkit::env::binary("rouse-node"), &refs);
+        template.env.clear();
+        let mut kit = Kit::new(tmp.path(), template);
+        for id in 1..=n {
+            let extra = per_node(id);
+            let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
+            kit.add(id, (id > 1).then_some(1), &refs)
+                .await
+                .unwrap_or_else(|e| panic!("starting node {id}: {e:#}"));
+        }
+        kit.wait_voters(n as usize).await;
+        let token = kit.admin_token().await;
+        Rouse {
+            kit,
+            token,
+            _tmp: tmp,
+        }
+    }
+
+    fn endpoint(&self, id: u64) -> String {
+        self.kit.endpoint(id)
+    }
+
+    /// Node `id`'s mesh address (HOST:PORT).
+    fn http(&self, id: u64) -> String {
+        self.kit.nodes[&id].http.addr().to_string()
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.kit.nodes[&id].spec.data_dir.clone()
+    }
+
+    async fn connect(&self, id: u64) -> Result<rouse_client::Client, rouse_client::Error> {
+        rouse_client::Client::connect(&self.endpoint(id), Some(&self.token)).await
+    }
+
+    /// A client of node 1 once it takes writes, with a `bench` namespace.
+    async fn bench_namespace(&self) -> rouse_client::Client {
+        let c = self.kit.client(1).await;
+        rouse_testkit::eventually("a bench namespace", || {
+            let mut c = c.clone();
+            async move { c.create_namespace("bench", Default::default()).await }
+        })
+        .await;
+        c
+    }
+}
+
+/// Flags of a node on the test containerd: its containerd namespace, the
+/// registry, a block of 100 instance ports of its own.
+fn runtime_flags(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> Vec<String> {
+    static BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let block = BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
+    let lo = 23000 + u64::from(block) * 100;
+    let mut args: Vec<String> = [
+        "--containerd",
+        sock,
+        "--containerd-namespace",
+        ns,
+        "--insecure-registry",
+        reg,
+        "--instance-ports",
+        &format!("{lo}-{}", lo + 99),
+        "--log",
+        "warn",
+        "--stop-grace",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 struct Procs(Vec<Child>);
@@ -179,10 +243,6 @@ where
     Stats::from(all, start.elapsed())
 }
 
-async fn start_rouse(dir: &Path, bin_dir: &Path, procs: &mut Procs) -> Vec<String> {
-    three_nodes(dir, bin_dir, procs, &[]).await
-}
-
 async fn start_etcd(dir: &Path, procs: &mut Procs) -> Vec<String> {
     let peers: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = peers
@@ -243,18 +303,14 @@ fn payload(i: usize) -> String {
 }
 
 async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow::Result<()> {
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let rouse_eps = start_rouse(tmp.path(), &bin_dir, &mut procs).await;
+    let rouse = three_nodes(&[]).await;
     let etcd_eps = start_etcd(tmp.path(), &mut procs).await;
 
     let mut rouse_clients = Vec::new();
     for i in 0..clients.max(1) {
-        rouse_clients.push(connect(&rouse_eps[i % 3]).await?);
+        rouse_clients.push(rouse.connect(i as u64 % 3 + 1).await?);
     }
     let rouse_clients = Arc::new(rouse_clients);
     let etcd = etcd_client::Client::connect(etcd_eps.clone(), None).await?;
@@ -311,7 +367,7 @@ async fn control_plane(serial: usize, parallel: usize, clients: usize) -> anyhow
             r.tput() / e.tput(), r.p50_ms / e.p50_ms, r.p99_ms / e.p99_ms);
     }
     println!("tput ratio = rouse/etcd throughput (higher is better for rouse); p50 x, p99 x = rouse/etcd latency (lower is better)");
-    drop(procs);
+    drop((procs, rouse));
     Ok(())
 }
 
@@ -369,7 +425,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         build_image(&reg, &format!("bench-{run}/ctr:{i}"));
     }
     let ns = format!("bench-rouse-{run}");
-    let (procs, mut c, _http, _tmp) = single_node(&sock, &reg, &ns, &[]).await?;
+    let (rouse, mut c, _http) = single_node(&sock, &reg, &ns, &[]).await?;
     let ctr_ns = format!("bench-ctr-{run}");
     let ctr = |args: &[&str]| {
         Command::new("ctr")
@@ -461,7 +517,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         format!("{b:.0} ms")
     );
     println!("ratio rouse/ctr: {:.2}", r / b);
-    drop(procs);
+    drop(rouse);
     ctr_cleanup(&sock, &ns);
     ctr_cleanup(&sock, &ctr_ns);
     Ok(())
@@ -541,7 +597,9 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let (sock, reg, run) = test_env()?;
     build_image(&reg, &format!("bench-{run}/mesh:1"));
     let image = format!("{reg}/bench-{run}/mesh:1");
-    let (mut procs, mut c, http, tmp) = single_node(
+    let tmp = tempfile::tempdir()?;
+    let mut procs = Procs(Vec::new());
+    let (rouse, mut c, http) = single_node(
         &sock,
         &reg,
         &format!("bench-mesh-{run}"),
@@ -684,80 +742,28 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     );
     c.delete_container("bench", "warmup").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    drop(procs);
+    drop((procs, rouse));
     ctr_cleanup(&sock, &format!("bench-mesh-{run}"));
     ctr_cleanup(&sock, &ctr_ns);
     Ok(())
 }
 
-/// A one-time join token minted through the node at `url`.
-async fn join_token(url: &str) -> String {
-    for _ in 0..300 {
-        if let Ok(mut c) = connect(url).await {
-            if let Ok(t) = c.create_join_token(0).await {
-                return t.token;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no join token from {url}");
-}
-
 /// Starts 3 real nodes (no containerd) with the given extra flags.
-async fn three_nodes(dir: &Path, bin_dir: &Path, procs: &mut Procs, extra: &[&str]) -> Vec<String> {
-    let node = bin_dir.join("rouse-node");
-    let mut eps: Vec<String> = Vec::new();
-    for id in 1..=3u64 {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.to_string(),
-            "--data-dir".into(),
-            dir.join(format!("p{id}")).display().to_string(),
-            "--listen".into(),
-            listen.clone(),
-            "--http".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--log".into(),
-            "warn".into(),
-            "--containerd".into(),
-            dir.join("no-containerd.sock").display().to_string(),
-            "--node-grace".into(),
-            "1h".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        if id == 1 {
-            args.push("--bootstrap".into());
-        } else {
-            args.push("--join".into());
-            args.push(eps[0].trim_start_matches("http://").to_string());
-            args.push("--join-token".into());
-            args.push(join_token(&eps[0]).await);
-        }
-        procs
-            .0
-            .push(spawn(&node, &args, &dir.join(format!("p{id}.log"))));
-        eps.push(format!("http://{listen}"));
-        if id == 1 {
-            take_token(&dir.join("p1")).await;
-        }
-    }
-    loop {
-        if let Ok(mut c) = connect(&eps[0]).await {
-            if let Ok(s) = c.cluster_status().await {
-                if s.members
-                    .iter()
-                    .filter(|m| m.role == "voter" && m.healthy)
-                    .count()
-                    == 3
-                {
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eps
+async fn three_nodes(extra: &[&str]) -> Rouse {
+    let tmp_sock = std::env::temp_dir().join("rouse-bench-no-containerd.sock");
+    let mut common: Vec<String> = [
+        "--log",
+        "warn",
+        "--containerd",
+        &tmp_sock.display().to_string(),
+        "--node-grace",
+        "1h",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    common.extend(extra.iter().map(|s| s.to_string()));
+    Rouse::start(3, &common, |_| Vec::new()).await
 }
 
 /// One run: registers simulated nodes, deploys containers, and times how
@@ -769,29 +775,18 @@ async fn placement_run(
     batch: usize,
 ) -> anyhow::Result<(f64, f64)> {
     use rouse_node::state::{Command, NodeRecord, Proposal};
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let eps = three_nodes(
-        tmp.path(),
-        &bin_dir,
-        &mut procs,
-        &["--placement-batch", &batch.to_string()],
-    )
-    .await;
+    let rouse = three_nodes(&["--placement-batch", &batch.to_string()]).await;
     // Simulated nodes, registered through the peer service's forwarding,
     // which wants a cluster certificate: node 1's.
     let tls = rouse_node::tls::Tls::new(false);
     tls.set(
-        rouse_node::tls::load(&tmp.path().join("p1"))?
+        rouse_node::tls::load(&rouse.data_dir(1))?
             .ok_or_else(|| anyhow::anyhow!("node 1 has no certificate"))?,
     );
-    let ch = tonic::transport::Endpoint::from_shared(eps[0].replace("http://", "https://"))?
-        .connect_with_connector(rouse_node::tls::connector(&tls, None, true))
-        .await?;
+    let ch =
+        tonic::transport::Endpoint::from_shared(rouse.endpoint(1).replace("http://", "https://"))?
+            .connect_with_connector(rouse_node::tls::connector(&tls, None, true))
+            .await?;
     let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
     for id in 0..nodes {
         let node = NodeRecord {
@@ -811,7 +806,7 @@ async fn placement_run(
         })
         .await?;
     }
-    let mut c = connect(&eps[0]).await?;
+    let mut c = rouse.connect(1).await?;
     c.create_namespace("sim", Default::default()).await?;
     let total = u64::from(containers) * u64::from(per);
     let t = Instant::now();
@@ -847,7 +842,7 @@ async fn placement_run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = t.elapsed().as_secs_f64();
-    drop(procs);
+    drop(rouse);
     Ok((total as f64 / secs, deployed.as_secs_f64()))
 }
 
@@ -872,7 +867,7 @@ async fn wake_rounds(
     rounds: usize,
     run: &str,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let (procs, mut c, http, _tmp) = single_node(
+    let (rouse, mut c, http) = single_node(
         sock,
         reg,
         &format!("bench-wake-{run}"),
@@ -914,7 +909,7 @@ async fn wake_rounds(
     }
     c.delete_container("bench", "nap").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    drop(procs);
+    drop(rouse);
     ctr_cleanup(sock, &format!("bench-wake-{run}"));
     Ok((wake, warm))
 }
@@ -924,111 +919,24 @@ fn ctr_cleanup(sock: &str, ns: &str) {
     rouse_chaos::mesh::remove_leftovers(sock, ns);
 }
 
-/// Starts node `id` on the test containerd in `dir` (bootstrapping when
-/// `join` is None; else joining through `join.0`, with token `join.1`).
-/// Returns its (API, mesh) addresses.
-#[allow(clippy::too_many_arguments)]
-fn runtime_node(
-    procs: &mut Procs,
-    dir: &Path,
-    id: u64,
-    sock: &str,
-    reg: &str,
-    ns: &str,
-    extra: &[&str],
-    join: Option<(&str, Option<String>)>,
-) -> anyhow::Result<(String, String)> {
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let listen = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
-    // A block of 100 instance ports per node started by this process.
-    static BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let block = BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
-    let lo = 23000 + u64::from(block) * 100;
-    let mut args: Vec<String> = [
-        "--id",
-        &id.to_string(),
-        "--data-dir",
-        &dir.join(format!("n{id}")).display().to_string(),
-        "--listen",
-        &listen,
-        "--http",
-        &http,
-        "--containerd",
-        sock,
-        "--containerd-namespace",
-        ns,
-        "--insecure-registry",
-        reg,
-        "--instance-ports",
-        &format!("{lo}-{}", lo + 99),
-        "--log",
-        "warn",
-        "--stop-grace",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    match join {
-        None => args.push("--bootstrap".into()),
-        Some((via, token)) => {
-            args.extend(["--join".to_string(), via.to_string()]);
-            if let Some(t) = token {
-                args.extend(["--join-token".to_string(), t]);
-            }
-        }
-    }
-    procs.0.push(spawn(
-        &bin_dir.join("rouse-node"),
-        &args,
-        &dir.join(format!("n{id}.log")),
-    ));
-    Ok((listen, http))
-}
-
-/// A client of the node at `listen` once it takes writes, with a `bench`
-/// namespace.
-async fn bench_namespace(listen: &str) -> rouse_client::Client {
-    let ep = format!("http://{listen}");
-    loop {
-        if let Ok(mut c) = connect(&ep).await {
-            if c.create_namespace("bench", Default::default())
-                .await
-                .is_ok()
-            {
-                return c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// One bootstrapped node on the test containerd, with a `bench` namespace:
-/// (processes, client, mesh address, temp dir).
+/// (the node, a client, its mesh address).
 async fn single_node(
     sock: &str,
     reg: &str,
     ns: &str,
     extra: &[&str],
-) -> anyhow::Result<(Procs, rouse_client::Client, String, tempfile::TempDir)> {
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let (listen, http) = runtime_node(&mut procs, tmp.path(), 1, sock, reg, ns, extra, None)?;
-    take_token(&tmp.path().join("n1")).await;
-    let c = bench_namespace(&listen).await;
-    Ok((procs, c, http, tmp))
+) -> anyhow::Result<(Rouse, rouse_client::Client, String)> {
+    let rouse = Rouse::start(1, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
+    let c = rouse.bench_namespace().await;
+    let http = rouse.http(1);
+    Ok((rouse, c, http))
 }
 
 /// A two-node cluster serving one instance, for the hop benchmark.
 struct HopCluster {
     label: &'static str,
-    _procs: Procs,
-    _tmp: tempfile::TempDir,
+    _rouse: Rouse,
     client: rouse_client::Client,
     ns: String,
     /// Where the instance listens, the mesh of its node, the other mesh.
@@ -1046,32 +954,15 @@ async fn hop_cluster(
     image: &str,
     ns: String,
 ) -> anyhow::Result<HopCluster> {
-    let tmp = tempfile::tempdir()?;
-    let mut procs = Procs(Vec::new());
-    let key = tmp.path().join("master.key").display().to_string();
     // No suspend tier: the direct runs must find the instance running.
     let mut extra: Vec<&str> = vec!["--suspend-after", "0s"];
     if insecure {
-        extra.extend(["--insecure", "--master-key-file", &key]);
+        extra.push("--insecure");
     }
-    let (l1, h1) = runtime_node(&mut procs, tmp.path(), 1, sock, reg, &ns, &extra, None)?;
-    take_token(&tmp.path().join("n1")).await;
-    let token = if insecure {
-        None
-    } else {
-        Some(join_token(&format!("http://{l1}")).await)
-    };
-    let (_, h2) = runtime_node(
-        &mut procs,
-        tmp.path(),
-        2,
-        sock,
-        reg,
-        &ns,
-        &extra,
-        Some((&l1, token)),
-    )?;
-    let mut c = bench_namespace(&l1).await;
+    // Each node its own block of instance ports.
+    let rouse = Rouse::start(2, &[], |_| runtime_flags(sock, reg, &ns, &extra)).await;
+    let (h1, h2) = (rouse.http(1), rouse.http(2));
+    let mut c = rouse.bench_namespace().await;
     c.deploy_container(rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
         name: "web".into(),
@@ -1096,8 +987,7 @@ async fn hop_cluster(
     let (local, other) = if node == 1 { (h1, h2) } else { (h2, h1) };
     Ok(HopCluster {
         label,
-        _procs: procs,
-        _tmp: tmp,
+        _rouse: rouse,
         client: c,
         ns,
         direct: format!("127.0.0.1:{port}"),

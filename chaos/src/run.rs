@@ -122,7 +122,7 @@ async fn node_info(url: &str) -> Option<rouse_client::pb::NodeInfoResponse> {
 
 async fn leader(cluster: &Cluster) -> Option<u64> {
     for id in cluster.members() {
-        if cluster.nodes[&id].paused || cluster.nodes[&id].child.is_none() {
+        if cluster.is_paused(id) || !cluster.is_running(id) {
             continue;
         }
         if let Some(i) = node_info(&cluster.endpoint(id)).await {
@@ -223,7 +223,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         cluster
             .members()
             .iter()
-            .map(|id| cluster.nodes[id].http)
+            .filter_map(|id| cluster.http(*id))
             .collect::<Vec<_>>()
     };
     let mesh_addrs = Arc::new(Mutex::new(mesh_of(&cluster)));
@@ -404,9 +404,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                     Err(_) => false,
                 };
                 if removed {
-                    if let Some(n) = cluster.nodes.get_mut(&v) {
-                        n.removed = true;
-                    }
+                    cluster.mark_removed(v);
                     *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
                     *mesh_addrs.lock().unwrap_or_else(|p| p.into_inner()) = mesh_of(&cluster);
                     cluster.kill(v);
@@ -461,7 +459,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     cluster.net.heal();
     for id in cluster.members() {
         cluster.resume(id);
-        if cluster.nodes[&id].child.is_none() {
+        if !cluster.is_running(id) {
             cluster.restart(id)?;
         }
     }
@@ -502,7 +500,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         let addrs: Vec<std::net::SocketAddr> = cluster
             .members()
             .iter()
-            .map(|id| cluster.nodes[id].http)
+            .filter_map(|id| cluster.http(*id))
             .collect();
         let mut ok_after_heal = false;
         let t = Instant::now();

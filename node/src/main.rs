@@ -8,6 +8,8 @@ use rouse_node::config::{Args, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Read (and cleared from the environment) before any thread starts.
+    let inherited = listenfd::ListenFd::from_env();
     let config = match NodeConfig::resolve(Args::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -32,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(config)) {
+    match rt.block_on(serve(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rouse-node: {e:#}");
@@ -41,14 +43,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: rouse_node::config::NodeConfig) -> anyhow::Result<()> {
+/// The listeners: inherited from whoever started the node (systemd's socket
+/// activation: the first socket serves the API, the second the mesh), or
+/// bound here.
+async fn listeners(
+    config: &rouse_node::config::NodeConfig,
+    mut inherited: listenfd::ListenFd,
+) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    let http = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("http: cannot bind {}", config.http))?;
+    let take = |fds: &mut listenfd::ListenFd, i: usize, field: &str, want: std::net::SocketAddr| {
+        let Some(l) = fds
+            .take_tcp_listener(i)
+            .with_context(|| format!("{field}: inherited socket {i} is not a TCP listener"))?
+        else {
+            return Ok(None);
+        };
+        let got = l.local_addr()?;
+        if got != want {
+            anyhow::bail!(
+                "{field}: the inherited socket listens on {got}, not on {want} as --{field} says"
+            );
+        }
+        l.set_nonblocking(true)?;
+        Ok(Some(tokio::net::TcpListener::from_std(l)?))
+    };
+    let api = match take(&mut inherited, 0, "listen", config.listen)? {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?,
+    };
+    let http = match take(&mut inherited, 1, "http", config.http)? {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("http: cannot bind {}", config.http))?,
+    };
+    Ok((api, http))
+}
+
+async fn serve(
+    config: rouse_node::config::NodeConfig,
+    inherited: listenfd::ListenFd,
+) -> anyhow::Result<()> {
+    let (listener, http) = listeners(&config, inherited).await?;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -23,7 +23,7 @@ use rouse_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::api::{Api, ApiConfig};
+use crate::api::{Api, ApiConfig, ApiError};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::join::Identity;
@@ -338,7 +338,7 @@ async fn grpc_router(
         if !trust.insecure() {
             return match trust.check(req.extensions().get::<crate::tls::ConnInfo>()) {
                 Ok(()) => Ok(req),
-                Err(why) => Err(tonic::Status::unauthenticated(format!("peer: {why}"))),
+                Err(why) => Err(ApiError::NotAMember(why).into()),
             };
         }
         let presented = req
@@ -348,9 +348,10 @@ async fn grpc_router(
         if keys.peer_authorized(presented) {
             Ok(req)
         } else {
-            Err(tonic::Status::unauthenticated(
-                "peer: not a member of this cluster (no valid cluster credential)",
-            ))
+            Err(ApiError::NotAMember(
+                "not a member of this cluster (no valid cluster credential)".into(),
+            )
+            .into())
         }
     };
     let peer = tonic::service::interceptor::InterceptedService::new(

@@ -4,10 +4,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rouse_client::pb;
-use rouse_e2e::TestCluster;
+use rouse_e2e::{eventually, TestCluster};
 use tonic::Code;
 
 fn deploy(ns: &str, name: &str) -> pb::DeployContainerRequest {
@@ -165,7 +165,7 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
     let cluster = TestCluster::start(3, &["--snapshot-logs", "20"]).await;
     let mut c = cluster.client(2).await;
     let secret = "s3cr3t-value-that-must-not-leak";
-    let ns = rouse_e2e::eventually("data key ready", || {
+    let ns = eventually("data key ready", || {
         let mut c = c.clone();
         async move {
             c.create_namespace_with(pb::CreateNamespaceRequest {
@@ -217,7 +217,8 @@ async fn secrets_are_write_only_and_sealed_at_rest() {
         );
     }
     assert!(out2.contains("API_KEY"), "{out2}");
-    for (id, node) in &cluster.nodes {
+    for node in cluster.views() {
+        let id = node.id;
         let hits = files_containing(&node.data_dir, secret);
         assert!(hits.is_empty(), "node {id}: {hits:?} hold the secret");
         assert!(
@@ -255,7 +256,7 @@ async fn cli_contract() {
     assert_eq!(m["zone"], "z1");
     assert_eq!(m["region"], "default");
     assert_eq!(m["healthy"], true);
-    assert_eq!(m["address"], cluster.nodes[&1].listen);
+    assert_eq!(m["address"], cluster.listen(1));
 
     let (code, _, err) = cluster.cli(1, &["namespace", "create", "web", "--env", "A=1"]);
     assert_eq!(code, 0, "{err}");
@@ -340,7 +341,7 @@ async fn cli_contract() {
 async fn health_and_reflection_are_served() {
     use tokio_stream::StreamExt;
     let cluster = TestCluster::start(1, &[]).await;
-    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint())
+    let ch = tonic::transport::Endpoint::from_shared(cluster.endpoint(1))
         .unwrap()
         .connect()
         .await
@@ -400,7 +401,7 @@ async fn python_grpcio_client_built_from_proto_works() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpcio_client.py");
     let res = std::process::Command::new("python3")
         .arg(script)
-        .arg(&cluster.nodes[&1].listen)
+        .arg(cluster.listen(1))
         .arg(out.path())
         .arg(cluster.admin_token())
         .output()
@@ -425,7 +426,7 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
         .create_namespace("theirs", HashMap::new())
         .await
         .unwrap();
-    let ep = cluster.nodes[&2].endpoint();
+    let ep = cluster.endpoint(2);
     // No token, a malformed one, a forged one: UNAUTHENTICATED.
     let admin_token = cluster.admin_token();
     let mut forged = admin_token.clone();
@@ -451,15 +452,11 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
     let mut scoped = rouse_client::Client::connect(&ep, Some(&key))
         .await
         .unwrap();
-    let mut ok = false;
-    for _ in 0..50 {
-        if scoped.get_namespace("mine", false).await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(ok, "the scoped key never worked");
+    eventually("the scoped key works", || {
+        let mut scoped = scoped.clone();
+        async move { scoped.get_namespace("mine", false).await.map(|_| ()) }
+    })
+    .await;
     scoped
         .deploy_container(deploy("mine", "web"))
         .await
@@ -511,24 +508,26 @@ async fn the_api_needs_a_key_and_namespace_keys_stay_in_their_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_peer_service_refuses_callers_without_the_cluster_credential() {
     let mut cluster = TestCluster::new(&["--insecure"]);
-    cluster.add_node(1, None, &[]);
+    cluster.add_node(1, None, &[]).await;
     // A node with the cluster's master key joins without a token.
-    let key = cluster.nodes[&1].data_dir.join("master.key");
-    let start = Instant::now();
-    while !key.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no master key");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cluster.add_node(2, Some(1), &["--master-key-file", key.to_str().unwrap()]);
+    let key = cluster.data_dir(1).join("master.key");
+    eventually("node 1 writes its master key", || {
+        let exists = key.exists();
+        async move { exists.then_some(()).ok_or("no master key yet") }
+    })
+    .await;
+    cluster
+        .add_node(2, Some(1), &["--master-key-file", key.to_str().unwrap()])
+        .await;
     cluster.wait_voters(2).await;
     let mut c = cluster.client(2).await;
     let s = c.cluster_status().await.unwrap();
     assert!(!s.peer_tls, "{s:?}");
     assert!(
-        cluster.nodes[&1].log_text().contains("INSECURE"),
+        cluster.log_text(1).contains("INSECURE"),
         "--insecure is logged loudly"
     );
-    let ch = tonic::transport::Endpoint::from_shared(cluster.nodes[&1].endpoint())
+    let ch = tonic::transport::Endpoint::from_shared(cluster.endpoint(1))
         .unwrap()
         .connect()
         .await
@@ -547,36 +546,25 @@ async fn insecure_peer_service_refuses_callers_without_the_cluster_credential() 
     let e = peer.forward(req).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     // A node whose master key differs is never admitted.
-    let dir = cluster.dir.path().join("intruder");
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("other.key");
+    let key = cluster.dir.path().join("other.key");
     std::fs::write(&key, "ab".repeat(32)).unwrap();
-    let log = std::fs::File::create(dir.join("log")).unwrap();
-    let mut intruder = std::process::Command::new(cluster.bin("rouse-node"))
-        .args([
-            "--id",
-            "3",
+    let join = cluster.listen(1);
+    let mut intruder = cluster.stranger(
+        "intruder",
+        3,
+        &[
             "--insecure",
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
-        .args(["--http", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
-        .args([
             "--join",
-            &cluster.nodes[&1].listen,
+            &join,
             "--master-key-file",
             key.to_str().unwrap(),
-        ])
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let _ = intruder.kill();
-    let _ = intruder.wait();
+        ],
+    );
+    // It keeps trying and failing; give it a few attempts.
+    assert_eq!(intruder.wait_exit(Duration::from_secs(3)).await, None);
+    let text = intruder.log_text();
     let mut c = cluster.client(1).await;
     let s = c.cluster_status().await.unwrap();
     assert_eq!(s.members.len(), 2, "{s:?}");
-    let text = std::fs::read_to_string(dir.join("log")).unwrap();
     assert!(text.contains("not a member of this cluster"), "{text}");
 }

@@ -38,9 +38,11 @@ fn run(extra: &[&str]) -> (i32, serde_json::Value, String, i32) {
     println!("{text}");
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).unwrap_or_default()).unwrap_or_default();
+    assert!(!v.is_null(), "no report at {}:\n{text}", report.display());
+    let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap_or_default();
     assert!(
-        dir.path().join("report.svg").exists() || v.is_null(),
-        "timeline missing"
+        svg.starts_with("<svg"),
+        "the timeline is missing or not SVG"
     );
     // The history's contract shape, and its verdict read back.
     let lines = std::fs::read_to_string(&history).unwrap_or_default();

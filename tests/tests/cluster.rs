@@ -17,7 +17,11 @@ fn names(ns: &[pb::Namespace]) -> Vec<String> {
 async fn three_nodes_replicate_and_survive_leader_kill() {
     let mut cluster = TestCluster::start(3, &[]).await;
     let leader = cluster.leader().await;
-    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
 
     // A write through a follower is forwarded to the leader.
     let mut c = cluster.client(follower).await;
@@ -39,21 +43,28 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
 
     // SIGKILL the leader; a write through a survivor succeeds.
     cluster.kill(leader);
-    let survivor = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
-    let mut s = cluster.client(survivor).await;
+    let survivor = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let s = cluster.client(survivor).await;
     let start = Instant::now();
-    loop {
-        match s.create_namespace("after-failover", HashMap::new()).await {
-            Ok(_) => break,
-            Err(e)
-                if e.code() == Some(tonic::Code::Unavailable)
-                    && start.elapsed() < Duration::from_secs(30) =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually(
+        "a write through a survivor after the leader's death",
+        || {
+            let mut s = s.clone();
+            async move {
+                match s.create_namespace("after-failover", HashMap::new()).await {
+                    Ok(_) => Ok(()),
+                    // Safe to retry: no leader yet, nothing applied.
+                    Err(e) if e.code() == Some(tonic::Code::Unavailable) => Err(e),
+                    Err(e) => panic!("write after leader kill failed: {e} (code {:?})", e.code()),
+                }
             }
-            Err(e) => panic!("write after leader kill failed: {e} (code {:?})", e.code()),
-        }
-    }
+        },
+    )
+    .await;
     let took = start.elapsed();
     println!("write through a survivor succeeded {took:?} after SIGKILL of leader {leader}");
     assert!(took < Duration::from_secs(15), "failover took {took:?}");
@@ -125,18 +136,30 @@ async fn new_node_catches_up_from_snapshot() {
         info.snapshot_index, info.purged_index
     );
 
-    cluster.add_node(4, Some(2), &["--zone", "z4"]);
+    cluster.add_node(4, Some(2), &["--zone", "z4"]).await;
     cluster.wait_voters(4).await;
     let mut n4 = cluster.client(4).await;
-    let ns = n4.list_namespaces(true).await.unwrap();
-    assert_eq!(ns.len(), 150);
+    // A stale read on node 4 shows what it has applied: all 150, once it
+    // has caught up (it may still be installing what the leader sent).
+    eventually("node 4 holds every namespace", || {
+        let mut n4 = n4.clone();
+        async move {
+            let n = n4
+                .list_namespaces(true)
+                .await
+                .map_err(|e| e.to_string())?
+                .len();
+            (n == 150).then_some(()).ok_or(format!("{n} of 150"))
+        }
+    })
+    .await;
     let i4 = n4.node_info().await.unwrap();
     assert!(
         i4.snapshots_installed >= 1,
         "node 4 caught up without a snapshot: {i4:?}"
     );
-    assert!(cluster.nodes[&4]
-        .log_text()
+    assert!(cluster
+        .log_text(4)
         .contains("installed snapshot from leader"));
     // And it keeps up with writes after joining.
     c.create_namespace("after-join", HashMap::new())

@@ -141,7 +141,7 @@ async fn node_death_reschedules_and_drain_keeps_serving() {
     .await;
 
     // Drain node 1 while requests keep flowing through node 2's mesh.
-    let mesh = cluster.nodes[&2].http.clone();
+    let mesh = cluster.http(2);
     let host = "api.web.rouse.localhost".to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {

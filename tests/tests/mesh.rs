@@ -79,7 +79,7 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
     req.scale_to_zero_after_seconds = Some(10);
     req.timeout_seconds = Some(10);
     c.deploy_container(req).await.unwrap();
-    let mesh = cluster.nodes[&1].http.clone();
+    let mesh = cluster.http(1);
     let host = format!("hello.web.{DOMAIN}");
     assert_eq!(
         running_tasks(&cluster).await,
@@ -202,12 +202,12 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
     let inst = instances(&c, "web", "slow").await;
     let other = if inst[0].node == 1 { 2 } else { 1 };
     let host = format!("slow.web.{DOMAIN}");
-    let (code, body) = get(&cluster.nodes[&other].http, &host, "/", 10);
+    let (code, body) = get(&cluster.http(other), &host, "/", 10);
     assert_eq!((code, body.trim()), (200, "hello from rouse"), "cross-node");
     // A client posing as another node's hop (the header that says "serve
     // from your own instances only") is not believed: hops come over mTLS.
     let (code, body) = get_with(
-        &cluster.nodes[&other].http,
+        &cluster.http(other),
         &host,
         "/",
         10,
@@ -224,7 +224,11 @@ async fn burst_at_concurrency_one_spreads_over_instances_and_crosses_nodes() {
 
     // A burst of slow requests, one at a time per instance: all succeed,
     // spread over several instances.
-    let meshes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let meshes: Vec<String> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| cluster.http(id))
+        .collect();
     let mut handles = Vec::new();
     for i in 0..6 {
         let mesh = meshes[i % meshes.len()].clone();
@@ -259,7 +263,11 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
     req.scale_to_zero_after_seconds = Some(10);
     c.deploy_container(req).await.unwrap();
     let host = format!("steady.web.{DOMAIN}");
-    let meshes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let meshes: Vec<String> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| cluster.http(id))
+        .collect();
 
     // Phases of (clients, seconds, path): cold start, burst, trickle.
     let phases = [(1usize, 4u64, "/"), (8, 12, "/cgi-bin/slow?1"), (1, 8, "/")];
@@ -292,8 +300,9 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
     let total: usize = counts.values().sum();
     println!("{total} requests while scaling 0 → {max_instances} → …: {counts:?}");
     assert!(max_instances >= 2, "never scaled out: {max_instances}");
-    // Every answer is a 200 (a 503 would be a documented full queue).
-    assert!(counts.keys().all(|c| *c == 200 || *c == 503), "{counts:?}");
+    // Every answer is a 200: at most 8 clients can never fill a queue of
+    // 1,000, so a 503 (or any other status) is a dropped request.
+    assert!(counts.keys().all(|c| *c == 200), "{counts:?}");
     assert!(counts.get(&200).copied().unwrap_or(0) > 20);
     // And back to zero once traffic stops.
     eventually("back to zero", || async {
@@ -327,7 +336,7 @@ async fn grpc_over_h2c_through_the_mesh() {
     c.deploy_container(req).await.unwrap();
     // Through each node's mesh (one of them forwards to the other), from zero.
     for node in [1u64, 2] {
-        let mesh = cluster.nodes[&node].http.clone();
+        let mesh = cluster.http(node);
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{mesh}"))
             .unwrap()
             .origin(format!("http://health.rpc.{DOMAIN}").parse().unwrap())
@@ -369,7 +378,7 @@ async fn suspended_instance_wakes_on_request() {
     let mut req = spec("web", "nap", &image);
     req.min_scale = Some(1);
     c.deploy_container(req).await.unwrap();
-    let mesh = cluster.nodes[&1].http.clone();
+    let mesh = cluster.http(1);
     let host = format!("nap.web.{DOMAIN}");
     assert_eq!(get(&mesh, &host, "/", 30).0, 200);
     let inst = eventually("suspended", || async {
@@ -425,7 +434,7 @@ async fn upgrade_passes_through() {
     c.deploy_container(spec("ws", "echo", &image))
         .await
         .unwrap();
-    let mesh = cluster.nodes[&1].http.clone();
+    let mesh = cluster.http(1);
     let host = format!("echo.ws.{DOMAIN}");
     assert_eq!(get(&mesh, &host, "/", 30), (200, "plain\n".to_string()));
     let mut s = std::net::TcpStream::connect(&mesh).unwrap();

@@ -51,13 +51,15 @@ async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> 
                 .get_container(ns, name, true)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Ready instances of the container's current generation, once
+            // they are all there is (a rollout's old ones have left).
             let r: Vec<pb::Instance> = ct
                 .instances
                 .iter()
-                .filter(|i| i.state == "ready")
+                .filter(|i| i.state == "ready" && i.generation == ct.generation)
                 .cloned()
                 .collect();
-            if r.len() == n {
+            if r.len() == n && ct.instances.len() == n {
                 Ok(r)
             } else {
                 Err(format!("{:?}", ct.instances))
@@ -298,10 +300,7 @@ async fn node_restart_adopts_running_instances() {
     cluster.restart(1);
     let c = cluster.client(1).await;
     eventually("adopted", || async {
-        if cluster.nodes[&1]
-            .log_text()
-            .contains("adopted running instance")
-        {
+        if cluster.log_text(1).contains("adopted running instance") {
             Ok(())
         } else {
             Err("not yet")
@@ -458,7 +457,7 @@ async fn secrets_reach_the_container_environment_only() {
     assert!(env.lines().any(|l| l == "SHARED=from-namespace"), "{env}");
     let (_, out, _) = cluster.cli(1, &["container", "get", "n/app", "-o", "json"]);
     assert!(!out.contains(secret) && out.contains("TOKEN"), "{out}");
-    let node = &cluster.nodes[&1];
+    let node = cluster.view(1);
     assert!(!node.log_text().contains(secret));
     let mut stack = vec![node.data_dir.clone()];
     while let Some(p) = stack.pop() {
@@ -596,15 +595,13 @@ async fn registry_basic_auth() {
 
 /// Waits until node `id`'s master key file holds `key`; returns how long.
 async fn master_key_is(cluster: &TestCluster, id: u64, key: &str) -> std::time::Duration {
-    let path = cluster.nodes[&id].data_dir.join("master.key");
+    let path = cluster.data_dir(id).join("master.key");
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&path).unwrap_or_default() != key {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "node {id} never got the rotated master key"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(&format!("node {id} gets the rotated master key"), || {
+        let has = std::fs::read_to_string(&path).unwrap_or_default() == key;
+        async move { has.then_some(()).ok_or("not yet") }
+    })
+    .await;
     start.elapsed()
 }
 
@@ -619,7 +616,7 @@ async fn keys_rotate_and_every_node_follows() {
     let c = cluster.client(1).await;
     namespace_with_secrets(&c, "n", &[("SHARED", "sealed-before")]).await;
     let key = |cluster: &TestCluster, id: u64| {
-        std::fs::read_to_string(cluster.nodes[&id].data_dir.join("master.key")).unwrap()
+        std::fs::read_to_string(cluster.data_dir(id).join("master.key")).unwrap()
     };
     let old = key(&cluster, 1);
     assert_eq!(

@@ -98,7 +98,11 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     assert_eq!(last_line.split('.').count(), 3, "{out}");
 
     let host = "priv.p.rouse.localhost";
-    let meshes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let meshes: Vec<String> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| cluster.http(id))
+        .collect();
     let bearer = |t: &str| Some(format!("Authorization: Bearer {t}"));
     let xauth = |t: &str| Some(format!("X-Auth-Token: {t}"));
     // Wait until the instance serves.
@@ -185,16 +189,15 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
     assert_eq!(code, 0, "{err}");
     let t = Instant::now();
     for mesh in &meshes {
-        loop {
-            if get(mesh, host, bearer(&t_rev.token)) == 401 {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(1),
-                "revocation not honoured by {mesh} within 1s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        rouse_e2e::eventually_within(
+            Duration::from_secs(1).saturating_sub(t.elapsed()),
+            &format!("revocation honoured by {mesh}"),
+            || {
+                let code = get(mesh, host, bearer(&t_rev.token));
+                async move { (code == 401).then_some(()).ok_or(code) }
+            },
+        )
+        .await;
     }
     println!(
         "revocation honoured by every node {:?} after the revoke returned",
@@ -239,7 +242,7 @@ async fn tls_channel(
 
 /// TLS material of a node: (CA, certificate, key) from `<data-dir>/tls/`.
 fn node_tls(cluster: &TestCluster, id: u64) -> (String, String, String) {
-    let d = cluster.nodes[&id].data_dir.join("tls");
+    let d = cluster.data_dir(id).join("tls");
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
     (read("ca.crt"), read("node.crt"), read("node.key"))
 }
@@ -280,42 +283,18 @@ async fn mesh_over_tls(addr: &str, config: tokio_rustls::rustls::ClientConfig) -
 
 /// Runs `rouse-node` as a would-be member joining through node 1 and returns
 /// (exit code, log) once it exits (or is stopped after `wait`).
-fn intruder(
+async fn intruder(
     cluster: &TestCluster,
     name: &str,
     extra: &[&str],
     wait: Duration,
 ) -> (Option<i32>, String) {
-    let dir = cluster.dir.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("log");
-    let mut child = std::process::Command::new(cluster.bin("rouse-node"))
-        .args([
-            "--id",
-            "9",
-            "--data-dir",
-            dir.join("data").to_str().unwrap(),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
-        .args(["--http", &format!("127.0.0.1:{}", rouse_e2e::free_port())])
-        .args(["--join", &cluster.nodes[&1].listen])
-        .args(extra)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if start.elapsed() > wait {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (code, std::fs::read_to_string(log).unwrap())
+    let join = cluster.listen(1);
+    let mut args = vec!["--join", join.as_str()];
+    args.extend_from_slice(extra);
+    let mut p = cluster.stranger(name, 9, &args);
+    let code = p.wait_exit(wait).await;
+    (code, p.log_text())
 }
 
 /// Peer traffic is mutual TLS under the cluster CA: the peer service and
@@ -326,7 +305,7 @@ fn intruder(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_connections_without_a_cluster_certificate_are_refused() {
     let cluster = TestCluster::start(3, &[]).await;
-    let n1 = &cluster.nodes[&1];
+    let n1 = cluster.view(1);
     let (ca, cert2, key2) = node_tls(&cluster, 2);
     assert_eq!(ca, node_tls(&cluster, 1).0, "one cluster CA");
     let mut c = cluster.client(1).await;
@@ -442,7 +421,7 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
             "already used (by node 2)",
         ),
     ] {
-        let (code, log) = intruder(&cluster, name, &extra, wait);
+        let (code, log) = intruder(&cluster, name, &extra, wait).await;
         assert!(matches!(code, Some(c) if c != 0), "{name}: {code:?}\n{log}");
         assert!(log.contains(reason), "{name}: {log}");
     }
@@ -452,7 +431,8 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
         "insecure",
         &["--insecure"],
         Duration::from_secs(3),
-    );
+    )
+    .await;
     assert_eq!(code, None, "{log}");
     assert!(log.contains("a cluster certificate is required"), "{log}");
     let s = c.cluster_status().await.unwrap();
@@ -510,7 +490,7 @@ async fn listener_limits_hold_against_slow_and_huge_clients() {
     use tokio::io::AsyncWriteExt;
     let cluster =
         TestCluster::start(1, &["--header-timeout", "2s", "--max-connections", "3"]).await;
-    let n1 = &cluster.nodes[&1];
+    let n1 = cluster.view(1);
     let mesh = n1.http.clone();
     let unknown = |m: &str| get(m, "nothing.here.rouse.localhost", None);
     assert_eq!(unknown(&mesh), 404);

@@ -23,6 +23,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A caller of the peer service that is not a cluster member.
+    #[error("peer: {0}")]
+    NotAMember(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -104,6 +107,7 @@ impl From<ApiError> for Status {
             ApiError::Unimplemented(m) => Status::unimplemented(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::Internal(m) => Status::internal(m),
+            e @ ApiError::NotAMember(_) => Status::unauthenticated(e.to_string()),
             ApiError::Auth(a) => match a {
                 AuthError::Missing | AuthError::Invalid => Status::unauthenticated(a.to_string()),
                 AuthError::Scope(_) | AuthError::AdminOnly => {
