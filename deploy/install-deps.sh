@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running rouse needs on a Debian machine:
-# protoc for the API, and the parts later tests use (containerd, runc, an
-# OCI registry and image tools, etcd for the control-plane benchmark).
+# protoc for the API, and the parts later tests use (containerd, runc, the
+# CNI plugins, an OCI registry and image tools, etcd for the control-plane
+# benchmark).
 set -euo pipefail
 
 need=()
@@ -19,6 +20,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 have etcd || need+=(etcd-server)
 have etcdctl || need+=(etcd-client)
 have iptables || need+=(iptables)
+# Instance networks: the standard CNI plugins (bridge, host-local).
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need+=(containernetworking-plugins)
 have ip || need+=(iproute2)
 have bc || need+=(bc)
 have curl || need+=(curl)

@@ -7,6 +7,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -90,11 +91,18 @@ impl Rouse {
     /// Starts `n` nodes (node 1 bootstraps, the others join it) with
     /// `common` flags and each node's own from `per_node`, and waits until
     /// all are voters.
-    async fn start(n: u64, common: &[String], per_node: impl Fn(u64) -> Vec<String>) -> Self {
+    /// `instances`: the nodes run instances (each gets an instance subnet).
+    async fn start(
+        n: u64,
+        instances: bool,
+        common: &[String],
+        per_node: impl Fn(u64) -> Vec<String>,
+    ) -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");
         let refs: Vec<&str> = common.iter().map(String::as_str).collect();
         let mut template = Template::new(rouse_testkit::env::binary("rouse-node"), &refs);
         template.env.clear();
+        template.isolated_instances = instances;
         let mut kit = Kit::new(tmp.path(), template);
         for id in 1..=n {
             let extra = per_node(id);
@@ -115,6 +123,7 @@ impl Rouse {
     fn endpoint(&self, id: u64) -> String {
         self.kit.endpoint(id)
     }
+
 
     /// Node `id`'s mesh address (HOST:PORT).
     fn http(&self, id: u64) -> String {
@@ -142,11 +151,8 @@ impl Rouse {
 }
 
 /// Flags of a node on the test containerd: its containerd namespace, the
-/// registry, a block of 100 instance ports of its own.
+/// registry (the harness gives each node an instance subnet of its own).
 fn runtime_flags(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> Vec<String> {
-    static BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let block = BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60;
-    let lo = 23000 + u64::from(block) * 100;
     let mut args: Vec<String> = [
         "--containerd",
         sock,
@@ -154,8 +160,6 @@ fn runtime_flags(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> Vec<String>
         ns,
         "--insecure-registry",
         reg,
-        "--instance-ports",
-        &format!("{lo}-{}", lo + 99),
         "--log",
         "warn",
         "--stop-grace",
@@ -166,6 +170,25 @@ fn runtime_flags(sock: &str, reg: &str, ns: &str, extra: &[&str]) -> Vec<String>
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
+}
+
+impl Drop for Rouse {
+    /// Nodes stop, then their instance networks go.
+    fn drop(&mut self) {
+        self.kit.stop_all();
+        self.kit.remove_instance_networks();
+    }
+}
+
+/// Where an instance listens: its address on its node's instance bridge
+/// (loopback for a node on the host network).
+fn instance_addr(i: &rouse_client::pb::Instance) -> anyhow::Result<SocketAddr> {
+    let ip: IpAddr = if i.ip.is_empty() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        i.ip.parse()?
+    };
+    Ok(SocketAddr::new(ip, u16::try_from(i.port)?))
 }
 
 struct Procs(Vec<Child>);
@@ -384,11 +407,11 @@ fn build_image(registry: &str, repo_tag: &str) {
     assert!(st.success(), "building {repo_tag}");
 }
 
-/// Polls http://127.0.0.1:port/ until it answers 200.
-async fn first_200(port: u16, deadline: Duration) -> anyhow::Result<()> {
+/// Polls http://addr/ until it answers 200.
+async fn first_200(addr: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
                 .await
@@ -406,7 +429,7 @@ async fn first_200(port: u16, deadline: Duration) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             start.elapsed() < deadline,
-            "no 200 on port {port} within {deadline:?}"
+            "no 200 from {addr} within {deadline:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -448,15 +471,12 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
-        let port = loop {
+        let addr = loop {
             let ct = c.get_container("bench", &name, true).await?;
-            if let Some(p) = ct
-                .instances
-                .iter()
-                .find(|i| i.port != 0 && (i.state == "starting" || i.state == "ready"))
-                .map(|i| i.port)
-            {
-                break u16::try_from(p)?;
+            if let Some(i) = ct.instances.iter().find(|i| {
+                i.port != 0 && (!i.ip.is_empty()) && (i.state == "starting" || i.state == "ready")
+            }) {
+                break instance_addr(i)?;
             }
             anyhow::ensure!(
                 t.elapsed() < Duration::from_secs(60),
@@ -465,7 +485,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        first_200(port, Duration::from_secs(60)).await?;
+        first_200(addr, Duration::from_secs(60)).await?;
         rouse_t.push(t.elapsed().as_secs_f64() * 1000.0);
         c.delete_container("bench", &name).await?;
 
@@ -493,7 +513,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
             "ctr run: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        first_200(port, Duration::from_secs(60)).await?;
+        first_200(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(60)).await?;
         ctr_t.push(t.elapsed().as_secs_f64() * 1000.0);
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("c{i}")]);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -620,10 +640,10 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     };
     // Warm the image cache once.
     c.deploy_container(deploy("warmup", 1)).await?;
-    let port = loop {
+    let direct = loop {
         let ct = c.get_container("bench", "warmup", true).await?;
         if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
-            break u16::try_from(i.port)?;
+            break instance_addr(i)?;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -668,7 +688,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
             "ctr run: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        first_200(p, Duration::from_secs(60)).await?;
+        first_200(SocketAddr::from(([127, 0, 0, 1], p)), Duration::from_secs(60)).await?;
         base.push(t.elapsed().as_secs_f64() * 1000.0);
         let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("b{i}")]);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -684,7 +704,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     std::fs::write(&conf, format!(
         "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; upstream u {{ server 127.0.0.1:{port}; }}\n\
+         http {{ access_log off; upstream u {{ server {direct}; }}\n\
          server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; }} }} }}\n",
         pid = tmp.path().join("nginx.pid").display(), err = tmp.path().join("nginx.err").display()))?;
     procs.0.push(spawn(
@@ -698,7 +718,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
         &tmp.path().join("nginx.log"),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let direct = wrk(&format!("http://127.0.0.1:{port}/"), None, seconds)?;
+    let direct = wrk(&format!("http://{direct}/"), None, seconds)?;
     let via_mesh = wrk(
         &format!("http://127.0.0.1:{mesh_port}/"),
         Some("warmup.bench.rouse.localhost"),
@@ -763,7 +783,7 @@ async fn three_nodes(extra: &[&str]) -> Rouse {
     .map(|s| s.to_string())
     .collect();
     common.extend(extra.iter().map(|s| s.to_string()));
-    Rouse::start(3, &common, |_| Vec::new()).await
+    Rouse::start(3, false, &common, |_| Vec::new()).await
 }
 
 /// One run: registers simulated nodes, deploys containers, and times how
@@ -794,6 +814,7 @@ async fn placement_run(
             // Loopback addresses nothing listens on: simulated nodes are never contacted.
             api_addr: format!("127.1.{}.{}:1", id / 250, id % 250),
             http_addr: String::new(),
+            hop_addr: String::new(),
             zone: format!("zone-{}", id % 10),
             region: "sim".into(),
             cpu_capacity_mvcpu: 64_000,
@@ -927,7 +948,7 @@ async fn single_node(
     ns: &str,
     extra: &[&str],
 ) -> anyhow::Result<(Rouse, rouse_client::Client, String)> {
-    let rouse = Rouse::start(1, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
+    let rouse = Rouse::start(1, true, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
     let c = rouse.bench_namespace().await;
     let http = rouse.http(1);
     Ok((rouse, c, http))
@@ -959,8 +980,7 @@ async fn hop_cluster(
     if insecure {
         extra.push("--insecure");
     }
-    // Each node its own block of instance ports.
-    let rouse = Rouse::start(2, &[], |_| runtime_flags(sock, reg, &ns, &extra)).await;
+    let rouse = Rouse::start(2, true, &[], |_| runtime_flags(sock, reg, &ns, &extra)).await;
     let (h1, h2) = (rouse.http(1), rouse.http(2));
     let mut c = rouse.bench_namespace().await;
     c.deploy_container(rouse_client::pb::DeployContainerRequest {
@@ -976,10 +996,10 @@ async fn hop_cluster(
     })
     .await?;
     let t = Instant::now();
-    let (node, port) = loop {
+    let (node, direct) = loop {
         let ct = c.get_container("bench", "web", true).await?;
         if let Some(i) = ct.instances.iter().find(|i| i.state == "ready") {
-            break (i.node, u16::try_from(i.port)?);
+            break (i.node, instance_addr(i)?);
         }
         anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no ready instance");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -990,7 +1010,7 @@ async fn hop_cluster(
         _rouse: rouse,
         client: c,
         ns,
-        direct: format!("127.0.0.1:{port}"),
+        direct: direct.to_string(),
         local,
         other,
         node,

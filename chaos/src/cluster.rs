@@ -17,7 +17,7 @@ pub struct Cluster {
     pub net: Arc<Net>,
     /// containerd socket, registry and containerd namespace, for a run with
     /// a mesh workload.
-    pub runtime: Option<(String, String, String)>,
+    runtime: Option<(String, String, String)>,
     kit: Kit,
     extra: Vec<String>,
     removed: BTreeSet<u64>,
@@ -37,8 +37,8 @@ impl Cluster {
         }
     }
 
-    /// The flags of node `id`.
-    fn flags(&self, id: u64) -> Vec<String> {
+    /// The flags every node gets.
+    fn flags(&self) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--heartbeat-ms".into(),
             "100".into(),
@@ -51,7 +51,6 @@ impl Cluster {
         ];
         match &self.runtime {
             Some((sock, reg, ns)) => {
-                let lo = 24000 + id * 100;
                 args.extend([
                     "--containerd".into(),
                     sock.clone(),
@@ -59,8 +58,6 @@ impl Cluster {
                     ns.clone(),
                     "--insecure-registry".into(),
                     reg.clone(),
-                    "--instance-ports".into(),
-                    format!("{lo}-{}", lo + 99),
                     "--stop-grace".into(),
                     "1s".into(),
                 ]);
@@ -77,7 +74,7 @@ impl Cluster {
     /// Adds node `id` (bootstrapping when `join` is None) with its proxy.
     pub async fn add(&mut self, id: u64, join: Option<u64>) -> anyhow::Result<()> {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, u8::try_from(10 + id)?));
-        let flags = self.flags(id);
+        let flags = self.flags();
         let node = self.kit.prepare(
             id,
             NodeOptions {
@@ -158,5 +155,21 @@ impl Cluster {
 
     pub fn stop_all(&mut self) {
         self.kit.stop_all();
+    }
+
+    /// Nodes run instances on this containerd (socket, registry,
+    /// containerd namespace), each node on an instance subnet of its own.
+    pub fn set_runtime(&mut self, runtime: Option<(String, String, String)>) {
+        self.kit.template.isolated_instances = runtime.is_some();
+        self.runtime = runtime;
+    }
+}
+
+impl Drop for Cluster {
+    /// Nodes stop, then their instance networks go (bridges, firewall
+    /// rules, addresses); the run removes the instances themselves.
+    fn drop(&mut self) {
+        self.kit.stop_all();
+        self.kit.remove_instance_networks();
     }
 }

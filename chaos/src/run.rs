@@ -182,10 +182,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     }
     let mut cluster = Cluster::new(&dir, bin, extra);
     let ctr_ns = format!("rouse-chaos-{}", std::process::id());
-    cluster.runtime = opts
-        .runtime
-        .clone()
-        .map(|(sock, reg)| (sock, reg, ctr_ns.clone()));
+    cluster.set_runtime(
+        opts.runtime
+            .clone()
+            .map(|(sock, reg)| (sock, reg, ctr_ns.clone())),
+    );
     cluster.add(1, None).await?;
     let t = Instant::now();
     let token = loop {

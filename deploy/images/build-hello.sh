@@ -20,7 +20,8 @@ umoci unpack --rootless --image "$work/oci:img" "$work/bundle" >/dev/null 2>&1 |
 root="$work/bundle/rootfs"
 mkdir -p "$root/bin" "$root/www/cgi-bin" "$root/tmp" "$root/etc"
 cp "$BUSYBOX" "$root/bin/busybox"
-for app in sh httpd env sleep cat echo ls; do ln -sf busybox "$root/bin/$app"; done
+# Tools the isolation tests run inside instances.
+for app in sh httpd env sleep cat echo ls wget nc unshare mount dd grep head id arping touch timeout; do ln -sf busybox "$root/bin/$app"; done
 echo "hello from rouse" > "$root/www/index.html"
 cat > "$root/www/cgi-bin/env" <<'CGI'
 #!/bin/sh

@@ -44,12 +44,12 @@ fn main() -> ExitCode {
 }
 
 /// The listeners: inherited from whoever started the node (systemd's socket
-/// activation: the first socket serves the API, the second the mesh), or
-/// bound here.
+/// activation: the first socket serves the API, the second the mesh, the
+/// third other nodes' hops), or bound here.
 async fn listeners(
     config: &rouse_node::config::NodeConfig,
     mut inherited: listenfd::ListenFd,
-) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+) -> anyhow::Result<rouse_node::server::Listeners> {
     use anyhow::Context;
     let take = |fds: &mut listenfd::ListenFd, i: usize, field: &str, want: std::net::SocketAddr| {
         let Some(l) = fds
@@ -79,14 +79,23 @@ async fn listeners(
             .await
             .with_context(|| format!("http: cannot bind {}", config.http))?,
     };
-    Ok((api, http))
+    let hop = match take(&mut inherited, 2, "hop", config.hop)? {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(config.hop)
+            .await
+            .with_context(|| format!("hop: cannot bind {}", config.hop))?,
+    };
+    Ok(rouse_node::server::Listeners { api, http, hop })
 }
 
 async fn serve(
     config: rouse_node::config::NodeConfig,
     inherited: listenfd::ListenFd,
 ) -> anyhow::Result<()> {
-    let (listener, http) = listeners(&config, inherited).await?;
+    if config.remove_instance_network {
+        return rouse_node::server::remove_instance_network(&config).await;
+    }
+    let listeners = listeners(&config, inherited).await?;
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -101,5 +110,5 @@ async fn serve(
             _ = term.recv() => {}
         }
     };
-    rouse_node::server::run(config, listener, http, shutdown).await
+    rouse_node::server::run(config, listeners, shutdown).await
 }

@@ -34,7 +34,8 @@ use crate::local::{LocalInstances, ResumeRequest};
 use crate::mesh::{Mesh, MeshConfig, Upstreams};
 use crate::peer::PeerService;
 use crate::raft::{Network, PeerPool, Raft, PEER_MAX_MESSAGE};
-use crate::runtime::agent::AgentConfig;
+use crate::mesh::server::Listener;
+use crate::runtime::agent::{AgentConfig, InstanceNetwork};
 use crate::state::{Command, NodeRecord};
 use crate::trust::PeerTrust;
 
@@ -47,6 +48,7 @@ fn own_record(config: &NodeConfig, tls: &crate::tls::Tls) -> NodeRecord {
         id: config.id,
         api_addr: config.advertise.clone(),
         http_addr: config.http.to_string(),
+        hop_addr: config.hop.to_string(),
         zone: config.zone.clone(),
         region: config.region.clone(),
         cpu_capacity_mvcpu: config.cpu_capacity_mvcpu,
@@ -55,13 +57,27 @@ fn own_record(config: &NodeConfig, tls: &crate::tls::Tls) -> NodeRecord {
     }
 }
 
+/// A node's listeners, already bound.
+pub struct Listeners {
+    /// The gRPC API and the peer service (`--listen`).
+    pub api: TcpListener,
+    /// The public mesh (`--http`).
+    pub http: TcpListener,
+    /// Other nodes' hops (`--hop`).
+    pub hop: TcpListener,
+}
+
 /// Runs a node on already-bound listeners until `shutdown` resolves.
 pub async fn run(
     config: NodeConfig,
-    listener: TcpListener,
-    http_listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        api: listener,
+        http: http_listener,
+        hop: hop_listener,
+    } = listeners;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
     // A node with no Raft state yet is joining (or bootstrapping) now.
@@ -180,6 +196,18 @@ pub async fn run(
     ));
     tracing::info!(node = config.id, listen = %config.listen, advertise = %config.advertise, "serving gRPC API and peer service");
 
+    let networks = instance_networks(&config).await?;
+    // Instances reach the mesh on the node's bridge address (the public
+    // listener may be on loopback, which their namespaces do not share).
+    let gateway_listener = match &networks {
+        Some(net) if !config.http.ip().is_unspecified() => {
+            let addr = std::net::SocketAddr::from((net.plan().gateway(), config.http.port()));
+            Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("http: cannot serve the mesh to instances on {addr}")
+            })?)
+        }
+        _ => None,
+    };
     let mesh = Mesh::new(
         MeshConfig {
             base_domain: config.base_domain.clone(),
@@ -191,6 +219,7 @@ pub async fn run(
         resumer,
         Upstreams::new(&tls, local_ip),
     );
+    let public_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(start_membership(
             cluster.clone(),
@@ -206,12 +235,21 @@ pub async fn run(
         tokio::spawn(crate::mesh::server::serve(
             mesh.clone(),
             http_listener,
-            tls.clone(),
-            trust,
+            Listener::Public,
+            public_slots.clone(),
+        )),
+        tokio::spawn(crate::mesh::server::serve(
+            mesh.clone(),
+            hop_listener,
+            Listener::Hops {
+                tls: tls.clone(),
+                trust,
+            },
+            Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         )),
         tokio::spawn(crate::mesh::report::run(
             cluster.clone(),
-            mesh,
+            mesh.clone(),
             loads.clone(),
         )),
         // Instances keep running under containerd; a restarted node adopts them.
@@ -221,9 +259,18 @@ pub async fn run(
             local,
             images,
             resumes,
+            networks,
             config.clone(),
         )),
     ];
+    if let Some(l) = gateway_listener {
+        tasks.push(tokio::spawn(crate::mesh::server::serve(
+            mesh.clone(),
+            l,
+            Listener::Public,
+            public_slots,
+        )));
+    }
     tasks.extend(leader_loops(&cluster, &config, &keys, &loads));
     tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
 
@@ -241,6 +288,59 @@ pub async fn run(
         Ok(Err(e)) => return Err(e).context("gRPC server task"),
         _ => {}
     }
+    Ok(())
+}
+
+/// The node's isolated instance network, set up (bridge, firewall), or
+/// `None` in host mode.
+async fn instance_networks(
+    config: &NodeConfig,
+) -> anyhow::Result<Option<Arc<crate::runtime::network::Networks>>> {
+    use crate::config::InstanceNetwork;
+    use crate::runtime::network::{find_plugins, plan::Plan, Networks};
+    match &config.instance_network {
+        InstanceNetwork::Host { ports } => {
+            tracing::warn!(ports = ?ports, "instance_network: host: instances share the node's network and listen on its addresses; for development only");
+            Ok(None)
+        }
+        InstanceNetwork::Isolated {
+            subnet,
+            egress,
+            cni_bin_dir,
+        } => {
+            let bin = find_plugins(cni_bin_dir.as_deref())?;
+            let plan = Plan {
+                subnet: *subnet,
+                egress: *egress,
+                mesh_port: config.http.port(),
+            };
+            let net = Networks::new(plan, bin, config.data_dir.join("cni"));
+            net.prepare_node()
+                .await
+                .with_context(|| format!("instance_subnet: setting up {subnet}"))?;
+            tracing::info!(subnet = %subnet, bridge = %net.plan().bridge(), egress, "instances get a network namespace each");
+            Ok(Some(Arc::new(net)))
+        }
+    }
+}
+
+/// Removes the node's instance network (`--remove-instance-network`).
+pub async fn remove_instance_network(config: &NodeConfig) -> anyhow::Result<()> {
+    use crate::config::InstanceNetwork;
+    use crate::runtime::network::{find_plugins, plan::Plan, Networks};
+    let InstanceNetwork::Isolated { subnet, egress, cni_bin_dir } = &config.instance_network else {
+        anyhow::bail!("instance_network: host mode has no instance network to remove");
+    };
+    let bin = find_plugins(cni_bin_dir.as_deref()).unwrap_or_default();
+    let plan = Plan {
+        subnet: *subnet,
+        egress: *egress,
+        mesh_port: config.http.port(),
+    };
+    Networks::new(plan, bin, config.data_dir.join("cni"))
+        .remove_node()
+        .await?;
+    tracing::info!(subnet = %subnet, "removed the instance network");
     Ok(())
 }
 
@@ -496,6 +596,7 @@ async fn run_agent(
     local: Arc<LocalInstances>,
     images_slot: Arc<OnceLock<Arc<crate::runtime::image::Images>>>,
     resumes: tokio::sync::mpsc::Receiver<ResumeRequest>,
+    networks: Option<Arc<crate::runtime::network::Networks>>,
     cfg: NodeConfig,
 ) {
     use crate::runtime::{agent, ctr, image, task};
@@ -534,7 +635,19 @@ async fn run_agent(
         tasks,
         AgentConfig {
             node: cfg.id,
-            ports: cfg.instance_ports,
+            network: match (networks, &cfg.instance_network) {
+                (Some(n), _) => InstanceNetwork::Isolated(n),
+                (None, crate::config::InstanceNetwork::Host { ports }) => {
+                    InstanceNetwork::Host { ports: *ports }
+                }
+                (None, _) => InstanceNetwork::Host {
+                    ports: (20_000, 29_999),
+                },
+            },
+            userns: cfg.userns_base.map(|base| crate::runtime::spec::IdMap {
+                base,
+                size: crate::config::USERNS_SIZE,
+            }),
             stop_grace: cfg.stop_grace,
             image_gc_after: cfg.image_gc_after,
             suspend_after: cfg.suspend_after,

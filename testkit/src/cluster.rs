@@ -21,6 +21,10 @@ pub struct Template {
     pub env: Vec<(String, String)>,
     /// Peer traffic is plain: nodes join without a token.
     pub insecure: bool,
+    /// Nodes network instances in namespaces of their own (each on a
+    /// claimed subnet); otherwise `--instance-network host` (clusters that
+    /// run no instances).
+    pub isolated_instances: bool,
 }
 
 impl Template {
@@ -28,6 +32,7 @@ impl Template {
         let common: Vec<String> = common.iter().map(|s| s.to_string()).collect();
         Template {
             insecure: common.iter().any(|f| f == "--insecure"),
+            isolated_instances: false,
             bin,
             common,
             env: vec![("ROUSE_LOG".into(), "info,openraft=warn".into())],
@@ -74,6 +79,13 @@ impl Cluster {
     /// Binds node `id`'s listeners; starts nothing (see [`Self::start`]).
     pub fn prepare(&mut self, id: u64, opts: NodeOptions) -> std::io::Result<&mut NodeProcess> {
         let mut args = self.template.common.clone();
+        if self.template.isolated_instances {
+            args.push("--instance-subnet".into());
+            args.push(crate::network::claim_subnet());
+        } else if !args.iter().any(|a| a == "--instance-network") {
+            args.push("--instance-network".into());
+            args.push("host".into());
+        }
         args.extend(opts.extra);
         let spec = NodeSpec {
             id,
@@ -85,7 +97,11 @@ impl Cluster {
             env: self.template.env.clone(),
         };
         let ip = opts.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let node = NodeProcess::new(spec, ip)?;
+        let mut node = NodeProcess::new(spec, ip)?;
+        if ip.is_unspecified() && node.spec.advertise.is_none() {
+            // Bound on every address: peers use loopback.
+            node.spec.advertise = Some(format!("127.0.0.1:{}", node.api.addr().port()));
+        }
         self.nodes.insert(id, node);
         self.nodes
             .get_mut(&id)
@@ -283,6 +299,22 @@ impl Cluster {
     pub fn stop_all(&mut self) {
         for n in self.nodes.values_mut() {
             n.kill();
+        }
+    }
+
+    /// Removes every node's instance network (firewall rules, bridge,
+    /// addresses): once the nodes and their instances are gone.
+    pub fn remove_instance_networks(&self) {
+        if !self.template.isolated_instances {
+            return;
+        }
+        for n in self.nodes.values() {
+            let _ = std::process::Command::new(&n.spec.bin)
+                .args(n.args())
+                .arg("--remove-instance-network")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }

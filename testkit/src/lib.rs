@@ -21,12 +21,14 @@
 //! - [`cluster`]: a [`Cluster`] of them: bootstrap, joins with one-time
 //!   tokens, the admin key, clients, waiting for voters.
 //! - [`env`]: binaries, the test containerd and registry, images.
+//! - [`network`]: a claimed instance subnet per test node.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cluster;
 pub mod env;
 pub mod listener;
+pub mod network;
 pub mod process;
 pub mod wait;
 

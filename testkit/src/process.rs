@@ -32,6 +32,8 @@ pub struct NodeProcess {
     pub api: HeldListener,
     /// The routing mesh listener.
     pub http: HeldListener,
+    /// Other nodes' hops.
+    pub hop: HeldListener,
     child: Option<Child>,
     paused: bool,
 }
@@ -45,6 +47,7 @@ impl NodeProcess {
         Ok(NodeProcess {
             api: HeldListener::bind(ip)?,
             http: HeldListener::bind(ip)?,
+            hop: HeldListener::bind(ip)?,
             spec,
             child: None,
             paused: false,
@@ -62,6 +65,8 @@ impl NodeProcess {
             self.api.addr().to_string(),
             "--http".into(),
             self.http.addr().to_string(),
+            "--hop".into(),
+            self.hop.addr().to_string(),
         ];
         if let Some(adv) = &self.spec.advertise {
             a.push("--advertise".into());
@@ -75,6 +80,7 @@ impl NodeProcess {
     pub fn start(&mut self, first: &[String]) -> io::Result<()> {
         self.api.open()?;
         self.http.open()?;
+        self.hop.open()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -83,7 +89,7 @@ impl NodeProcess {
         cmd.args(self.args())
             .args(first)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
-            .env("LISTEN_FDS", "2")
+            .env("LISTEN_FDS", "3")
             .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -96,6 +102,10 @@ impl NodeProcess {
             FdMapping {
                 parent_fd: self.http.share()?,
                 child_fd: FIRST_FD + 1,
+            },
+            FdMapping {
+                parent_fd: self.hop.share()?,
+                child_fd: FIRST_FD + 2,
             },
         ])
         .map_err(|e| io::Error::other(format!("fd mapping: {e:?}")))?;
@@ -207,7 +217,7 @@ impl NodeProcess {
     }
 
     fn close_listeners(&mut self) {
-        for l in [&mut self.api, &mut self.http] {
+        for l in [&mut self.api, &mut self.http, &mut self.hop] {
             if let Err(e) = l.close() {
                 eprintln!(
                     "node {}: cannot hold {} while down: {e}",

@@ -1,15 +1,19 @@
 //! End-to-end test clusters: the test kit's cluster of real `rouse-node`
 //! processes, with what the end-to-end tests add (a containerd namespace
-//! and instance ports of their own, the CLI, cleanup of instances).
+//! and instance subnets of their own, the CLI, cleanup of instances), and
+//! [`netcheck`]: what the isolation tests read of the node's network.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 //!
 //! Binaries come from the same target dir as the test (build them first
 //! with `cargo build --bins`). Wait with [`eventually`], never a sleep.
 
+pub mod netcheck;
+
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use rouse_client::Client;
+use rouse_client::{pb, Client};
 use rouse_testkit::cluster::{Cluster, Template};
 pub use rouse_testkit::env::{registry_log_count, runtime_env, tar_test_image};
 pub use rouse_testkit::{eventually, eventually_within, NodeProcess, PATIENCE};
@@ -48,6 +52,8 @@ pub struct NodeView {
     pub listen: String,
     /// Mesh address (HOST:PORT).
     pub http: String,
+    /// The mesh's hop listener, for other nodes (HOST:PORT).
+    pub hop: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -68,11 +74,11 @@ pub struct TestCluster {
     pub inner: Cluster,
     /// containerd namespace of this cluster's instances, when it has a runtime.
     pub ctr_namespace: Option<String>,
-    /// First host port of this cluster's instance port block (40 per node).
-    ports_base: Option<u16>,
+    /// Address nodes bind their listeners on (default loopback).
+    pub bind: Option<IpAddr>,
 }
 
-static PORT_BLOCK: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl TestCluster {
     /// An empty cluster; `common` flags go to every node.
@@ -86,17 +92,22 @@ impl TestCluster {
             dir,
             inner,
             ctr_namespace: None,
-            ports_base: None,
+            bind: None,
         }
     }
 
     /// Like [`Self::start`], with every node on the test containerd (in a
     /// containerd namespace of this cluster's own) and the test registry.
     pub async fn start_with_runtime(n: u64, common: &[&str]) -> Self {
+        Self::start_with_runtime_on(None, n, common).await
+    }
+
+    /// Like [`Self::start_with_runtime`], with nodes listening on `bind`
+    /// (e.g. every address, to show what instances cannot reach).
+    pub async fn start_with_runtime_on(bind: Option<IpAddr>, n: u64, common: &[&str]) -> Self {
         let (sock, reg) = runtime_env();
-        let block = PORT_BLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40;
-        let ns = format!("rouse-test-{:08x}-{block}", std::process::id());
-        let lo = 21000 + block * 200;
+        let n_cluster = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = format!("rouse-test-{:08x}-{n_cluster}", std::process::id());
         let mut flags: Vec<String> = vec![
             "--containerd".into(),
             sock,
@@ -111,7 +122,9 @@ impl TestCluster {
         let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut c = TestCluster::new(&refs);
         c.ctr_namespace = Some(ns);
-        c.ports_base = Some(lo);
+        // Isolated instance networks unless the test asks for the host's.
+        c.inner.template.isolated_instances = !common.contains(&"--instance-network");
+        c.bind = bind;
         c.start_nodes(n).await;
         c
     }
@@ -139,16 +152,16 @@ impl TestCluster {
 
     /// Starts node `id`, bootstrapping when `join` is `None`.
     pub async fn add_node(&mut self, id: u64, join: Option<u64>, extra: &[&str]) {
-        let mut flags: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        if let Some(base) = self.ports_base {
-            // Nodes share this host: give each its own instance ports.
-            let lo = base + u16::try_from(id % 5).unwrap_or(0) * 40;
-            flags.push("--instance-ports".into());
-            flags.push(format!("{lo}-{}", lo + 39));
-        }
-        let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let opts = rouse_testkit::cluster::NodeOptions {
+            ip: self.bind,
+            advertise: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         self.inner
-            .add(id, join, &refs)
+            .prepare(id, opts)
+            .unwrap_or_else(|e| panic!("binding node {id}'s listeners: {e}"));
+        self.inner
+            .start(id, join)
             .await
             .unwrap_or_else(|e| panic!("starting node {id}: {e:#}"));
     }
@@ -164,6 +177,7 @@ impl TestCluster {
             id,
             listen: n.api.addr().to_string(),
             http: n.http.addr().to_string(),
+            hop: n.hop.addr().to_string(),
             data_dir: n.spec.data_dir.clone(),
             log: n.spec.log.clone(),
         }
@@ -222,6 +236,36 @@ impl TestCluster {
                 .as_deref()
                 .expect("a cluster with a runtime"),
         )
+    }
+
+    /// Runs `script` with `sh -c` inside instance `instance`: a process
+    /// that joins its namespaces with its user, capabilities and seccomp
+    /// filter (`ctr tasks exec`). Returns (exit code, stdout and stderr).
+    pub fn exec_in(&self, instance: &str, script: &str) -> (i32, String) {
+        static EXECS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sock, _) = runtime_env();
+        let ns = self.ctr_namespace.as_deref().expect("a cluster with a runtime");
+        let out = Command::new("ctr")
+            .args(["--address", &sock, "-n", ns, "tasks", "exec", "--exec-id"])
+            .arg(format!("t{}-{n}", std::process::id()))
+            .args([instance, "/bin/sh", "-c", script])
+            .output()
+            .expect("run ctr tasks exec");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Node `id`'s instance network, as its flags set it up.
+    pub fn instance_net(&self, id: u64) -> netcheck::InstanceNet {
+        let args = &self.node(id).spec.args;
+        let subnet = args
+            .iter()
+            .position(|a| a == "--instance-subnet")
+            .and_then(|i| args.get(i + 1))
+            .expect("a node with an isolated instance network");
+        netcheck::InstanceNet::new(subnet, &self.data_dir(id))
     }
 
     /// A fresh one-time join token, minted through node `via` with the CLI.
@@ -317,7 +361,7 @@ impl TestCluster {
             data_dir: dir.join("data"),
             log: dir.join("log"),
             advertise: None,
-            args: Vec::new(),
+            args: vec!["--instance-network".into(), "host".into()],
             env: self.inner.template.env.clone(),
         };
         let mut p = NodeProcess::new(spec, std::net::IpAddr::from([127, 0, 0, 1]))
@@ -344,6 +388,7 @@ impl Drop for TestCluster {
         ) {
             rouse_testkit::env::ctr_cleanup(&sock, &ns);
         }
+        self.inner.remove_instance_networks();
         if std::thread::panicking() {
             // Keep the logs of a failed test for whoever reads the output.
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
@@ -351,4 +396,42 @@ impl Drop for TestCluster {
             eprintln!("test cluster logs kept in {}", kept.display());
         }
     }
+}
+
+/// A deploy request for `ns/name` running `image` with `min` instances.
+pub fn deploy(ns: &str, name: &str, image: &str, min: u32) -> pb::DeployContainerRequest {
+    pb::DeployContainerRequest {
+        namespace: ns.into(),
+        name: name.into(),
+        image: Some(image.into()),
+        min_scale: Some(min),
+        ..Default::default()
+    }
+}
+
+/// Waits until `ns/name` has `n` ready instances; returns them.
+pub async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> {
+    eventually(&format!("{n} ready instance(s) of {ns}/{name}"), || {
+        let mut c = c.clone();
+        async move {
+            let ct = c
+                .get_container(ns, name, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Ready instances of the container's current generation, once
+            // they are all there is (a rollout's old ones have left).
+            let r: Vec<pb::Instance> = ct
+                .instances
+                .iter()
+                .filter(|i| i.state == "ready" && i.generation == ct.generation)
+                .cloned()
+                .collect();
+            if r.len() == n && ct.instances.len() == n {
+                Ok(r)
+            } else {
+                Err(format!("{:?}", ct.instances))
+            }
+        }
+    })
+    .await
 }

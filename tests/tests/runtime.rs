@@ -8,17 +8,7 @@
 use std::collections::HashMap;
 
 use rouse_client::{pb, Client};
-use rouse_e2e::{eventually, push_test_image, registry_log_count, TestCluster};
-
-fn deploy(ns: &str, name: &str, image: &str, min: u32) -> pb::DeployContainerRequest {
-    pb::DeployContainerRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        image: Some(image.into()),
-        min_scale: Some(min),
-        ..Default::default()
-    }
-}
+use rouse_e2e::{deploy, eventually, push_test_image, ready, registry_log_count, TestCluster};
 
 /// Creates namespace `name` with secrets (retried until the cluster's data
 /// key is set up).
@@ -42,40 +32,15 @@ async fn namespace_with_secrets(c: &Client, name: &str, secrets: &[(&str, &str)]
     .await;
 }
 
-/// Waits until `ns/name` has `n` ready instances; returns them.
-async fn ready(c: &Client, ns: &str, name: &str, n: usize) -> Vec<pb::Instance> {
-    eventually(&format!("{n} ready instance(s) of {ns}/{name}"), || {
-        let mut c = c.clone();
-        async move {
-            let ct = c
-                .get_container(ns, name, true)
-                .await
-                .map_err(|e| e.to_string())?;
-            // Ready instances of the container's current generation, once
-            // they are all there is (a rollout's old ones have left).
-            let r: Vec<pb::Instance> = ct
-                .instances
-                .iter()
-                .filter(|i| i.state == "ready" && i.generation == ct.generation)
-                .cloned()
-                .collect();
-            if r.len() == n && ct.instances.len() == n {
-                Ok(r)
-            } else {
-                Err(format!("{:?}", ct.instances))
-            }
-        }
-    })
-    .await
-}
-
-fn http_get(port: u32, path: &str) -> String {
+/// GET from an instance directly, at its address in its network namespace.
+fn http_get(i: &pb::Instance, path: &str) -> String {
+    assert!(!i.ip.is_empty(), "instance {} has no address: {i:?}", i.id);
     let out = std::process::Command::new("curl")
         .args([
             "-fsS",
             "--max-time",
             "5",
-            &format!("http://127.0.0.1:{port}{path}"),
+            &format!("http://{}:{}{path}", i.ip, i.port),
         ])
         .output()
         .unwrap();
@@ -115,7 +80,7 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
         (128u64 * 1024 * 1024).to_string()
     );
     // The environment: image < namespace < container, plus PORT.
-    let env = http_get(inst.port, "/cgi-bin/env");
+    let env = http_get(&inst, "/cgi-bin/env");
     for want in [
         "NS_VAR=from-namespace",
         "CT_VAR=from-container",
@@ -127,7 +92,7 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
             "{want} missing from:\n{env}"
         );
     }
-    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+    assert_eq!(http_get(&inst, "/").trim(), "hello from rouse");
 
     // Kill the container's process: it is restarted.
     let (_, pid, _) = cluster
@@ -163,7 +128,7 @@ async fn instance_runs_with_limits_env_restarts_and_is_removed() {
     assert_ne!(new_pid, pid);
     assert_eq!(status, "RUNNING");
     assert_eq!(again.exit_code, Some(137), "{again:?}");
-    assert_eq!(http_get(again.port, "/").trim(), "hello from rouse");
+    assert_eq!(http_get(&again, "/").trim(), "hello from rouse");
 
     // Delete: task, container and snapshot are gone.
     c.delete_container("shop", "web").await.unwrap();
@@ -198,7 +163,7 @@ async fn two_instances_of_one_image_pull_it_once() {
     req.memory_mb = Some(64);
     c.deploy_container(req).await.unwrap();
     let inst = ready(&c, "n", "twice", 2).await;
-    assert_ne!(inst[0].port, inst[1].port);
+    assert_ne!(inst[0].ip, inst[1].ip, "each instance has its own address");
     // Every layer blob of the image was fetched from the registry once.
     let ct = c.get_container("n", "twice", true).await.unwrap();
     let manifest = std::process::Command::new("curl")
@@ -296,7 +261,7 @@ async fn node_restart_adopts_running_instances() {
 
     cluster.kill(1);
     // The instance keeps serving while rouse-node is down.
-    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+    assert_eq!(http_get(&inst, "/").trim(), "hello from rouse");
     cluster.restart(1);
     let c = cluster.client(1).await;
     eventually("adopted", || async {
@@ -309,7 +274,7 @@ async fn node_restart_adopts_running_instances() {
     .await;
     let after = ready(&c, "n", "keep", 1).await.remove(0);
     assert_eq!(after.id, inst.id);
-    assert_eq!(after.port, inst.port);
+    assert_eq!((&after.ip, after.port), (&inst.ip, inst.port), "the adopted instance keeps its address");
     assert_eq!(after.restarts, 0);
     let (_, pid_after, _) = cluster
         .tasks()
@@ -357,7 +322,7 @@ async fn image_import_works_offline_and_logs_come_from_any_node() {
 
     // Logs of the instance on node 2, asked of node 1.
     let remote = inst.iter().find(|i| i.node == 2).unwrap();
-    let _ = http_get(remote.port, "/cgi-bin/env");
+    let _ = http_get(&remote, "/cgi-bin/env");
     let want = format!("rouse hello listening on {}", remote.port);
     eventually("logs relayed from node 2", || async {
         let (code, out, err) = cluster.cli(
@@ -410,7 +375,7 @@ async fn health_path_gates_readiness() {
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_eq!(http_get(i.port, "/").trim(), "hello from rouse");
+    assert_eq!(http_get(&i, "/").trim(), "hello from rouse");
     let ct = c.get_container("n", "h", true).await.unwrap();
     assert_eq!(
         ct.instances[0].state, "starting",
@@ -449,7 +414,7 @@ async fn secrets_reach_the_container_environment_only() {
     req.secrets = HashMap::from([("TOKEN".into(), secret.into())]);
     c.deploy_container(req).await.unwrap();
     let inst = ready(&c, "n", "app", 1).await.remove(0);
-    let env = http_get(inst.port, "/cgi-bin/env");
+    let env = http_get(&inst, "/cgi-bin/env");
     assert!(
         env.lines().any(|l| l == format!("TOKEN={secret}")),
         "container secret wins:\n{env}"
@@ -590,7 +555,7 @@ async fn registry_basic_auth() {
         .await
         .unwrap();
     let inst = ready(&c, "n", "open", 1).await.remove(0);
-    assert_eq!(http_get(inst.port, "/").trim(), "hello from rouse");
+    assert_eq!(http_get(&inst, "/").trim(), "hello from rouse");
 }
 
 /// Waits until node `id`'s master key file holds `key`; returns how long.
@@ -667,7 +632,7 @@ async fn keys_rotate_and_every_node_follows() {
     nodes.sort_unstable();
     assert_eq!(nodes, vec![1, 2, 3], "one instance per zone");
     for i in &insts {
-        let env = http_get(i.port, "/cgi-bin/env");
+        let env = http_get(&i, "/cgi-bin/env");
         assert!(
             env.lines().any(|l| l == "SHARED=sealed-before"),
             "node {}: {env}",
@@ -682,5 +647,40 @@ async fn keys_rotate_and_every_node_follows() {
     // The re-sealed signing key still signs.
     let (code, _, err) = cluster.cli(3, &["token", "create", "--namespace", "n"]);
     assert_eq!(code, 0, "{err}");
+    cluster.assert_no_panics();
+}
+
+/// `--instance-network host` (development): instances share the node's
+/// network and listen on ports of the node's range, still in a user
+/// namespace under the seccomp filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_mode_listens_on_node_ports() {
+    let image = push_test_image("rouse-test/hostnet", "1");
+    let cluster = TestCluster::start_with_runtime(
+        1,
+        &["--instance-network", "host", "--instance-ports", "33000-33099"],
+    )
+    .await;
+    let log = cluster.log_text(1);
+    assert!(log.contains("for development only"), "a warning: {log}");
+    let mut c = cluster.client(1).await;
+    c.create_namespace("h", HashMap::new()).await.unwrap();
+    let mut req = deploy("h", "web", &image, 1);
+    req.memory_mb = Some(64);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "h", "web", 1).await.remove(0);
+    assert_eq!(inst.ip, "", "no address of its own: {inst:?}");
+    assert!((33000..=33099).contains(&inst.port), "{inst:?}");
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}/", inst.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from rouse");
+    let (_, status) = cluster.exec_in(&inst.id, "grep Seccomp: /proc/self/status; cat /proc/self/uid_map");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    let map: Vec<&str> = status.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(map[0], "0", "{status}");
+    assert_ne!(map[1], "0", "uid 0 inside is not root on the node: {status}");
     cluster.assert_no_panics();
 }

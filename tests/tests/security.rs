@@ -281,6 +281,20 @@ async fn mesh_over_tls(addr: &str, config: tokio_rustls::rustls::ClientConfig) -
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A plain HTTP GET at `addr`: what came back before the connection closed.
+async fn plain_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET / HTTP/1.1\r\nHost: nothing.here\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Runs `rouse-node` as a would-be member joining through node 1 and returns
 /// (exit code, log) once it exits (or is stopped after `wait`).
 async fn intruder(
@@ -316,7 +330,7 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
         .await
         .unwrap();
     assert_eq!(ping(ch).await.unwrap(), 1);
-    let answer = mesh_over_tls(&n1.http, client_config(&ca, Some((&cert2, &key2)))).await;
+    let answer = mesh_over_tls(&n1.hop, client_config(&ca, Some((&cert2, &key2)))).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 
     // Plain: the API answers, the peer service does not.
@@ -340,6 +354,13 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
 
+    // The hop listener does not speak plain HTTP when peers use TLS; the
+    // public mesh does.
+    let answer = plain_get(&n1.hop).await;
+    assert!(!answer.contains("HTTP/"), "plain HTTP on the hop port: {answer}");
+    let answer = plain_get(&n1.http).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
     // TLS without a client certificate: refused too.
     let ch = tls_channel(&n1.listen, client_config(&ca, None))
         .await
@@ -347,7 +368,7 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     let e = ping(ch).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     // …and the mesh's hop port refuses the handshake.
-    let answer = mesh_over_tls(&n1.http, client_config(&ca, None)).await;
+    let answer = mesh_over_tls(&n1.hop, client_config(&ca, None)).await;
     assert!(!answer.contains("HTTP/"), "{answer}");
 
     // A certificate from another CA fails the handshake on both ports.
@@ -359,7 +380,7 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
         Err(e) => Err(e.to_string()),
     };
     assert!(res.is_err(), "a foreign certificate was accepted: {res:?}");
-    let answer = mesh_over_tls(&n1.http, client_config(&ca, Some((&fake, &fake_key)))).await;
+    let answer = mesh_over_tls(&n1.hop, client_config(&ca, Some((&fake, &fake_key)))).await;
     assert!(!answer.contains("HTTP/"), "{answer}");
     let log = n1.log_text();
     assert!(log.contains("TLS handshake failed"), "{log}");

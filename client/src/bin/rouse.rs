@@ -385,6 +385,10 @@ struct Deploy {
     /// Ready when this path answers 2xx ("" clears it; default: port open).
     #[arg(long)]
     health_path: Option<String>,
+    /// Mount the root filesystem read-only; /tmp stays writable
+    /// (--read-only-rootfs=false turns it off again).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    read_only_rootfs: Option<bool>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -518,6 +522,7 @@ struct ContainerOut {
     region: String,
     pending_reason: String,
     health_path: String,
+    read_only_rootfs: bool,
 }
 
 #[derive(Serialize)]
@@ -529,6 +534,7 @@ struct ColdStartOut {
     last_pull_ms: u64,
     last_create_ms: u64,
     last_start_ms: u64,
+    last_network_ms: u64,
     last_ready_ms: u64,
 }
 
@@ -542,6 +548,9 @@ struct InstanceOut {
     exit_code: Option<i32>,
     oom_killed: bool,
     restarts: u32,
+    /// Its address on the node's instance bridge ("" on the host network).
+    ip: String,
+    /// The port it listens on (at `ip`, or on the node on the host network).
     port: u32,
 }
 
@@ -556,6 +565,7 @@ impl From<pb::Instance> for InstanceOut {
             exit_code: i.exit_code,
             oom_killed: i.oom_killed,
             restarts: i.restarts,
+            ip: i.ip,
             port: i.port,
         }
     }
@@ -596,6 +606,7 @@ impl From<pb::Container> for ContainerOut {
             region: c.region,
             pending_reason: c.pending_reason,
             health_path: c.health_path,
+            read_only_rootfs: c.read_only_rootfs,
             cold_start: c.cold_start.map(|s| ColdStartOut {
                 samples: s.samples,
                 median_total_ms: s.median_total_ms,
@@ -604,6 +615,7 @@ impl From<pb::Container> for ContainerOut {
                 last_pull_ms: s.last_pull_ms,
                 last_create_ms: s.last_create_ms,
                 last_start_ms: s.last_start_ms,
+                last_network_ms: s.last_network_ms,
                 last_ready_ms: s.last_ready_ms,
             }),
         }
@@ -612,14 +624,18 @@ impl From<pb::Container> for ContainerOut {
 
 fn instance_rows(is: &[InstanceOut]) -> String {
     table(
-        &["INSTANCE", "NODE", "STATE", "PORT", "RESTARTS", "MESSAGE"],
+        &["INSTANCE", "NODE", "STATE", "ADDRESS", "RESTARTS", "MESSAGE"],
         is.iter()
             .map(|i| {
                 vec![
                     i.id.clone(),
                     i.node.to_string(),
                     i.state.clone(),
-                    i.port.to_string(),
+                    if i.ip.is_empty() {
+                        format!(":{}", i.port)
+                    } else {
+                        format!("{}:{}", i.ip, i.port)
+                    },
                     i.restarts.to_string(),
                     i.message.clone(),
                 ]
@@ -1094,9 +1110,9 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             }
             if let Some(cs) = &out.cold_start {
                 text.push_str(&format!(
-                    "\ncold start: last {} ms (placement {} + pull {} + create {} + start {} + ready {}), median {} ms over {}",
+                    "\ncold start: last {} ms (placement {} + pull {} + create {} + start {} [network {}] + ready {}), median {} ms over {}",
                     cs.last_total_ms, cs.last_placement_ms, cs.last_pull_ms, cs.last_create_ms, cs.last_start_ms,
-                    cs.last_ready_ms, cs.median_total_ms, cs.samples
+                    cs.last_network_ms, cs.last_ready_ms, cs.median_total_ms, cs.samples
                 ));
             }
             if !out.instances.is_empty() {
@@ -1140,6 +1156,7 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                 .into(),
                 region: d.region,
                 health_path: d.health_path,
+                read_only_rootfs: d.read_only_rootfs,
                 scale_to_zero_after_seconds: d
                     .scale_to_zero_after
                     .as_deref()

@@ -76,7 +76,8 @@ impl Api {
             }
             set!(cpu_mvcpu <- cpu_mvcpu, memory_mb <- memory_mb, min_scale <- min_scale, max_scale <- max_scale,
                  max_concurrency <- max_concurrency, timeout_secs <- timeout_seconds,
-                 scale_to_zero_after_secs <- scale_to_zero_after_seconds);
+                 scale_to_zero_after_secs <- scale_to_zero_after_seconds,
+                 read_only_rootfs <- read_only_rootfs);
             if let Some(p) = privacy {
                 spec.privacy = p;
             }

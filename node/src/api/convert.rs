@@ -70,6 +70,7 @@ pub fn container_with_instances(c: &Container, state: &StateData) -> pb::Contain
                 restarts: st.restarts,
                 port: st.port,
                 updated_at_ms: st.updated_at_ms,
+                ip: st.ip,
             }
         })
         .collect();
@@ -85,6 +86,7 @@ impl From<&Container> for pb::Container {
             instances: vec![],
             region: c.spec.region.clone().unwrap_or_default(),
             health_path: c.spec.health_path.clone().unwrap_or_default(),
+            read_only_rootfs: s.read_only_rootfs,
             pending_reason: c.pending_reason.clone().unwrap_or_default(),
             cold_start: c
                 .cold_start_summary()
@@ -98,6 +100,7 @@ impl From<&Container> for pb::Container {
                     last_start_ms: last.start_ms,
                     last_ready_ms: last.ready_ms,
                     last_at_ms: last.at_ms,
+                    last_network_ms: last.network_ms,
                 }),
             namespace: c.namespace.clone(),
             name: c.name.clone(),

@@ -32,6 +32,24 @@ fn invalid(field: &'static str, rule: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Default base of instances' user namespaces.
+pub const DEFAULT_USERNS_BASE: u32 = 200_000;
+/// Ids an instance's user namespace maps.
+pub const USERNS_SIZE: u32 = 65_536;
+
+/// How this node networks its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceNetwork {
+    /// A network namespace each on a node-local bridge.
+    Isolated {
+        subnet: ipnet::Ipv4Net,
+        egress: bool,
+        cni_bin_dir: Option<PathBuf>,
+    },
+    /// Development only: the node's network, host ports from this range.
+    Host { ports: (u16, u16) },
+}
+
 /// Resolved, validated node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -56,7 +74,13 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
     pub log: String,
-    pub instance_ports: (u16, u16),
+    /// Where other nodes' hops arrive (mutual TLS).
+    pub hop: SocketAddr,
+    /// Remove the instance network and exit.
+    pub remove_instance_network: bool,
+    pub instance_network: InstanceNetwork,
+    /// Base of instances' user namespaces; `None`: no user namespace.
+    pub userns_base: Option<u32>,
     pub stop_grace: std::time::Duration,
     pub image_gc_after: std::time::Duration,
     pub registry_auth: Option<PathBuf>,
@@ -195,7 +219,21 @@ impl NodeConfig {
                 format!("{heartbeat_ms} is outside 20..=5000"),
             ));
         }
-        let ports_s = args.instance_ports.unwrap_or_else(|| "20000-29999".into());
+        let hop = match &args.hop {
+            Some(h) => h.parse().map_err(|_| {
+                invalid("hop", format!("{h:?} is not an IP:PORT address to bind"))
+            })?,
+            None => SocketAddr::new(http.ip(), http.port().checked_add(1).ok_or_else(|| {
+                invalid("hop", "is required when --http's port is 65535")
+            })?),
+        };
+        if hop == http || hop == listen {
+            return Err(invalid(
+                "hop",
+                format!("{hop} is already --http's or --listen's address"),
+            ));
+        }
+        let ports_s = args.instance_ports.clone().unwrap_or_else(|| "20000-29999".into());
         let instance_ports = ports_s
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
@@ -206,6 +244,69 @@ impl NodeConfig {
                     format!("{ports_s:?} is not LO-HI with 1024 <= LO <= HI <= 65535"),
                 )
             })?;
+        let mode = args.instance_network.as_deref().unwrap_or("isolated");
+        if mode != "host" && args.instance_ports.is_some() {
+            return Err(invalid(
+                "instance_ports",
+                "applies only with --instance-network host (isolated instances listen on their own address)",
+            ));
+        }
+        if mode == "host" {
+            for (field, set) in [
+                ("instance_subnet", args.instance_subnet.is_some()),
+                ("instance_egress", args.instance_egress.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(field, "applies only with --instance-network isolated"));
+                }
+            }
+        }
+        let instance_network = match mode {
+            "host" => InstanceNetwork::Host {
+                ports: instance_ports,
+            },
+            "isolated" => {
+                let subnet = match &args.instance_subnet {
+                    Some(s) => crate::runtime::network::plan::check_subnet(s)
+                        .map_err(|e| invalid("instance_subnet", e))?,
+                    None => crate::runtime::network::plan::default_subnet(id),
+                };
+                let egress = match args.instance_egress.as_deref().unwrap_or("allow") {
+                    "allow" => true,
+                    "deny" => false,
+                    other => {
+                        return Err(invalid(
+                            "instance_egress",
+                            format!("{other:?} is neither allow nor deny"),
+                        ))
+                    }
+                };
+                InstanceNetwork::Isolated {
+                    subnet,
+                    egress,
+                    cni_bin_dir: args.cni_bin_dir.clone(),
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "instance_network",
+                    format!("{other:?} is neither isolated nor host"),
+                ))
+            }
+        };
+        let userns_base = match args.userns_base.unwrap_or(DEFAULT_USERNS_BASE) {
+            0 => None,
+            b if b < 65_536 => {
+                return Err(invalid(
+                    "userns_base",
+                    format!("{b} would map instances onto the node's own users; use 65536 or more (or 0 for none)"),
+                ))
+            }
+            b if b.checked_add(USERNS_SIZE).is_none() => {
+                return Err(invalid("userns_base", format!("{b} leaves no room for 65536 ids")))
+            }
+            b => Some(b),
+        };
         let stop_grace = duration("stop_grace", args.stop_grace, "10s")?;
         let image_gc_after = duration("image_gc_after", args.image_gc_after, "10m")?;
         let autoscale_window = duration("autoscale_window", args.autoscale_window, "60s")?;
@@ -248,7 +349,10 @@ impl NodeConfig {
             overcommit,
             suspend_after,
             autoscale_window,
-            instance_ports,
+            hop,
+            remove_instance_network: args.remove_instance_network,
+            instance_network,
+            userns_base,
             stop_grace,
             image_gc_after,
             registry_auth: args.registry_auth,
@@ -379,6 +483,13 @@ mod tests {
             (vec!["--cpu-capacity", "5"], "cpu_capacity"),
             (vec!["--listen", "0.0.0.0:1"], "advertise"),
             (vec!["--base-domain", "a..b"], "base_domain"),
+            (vec!["--instance-ports", "20000-20100"], "instance_ports"),
+            (vec!["--instance-network", "host", "--instance-subnet", "10.1.2.0/24"], "instance_subnet"),
+            (vec!["--instance-network", "bridge"], "instance_network"),
+            (vec!["--instance-subnet", "10.1.2.0/30"], "instance_subnet"),
+            (vec!["--instance-egress", "maybe"], "instance_egress"),
+            (vec!["--userns-base", "1000"], "userns_base"),
+            (vec!["--hop", "127.0.0.1:7070"], "hop"),
         ] {
             let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
             assert!(e.starts_with(field), "{e}");

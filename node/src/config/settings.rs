@@ -108,10 +108,47 @@ pub struct Args {
     #[arg(long, env = "ROUSE_LOG")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-    /// Host ports given to instances, LO-HI (default 20000-29999).
+    /// How instances are networked: `isolated` (a network namespace each
+    /// on a node-local bridge; the default) or `host` (the node's network,
+    /// for development only).
+    #[arg(long, env = "ROUSE_INSTANCE_NETWORK")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_network: Option<String>,
+    /// IPv4 subnet of this node's instances (default 10.88.<node id>.0/24;
+    /// nodes of one cluster need different ones).
+    #[arg(long, env = "ROUSE_INSTANCE_SUBNET")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_subnet: Option<String>,
+    /// Whether instances may reach the outside (`allow`, masqueraded behind
+    /// the node; the default) or not (`deny`).
+    #[arg(long, env = "ROUSE_INSTANCE_EGRESS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_egress: Option<String>,
+    /// Directory of the CNI plugins (default /usr/lib/cni, else /opt/cni/bin).
+    #[arg(long, env = "ROUSE_CNI_BIN_DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// First node uid (and gid) of the range an instance's user namespace
+    /// maps its ids to (root inside is this uid outside); 0 runs instances
+    /// without a user namespace (default 200000).
+    #[arg(long, env = "ROUSE_USERNS_BASE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns_base: Option<u32>,
+    /// Host mode only: host ports given to instances, LO-HI (default 20000-29999).
     #[arg(long, env = "ROUSE_INSTANCE_PORTS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_ports: Option<String>,
+    /// Remove this node's instance network (firewall rules, bridge, address
+    /// store) and exit: for a node that leaves for good, once its instances
+    /// are gone.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_instance_network: bool,
+    /// Address other nodes' meshes forward requests to, over mutual TLS
+    /// (HOST:PORT; default: --http's host and the next port).
+    #[arg(long, env = "ROUSE_HOP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop: Option<String>,
     /// Time an instance gets between SIGTERM and SIGKILL (default 10s).
     #[arg(long, env = "ROUSE_STOP_GRACE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,7 @@
 //! [`Activator::target`] is the loop around them.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +31,9 @@ pub const QUEUE_CAP: usize = 1000;
 /// Where a container's ready instances are, seen from this node.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct View {
-    /// Local routable instances: (id, port).
-    pub local: Vec<(String, u32)>,
+    /// Local routable instances: id and where they answer (their address on
+    /// the node's bridge, or the node's loopback in host mode).
+    pub local: Vec<(String, SocketAddr)>,
     /// Other live nodes with routable instances: node → (count, mesh address).
     pub remote: BTreeMap<NodeId, (usize, String)>,
 }
@@ -53,17 +55,33 @@ pub fn view(state: &StateData, me: NodeId, key: &ContainerKey) -> View {
             continue;
         }
         if i.node == me {
-            v.local.push((i.id.clone(), st.port));
+            if let Some(addr) = instance_addr(&st.ip, st.port) {
+                v.local.push((i.id.clone(), addr));
+            }
         } else if let Some(rec) = state.nodes.get(&i.node) {
             if !state.node_state(i.node).down {
-                v.remote
-                    .entry(i.node)
-                    .or_insert((0, rec.http_addr.clone()))
-                    .0 += 1;
+                // Hops go to the node's hop listener (older records: its mesh).
+                let hop = if rec.hop_addr.is_empty() {
+                    &rec.http_addr
+                } else {
+                    &rec.hop_addr
+                };
+                v.remote.entry(i.node).or_insert((0, hop.clone())).0 += 1;
             }
         }
     }
     v
+}
+
+/// Where a local instance answers, from its status.
+pub fn instance_addr(ip: &str, port: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(port).ok()?;
+    let ip: Ipv4Addr = if ip.is_empty() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        ip.parse().ok()?
+    };
+    Some(SocketAddr::from((ip, port)))
 }
 
 /// Where to send a request.
@@ -110,7 +128,7 @@ pub enum Target {
     /// A local instance, with one of its slots held.
     Local {
         id: String,
-        port: u32,
+        addr: SocketAddr,
         slot: SlotGuard,
     },
     /// Another node's mesh (the request hops there).
@@ -155,7 +173,7 @@ impl Activator {
                 .collect();
             match choose(&v, &loads, route.max_concurrency, hop, rand::random()) {
                 Choice::Local(ix) => {
-                    let (id, port) = v.local[ix].clone();
+                    let (id, addr) = v.local[ix].clone();
                     // Another request may have taken the slot meanwhile.
                     let Some(slot) = self
                         .local
@@ -164,7 +182,7 @@ impl Activator {
                         continue;
                     };
                     self.wake(&id).await?;
-                    return Ok(Target::Local { id, port, slot });
+                    return Ok(Target::Local { id, addr, slot });
                 }
                 Choice::Remote { node, addr } => return Ok(Target::Remote { node, addr }),
                 Choice::Wait { any_ready: true } => {
@@ -302,6 +320,7 @@ mod tests {
                     status: InstanceStatus {
                         state,
                         port: 9000,
+                        ip: "10.0.0.9".into(),
                         ..Default::default()
                     },
                 },
@@ -315,7 +334,11 @@ mod tests {
         let mut s = world();
         let k = ContainerKey::new("ns", "web");
         let v = view(&s, 1, &k);
-        assert_eq!(v.local, vec![("a".to_string(), 9000)]);
+        assert_eq!(
+            v.local,
+            vec![("a".to_string(), "10.0.0.9:9000".parse().unwrap())]
+        );
+        assert_eq!(instance_addr("", 7), Some("127.0.0.1:7".parse().unwrap()), "host mode");
         assert_eq!(
             v.remote.keys().copied().collect::<Vec<_>>(),
             vec![2, 3],

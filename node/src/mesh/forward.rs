@@ -63,17 +63,25 @@ type Https = HttpsConnector<HttpConnector>;
 /// Clients for local instances (plain) and other nodes' meshes (mutual TLS
 /// unless `--insecure`).
 pub struct Upstreams {
+    /// To instances on this node: from whatever address reaches them (the
+    /// node's address on the instance bridge).
+    local: Clients,
+    /// To other nodes' hop listeners: from the node's own address.
+    hops: Clients,
+}
+
+struct Clients {
     http1: Client<Https, Incoming>,
     h2: Client<Https, Incoming>,
     /// For upgrade requests, whose body is empty.
     upgrades: Client<Https, http_body_util::Empty<Bytes>>,
 }
 
-impl Upstreams {
-    pub fn new(tls: &crate::tls::Tls, local: Option<std::net::IpAddr>) -> Self {
-        let conn1 = crate::tls::connector(tls, local, false);
-        let conn2 = crate::tls::connector(tls, local, true);
-        Upstreams {
+impl Clients {
+    fn new(tls: &crate::tls::Tls, source: Option<std::net::IpAddr>) -> Self {
+        let conn1 = crate::tls::connector(tls, source, false);
+        let conn2 = crate::tls::connector(tls, source, true);
+        Clients {
             http1: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(conn1.clone()),
@@ -83,6 +91,16 @@ impl Upstreams {
             upgrades: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(conn1),
+        }
+    }
+}
+
+impl Upstreams {
+    /// `source`: the address hops leave from (None: the kernel's choice).
+    pub fn new(tls: &crate::tls::Tls, source: Option<std::net::IpAddr>) -> Self {
+        Upstreams {
+            local: Clients::new(tls, None),
+            hops: Clients::new(tls, source),
         }
     }
 
@@ -108,17 +126,18 @@ impl Upstreams {
         let original_host = original_host(&req);
         *req.uri_mut() = uri;
         let upgrade = rewrite_headers(req.headers_mut(), remote, hop, original_host);
+        let clients = if hop { &self.hops } else { &self.local };
         if upgrade {
-            return self.tunnel(req, base, held).await;
+            return Self::tunnel(clients, req, base, held).await;
         }
         let result = match protocol {
             Protocol::H2c => {
                 *req.version_mut() = Version::HTTP_2;
-                self.h2.request(req).await
+                clients.h2.request(req).await
             }
             Protocol::Http1 => {
                 *req.version_mut() = Version::HTTP_11;
-                self.http1.request(req).await
+                clients.http1.request(req).await
             }
         };
         match result {
@@ -143,7 +162,7 @@ impl Upstreams {
     /// Passes an HTTP/1.1 upgrade through: forwards the handshake, and on
     /// 101 splices the two upgraded connections.
     async fn tunnel(
-        &self,
+        clients: &Clients,
         mut req: Request<Incoming>,
         base: &str,
         held: Held,
@@ -152,7 +171,7 @@ impl Upstreams {
         let (mut parts, _body) = req.into_parts();
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
-        let mut resp = self.upgrades.request(upstream_req).await.map_err(|e| {
+        let mut resp = clients.upgrades.request(upstream_req).await.map_err(|e| {
             tracing::warn!(error = %e, upstream = base, "upgrade request failed");
             MeshError::Upstream(e.to_string())
         })?;

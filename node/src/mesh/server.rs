@@ -1,6 +1,8 @@
-//! The mesh listener: bounded connections, a deadline for request heads,
-//! bounded head sizes, and TLS for other nodes' hops (told apart from plain
-//! clients by the first byte).
+//! The mesh's listeners: the public one (plain HTTP from clients, and from
+//! instances on the node's bridge address) and the hop one (other nodes'
+//! meshes, over mutual TLS: the only connections whose hop headers are
+//! believed). Both bound connections, head sizes and the time to send a
+//! request head.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,20 +17,35 @@ use crate::trust::PeerTrust;
 /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Serves `mesh` on `listener` until the task is dropped.
-pub async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: crate::tls::Tls, trust: PeerTrust) {
+/// Which listener: clients', or other nodes'.
+#[derive(Clone)]
+pub enum Listener {
+    /// Plain HTTP from anyone; hop headers are dropped.
+    Public,
+    /// Other nodes' hops: mutual TLS with a cluster certificate (plain with
+    /// `--insecure`), checked against the revocations.
+    Hops { tls: crate::tls::Tls, trust: PeerTrust },
+}
+
+/// Serves `mesh` on `listener` until the task is dropped; `slots` bounds
+/// the connections served at once.
+pub async fn serve(
+    mesh: Arc<Mesh>,
+    listener: TcpListener,
+    kind: Listener,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
     let config = mesh.config.clone();
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-    let acceptor = if tls.insecure() {
-        None
-    } else {
-        match tls.server_config(true) {
-            Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+    let (acceptor, trust) = match kind {
+        Listener::Public => (None, None),
+        Listener::Hops { tls, trust } if tls.insecure() => (None, Some(trust)),
+        Listener::Hops { tls, trust } => match tls.server_config(true) {
+            Ok(c) => (Some(tokio_rustls::TlsAcceptor::from(c)), Some(trust)),
             Err(e) => {
                 tracing::error!(error = %e, "mesh: no TLS for hops from other nodes");
-                None
+                return;
             }
-        }
+        },
     };
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -48,8 +65,6 @@ pub async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: crate::tls::Tls,
         let header_timeout = config.header_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            // TLS here is another node's hop, with a cluster certificate
-            // (mandatory); clients speak plain HTTP.
             let stream = match crate::tls::accept(stream, acceptor.as_ref(), header_timeout).await {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -61,7 +76,15 @@ pub async fn serve(mesh: Arc<Mesh>, listener: TcpListener, tls: crate::tls::Tls,
                     return;
                 }
             };
-            let peer = trust.check(Some(&stream.info())).is_ok();
+            // A hop listener takes only TLS (with a cluster certificate,
+            // mandatory), unless peer traffic is plain.
+            if acceptor.is_some() && !stream.info().tls {
+                tracing::debug!(%remote, "hop listener: a plain connection refused");
+                return;
+            }
+            let peer = trust
+                .as_ref()
+                .is_some_and(|t| t.check(Some(&stream.info())).is_ok());
             let svc = hyper::service::service_fn(move |req| {
                 let mesh = mesh.clone();
                 async move { Ok::<_, Infallible>(mesh.handle(req, remote, peer).await) }

@@ -151,13 +151,13 @@ impl Mesh {
         demand: super::demand::DemandGuard,
     ) -> Result<Response<RespBody>, MeshError> {
         match self.activator.target(&route, hop, &self.demand).await? {
-            Target::Local { id, port, slot } => {
+            Target::Local { id, addr, slot } => {
                 tracing::debug!(instance = %id, "to a local instance");
                 let held = Held {
                     slot: Some(slot),
                     demand: Some(demand),
                 };
-                let base = format!("http://127.0.0.1:{port}");
+                let base = format!("http://{addr}");
                 self.upstreams
                     .forward(req, &base, route.protocol, remote, false, held)
                     .await

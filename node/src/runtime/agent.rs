@@ -62,11 +62,22 @@ pub fn decide(
     out
 }
 
+/// How this node networks its instances.
+#[derive(Clone)]
+pub enum InstanceNetwork {
+    /// A network namespace each, on the node's bridge.
+    Isolated(Arc<super::network::Networks>),
+    /// Development only: the node's network, a host port each from this range.
+    Host { ports: (u16, u16) },
+}
+
 /// The agent's own settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     pub node: NodeId,
-    pub ports: (u16, u16),
+    pub network: InstanceNetwork,
+    /// A user namespace per instance, mapped here; `None`: the image's user.
+    pub userns: Option<super::spec::IdMap>,
     pub stop_grace: Duration,
     pub image_gc_after: Duration,
     /// Zero: never suspend.
@@ -185,6 +196,16 @@ impl Agent {
                         tracing::warn!(instance = %id, error = %e, "removing orphan");
                     }
                 }
+            }
+        }
+        // Addresses no instance holds any more (a crash of this node
+        // between a task's removal and the release of its address).
+        if let InstanceNetwork::Isolated(net) = &self.config.network {
+            let mut known: BTreeSet<String> = want;
+            known.extend(actual);
+            known.extend(self.supervisors.lock().keys().cloned());
+            for id in net.release_orphans(&known).await {
+                tracing::info!(instance = %id, "released an orphan address");
             }
         }
         Ok(())

@@ -1,27 +1,29 @@
 //! Readiness of a local instance: its port accepts a connection and, with a
 //! health path, that path answers 2xx.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Resolves once 127.0.0.1:`port` accepts a connection and, with a
-/// health path, once that path answers 2xx.
-pub async fn wait_ready(port: u16, health_path: Option<&str>) {
+/// Resolves once `addr` accepts a connection and, with a health path,
+/// once that path answers 2xx. Tries every few milliseconds: a cold
+/// start's last phase waits here.
+pub async fn wait_ready(addr: SocketAddr, health_path: Option<&str>) {
     loop {
-        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
             match health_path {
                 None => return,
                 Some(path) => {
-                    if health_ok(stream, port, path).await {
+                    if health_ok(stream, addr, path).await {
                         return;
                     }
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn health_ok(stream: tokio::net::TcpStream, port: u16, path: &str) -> bool {
+async fn health_ok(stream: tokio::net::TcpStream, addr: SocketAddr, path: &str) -> bool {
     use http_body_util::Empty;
     let io = hyper_util::rt::TokioIo::new(stream);
     let Ok((mut sender, conn)) =
@@ -31,7 +33,7 @@ async fn health_ok(stream: tokio::net::TcpStream, port: u16, path: &str) -> bool
     };
     let driver = tokio::spawn(conn);
     let req = http::Request::get(path)
-        .header(http::header::HOST, format!("127.0.0.1:{port}"))
+        .header(http::header::HOST, addr.to_string())
         .body(Empty::new());
     let ok = match req {
         Ok(req) => matches!(

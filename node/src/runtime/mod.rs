@@ -20,6 +20,8 @@
 //! - [`supervisor`]: one instance's life as a pure state machine, with
 //!   backoff; `supervise` performs its steps.
 //! - [`idle`], [`gc`]: which instances to suspend, which images to delete (pure).
+//! - [`network`]: a network namespace per instance on the node's bridge,
+//!   and the firewall around it; [`seccomp`]: the sandbox's profile.
 //! - [`health`]: readiness checks.
 
 pub mod agent;
@@ -28,6 +30,8 @@ pub mod gc;
 pub mod health;
 pub mod idle;
 pub mod image;
+pub mod network;
+pub mod seccomp;
 pub mod spec;
 mod supervise;
 pub mod supervisor;
@@ -50,6 +54,8 @@ pub enum RuntimeError {
     Registry(String),
     #[error("spec: {0}")]
     Spec(String),
+    #[error("network: {0}")]
+    Network(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -83,4 +89,6 @@ pub mod labels {
     pub const GENERATION: &str = "rouse.generation";
     pub const NODE: &str = "rouse.node";
     pub const PORT: &str = "rouse.port";
+    /// The user namespace base the instance's snapshot was made for.
+    pub const USERNS: &str = "rouse.userns";
 }

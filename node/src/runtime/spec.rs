@@ -5,22 +5,44 @@
 //! - env merged image < namespace < container (< secrets, later), then `PORT`;
 //! - cpu mVCPU → CFS quota over a 100 ms period (1000 mVCPU = one period),
 //!   memory MB → memory limit with swap off, a pids limit;
-//! - Docker's default capability set, no-new-privileges, masked and
-//!   read-only kernel paths, /proc, /dev, read-only /sys, tmpfs /tmp;
-//! - host networking (no network namespace): the instance listens on the
-//!   node-local port it is given.
+//! - Docker's default capability set without NET_RAW, no-new-privileges,
+//!   a seccomp profile of rouse's own (`seccomp`), masked and read-only
+//!   kernel paths, /proc, /dev, read-only /sys, a size-bounded tmpfs /tmp
+//!   (its pages count in the memory limit), optionally a read-only root;
+//! - a network namespace of its own (the node connects it to its bridge
+//!   once the task exists), or the node's network in host mode;
+//! - a user namespace mapping root to an unprivileged range of node ids,
+//!   when the node has one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
     MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::image::ImageInfo;
 use super::RuntimeError;
+
+/// How an instance is networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A network namespace of its own.
+    Isolated,
+    /// The node's network (development mode).
+    Host,
+}
+
+/// The node ids an instance's user namespace maps to: inside ids
+/// `0..size` are `base..base+size` on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub base: u32,
+    pub size: u32,
+}
 
 pub const CFS_PERIOD_US: u64 = 100_000;
 pub const PIDS_LIMIT: i64 = 1024;
@@ -35,9 +57,19 @@ pub struct InstanceSpec<'a> {
     pub container_env: &'a BTreeMap<String, String>,
     /// Opened secrets (namespace's, then container's, which win).
     pub secrets: &'a BTreeMap<String, crate::secrets::SecretValue>,
+    /// The port the instance listens on (`PORT`).
     pub port: u16,
     pub cpu_mvcpu: u32,
     pub memory_mb: u32,
+    pub network: Network,
+    /// A user namespace, or none (the image's user runs as that uid on the node).
+    pub userns: Option<IdMap>,
+    pub read_only_rootfs: bool,
+}
+
+/// Size of an instance's /tmp: a quarter of its memory, at least 16 MiB.
+pub fn tmp_size_mb(memory_mb: u32) -> u32 {
+    (memory_mb / 4).max(16)
 }
 
 /// Merges env vars: image < namespace < container < secrets, then `PORT`.
@@ -102,7 +134,6 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
         Capability::Fsetid,
         Capability::Fowner,
         Capability::Mknod,
-        Capability::NetRaw,
         Capability::Setgid,
         Capability::Setuid,
         Capability::Setfcap,
@@ -143,17 +174,23 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
         .map_err(spec_err)?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
-    // /sys read-only; the cgroup tree visible read-only.
+    // /sys read-only; the cgroup tree visible read-only. A user namespace
+    // may mount sysfs only with a network namespace it owns: on the host
+    // network the node's /sys is bound read-only instead.
+    let bind_sys = s.userns.is_some() && s.network == Network::Host;
     for m in &mut mounts {
         if m.destination() == &PathBuf::from("/sys") {
-            m.set_options(Some(vec![
-                "nosuid".into(),
-                "noexec".into(),
-                "nodev".into(),
-                "ro".into(),
-            ]));
+            let mut opts: Vec<String> = vec!["nosuid".into(), "noexec".into(), "nodev".into()];
+            if bind_sys {
+                m.set_typ(Some("bind".into()));
+                m.set_source(Some("/sys".into()));
+                opts.push("rbind".into());
+            }
+            opts.push("ro".into());
+            m.set_options(Some(opts));
         }
     }
+    let tmp_size = format!("size={}m", tmp_size_mb(s.memory_mb));
     let extra = [
         (
             "/sys/fs/cgroup",
@@ -165,7 +202,12 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
             "/tmp",
             "tmpfs",
             "tmpfs",
-            vec!["nosuid", "nodev", "mode=1777", "size=65536k"],
+            vec![
+                "nosuid",
+                "nodev",
+                "mode=1777",
+                tmp_size.as_str(),
+            ],
         ),
         (
             "/etc/resolv.conf",
@@ -219,12 +261,19 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
             .map_err(spec_err)?])
         .build()
         .map_err(spec_err)?;
-    let namespaces = [
+    let mut kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-    ]
+    ];
+    if s.network == Network::Isolated {
+        kinds.push(LinuxNamespaceType::Network);
+    }
+    if s.userns.is_some() {
+        kinds.push(LinuxNamespaceType::User);
+    }
+    let namespaces = kinds
     .into_iter()
     .map(|t| {
         LinuxNamespaceBuilder::default()
@@ -234,14 +283,25 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
     })
     .collect::<Result<Vec<_>, _>>()?;
     let defaults = oci_spec::runtime::Linux::default();
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .resources(resources)
         .cgroups_path(PathBuf::from(format!("/{CGROUP_PARENT}/{}", s.id)))
         .namespaces(namespaces)
+        .seccomp(super::seccomp::profile()?)
         .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
         .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
         .build()
         .map_err(spec_err)?;
+    if let Some(m) = s.userns {
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(m.base)
+            .size(m.size)
+            .build()
+            .map_err(spec_err)?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
+    }
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into());
@@ -249,7 +309,7 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
     spec.set_root(Some(
         RootBuilder::default()
             .path("rootfs")
-            .readonly(false)
+            .readonly(s.read_only_rootfs)
             .build()
             .map_err(spec_err)?,
     ));
@@ -295,6 +355,9 @@ mod tests {
             port: 20001,
             cpu_mvcpu: 250,
             memory_mb: 128,
+            network: Network::Isolated,
+            userns: None,
+            read_only_rootfs: false,
         };
         let env = merged_env(&s);
         assert_eq!(env, ["A=image", "B=ns", "C=ct", "PATH=/bin", "PORT=20001"]);
@@ -313,6 +376,9 @@ mod tests {
             port: 1,
             cpu_mvcpu: 250,
             memory_mb: 128,
+            network: Network::Host,
+            userns: None,
+            read_only_rootfs: false,
         };
         let spec = build(&s).unwrap();
         let linux = spec.linux().as_ref().unwrap();
@@ -366,6 +432,55 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_is_hardened() {
+        let img = image();
+        let e = BTreeMap::new();
+        let s = InstanceSpec {
+            id: "i1",
+            image: &img,
+            namespace_env: &e,
+            container_env: &e,
+            secrets: &BTreeMap::new(),
+            port: 8080,
+            cpu_mvcpu: 250,
+            memory_mb: 256,
+            network: Network::Isolated,
+            userns: Some(IdMap {
+                base: 200_000,
+                size: 65_536,
+            }),
+            read_only_rootfs: true,
+        };
+        let spec = build(&s).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(ns.contains(&LinuxNamespaceType::Network));
+        assert!(ns.contains(&LinuxNamespaceType::User));
+        let uid = linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!((uid.container_id(), uid.host_id(), uid.size()), (0, 200_000, 65_536));
+        assert!(linux.seccomp().is_some());
+        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        for set in [caps.bounding(), caps.effective(), caps.permitted()] {
+            assert!(!set.as_ref().unwrap().contains(&Capability::NetRaw));
+        }
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+        let tmp = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == &PathBuf::from("/tmp"))
+            .unwrap();
+        assert!(tmp.options().as_ref().unwrap().contains(&"size=64m".to_string()));
+    }
+
+    #[test]
     fn user_names_and_empty_images_are_refused() {
         let mut img = image();
         img.user = "nginx".into();
@@ -379,6 +494,9 @@ mod tests {
             port: 1,
             cpu_mvcpu: 100,
             memory_mb: 64,
+            network: Network::Isolated,
+            userns: None,
+            read_only_rootfs: false,
         };
         assert!(build(&s).unwrap_err().to_string().contains("user:"));
         let empty = ImageInfo::default();

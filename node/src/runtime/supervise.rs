@@ -4,6 +4,7 @@
 //! asks for, until told to stop; then drains and removes the instance.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::agent::Agent;
+use super::agent::{Agent, InstanceNetwork};
 use super::spec::{self, InstanceSpec};
 use super::supervisor::{Event, Step, Supervisor};
 use super::task::{TaskState, Tasks};
@@ -32,6 +33,18 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
     }
+}
+
+/// Where a supervised instance answers: its address on the bridge, or
+/// the node's loopback in host mode.
+fn listen_addr(sup: &Supervisor) -> Option<SocketAddr> {
+    let port = u16::try_from(sup.status.port).ok()?;
+    let ip: Ipv4Addr = if sup.status.ip.is_empty() {
+        Ipv4Addr::LOCALHOST
+    } else {
+        sup.status.ip.parse().ok()?
+    };
+    Some(SocketAddr::from((ip, port)))
 }
 
 /// The task's exit, watched from the moment it starts.
@@ -73,16 +86,18 @@ impl Agent {
                 .and_then(|a| a.labels.get(labels::PORT))
                 .and_then(|p| p.parse::<u16>().ok());
             if port.is_none() {
-                port = self.allocate_port(labelled_port);
+                port = self.instance_port(&container, labelled_port);
             }
             let first = match port {
                 None => Event::NoPort,
                 Some(p) => {
-                    sup.set_port(p);
                     if self.running(&id).await && existing.is_some() {
-                        tracing::info!(port = p, "adopted running instance");
+                        let ip = self.address_of(&id);
+                        sup.set_address(ip, p);
+                        tracing::info!(port = p, ip = ?ip, "adopted running instance");
                         Event::Adopted
                     } else {
+                        sup.set_address(None, p);
                         Event::NeedsStart {
                             image: container.spec.image.clone(),
                         }
@@ -102,7 +117,10 @@ impl Agent {
                         let Some(p) = port else { continue };
                         tokio::select! {
                             r = self.start_instance(&inst, &container, &ns_env, p) => match r {
-                                Ok(cs) => Event::Started(cs),
+                                Ok((cs, ip)) => {
+                                    sup.set_address(ip, p);
+                                    Event::Started(cs)
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "instance cannot start");
                                     Event::StartFailed(e.to_string())
@@ -113,17 +131,18 @@ impl Agent {
                     }
                     Step::CleanUp => {
                         let _ = self.tasks.remove(&id, Duration::from_secs(1)).await;
+                        self.release_address(&id).await;
                         continue;
                     }
                     Step::WaitReady => {
-                        let Some(p) = port else { continue };
+                        let Some(addr) = listen_addr(&sup) else { continue };
                         watch_started = Instant::now();
                         let tasks = self.tasks.clone();
                         let wid = id.clone();
                         let mut w = tokio::spawn(async move { tasks.wait(&wid).await });
                         let health = container.spec.health_path.clone();
                         let exited_early = tokio::select! {
-                            _ = health::wait_ready(p, health.as_deref()) => None,
+                            _ = health::wait_ready(addr, health.as_deref()) => None,
                             r = &mut w => Some(r),
                             _ = stop.changed() => { w.abort(); break 'pass; }
                         };
@@ -167,8 +186,36 @@ impl Agent {
         if let Err(e) = self.tasks.remove(&id, self.config.stop_grace).await {
             tracing::warn!(error = %e, "removing instance");
         }
-        if let Some(p) = port {
+        self.release_address(&id).await;
+        if let (Some(p), InstanceNetwork::Host { .. }) = (port, &self.config.network) {
             self.ports.lock().remove(&p);
+        }
+    }
+
+    /// The instance's address on this node's bridge (isolated networks).
+    fn address_of(&self, id: &str) -> Option<Ipv4Addr> {
+        match &self.config.network {
+            InstanceNetwork::Isolated(net) => net.address_of(id),
+            InstanceNetwork::Host { .. } => None,
+        }
+    }
+
+    /// Gives back an instance's address (its namespace went with its task).
+    async fn release_address(&self, id: &str) {
+        if let InstanceNetwork::Isolated(net) = &self.config.network {
+            if let Err(e) = net.detach(id).await {
+                tracing::warn!(error = %e, "releasing the instance's address");
+            }
+        }
+    }
+
+    /// The port an instance listens on: the container's own port in its
+    /// own namespace, or a free host port in host mode (`labelled`: the
+    /// one a running task already has).
+    fn instance_port(&self, c: &Container, labelled: Option<u16>) -> Option<u16> {
+        match &self.config.network {
+            InstanceNetwork::Isolated(_) => u16::try_from(c.spec.port).ok(),
+            InstanceNetwork::Host { ports } => self.allocate_port(*ports, labelled),
         }
     }
 
@@ -216,13 +263,13 @@ impl Agent {
         Some((inst, c, ns_env))
     }
 
-    fn allocate_port(&self, wanted: Option<u16>) -> Option<u16> {
+    fn allocate_port(&self, range: (u16, u16), wanted: Option<u16>) -> Option<u16> {
         let mut used = self.ports.lock();
         if let Some(p) = wanted {
             used.insert(p);
             return Some(p);
         }
-        let (lo, hi) = self.config.ports;
+        let (lo, hi) = range;
         let span = u32::from(hi - lo) + 1;
         for _ in 0..span.min(2000) {
             let p = lo + u16::try_from(rand::random::<u32>() % span).unwrap_or(0);
@@ -267,7 +314,7 @@ impl Agent {
         c: &Container,
         ns_env: &BTreeMap<String, String>,
         port: u16,
-    ) -> Result<ColdStart, RuntimeError> {
+    ) -> Result<(ColdStart, Option<Ipv4Addr>), RuntimeError> {
         let mut cs = ColdStart {
             placement_ms: now_ms().saturating_sub(inst.created_at_ms),
             ..Default::default()
@@ -275,12 +322,17 @@ impl Agent {
         let t = Instant::now();
         let reference = self.pinned_image(c).await?;
         let image = self.images.ensure(&reference).await?;
+        let parent = match self.config.userns {
+            Some(m) => self.images.remapped(&image, m.base).await?,
+            None => image.chain_id.clone(),
+        };
         cs.pull_ms = ms(t.elapsed());
         let t = Instant::now();
         self.image_use
             .lock()
             .insert(image.name.clone(), Instant::now());
         let secrets = self.open_secrets(&inst.namespace, &inst.container)?;
+        let isolated = matches!(self.config.network, InstanceNetwork::Isolated(_));
         let s = InstanceSpec {
             id: &inst.id,
             image: &image,
@@ -290,9 +342,16 @@ impl Agent {
             port,
             cpu_mvcpu: c.spec.cpu_mvcpu,
             memory_mb: c.spec.memory_mb,
+            network: if isolated {
+                spec::Network::Isolated
+            } else {
+                spec::Network::Host
+            },
+            userns: self.config.userns,
+            read_only_rootfs: c.spec.read_only_rootfs,
         };
         let oci = spec::build(&s)?;
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (labels::MANAGED.to_string(), "true".to_string()),
             (labels::INSTANCE.to_string(), inst.id.clone()),
             (labels::NAMESPACE.to_string(), inst.namespace.clone()),
@@ -301,13 +360,25 @@ impl Agent {
             (labels::NODE.to_string(), self.config.node.to_string()),
             (labels::PORT.to_string(), port.to_string()),
         ]);
-        self.tasks.create(&inst.id, &image, &oci, labels).await?;
+        if let Some(m) = self.config.userns {
+            labels.insert(labels::USERNS.to_string(), m.base.to_string());
+        }
+        self.tasks
+            .create(&inst.id, &image, &parent, &oci, labels)
+            .await?;
         self.tasks.delete_task(&inst.id).await?;
         cs.create_ms = ms(t.elapsed());
         let t = Instant::now();
-        self.tasks.start(&inst.id).await?;
+        let pid = self.tasks.create_task(&inst.id).await?;
+        let mut ip = None;
+        if let InstanceNetwork::Isolated(net) = &self.config.network {
+            let tn = Instant::now();
+            ip = Some(net.attach(&inst.id, pid).await?.ip);
+            cs.network_ms = ms(tn.elapsed());
+        }
+        self.tasks.start_task(&inst.id).await?;
         cs.start_ms = ms(t.elapsed());
-        Ok(cs)
+        Ok((cs, ip))
     }
 
     /// Opens the namespace's and the container's secrets (the container's win).

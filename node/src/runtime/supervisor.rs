@@ -92,8 +92,10 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
-    /// The instance's port (in its status).
-    pub fn set_port(&mut self, port: u16) {
+    /// Where the instance listens (in its status): its address on the
+    /// node's bridge (`None` in host mode) and its port.
+    pub fn set_address(&mut self, ip: Option<std::net::Ipv4Addr>, port: u16) {
+        self.status.ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
         self.status.port = u32::from(port);
     }
 

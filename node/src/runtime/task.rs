@@ -89,18 +89,20 @@ impl Tasks {
             .collect())
     }
 
-    /// Creates the instance's writable snapshot and container record.
+    /// Creates the instance's writable snapshot (on `parent`: the image's
+    /// top snapshot, or its user namespace copy) and container record.
     pub async fn create(
         &self,
         id: &str,
         image: &ImageInfo,
+        parent: &str,
         spec: &oci_spec::runtime::Spec,
         container_labels: HashMap<String, String>,
     ) -> Result<(), RuntimeError> {
         let req = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.into(),
             key: id.to_string(),
-            parent: image.chain_id.clone(),
+            parent: parent.to_string(),
             labels: HashMap::new(),
         };
         match self.ctr.snapshots().prepare(self.ctr.req(req, None)).await {
@@ -142,8 +144,9 @@ impl Tasks {
         }
     }
 
-    /// Creates and starts the task; stdout and stderr go to the log file.
-    pub async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+    /// Creates the task (its process exists, in its namespaces, but runs
+    /// nothing yet); stdout and stderr go to the log file. Returns its pid.
+    pub async fn create_task(&self, id: &str) -> Result<u32, RuntimeError> {
         let mounts = self
             .ctr
             .snapshots()
@@ -168,10 +171,14 @@ impl Tasks {
             terminal: false,
             ..Default::default()
         };
-        let pid = match self.ctr.tasks().create(self.ctr.req(req, None)).await {
-            Ok(r) => r.into_inner().pid,
-            Err(s) => return Err(RuntimeError::containerd("create task", s)),
-        };
+        match self.ctr.tasks().create(self.ctr.req(req, None)).await {
+            Ok(r) => Ok(r.into_inner().pid),
+            Err(s) => Err(RuntimeError::containerd("create task", s)),
+        }
+    }
+
+    /// Starts a created task.
+    pub async fn start_task(&self, id: &str) -> Result<(), RuntimeError> {
         self.ctr
             .tasks()
             .start(self.ctr.req(
@@ -183,7 +190,7 @@ impl Tasks {
             ))
             .await
             .map_err(|s| RuntimeError::containerd("start task", s))?;
-        Ok(pid)
+        Ok(())
     }
 
     pub async fn state(&self, id: &str) -> Result<TaskState, RuntimeError> {

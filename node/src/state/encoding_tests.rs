@@ -76,6 +76,7 @@ fn samples() -> Vec<Command> {
         oom_killed: true,
         restarts: 2,
         port: 20001,
+        ip: String::new(),
         updated_at_ms: 11,
         cold_start: Some(ColdStart {
             placement_ms: 1,
@@ -83,6 +84,7 @@ fn samples() -> Vec<Command> {
             create_ms: 3,
             start_ms: 4,
             ready_ms: 5,
+            network_ms: 0,
             total_ms: 15,
             at_ms: 12,
         }),
@@ -91,6 +93,7 @@ fn samples() -> Vec<Command> {
         id: 2,
         api_addr: "10.0.0.2:7070".into(),
         http_addr: "10.0.0.2:8080".into(),
+        hop_addr: String::new(),
         zone: "z1".into(),
         region: "r1".into(),
         cpu_capacity_mvcpu: 2000,
@@ -234,6 +237,37 @@ fn samples() -> Vec<Command> {
                 BTreeMap::from([("K".to_string(), stored)]),
             )]),
             signing_keys: vec![signing],
+        },
+        // Fields added later, set (appended to the file when they came).
+        Command::ReportInstanceStatus {
+            id: "web-1-a".into(),
+            node: 2,
+            status: InstanceStatus {
+                state: InstanceState::Ready,
+                port: 8080,
+                ip: "10.88.2.7".into(),
+                cold_start: Some(ColdStart {
+                    network_ms: 9,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        },
+        Command::RegisterNode {
+            node: NodeRecord {
+                id: 3,
+                hop_addr: "10.0.0.3:8081".into(),
+                ..Default::default()
+            },
+        },
+        Command::PutContainer {
+            namespace: "shop".into(),
+            name: "ro".into(),
+            spec: ContainerSpec {
+                read_only_rootfs: true,
+                ..ContainerSpec::with_image("reg/img:1")
+            },
+            expected_revision: Some(0),
         },
     ]
 }

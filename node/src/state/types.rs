@@ -54,6 +54,9 @@ pub struct ContainerSpec {
     /// Ready when this path answers 2xx (default: when the port accepts).
     #[serde(default)]
     pub health_path: Option<String>,
+    /// The instance's root filesystem is read-only (/tmp stays writable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_rootfs: bool,
 }
 
 impl ContainerSpec {
@@ -82,6 +85,7 @@ impl ContainerSpec {
             scale_to_zero_after_secs: Self::DEFAULT_SCALE_TO_ZERO_AFTER_SECS,
             region: None,
             health_path: None,
+            read_only_rootfs: false,
         }
     }
 }
@@ -142,6 +146,7 @@ impl ContainerSpec {
             || self.memory_mb != other.memory_mb
             || self.protocol != other.protocol
             || self.health_path != other.health_path
+            || self.read_only_rootfs != other.read_only_rootfs
     }
 }
 
@@ -203,8 +208,13 @@ pub struct InstanceStatus {
     pub exit_code: Option<i32>,
     pub oom_killed: bool,
     pub restarts: u32,
-    /// Host port the instance listens on (host networking).
+    /// The port the instance listens on: in its own network namespace, or
+    /// on the node in host mode.
     pub port: u32,
+    /// The instance's address on its node's bridge (empty in host mode:
+    /// the node's loopback).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ip: String,
     pub updated_at_ms: u64,
     /// The instance's last cold start, once it has been ready.
     #[serde(default)]
@@ -222,11 +232,18 @@ pub struct ColdStart {
     pub create_ms: u64,
     /// Task create and start.
     pub start_ms: u64,
+    /// Connecting the instance's network namespace (within `start_ms`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub network_ms: u64,
     /// Task started → its port accepts connections.
     pub ready_ms: u64,
     pub total_ms: u64,
     /// When the instance became ready.
     pub at_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Cold starts kept per container.
@@ -240,6 +257,10 @@ pub struct NodeRecord {
     pub api_addr: String,
     /// Routing-mesh address (`--http`).
     pub http_addr: String,
+    /// Where other nodes' meshes forward requests (`--hop`, mutual TLS);
+    /// empty for a node that takes hops on `http_addr`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hop_addr: String,
     pub zone: String,
     pub region: String,
     pub cpu_capacity_mvcpu: u32,

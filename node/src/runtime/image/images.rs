@@ -136,11 +136,13 @@ impl Images {
 
     /// Makes `reference` (usually `repo@digest`) available, pulling and
     /// unpacking only what is missing.
+    /// One operation at a time on `key` (a reference, a snapshot).
+    pub(super) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().entry(key.to_string()).or_default().clone()
+    }
+
     pub async fn ensure(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
-        let lock = {
-            let mut m = self.locks.lock();
-            m.entry(reference.to_string()).or_default().clone()
-        };
+        let lock = self.lock_for(reference);
         let _guard = lock.lock().await;
         // Present under this name, or (for a pinned imported image) under
         // the name without the digest and with the same target.

@@ -17,6 +17,7 @@
 //! - `content`: leases, blobs and image records in containerd.
 //! - `unpack`: layers into snapshots by chain id.
 //! - `import`: OCI-layout tarballs.
+//! - [`remap`]: an image's copy for instances in a user namespace.
 //! - [`platform`]: digests, this machine's platform, reference helpers.
 
 mod content;
@@ -24,6 +25,7 @@ pub mod images;
 mod import;
 pub mod platform;
 mod pull;
+pub mod remap;
 mod unpack;
 
 pub use content::BlobSource;
