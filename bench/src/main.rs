@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use ctr::{first_200, CniConf, Ctr, Net};
+
+mod ctr;
 use rouse_testkit::cluster::{Cluster as Kit, Template};
 
 #[derive(Parser)]
@@ -407,35 +410,15 @@ fn build_image(registry: &str, repo_tag: &str) {
     assert!(st.success(), "building {repo_tag}");
 }
 
-/// Polls http://addr/ until it answers 200.
-async fn first_200(addr: SocketAddr, deadline: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-                .await
-                .is_ok()
-            {
-                let mut buf = [0u8; 16];
-                if let Ok(n) = s.read(&mut buf).await {
-                    if buf[..n].starts_with(b"HTTP/1.0 200")
-                        || buf[..n].starts_with(b"HTTP/1.1 200")
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        anyhow::ensure!(
-            start.elapsed() < deadline,
-            "no 200 from {addr} within {deadline:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// The CNI plugins rouse-node finds (the baseline uses the same ones).
+fn cni_plugins() -> anyhow::Result<PathBuf> {
+    rouse_node::runtime::network::find_plugins(None).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
@@ -445,18 +428,16 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     eprintln!("building {} pairs of identical test images…", rounds);
     for i in 0..rounds {
         build_image(&reg, &format!("bench-{run}/rouse:{i}"));
-        build_image(&reg, &format!("bench-{run}/ctr:{i}"));
+        build_image(&reg, &format!("bench-{run}/ctr0:{i}"));
+        build_image(&reg, &format!("bench-{run}/ctr1:{i}"));
     }
     let ns = format!("bench-rouse-{run}");
     let (rouse, mut c, _http) = single_node(&sock, &reg, &ns, &[]).await?;
     let ctr_ns = format!("bench-ctr-{run}");
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .args(["--address", &sock, "-n", &ctr_ns])
-            .args(args)
-            .output()
-    };
-    let (mut rouse_t, mut ctr_t) = (Vec::new(), Vec::new());
+    let ctr = Ctr::new(&sock, &ctr_ns);
+    let cni = CniConf::install(&cni_plugins()?)?;
+    let nets = [Net::Host, Net::Cni(&cni)];
+    let (mut rouse_t, mut ctr_t) = (Vec::new(), vec![Vec::new(), Vec::new()]);
     for i in 0..rounds {
         // rouse: deploy → scheduled → pulled → unpacked → started → first 200.
         let name = format!("r{i}");
@@ -489,54 +470,46 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         rouse_t.push(t.elapsed().as_secs_f64() * 1000.0);
         c.delete_container("bench", &name).await?;
 
-        // Baseline: ctr images pull + ctr run, same containerd.
-        let image = format!("{reg}/bench-{run}/ctr:{i}");
-        let port = free_port();
-        let t = Instant::now();
-        let out = ctr(&["images", "pull", "--plain-http", &image])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ctr pull: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = ctr(&[
-            "run",
-            "-d",
-            "--net-host",
-            "--env",
-            &format!("PORT={port}"),
-            &image,
-            &format!("c{i}"),
-        ])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        first_200(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(60)).await?;
-        ctr_t.push(t.elapsed().as_secs_f64() * 1000.0);
-        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("c{i}")]);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = ctr(&["tasks", "rm", "-f", &format!("c{i}")]);
-        let _ = ctr(&["containers", "rm", &format!("c{i}")]);
+        // Baselines: ctr images pull + ctr run, same containerd, on the
+        // host network and with CNI.
+        for (n, net) in nets.iter().enumerate() {
+            let image = format!("{reg}/bench-{run}/ctr{n}:{i}");
+            let name = format!("c{n}-{i}");
+            let t = Instant::now();
+            ctr.pull(&image)?;
+            let pulled = t.elapsed().as_secs_f64() * 1000.0;
+            let started = ctr.start_to_200(&image, &name, net).await?;
+            ctr_t[n].push(pulled + started);
+            ctr.remove(&name).await;
+        }
         eprintln!(
-            "round {i}: rouse {:.0} ms, ctr {:.0} ms",
-            rouse_t[i], ctr_t[i]
+            "round {i}: rouse {:.0} ms, ctr --net-host {:.0} ms, ctr --cni {:.0} ms",
+            rouse_t[i], ctr_t[0][i], ctr_t[1][i]
         );
     }
-    let (r, b) = (median(rouse_t), median(ctr_t));
+    let r = median(rouse_t);
+    let phases = c.get_container("bench", &format!("r{}", rounds - 1), false).await.ok();
     println!("cold start from a registry to first HTTP 200, {rounds} rounds, medians");
     println!(
-        "{:<44} {:>10}",
+        "{:<52} {:>10}",
         "rouse (deploy → schedule → pull → unpack → start)",
         format!("{r:.0} ms")
     );
-    println!(
-        "{:<44} {:>10}",
-        "ctr images pull + ctr run (baseline)",
-        format!("{b:.0} ms")
-    );
-    println!("ratio rouse/ctr: {:.2}", r / b);
+    for (net, t) in nets.iter().zip(ctr_t) {
+        let b = median(t);
+        println!(
+            "{:<52} {:>10}   ratio rouse/ctr {:.2}",
+            format!("ctr images pull + {} (baseline)", net.label()),
+            format!("{b:.0} ms"),
+            r / b
+        );
+    }
+    if let Some(cs) = phases.and_then(|c| c.cold_start) {
+        println!(
+            "rouse's last cold start by phase: placement {} + pull {} + create {} + start {} (network {}) + ready {} ms",
+            cs.last_placement_ms, cs.last_pull_ms, cs.last_create_ms, cs.last_start_ms, cs.last_network_ms, cs.last_ready_ms
+        );
+    }
     drop(rouse);
     ctr_cleanup(&sock, &ns);
     ctr_cleanup(&sock, &ctr_ns);
@@ -650,15 +623,12 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
 
     // Cold start through the mesh (stopped, image cached) vs ctr run.
     let ctr_ns = format!("bench-mesh-ctr-{run}");
-    let ctr = |args: &[&str]| {
-        Command::new("ctr")
-            .args(["--address", &sock, "-n", &ctr_ns])
-            .args(args)
-            .output()
-    };
-    let out = ctr(&["images", "pull", "--plain-http", &image])?;
-    anyhow::ensure!(out.status.success(), "ctr pull failed");
-    let (mut cold, mut base) = (Vec::new(), Vec::new());
+    let ctr = Ctr::new(&sock, &ctr_ns);
+    ctr.pull(&image)?;
+    let cni = CniConf::install(&cni_plugins()?)?;
+    let nets = [Net::Host, Net::Cni(&cni)];
+    let (mut cold, mut base) = (Vec::new(), vec![Vec::new(), Vec::new()]);
+    let mut network_ms = Vec::new();
     for i in 0..rounds {
         let name = format!("cold{i}");
         c.deploy_container(deploy(&name, 0)).await?;
@@ -671,32 +641,19 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(60), "no cold start");
         }
         cold.push(t.elapsed().as_secs_f64() * 1000.0);
+        if let Some(cs) = c.get_container("bench", &name, false).await?.cold_start {
+            network_ms.push(cs.last_network_ms as f64);
+        }
         c.delete_container("bench", &name).await?;
-        let p = free_port();
-        let t = Instant::now();
-        let out = ctr(&[
-            "run",
-            "-d",
-            "--net-host",
-            "--env",
-            &format!("PORT={p}"),
-            &image,
-            &format!("b{i}"),
-        ])?;
-        anyhow::ensure!(
-            out.status.success(),
-            "ctr run: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        first_200(SocketAddr::from(([127, 0, 0, 1], p)), Duration::from_secs(60)).await?;
-        base.push(t.elapsed().as_secs_f64() * 1000.0);
-        let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", &format!("b{i}")]);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = ctr(&["tasks", "rm", "-f", &format!("b{i}")]);
-        let _ = ctr(&["containers", "rm", &format!("b{i}")]);
+        for (n, net) in nets.iter().enumerate() {
+            let name = format!("b{n}-{i}");
+            base[n].push(ctr.start_to_200(&image, &name, net).await?);
+            ctr.remove(&name).await;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (cm, bm) = (median(cold), median(base));
+    let cm = median(cold);
+    let base: Vec<f64> = base.into_iter().map(median).collect();
 
     // Warm: wrk through the mesh, straight to the instance, via nginx.
     let nginx_port = free_port();
@@ -736,9 +693,17 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     println!("  next request, instance running:        {ww:.1} ms");
     println!("  ratio wake/warm: {:.1}", wm / ww);
     println!("cold start to first 200, image cached, {rounds} rounds, medians");
-    println!("  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms");
-    println!("  ctr run (baseline):                                          {bm:.0} ms");
-    println!("  ratio rouse/ctr: {:.2}", cm / bm);
+    println!(
+        "  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms (network phase {:.0} ms)",
+        median(network_ms)
+    );
+    for (net, b) in nets.iter().zip(&base) {
+        println!(
+            "  {:<60} {b:.0} ms   ratio rouse/ctr {:.2}",
+            format!("{} (baseline):", net.label()),
+            cm / b
+        );
+    }
     println!("warm, wrk -t2 -c32 -d{seconds}s, busybox httpd instance");
     println!(
         "  {:<22} {:>10} {:>9} {:>9} {:>7}",

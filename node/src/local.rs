@@ -46,7 +46,15 @@ pub struct LocalInstances {
     last_used: Mutex<HashMap<String, Instant>>,
     suspended: Mutex<HashSet<String>>,
     ready_at: Mutex<HashMap<String, Instant>>,
+    /// Instances being drained or removed, and since when: they take no new
+    /// request, even from a view of the state read just before they left
+    /// it. Kept for [`RETIRED_FOR`] after they started draining.
+    retired: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a retired instance id is remembered (ids are never reused; this
+/// only bounds the memory).
+const RETIRED_FOR: Duration = Duration::from_secs(3600);
 
 /// One of an instance's concurrency slots; released when dropped.
 pub struct SlotGuard {
@@ -86,6 +94,9 @@ impl LocalInstances {
     /// Takes one of `id`'s slots if fewer than `limit` are taken, and
     /// records the use.
     pub fn try_acquire(&self, key: &ContainerKey, id: &str, limit: usize) -> Option<SlotGuard> {
+        if self.is_retired(id) {
+            return None;
+        }
         let slot = self.slot(id);
         if slot.fetch_add(1, Ordering::AcqRel) >= limit {
             slot.fetch_sub(1, Ordering::AcqRel);
@@ -130,9 +141,20 @@ impl LocalInstances {
         self.ready_at.lock().insert(id.to_string(), Instant::now());
     }
 
+    /// Whether `id` is being drained or removed (it takes no new request).
+    pub fn is_retired(&self, id: &str) -> bool {
+        self.retired.lock().contains_key(id)
+    }
+
     /// Waits until a (no longer routable) instance has no request in
-    /// flight, or `max` passes, then forgets it.
+    /// flight, or `max` passes, then forgets it. From the start it takes no
+    /// new request.
     pub async fn drain(&self, id: &str, max: Duration) {
+        {
+            let mut retired = self.retired.lock();
+            retired.retain(|_, at| at.elapsed() < RETIRED_FOR);
+            retired.insert(id.to_string(), Instant::now());
+        }
         let deadline = tokio::time::Instant::now() + max;
         while self.in_flight(id) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -165,6 +187,24 @@ mod tests {
         assert!(l.try_acquire(&k, "i1", 2).is_some());
         drop(b);
         assert!(l.idle_for("i1", Instant::now()) < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_drained_instance_takes_no_new_request() {
+        let l = LocalInstances::new();
+        let k = ContainerKey::new("ns", "web");
+        let held = l.try_acquire(&k, "i1", 5).expect("a slot");
+        let drain = {
+            let l = l.clone();
+            tokio::spawn(async move { l.drain("i1", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(l.try_acquire(&k, "i1", 5).is_none(), "draining");
+        drop(held);
+        drain.await.unwrap();
+        // A request that read the state before the instance left it.
+        assert!(l.try_acquire(&k, "i1", 5).is_none(), "drained");
+        assert!(l.try_acquire(&k, "i2", 5).is_some());
     }
 
     #[tokio::test]

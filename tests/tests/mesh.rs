@@ -38,7 +38,11 @@ fn get_with(mesh: &str, host: &str, path: &str, max_secs: u64, headers: &[&str])
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    match code.trim().parse().unwrap_or(0) {
+        // No HTTP answer: the body is curl's reason.
+        0 => (0, String::from_utf8_lossy(&out.stderr).into_owned()),
+        code => (code, body.to_string()),
+    }
 }
 
 async fn running_tasks(cluster: &TestCluster) -> usize {
@@ -282,7 +286,12 @@ async fn no_request_dropped_while_scaling_zero_to_n_to_zero() {
             handles.push(std::thread::spawn(move || {
                 let mut codes = Vec::new();
                 while Instant::now() < until {
-                    codes.push(get(&mesh, &host, path, 60).0);
+                    let t = Instant::now();
+                    let (code, body) = get(&mesh, &host, path, 60);
+                    if code != 200 {
+                        eprintln!("{code} after {:?} via {mesh}: {}", t.elapsed(), body.trim());
+                    }
+                    codes.push(code);
                 }
                 codes
             }));

@@ -165,7 +165,8 @@ impl Activator {
         let (mut activated, mut queued, mut seen) = (false, false, 0u64);
         loop {
             let notified = freed.notified();
-            let v = view(&self.cluster.sm.read().data, self.cluster.id, &route.key);
+            let mut v = view(&self.cluster.sm.read().data, self.cluster.id, &route.key);
+            v.local.retain(|(id, _)| !self.local.is_retired(id));
             let loads: Vec<usize> = v
                 .local
                 .iter()
