@@ -132,14 +132,16 @@ impl CniConf {
     pub fn install(plugins: &Path) -> anyhow::Result<Self> {
         let mut made = Vec::new();
         let conf_dir = Path::new("/etc/cni/net.d");
-        if !conf_dir.exists() {
-            std::fs::create_dir_all(conf_dir)?;
-            made.push(conf_dir.to_path_buf());
-        }
         let bin = Path::new("/opt/cni/bin");
+        for dir in ["/etc/cni", "/etc/cni/net.d", "/opt/cni"] {
+            let dir = Path::new(dir);
+            if !dir.exists() {
+                std::fs::create_dir(dir)?;
+                made.push(dir.to_path_buf());
+            }
+        }
         if !bin.join("bridge").exists() {
             anyhow::ensure!(!bin.exists(), "{} exists without the bridge plugin", bin.display());
-            std::fs::create_dir_all("/opt/cni")?;
             std::os::unix::fs::symlink(plugins, bin)?;
             made.push(bin.to_path_buf());
         }

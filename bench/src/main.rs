@@ -67,6 +67,10 @@ enum Cmd {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Run the rouse node's instances on the host network
+        /// (`--instance-network host`) instead of namespaces of their own.
+        #[arg(long)]
+        host_network: bool,
     },
     /// Cross-node hops over peer mTLS and over plain peers, against the
     /// same-node mesh and a direct connection.
@@ -410,6 +414,38 @@ fn build_image(registry: &str, repo_tag: &str) {
     assert!(st.success(), "building {repo_tag}");
 }
 
+/// rouse's cold starts by phase, as `container get` reports them (medians).
+fn phase_line(phases: &[rouse_client::pb::ColdStartSummary]) -> String {
+    let m = |f: fn(&rouse_client::pb::ColdStartSummary) -> u64| {
+        median(phases.iter().map(|p| f(p) as f64).collect())
+    };
+    format!(
+        "rouse's cold starts by phase (medians, ms): placement {:.0} + pull {:.0} + create {:.0} + start {:.0} (network {:.0}) + ready {:.0} = {:.0}",
+        m(|p| p.last_placement_ms),
+        m(|p| p.last_pull_ms),
+        m(|p| p.last_create_ms),
+        m(|p| p.last_start_ms),
+        m(|p| p.last_network_ms),
+        m(|p| p.last_ready_ms),
+        m(|p| p.last_total_ms)
+    )
+}
+
+/// The cold start `bench/name` reported (once its instance reported it).
+async fn eventually_cold_start(
+    c: &mut rouse_client::Client,
+    name: &str,
+) -> anyhow::Result<rouse_client::pb::ColdStartSummary> {
+    let t = Instant::now();
+    loop {
+        if let Some(cs) = c.get_container("bench", name, false).await?.cold_start {
+            return Ok(cs);
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "{name} reported no cold start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The CNI plugins rouse-node finds (the baseline uses the same ones).
 fn cni_plugins() -> anyhow::Result<PathBuf> {
     rouse_node::runtime::network::find_plugins(None).map_err(|e| anyhow::anyhow!("{e}"))
@@ -438,6 +474,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
     let cni = CniConf::install(&cni_plugins()?)?;
     let nets = [Net::Host, Net::Cni(&cni)];
     let (mut rouse_t, mut ctr_t) = (Vec::new(), vec![Vec::new(), Vec::new()]);
+    let mut phases = Vec::new();
     for i in 0..rounds {
         // rouse: deploy → scheduled → pulled → unpacked → started → first 200.
         let name = format!("r{i}");
@@ -468,6 +505,8 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         };
         first_200(addr, Duration::from_secs(60)).await?;
         rouse_t.push(t.elapsed().as_secs_f64() * 1000.0);
+        let ct = eventually_cold_start(&mut c, &name).await?;
+        phases.push(ct);
         c.delete_container("bench", &name).await?;
 
         // Baselines: ctr images pull + ctr run, same containerd, on the
@@ -488,7 +527,6 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
         );
     }
     let r = median(rouse_t);
-    let phases = c.get_container("bench", &format!("r{}", rounds - 1), false).await.ok();
     println!("cold start from a registry to first HTTP 200, {rounds} rounds, medians");
     println!(
         "{:<52} {:>10}",
@@ -504,12 +542,7 @@ async fn runtime(rounds: usize) -> anyhow::Result<()> {
             r / b
         );
     }
-    if let Some(cs) = phases.and_then(|c| c.cold_start) {
-        println!(
-            "rouse's last cold start by phase: placement {} + pull {} + create {} + start {} (network {}) + ready {} ms",
-            cs.last_placement_ms, cs.last_pull_ms, cs.last_create_ms, cs.last_start_ms, cs.last_network_ms, cs.last_ready_ms
-        );
-    }
+    println!("{}", phase_line(&phases));
     drop(rouse);
     ctr_cleanup(&sock, &ns);
     ctr_cleanup(&sock, &ctr_ns);
@@ -586,19 +619,26 @@ fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
     Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
 }
 
-async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
+async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result<()> {
+    let net: &[&str] = if host_network {
+        &["--instance-network", "host", "--instance-ports", "23000-23099"]
+    } else {
+        &[]
+    };
+    println!(
+        "instances on {}",
+        if host_network { "the host network" } else { "networks of their own (CNI)" }
+    );
     let (sock, reg, run) = test_env()?;
-    build_image(&reg, &format!("bench-{run}/mesh:1"));
-    let image = format!("{reg}/bench-{run}/mesh:1");
+    // A backend that keeps connections alive and answers at once, so the
+    // proxies are what is measured (see keepalive-hello.rs).
+    let backend = rouse_testkit::env::binary("keepalive-hello");
+    let image = rouse_testkit::env::push_image(&format!("bench-{run}/mesh"), "1", Some(&backend));
     let tmp = tempfile::tempdir()?;
     let mut procs = Procs(Vec::new());
-    let (rouse, mut c, http) = single_node(
-        &sock,
-        &reg,
-        &format!("bench-mesh-{run}"),
-        &["--suspend-after", "0s"],
-    )
-    .await?;
+    let mut flags = vec!["--suspend-after", "0s"];
+    flags.extend_from_slice(net);
+    let (rouse, mut c, http) = single_node(&sock, &reg, &format!("bench-mesh-{run}"), &flags).await?;
     let mesh_port: u16 = http.rsplit(':').next().unwrap_or("0").parse()?;
     let deploy = |name: &str, min: u32| rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
@@ -628,7 +668,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     let cni = CniConf::install(&cni_plugins()?)?;
     let nets = [Net::Host, Net::Cni(&cni)];
     let (mut cold, mut base) = (Vec::new(), vec![Vec::new(), Vec::new()]);
-    let mut network_ms = Vec::new();
+    let mut phases = Vec::new();
     for i in 0..rounds {
         let name = format!("cold{i}");
         c.deploy_container(deploy(&name, 0)).await?;
@@ -642,7 +682,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
         }
         cold.push(t.elapsed().as_secs_f64() * 1000.0);
         if let Some(cs) = c.get_container("bench", &name, false).await?.cold_start {
-            network_ms.push(cs.last_network_ms as f64);
+            phases.push(cs);
         }
         c.delete_container("bench", &name).await?;
         for (n, net) in nets.iter().enumerate() {
@@ -661,8 +701,8 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     std::fs::write(&conf, format!(
         "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
          events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; upstream u {{ server {direct}; }}\n\
-         server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; }} }} }}\n",
+         http {{ access_log off; upstream u {{ server {direct}; keepalive 64; }}\n\
+         server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
         pid = tmp.path().join("nginx.pid").display(), err = tmp.path().join("nginx.err").display()))?;
     procs.0.push(spawn(
         Path::new("nginx"),
@@ -683,7 +723,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     )?;
     let via_nginx = wrk(&format!("http://127.0.0.1:{nginx_port}/"), None, seconds)?;
 
-    let (wake, warm) = wake_rounds(&sock, &reg, &image, rounds, &run).await?;
+    let (wake, warm) = wake_rounds(&sock, &reg, &image, rounds, &run, net).await?;
     let (wm, ww) = (median(wake), median(warm));
 
     println!(
@@ -694,9 +734,9 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
     println!("  ratio wake/warm: {:.1}", wm / ww);
     println!("cold start to first 200, image cached, {rounds} rounds, medians");
     println!(
-        "  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms (network phase {:.0} ms)",
-        median(network_ms)
+        "  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms"
     );
+    println!("  {}", phase_line(&phases));
     for (net, b) in nets.iter().zip(&base) {
         println!(
             "  {:<60} {b:.0} ms   ratio rouse/ctr {:.2}",
@@ -704,7 +744,7 @@ async fn mesh(rounds: usize, seconds: u64) -> anyhow::Result<()> {
             cm / b
         );
     }
-    println!("warm, wrk -t2 -c32 -d{seconds}s, busybox httpd instance");
+    println!("warm, wrk -t2 -c32 -d{seconds}s, a keep-alive HTTP/1.1 instance (keepalive-hello)");
     println!(
         "  {:<22} {:>10} {:>9} {:>9} {:>7}",
         "path", "req/s", "p50 ms", "p99 ms", "errors"
@@ -852,14 +892,11 @@ async fn wake_rounds(
     image: &str,
     rounds: usize,
     run: &str,
+    net: &[&str],
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let (rouse, mut c, http) = single_node(
-        sock,
-        reg,
-        &format!("bench-wake-{run}"),
-        &["--suspend-after", "2s"],
-    )
-    .await?;
+    let mut flags = vec!["--suspend-after", "2s"];
+    flags.extend_from_slice(net);
+    let (rouse, mut c, http) = single_node(sock, reg, &format!("bench-wake-{run}"), &flags).await?;
     c.deploy_container(rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
         name: "nap".into(),
@@ -913,7 +950,8 @@ async fn single_node(
     ns: &str,
     extra: &[&str],
 ) -> anyhow::Result<(Rouse, rouse_client::Client, String)> {
-    let rouse = Rouse::start(1, true, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
+    let isolated = !extra.contains(&"--instance-network");
+    let rouse = Rouse::start(1, isolated, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
     let c = rouse.bench_namespace().await;
     let http = rouse.http(1);
     Ok((rouse, c, http))
@@ -1117,7 +1155,11 @@ async fn main() -> anyhow::Result<()> {
             clients,
         } => control_plane(serial_writes, parallel_writes, clients).await,
         Cmd::Runtime { rounds } => runtime(rounds).await,
-        Cmd::Mesh { rounds, seconds } => mesh(rounds, seconds).await,
+        Cmd::Mesh {
+            rounds,
+            seconds,
+            host_network,
+        } => mesh(rounds, seconds, host_network).await,
         Cmd::Hop { seconds } => hop(seconds).await,
         Cmd::Placement {
             nodes,

@@ -5,6 +5,7 @@
 //! the agent (which drains, suspends and forgets them).
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +42,13 @@ pub async fn resume(resumer: &Resumer, id: &str) -> Result<(), String> {
 #[derive(Default)]
 pub struct LocalInstances {
     slots: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    /// Per container: woken whenever a slot of one of its instances frees.
+    /// Per container: woken whenever a slot of one of its instances frees
+    /// or one of them becomes ready.
     freed: Mutex<HashMap<ContainerKey, Arc<Notify>>>,
+    /// Instances that answer on their port, by this node's own
+    /// observation: routable before the cluster has committed their
+    /// status (a cold start saves a Raft round), until they exit.
+    answering: Mutex<HashMap<String, (ContainerKey, SocketAddr)>>,
     last_used: Mutex<HashMap<String, Instant>>,
     suspended: Mutex<HashSet<String>>,
     ready_at: Mutex<HashMap<String, Instant>>,
@@ -137,8 +143,29 @@ impl LocalInstances {
             .or_insert_with(Instant::now)
     }
 
-    pub fn mark_ready(&self, id: &str) {
+    /// The instance `id` of `key` answers at `addr`: requests waiting for
+    /// `key` are woken.
+    pub fn mark_ready(&self, key: &ContainerKey, id: &str, addr: SocketAddr) {
         self.ready_at.lock().insert(id.to_string(), Instant::now());
+        self.answering
+            .lock()
+            .insert(id.to_string(), (key.clone(), addr));
+        self.freed(key).notify_waiters();
+    }
+
+    /// The instance exited (it may start again, elsewhere on the bridge).
+    pub fn mark_exited(&self, id: &str) {
+        self.answering.lock().remove(id);
+    }
+
+    /// `key`'s instances this node saw answering (and not retired).
+    pub fn answering(&self, key: &ContainerKey) -> Vec<(String, SocketAddr)> {
+        self.answering
+            .lock()
+            .iter()
+            .filter(|(id, (k, _))| k == key && !self.is_retired(id))
+            .map(|(id, (_, addr))| (id.clone(), *addr))
+            .collect()
     }
 
     /// Whether `id` is being drained or removed (it takes no new request).
@@ -167,6 +194,7 @@ impl LocalInstances {
         self.last_used.lock().remove(id);
         self.suspended.lock().remove(id);
         self.ready_at.lock().remove(id);
+        self.answering.lock().remove(id);
     }
 }
 
@@ -187,6 +215,30 @@ mod tests {
         assert!(l.try_acquire(&k, "i1", 2).is_some());
         drop(b);
         assert!(l.idle_for("i1", Instant::now()) < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn answering_instances_are_routable_until_they_exit_or_retire() {
+        let l = LocalInstances::new();
+        let k = ContainerKey::new("ns", "web");
+        let addr: SocketAddr = "10.88.1.2:8080".parse().unwrap();
+        let freed = l.freed(&k);
+        let woken = freed.notified();
+        l.mark_ready(&k, "i1", addr);
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("waiting requests are woken");
+        l.mark_ready(&k, "i2", addr);
+        assert_eq!(l.answering(&k).len(), 2);
+        assert!(l.answering(&ContainerKey::new("ns", "other")).is_empty());
+        l.mark_exited("i1");
+        assert_eq!(l.answering(&k), vec![("i2".to_string(), addr)]);
+        let drain = {
+            let l = l.clone();
+            tokio::spawn(async move { l.drain("i2", Duration::from_secs(1)).await })
+        };
+        drain.await.unwrap();
+        assert!(l.answering(&k).is_empty(), "retired");
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use super::error::MeshError;
 use super::route::{least_loaded, Route};
 use crate::cluster::Cluster;
 use crate::local::{LocalInstances, Resumer, SlotGuard};
-use crate::state::{Command, ContainerKey, NodeId, StateData};
+use crate::state::{Command, ContainerKey, InstanceState, NodeId, StateData};
 
 /// Requests one container may queue on one node before 503.
 pub const QUEUE_CAP: usize = 1000;
@@ -165,7 +165,25 @@ impl Activator {
         let (mut activated, mut queued, mut seen) = (false, false, 0u64);
         loop {
             let notified = freed.notified();
-            let mut v = view(&self.cluster.sm.read().data, self.cluster.id, &route.key);
+            let mut v = {
+                let sm = self.cluster.sm.read();
+                let mut v = view(&sm.data, self.cluster.id, &route.key);
+                // Instances this node saw answering whose status the cluster
+                // has not committed yet (a cold start in its last step).
+                for (id, addr) in self.local.answering(&route.key) {
+                    let pending = sm.data.statuses.get(&id).is_none_or(|s| {
+                        matches!(
+                            s.state,
+                            InstanceState::Pending | InstanceState::Pulling | InstanceState::Starting
+                        )
+                    });
+                    let placed_here = sm.data.instances.get(&id).is_some_and(|i| i.node == self.cluster.id);
+                    if pending && placed_here && !v.local.iter().any(|(l, _)| *l == id) {
+                        v.local.push((id, addr));
+                    }
+                }
+                v
+            };
             v.local.retain(|(id, _)| !self.local.is_retired(id));
             let loads: Vec<usize> = v
                 .local
@@ -200,9 +218,12 @@ impl Activator {
                         activated = true;
                         self.scale_from_zero(&route.key).await;
                     }
-                    self.cluster
-                        .applied_change(&mut seen, Duration::from_millis(100))
-                        .await;
+                    // Woken by the cluster's next change, or by a local
+                    // instance that starts answering.
+                    tokio::select! {
+                        _ = self.cluster.applied_change(&mut seen, Duration::from_millis(100)) => {}
+                        _ = notified => {}
+                    }
                 }
             }
         }

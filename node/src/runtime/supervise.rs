@@ -123,6 +123,8 @@ impl Agent {
                                 }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "instance cannot start");
+                                    // Perhaps a snapshot went behind rouse's back.
+                                    self.images.forget_opened();
                                     Event::StartFailed(e.to_string())
                                 }
                             },
@@ -155,7 +157,10 @@ impl Agent {
                         }
                     }
                     Step::MarkReady => {
-                        self.local.mark_ready(&id);
+                        if let Some(addr) = listen_addr(&sup) {
+                            let key = crate::state::ContainerKey::new(&inst.namespace, &inst.container);
+                            self.local.mark_ready(&key, &id, addr);
+                        }
                         continue;
                     }
                     Step::WaitExit => {
@@ -240,6 +245,7 @@ impl Agent {
         watched: Result<Result<u32, RuntimeError>, tokio::task::JoinError>,
         since: Instant,
     ) -> Event {
+        self.local.mark_exited(id);
         let code = watched.ok().and_then(|r| r.ok());
         let oom = Tasks::oom_killed(id);
         let _ = self.tasks.delete_task(id).await;

@@ -49,6 +49,10 @@ pub struct Images {
     credentials: HashMap<String, RegistryCredentials>,
     pub(super) tmp: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pinned images (`repo@digest`, immutable) found complete in
+    /// containerd since the last image deletion: a cold start of a cached
+    /// image asks containerd nothing about it.
+    opened: Mutex<HashMap<String, ImageInfo>>,
     /// Registry pulls (manifest fetched and content written) since start.
     pub pulls: AtomicU64,
 }
@@ -73,6 +77,7 @@ impl Images {
             credentials,
             tmp,
             locks: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
             pulls: AtomicU64::new(0),
         }
     }
@@ -142,6 +147,9 @@ impl Images {
     }
 
     pub async fn ensure(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        if let Some(info) = self.opened.lock().get(reference) {
+            return Ok(info.clone());
+        }
         let lock = self.lock_for(reference);
         let _guard = lock.lock().await;
         // Present under this name, or (for a pinned imported image) under
@@ -170,7 +178,16 @@ impl Images {
         }
         .await;
         self.drop_lease(&lease).await;
+        if let (Ok(info), true) = (&res, reference.contains('@')) {
+            self.opened.lock().insert(reference.to_string(), info.clone());
+        }
         res
+    }
+
+    /// Forgets what [`Self::ensure`] found (an image or snapshot went away,
+    /// or using one failed): the next cold start looks again.
+    pub fn forget_opened(&self) {
+        self.opened.lock().clear();
     }
 
     /// Images rouse created in this namespace.
@@ -193,6 +210,7 @@ impl Images {
     /// Deletes an image record; containerd's GC then frees its content and
     /// snapshots once nothing else references them.
     pub async fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        self.forget_opened();
         let req = containerd_client::services::v1::DeleteImageRequest {
             name: name.to_string(),
             sync: false,

@@ -62,6 +62,17 @@ async fn must(cmd: &str, args: &[&str]) -> Result<(), RuntimeError> {
     }
 }
 
+/// Isolates a bridge port: it may talk to the bridge (the node) but not to
+/// the bridge's other ports (other instances). The kernel's sysfs knob,
+/// with `bridge link` as the fallback where sysfs is read-only.
+async fn isolate_port(veth: &str) -> Result<(), RuntimeError> {
+    let knob = format!("/sys/class/net/{veth}/brport/isolated");
+    if tokio::fs::write(&knob, b"1").await.is_ok() {
+        return Ok(());
+    }
+    must("bridge", &["link", "set", "dev", veth, "isolated", "on"]).await
+}
+
 /// Where the standard CNI plugins are: `dir` if given, else Debian's
 /// `/usr/lib/cni`, else `/opt/cni/bin`.
 pub fn find_plugins(dir: Option<&Path>) -> Result<PathBuf, RuntimeError> {
@@ -139,15 +150,18 @@ impl Networks {
     /// task, created but not started) and isolates its bridge port.
     pub async fn attach(&self, id: &str, pid: u32) -> Result<Attached, RuntimeError> {
         // A previous incarnation's address is released first.
-        let _ = self.cni.del(id).await;
+        if self.address_of(id).is_some() {
+            self.cni.del(id).await?;
+        }
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let r = self.cni.add(id, &netns).await?;
         let ip = r
             .ip()
             .ok_or_else(|| RuntimeError::Network("cni ADD gave no address".into()))?;
-        if let Some(veth) = r.host_veth(&self.plan().bridge()) {
-            must("bridge", &["link", "set", "dev", &veth, "isolated", "on"]).await?;
-        }
+        let veth = r.host_veth(&self.plan().bridge()).ok_or_else(|| {
+            RuntimeError::Network("cni ADD named no host interface to isolate".into())
+        })?;
+        isolate_port(&veth).await?;
         Ok(Attached { ip })
     }
 

@@ -1,0 +1,38 @@
+//! The mesh benchmark's backend: an HTTP/1.1 server on 0.0.0.0:$PORT that
+//! keeps connections alive and answers every request at once with
+//! `hello from rouse`, so a proxy benchmark measures the proxy, not the
+//! backend's connection handling.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    println!("rouse hello listening on {port}");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let hello = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"hello from rouse\n",
+                ))))
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), hello)
+                .await;
+        });
+    }
+}
