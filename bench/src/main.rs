@@ -699,7 +699,7 @@ async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result
     let nginx_port = free_port();
     let conf = tmp.path().join("nginx.conf");
     std::fs::write(&conf, format!(
-        "daemon off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
+        "daemon off; master_process off; worker_processes 1; pid {pid}; error_log {err} warn;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; upstream u {{ server {direct}; keepalive 64; }}\n\
          server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",

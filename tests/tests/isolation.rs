@@ -50,10 +50,14 @@ fn probe_from(cluster: &TestCluster, instance: &str, targets: &[(IpAddr, u16)]) 
 }
 
 /// A private container has no listener on the node: every TCP listener on
-/// the node belongs to rouse-node, containerd or the test's own processes
-/// (none to the instance), and the mesh alone lets callers in.
+/// the node belongs to rouse-node, containerd, the test's own processes or
+/// the machine's services that listened before the test (none to the
+/// instance), and the mesh alone lets callers in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_container_listens_only_in_its_own_namespace() {
+    // What the machine listens on before the test (its own services).
+    let before: std::collections::HashSet<u64> =
+        netcheck::listeners().into_iter().map(|l| l.inode).collect();
     let image = push_test_image("rouse-test/isolation", "1");
     let cluster = TestCluster::start_with_runtime(1, &[]).await;
     let mut c = cluster.client(1).await;
@@ -82,8 +86,10 @@ async fn private_container_listens_only_in_its_own_namespace() {
             "the instance listens on the node: {l:?}"
         );
         // A socket no process of this machine holds belongs to no
-        // instance (their processes are all visible here).
+        // instance (their processes are all visible here); the machine's
+        // own services were there before.
         let ours = l.owners.is_empty()
+            || before.contains(&l.inode)
             || l.owners.iter().any(|(p, comm)| {
                 *p == me || ["rouse-node", "containerd", "docker-registry"].contains(&comm.as_str())
             });
