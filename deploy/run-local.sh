@@ -4,9 +4,9 @@
 # demo's instances); its data stays in .rouse-local/ (delete it to start
 # afresh).
 #
-#   node 1: API 127.0.0.1:7071  mesh 127.0.0.1:8081  hops :9091  instances 10.88.1.0/24 (bootstraps)
-#   node 2: API 127.0.0.1:7072  mesh 127.0.0.1:8082  hops :9092  instances 10.88.2.0/24
-#   node 3: API 127.0.0.1:7073  mesh 127.0.0.1:8083  hops :9093  instances 10.88.3.0/24
+#   node 1: API 127.0.0.1:7071  mesh 127.0.0.1:8081  hops :9091  metrics :9191  instances 10.88.1.0/24 (bootstraps)
+#   node 2: API 127.0.0.1:7072  mesh 127.0.0.1:8082  hops :9092  metrics :9192  instances 10.88.2.0/24
+#   node 3: API 127.0.0.1:7073  mesh 127.0.0.1:8083  hops :9093  metrics :9193  instances 10.88.3.0/24
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -61,7 +61,7 @@ for id in 1 2 3; do
   # Each node keeps its master key and cluster certificate in its data dir;
   # node 1 creates the cluster CA, the others join with a one-time token.
   flags=(--id "$id" --data-dir "$STATE/node$id" --listen "127.0.0.1:707$id" --http "127.0.0.1:808$id"
-         --hop "127.0.0.1:909$id" --zone "zone-$id" --containerd "$SOCK" --containerd-namespace rouse-local
+         --hop "127.0.0.1:909$id" --metrics "127.0.0.1:919$id" --zone "zone-$id" --containerd "$SOCK" --containerd-namespace rouse-local
          --insecure-registry "$REG")
   if [ ! -d "$STATE/node$id" ]; then
     if [ "$id" = 1 ]; then

@@ -359,11 +359,14 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn remove_node(&mut self, id: u64) -> Result<(), Error> {
-        self.cluster
+    /// Removes node `id`; answers the master key id the cluster rotated to.
+    pub async fn remove_node(&mut self, id: u64) -> Result<String, Error> {
+        Ok(self
+            .cluster
             .remove_node(pb::RemoveNodeRequest { id })
-            .await?;
-        Ok(())
+            .await?
+            .into_inner()
+            .master_key_id)
     }
 
     /// Mints a one-time join token for a new node (`ttl_secs` 0: 1 hour).

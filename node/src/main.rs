@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 
 /// The listeners: inherited from whoever started the node (systemd's socket
 /// activation: the first socket serves the API, the second the mesh, the
-/// third other nodes' hops), or bound here.
+/// third other nodes' hops, the fourth the metrics), or bound here.
 async fn listeners(
     config: &rouse_node::config::NodeConfig,
     mut inherited: listenfd::ListenFd,
@@ -85,7 +85,18 @@ async fn listeners(
             .await
             .with_context(|| format!("hop: cannot bind {}", config.hop))?,
     };
-    Ok(rouse_node::server::Listeners { api, http, hop })
+    let metrics = match take(&mut inherited, 3, "metrics", config.metrics)? {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(config.metrics)
+            .await
+            .with_context(|| format!("metrics: cannot bind {}", config.metrics))?,
+    };
+    Ok(rouse_node::server::Listeners {
+        api,
+        http,
+        hop,
+        metrics,
+    })
 }
 
 async fn serve(

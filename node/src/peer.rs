@@ -52,6 +52,30 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
     Ok(Response::new(RaftMessage { payload }))
 }
 
+/// The member certificate a call came with (none with `--insecure`).
+fn caller<T>(req: &Request<T>) -> Option<crate::tls::PeerCert> {
+    req.extensions()
+        .get::<crate::tls::ConnInfo>()
+        .and_then(|c| c.peer.clone())
+}
+
+/// A node writes only its own record, naming the certificate it shows.
+fn own_record(caller: &crate::tls::PeerCert, record: &NodeRecord) -> Result<(), Status> {
+    if record.id != caller.node {
+        return Err(Status::permission_denied(format!(
+            "node {} may register only its own record, not node {}'s",
+            caller.node, record.id
+        )));
+    }
+    if !record.cert_sha256.is_empty() && record.cert_sha256 != caller.cert_sha256 {
+        return Err(Status::permission_denied(format!(
+            "node {}'s record must name the certificate it connects with",
+            caller.node
+        )));
+    }
+    Ok(())
+}
+
 /// A refusal that applied nothing: the caller may send it again elsewhere.
 fn not_leader(message: String) -> Status {
     let mut s: Status = ApiError::Unavailable(message).into();
@@ -91,7 +115,11 @@ impl RaftPeer for PeerService {
     }
 
     async fn forward(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let caller = caller(&req);
         let p: Proposal = decode(&req.into_inner().payload).map_err(bad_payload)?;
+        if let (Some(c), crate::state::Command::RegisterNode { node }) = (&caller, &p.command) {
+            own_record(c, node)?;
+        }
         match self.cluster.raft.client_write(p).await {
             Ok(r) => reply(&WriteOutcome {
                 index: r.log_id.index,
@@ -120,8 +148,23 @@ impl RaftPeer for PeerService {
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let caller = caller(&req);
         let r = req.into_inner();
         let record: NodeRecord = decode(&r.node).map_err(bad_payload)?;
+        if let Some(c) = &caller {
+            if c.node == record.id {
+                own_record(c, &record)?;
+            } else {
+                // Relayed by a member for the node joining through it: the
+                // record must name a certificate the cluster issued to it.
+                self.cluster
+                    .sm
+                    .read()
+                    .data
+                    .peer_trusted(record.id, &record.cert_sha256)
+                    .map_err(Status::permission_denied)?;
+            }
+        }
         if record.id != r.id || record.id == 0 {
             return Err(
                 ApiError::invalid("id", "must match the node record and be at least 1").into(),

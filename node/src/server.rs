@@ -47,8 +47,8 @@ fn own_record(config: &NodeConfig, tls: &crate::tls::Tls) -> NodeRecord {
     NodeRecord {
         id: config.id,
         api_addr: config.advertise.clone(),
-        http_addr: config.http.to_string(),
-        hop_addr: config.hop.to_string(),
+        http_addr: config.advertise_http.clone(),
+        hop_addr: config.advertise_hop.clone(),
         zone: config.zone.clone(),
         region: config.region.clone(),
         cpu_capacity_mvcpu: config.cpu_capacity_mvcpu,
@@ -65,6 +65,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// Other nodes' hops (`--hop`).
     pub hop: TcpListener,
+    /// Prometheus metrics (`--metrics`).
+    pub metrics: TcpListener,
 }
 
 /// Runs a node on already-bound listeners until `shutdown` resolves.
@@ -77,6 +79,7 @@ pub async fn run(
         api: listener,
         http: http_listener,
         hop: hop_listener,
+        metrics: metrics_listener,
     } = listeners;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: cannot create {}", config.data_dir.display()))?;
@@ -150,7 +153,7 @@ pub async fn run(
         config.data_dir.clone(),
         config.bootstrap,
     );
-    let trust = PeerTrust::new(tls.clone(), shared.clone());
+    let trust = PeerTrust::new(config.id, tls.clone(), shared.clone());
     let loads = Arc::new(LoadBook::default());
     let local = LocalInstances::new();
     let images = Arc::new(OnceLock::new());
@@ -247,6 +250,7 @@ pub async fn run(
             },
             Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         )),
+        tokio::spawn(crate::mesh::metrics::serve(mesh.clone(), metrics_listener)),
         tokio::spawn(crate::mesh::report::run(
             cluster.clone(),
             mesh.clone(),

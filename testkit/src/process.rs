@@ -34,6 +34,8 @@ pub struct NodeProcess {
     pub http: HeldListener,
     /// Other nodes' hops.
     pub hop: HeldListener,
+    /// Prometheus metrics (always on loopback).
+    pub metrics: HeldListener,
     child: Option<Child>,
     paused: bool,
 }
@@ -48,6 +50,7 @@ impl NodeProcess {
             api: HeldListener::bind(ip)?,
             http: HeldListener::bind(ip)?,
             hop: HeldListener::bind(ip)?,
+            metrics: HeldListener::bind(IpAddr::from([127, 0, 0, 1]))?,
             spec,
             child: None,
             paused: false,
@@ -67,6 +70,8 @@ impl NodeProcess {
             self.http.addr().to_string(),
             "--hop".into(),
             self.hop.addr().to_string(),
+            "--metrics".into(),
+            self.metrics.addr().to_string(),
         ];
         if let Some(adv) = &self.spec.advertise {
             a.push("--advertise".into());
@@ -81,6 +86,7 @@ impl NodeProcess {
         self.api.open()?;
         self.http.open()?;
         self.hop.open()?;
+        self.metrics.open()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,7 +95,7 @@ impl NodeProcess {
         cmd.args(self.args())
             .args(first)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
-            .env("LISTEN_FDS", "3")
+            .env("LISTEN_FDS", "4")
             .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -106,6 +112,10 @@ impl NodeProcess {
             FdMapping {
                 parent_fd: self.hop.share()?,
                 child_fd: FIRST_FD + 2,
+            },
+            FdMapping {
+                parent_fd: self.metrics.share()?,
+                child_fd: FIRST_FD + 3,
             },
         ])
         .map_err(|e| io::Error::other(format!("fd mapping: {e:?}")))?;
@@ -217,7 +227,7 @@ impl NodeProcess {
     }
 
     fn close_listeners(&mut self) {
-        for l in [&mut self.api, &mut self.http, &mut self.hop] {
+        for l in [&mut self.api, &mut self.http, &mut self.hop, &mut self.metrics] {
             if let Err(e) = l.close() {
                 eprintln!(
                     "node {}: cannot hold {} while down: {e}",

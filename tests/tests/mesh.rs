@@ -126,7 +126,13 @@ async fn cold_start_scale_to_zero_wake_timeout_and_unknown_host() {
     .sum();
     assert_eq!(total, phases);
     assert!(total > 0);
-    let (code, metrics) = get(&mesh, "127.0.0.1", "/metrics", 5);
+    // Metrics name every tenant's containers: not on the public mesh, on
+    // the node's own (loopback) metrics listener.
+    let (code, page) = get(&mesh, "127.0.0.1", "/metrics", 5);
+    assert_eq!(code, 404, "{page}");
+    assert!(!page.contains("rouse_"), "{page}");
+    let metrics_addr = cluster.node(1).metrics.addr().to_string();
+    let (code, metrics) = get(&metrics_addr, "127.0.0.1", "/metrics", 5);
     assert_eq!(code, 200);
     assert!(
         metrics.contains("rouse_cold_start_last_seconds{") && metrics.contains("phase=\"pull\""),

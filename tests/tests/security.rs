@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use rouse_client::pb;
 use rouse_e2e::{eventually, push_test_image, TestCluster};
 
+mod common;
+use common::{client_config, node_tls, ping, tls_channel};
+
 fn get(mesh: &str, host: &str, header: Option<String>) -> u16 {
     let mut cmd = std::process::Command::new("curl");
     cmd.args([
@@ -225,39 +228,6 @@ async fn private_containers_need_a_valid_token_of_their_scope() {
         assert_eq!(get(mesh, host, bearer(&t_ns.token)), 200);
     }
     cluster.assert_no_panics();
-}
-
-/// A tonic channel to `addr` over TLS with `config`.
-async fn tls_channel(
-    addr: &str,
-    config: tokio_rustls::rustls::ClientConfig,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(5))
-        .connect_with_connector(rouse_node::tls::https_connector(config, None, true))
-        .await
-}
-
-/// TLS material of a node: (CA, certificate, key) from `<data-dir>/tls/`.
-fn node_tls(cluster: &TestCluster, id: u64) -> (String, String, String) {
-    let d = cluster.data_dir(id).join("tls");
-    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    (read("ca.crt"), read("node.crt"), read("node.key"))
-}
-
-fn client_config(ca: &str, identity: Option<(&str, &str)>) -> tokio_rustls::rustls::ClientConfig {
-    let t = rouse_node::tls::Tls::new(false);
-    t.set(rouse_node::tls::Material::new(ca, identity).unwrap());
-    t.client_config()
-}
-
-async fn ping(ch: tonic::transport::Channel) -> Result<u64, tonic::Status> {
-    rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch)
-        .ping(rouse_proto::peer::PingRequest {})
-        .await
-        .map(|r| r.into_inner().id)
 }
 
 /// Sends a GET over TLS with `config` to a mesh; returns what came back.

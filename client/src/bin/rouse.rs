@@ -851,10 +851,18 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             })
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
-            c.remove_node(id).await?;
-            emit(fmt, &serde_json::json!({ "removed": id }), || {
-                format!("node {id} removed")
-            })
+            let master_key_id = c.remove_node(id).await?;
+            emit(
+                fmt,
+                &serde_json::json!({ "removed": id, "master_key_id": master_key_id }),
+                || {
+                    if master_key_id.is_empty() {
+                        format!("node {id} removed")
+                    } else {
+                        format!("node {id} removed; master and data keys rotated to {master_key_id}")
+                    }
+                },
+            )
         }
         Cmd::Cluster(ClusterCmd::NodeInfo) => {
             let i = c.node_info().await?;

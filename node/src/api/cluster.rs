@@ -121,7 +121,18 @@ impl ClusterService for Api {
             return Err(ApiError::invalid("id", "must be at least 1").into());
         }
         self.cluster.remove(id).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::RemoveNodeResponse {}))
+        // The removed node holds the master key (and with it the data key
+        // and the CA key): rotate, so it opens nothing written from now on.
+        let master_key_id = if self.config.insecure {
+            String::new()
+        } else {
+            crate::keys::rotate::rotate(&self.cluster, &self.keys, false)
+                .await
+                .map_err(ApiError::from)?
+                .master_key_id
+        };
+        tracing::info!(node = id, master_key = %master_key_id, "removed a node and rotated the keys");
+        Ok(Response::new(pb::RemoveNodeResponse { master_key_id }))
     }
 
     async fn node_info(

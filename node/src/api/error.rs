@@ -92,6 +92,7 @@ fn join_status(j: JoinError) -> Status {
             Status::permission_denied(j.to_string())
         }
         JoinError::BadNodeId | JoinError::BadInput(_) => Status::invalid_argument(j.to_string()),
+        JoinError::TooManyAttempts(_) => Status::resource_exhausted(j.to_string()),
         JoinError::NoCa | JoinError::Cluster(_) => Status::unavailable(j.to_string()),
         JoinError::Precondition(_) => Status::failed_precondition(j.to_string()),
         JoinError::Tls(_) => Status::internal(j.to_string()),

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub http: SocketAddr,
     pub advertise: String,
+    /// Where other nodes reach this node's mesh, and its hop listener.
+    pub advertise_http: String,
+    pub advertise_hop: String,
     pub bootstrap: bool,
     pub join: Option<String>,
     pub join_token: Option<crate::tls::JoinToken>,
@@ -76,6 +79,8 @@ pub struct NodeConfig {
     pub log: String,
     /// Where other nodes' hops arrive (mutual TLS).
     pub hop: SocketAddr,
+    /// Where the Prometheus metrics are served.
+    pub metrics: SocketAddr,
     /// Remove the instance network and exit.
     pub remove_instance_network: bool,
     pub instance_network: InstanceNetwork,
@@ -127,7 +132,7 @@ impl NodeConfig {
         })?;
         let advertise = match args.advertise {
             Some(a) => {
-                host_port("advertise", &a)?;
+                dialable("advertise", &a)?;
                 a
             }
             None if listen.ip().is_unspecified() => {
@@ -233,6 +238,39 @@ impl NodeConfig {
                 format!("{hop} is already --http's or --listen's address"),
             ));
         }
+        let metrics = match &args.metrics {
+            Some(m) => m.parse().map_err(|_| {
+                invalid("metrics", format!("{m:?} is not an IP:PORT address to bind"))
+            })?,
+            None => SocketAddr::new(
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                http.port().checked_add(2).ok_or_else(|| {
+                    invalid("metrics", "is required when --http's port is above 65533")
+                })?,
+            ),
+        };
+        if [http, listen, hop].contains(&metrics) {
+            return Err(invalid(
+                "metrics",
+                format!("{metrics} is already --http's, --listen's or --hop's address"),
+            ));
+        }
+        let advertise_http = match &args.advertise_http {
+            Some(a) => {
+                dialable("advertise_http", a)?;
+                a.clone()
+            }
+            None => {
+                let host = advertise.rsplit_once(':').map_or("", |(h, _)| h);
+                let a = format!("{host}:{}", http.port());
+                dialable("advertise_http", &a)?;
+                a
+            }
+        };
+        let advertise_hop = {
+            let host = advertise_http.rsplit_once(':').map_or("", |(h, _)| h);
+            format!("{host}:{}", hop.port())
+        };
         let ports_s = args.instance_ports.clone().unwrap_or_else(|| "20000-29999".into());
         let instance_ports = ports_s
             .split_once('-')
@@ -350,6 +388,7 @@ impl NodeConfig {
             suspend_after,
             autoscale_window,
             hop,
+            metrics,
             remove_instance_network: args.remove_instance_network,
             instance_network,
             userns_base,
@@ -361,6 +400,8 @@ impl NodeConfig {
             listen,
             http,
             advertise,
+            advertise_http,
+            advertise_hop,
             bootstrap,
             join,
             join_token,
@@ -428,6 +469,20 @@ fn host_port(field: &'static str, v: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// HOST:PORT that another machine can dial: not an unspecified address.
+fn dialable(field: &'static str, v: &str) -> Result<(), ConfigError> {
+    host_port(field, v)?;
+    let host = v.rsplit_once(':').map_or(v, |(h, _)| h);
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(invalid(
+            field,
+            format!("{v:?} names no particular address; other nodes cannot dial it"),
+        ));
+    }
+    Ok(())
+}
+
 fn label(field: &'static str, v: &str) -> Result<(), ConfigError> {
     crate::state::validate::dns_label(field, v).map_err(|e| invalid(field, e.rule))
 }
@@ -469,6 +524,18 @@ mod tests {
         let c = NodeConfig::resolve(args(&[])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(c.advertise, "127.0.0.1:7070");
+        assert_eq!(c.advertise_http, "127.0.0.1:8080");
+        assert_eq!(c.advertise_hop, "127.0.0.1:8081");
+        let c = NodeConfig::resolve(args(&[
+            "--listen",
+            "0.0.0.0:7070",
+            "--http",
+            "0.0.0.0:8080",
+            "--advertise",
+            "10.0.0.5:7070",
+        ]))
+        .unwrap();
+        assert_eq!((c.advertise_http.as_str(), c.advertise_hop.as_str()), ("10.0.0.5:8080", "10.0.0.5:8081"));
         assert_eq!(c.containerd_namespace, "rouse");
         assert_eq!(c.base_domain, "rouse.localhost");
         assert_eq!(c.scale_cap, 50);
@@ -490,6 +557,11 @@ mod tests {
             (vec!["--instance-egress", "maybe"], "instance_egress"),
             (vec!["--userns-base", "1000"], "userns_base"),
             (vec!["--hop", "127.0.0.1:7070"], "hop"),
+            (vec!["--advertise", "0.0.0.0:7070"], "advertise"),
+            (vec!["--advertise-http", "[::]:8080"], "advertise_http"),
+            (vec!["--advertise-http", "nohost"], "advertise_http"),
+            (vec!["--metrics", "127.0.0.1:8080"], "metrics"),
+            (vec!["--metrics", "localhost"], "metrics"),
         ] {
             let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
             assert!(e.starts_with(field), "{e}");

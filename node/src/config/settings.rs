@@ -35,6 +35,11 @@ pub struct Args {
     #[arg(long, env = "ROUSE_ADVERTISE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// Address other nodes use to reach --http (default: --advertise's host
+    /// and --http's port); its host, with --hop's port, is where they hop.
+    #[arg(long, env = "ROUSE_ADVERTISE_HTTP")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_http: Option<String>,
     /// Start a new one-node cluster (first start only).
     #[arg(long, env = "ROUSE_BOOTSTRAP", conflicts_with = "join")]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -149,6 +154,12 @@ pub struct Args {
     #[arg(long, env = "ROUSE_HOP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hop: Option<String>,
+    /// Address of the node's Prometheus metrics (HOST:PORT; default:
+    /// 127.0.0.1 and --http's port + 2). They name every tenant's
+    /// containers, so they are not on the public mesh.
+    #[arg(long, env = "ROUSE_METRICS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Time an instance gets between SIGTERM and SIGKILL (default 10s).
     #[arg(long, env = "ROUSE_STOP_GRACE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,6 +16,8 @@ pub enum JoinError {
     BadInput(TlsError),
     #[error("join_token: the token is for another cluster (CA fingerprint differs)")]
     OtherCluster,
+    #[error("join: too many attempts from {0}; wait a minute")]
+    TooManyAttempts(std::net::IpAddr),
     /// The replicated state refused to spend the token.
     #[error("{0}")]
     Refused(Rejection),

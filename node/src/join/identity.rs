@@ -85,6 +85,7 @@ impl Identity {
                     created_ms: now,
                     expires_ms,
                     used_by: None,
+                    issued: None,
                 },
             })
             .await?;
@@ -154,8 +155,42 @@ impl Identity {
         }
     }
 
+    /// Removes the bootstrap node's `<data-dir>/join-token` once its token
+    /// is spent (or expired), so the file holds no live secret longer than
+    /// needed. True once the file is gone.
+    fn retire_spent_token(&self, file: &std::path::Path) -> bool {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return !self.cluster.sm.read().data.join_tokens.is_empty();
+        };
+        let Ok(token) = JoinToken::parse(text.trim()) else {
+            return false;
+        };
+        let done = self
+            .cluster
+            .sm
+            .read()
+            .data
+            .join_tokens
+            .get(&token.id)
+            .is_some_and(|t| t.used_by.is_some() || now_ms() >= t.expires_ms);
+        if !done {
+            return false;
+        }
+        match std::fs::remove_file(file) {
+            Ok(()) => {
+                tracing::info!(path = %file.display(), "removed the spent bootstrap join token");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %file.display(), "removing the spent join token");
+                false
+            }
+        }
+    }
+
     /// Runs on every node: gives it its certificate once the CA exists, and
-    /// on the bootstrap node writes the first join token.
+    /// on the bootstrap node writes the first join token and removes its
+    /// file once it is spent.
     pub async fn run(self: Arc<Self>) {
         if self.tls.insecure() {
             return;
@@ -191,7 +226,10 @@ impl Identity {
                     Err(e) => tracing::debug!(error = %e, "join token"),
                 }
             }
-            if self.tls.ready() && (!self.bootstrap || has_tokens) {
+            if self.bootstrap && self.retire_spent_token(&file) {
+                return;
+            }
+            if self.tls.ready() && !self.bootstrap {
                 return;
             }
         }

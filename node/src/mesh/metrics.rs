@@ -1,5 +1,6 @@
-//! Prometheus metrics of a node, served by the mesh at `/metrics` for any
-//! Host that names no container (e.g. `curl http://NODE_HTTP/metrics`).
+//! Prometheus metrics of a node, served on a listener of their own
+//! (`--metrics`, loopback by default: they name every tenant's containers),
+//! at `/metrics`.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
@@ -11,6 +12,42 @@ use openraft::{BasicNode, RaftMetrics};
 
 use crate::loads::ContainerLoad;
 use crate::state::{NodeId, StateData};
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(mesh: std::sync::Arc<super::stack::Mesh>, listener: tokio::net::TcpListener) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mesh = mesh.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        mesh.metrics()
+                    } else {
+                        super::error::text(
+                            http::StatusCode::NOT_FOUND,
+                            "this listener serves only /metrics\n",
+                        )
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%remote, error = %e, "metrics connection");
+            }
+        });
+    }
+}
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;

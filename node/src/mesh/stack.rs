@@ -89,11 +89,10 @@ impl Mesh {
             let resp = self.serve(req, &host, remote).await;
             let mut resp = match resp {
                 Ok(r) => r,
-                Err(Some(e)) => {
+                Err(e) => {
                     tracing::debug!(error = %e, "answered by the mesh");
                     e.into_response()
                 }
-                Err(None) => self.metrics(),
             };
             if let Ok(v) = HeaderValue::from_str(&id) {
                 resp.headers_mut().insert(REQUEST_ID, v);
@@ -104,22 +103,15 @@ impl Mesh {
         .await
     }
 
-    /// `Err(None)`: no container route (the metrics page may answer).
     async fn serve(
         &self,
         req: Request<Incoming>,
         host: &str,
         remote: SocketAddr,
-    ) -> Result<Response<RespBody>, Option<MeshError>> {
+    ) -> Result<Response<RespBody>, MeshError> {
         let route = {
             let sm = self.cluster.sm.read();
-            match route::resolve(&sm.data, &self.config.base_domain, host) {
-                Ok(r) => r,
-                Err(MeshError::UnknownHost(_)) if req.uri().path() == "/metrics" => {
-                    return Err(None)
-                }
-                Err(e) => return Err(Some(e)),
-            }
+            route::resolve(&sm.data, &self.config.base_domain, host)?
         };
         if route.private {
             let sm = self.cluster.sm.read();
@@ -129,15 +121,15 @@ impl Mesh {
                 &route.key,
                 now_ms() / 1000,
             )
-            .map_err(|e| Some(e.into()))?;
+            .map_err(MeshError::from)?;
         }
         let demand = self.demand.enter(&route.key);
         let hop = req.headers().contains_key(HOP);
         let timeout = route.timeout;
         let key = route.key.clone();
         match tokio::time::timeout(timeout, self.pass(req, route, hop, remote, demand)).await {
-            Ok(r) => r.map_err(Some),
-            Err(_) => Err(Some(MeshError::Timeout(key, timeout.as_secs()))),
+            Ok(r) => r,
+            Err(_) => Err(MeshError::Timeout(key, timeout.as_secs())),
         }
     }
 
@@ -176,8 +168,8 @@ impl Mesh {
         }
     }
 
-    /// `GET /metrics` for any Host that names no container.
-    fn metrics(&self) -> Response<RespBody> {
+    /// The metrics page (served on `--metrics`, not on the public mesh).
+    pub fn metrics(&self) -> Response<RespBody> {
         let body = {
             let sm = self.cluster.sm.read();
             let raft = self.cluster.raft.metrics().borrow().clone();

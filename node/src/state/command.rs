@@ -13,12 +13,17 @@ use serde::{Deserialize, Serialize};
 
 use super::key::Scope;
 use super::types::{
-    ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, JoinTokenRecord, NodeId,
+    ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, IssuedCert, JoinTokenRecord, NodeId,
     NodeRecord, SealedSecret, SigningKey, StoredSecret, TokenRecord,
 };
 
-/// Version of the command encoding written into every log entry.
-pub const COMMAND_VERSION: u32 = 1;
+/// Version of the commands' meaning written into every log entry. Rules
+/// added later apply only to entries of the version that added them, so an
+/// entry means on replay what it meant when it was committed.
+///
+/// - 1: the first.
+/// - 2: `RegisterNode` refuses an address another node has registered.
+pub const COMMAND_VERSION: u32 = 2;
 
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,11 +163,16 @@ pub enum Command {
     CreateJoinToken { token: JoinTokenRecord },
     /// Spends a join token for `node`. Preconditions: the token exists, the
     /// hash matches, it has not expired at the proposal's time, and it is
-    /// unused or was used by this same node (a retried join).
+    /// unused. With `issued` (every proposal since certificates are
+    /// recorded) the certificate is recorded with the token and a used
+    /// token is refused, full stop; without (older entries) a token used by
+    /// this same node is accepted again.
     UseJoinToken {
         id: String,
         hash: String,
         node: NodeId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        issued: Option<IssuedCert>,
     },
     /// Replaces the master key (known here only by its id) and the data
     /// key, with every secret, signing key and the CA key re-sealed under

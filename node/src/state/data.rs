@@ -76,6 +76,33 @@ pub enum Key {
 }
 
 impl StateData {
+    /// Whether a peer showing a cluster certificate (`cert_sha256`, naming
+    /// `node`) is a member's: the cluster issued that certificate to that
+    /// node (its registered record, or a spent join token's), and did not
+    /// revoke it. The CA's signature alone is not enough: a removed node
+    /// still holds the CA key.
+    pub fn peer_trusted(&self, node: NodeId, cert_sha256: &str) -> Result<(), String> {
+        if self.revoked_certs.contains(cert_sha256) {
+            return Err(format!(
+                "the certificate of node {node} was revoked when it was removed from the cluster"
+            ));
+        }
+        let registered = self.nodes.get(&node).is_some_and(|n| n.cert_sha256 == cert_sha256);
+        let issued = || {
+            self.join_tokens.values().any(|t| {
+                t.used_by == Some(node)
+                    && t.issued.as_ref().is_some_and(|i| i.cert_sha256 == cert_sha256)
+            })
+        };
+        if registered || issued() {
+            Ok(())
+        } else {
+            Err(format!(
+                "node {node}'s certificate was not issued by this cluster to a member"
+            ))
+        }
+    }
+
     /// Instances of one container.
     pub fn instances_of<'a>(
         &'a self,

@@ -212,15 +212,21 @@ fn command() -> impl Strategy<Value = Command> {
                 created_ms: 1,
                 expires_ms,
                 used_by: None,
+                issued: None,
             }
         }),
-        (0u8..2, prop_oneof![Just("h"), Just("x")], node_id()).prop_map(|(i, hash, node)| {
-            Command::UseJoinToken {
+        (0u8..2, prop_oneof![Just("h"), Just("x")], node_id(), proptest::bool::ANY).prop_map(
+            |(i, hash, node, recorded)| Command::UseJoinToken {
                 id: format!("j{i}"),
                 hash: hash.into(),
                 node,
+                issued: recorded.then(|| IssuedCert {
+                    cert_sha256: format!("c{node}"),
+                    cert_pem: "pem".into(),
+                    key_sha256: "k".into(),
+                }),
             }
-        }),
+        ),
     ]
 }
 

@@ -314,7 +314,7 @@ fn proposal_encoding_is_stable() {
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(
         json,
-        r#"{"v":1,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
+        r#"{"v":2,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
@@ -328,6 +328,7 @@ fn join_tokens_are_spent_once_and_expire() {
         created_ms: 0,
         expires_ms: 1_000,
         used_by: None,
+        issued: None,
     };
     assert!(apply(
         &mut s,
@@ -338,10 +339,12 @@ fn join_tokens_are_spent_once_and_expire() {
     )
     .rejection
     .is_none());
+    // Entries written before certificates were recorded (no `issued`).
     let spend = |node, hash: &str| Command::UseJoinToken {
         id: "t1".into(),
         hash: hash.into(),
         node,
+        issued: None,
     };
     let r = apply(&mut s, 10, spend(2, &"x".repeat(64)));
     assert!(
@@ -366,9 +369,92 @@ fn join_tokens_are_spent_once_and_expire() {
             id: "t2".into(),
             hash: token.hash.clone(),
             node: 4,
+            issued: None,
         },
     );
     assert!(matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("expired")));
+}
+
+fn issued(node: NodeId) -> IssuedCert {
+    IssuedCert {
+        cert_sha256: format!("cert-of-{node}"),
+        cert_pem: "PEM".into(),
+        key_sha256: format!("key-of-{node}"),
+    }
+}
+
+#[test]
+fn a_recorded_join_is_spent_once_and_its_certificate_trusted_until_removal() {
+    let mut s = StateData::default();
+    let token = JoinTokenRecord {
+        id: "t1".into(),
+        hash: "h".repeat(64),
+        created_ms: 0,
+        expires_ms: 1_000,
+        used_by: None,
+        issued: None,
+    };
+    apply(&mut s, 0, Command::CreateJoinToken { token: token.clone() });
+    let spend = |node| Command::UseJoinToken {
+        id: "t1".into(),
+        hash: token.hash.clone(),
+        node,
+        issued: Some(issued(node)),
+    };
+    assert!(s.peer_trusted(2, "cert-of-2").is_err(), "not issued yet");
+    assert!(apply(&mut s, 10, spend(2)).rejection.is_none());
+    assert!(s.peer_trusted(2, "cert-of-2").is_ok());
+    assert!(s.peer_trusted(3, "cert-of-2").is_err(), "issued to node 2 only");
+    assert!(s.peer_trusted(2, "self-made").is_err(), "a certificate the cluster did not issue");
+    // Spent: not even the same node gets a second certificate.
+    let r = apply(&mut s, 20, spend(2));
+    assert!(matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("spent once")));
+    // Registered, then removed: every certificate it held is revoked.
+    apply(
+        &mut s,
+        30,
+        Command::RegisterNode {
+            node: NodeRecord {
+                id: 2,
+                cert_sha256: "renewed-2".into(),
+                ..Default::default()
+            },
+        },
+    );
+    assert!(s.peer_trusted(2, "renewed-2").is_ok());
+    apply(&mut s, 40, Command::RemoveNode { id: 2 });
+    for cert in ["cert-of-2", "renewed-2"] {
+        let e = s.peer_trusted(2, cert).unwrap_err();
+        assert!(e.contains("revoked"), "{e}");
+    }
+}
+
+#[test]
+fn nodes_cannot_register_another_nodes_address_from_version_2() {
+    let rec = |id, api: &str| NodeRecord {
+        id,
+        api_addr: api.into(),
+        http_addr: format!("{api}-http"),
+        ..Default::default()
+    };
+    let mut s = StateData::default();
+    apply(&mut s, 1, Command::RegisterNode { node: rec(1, "10.0.0.1:7070") });
+    let r = apply(&mut s, 2, Command::RegisterNode { node: rec(2, "10.0.0.1:7070") });
+    assert!(
+        matches!(&r.rejection, Some(Rejection::Conflict(m)) if m.contains("api_addr") && m.contains("node 1")),
+        "{r:?}"
+    );
+    // A node re-registering its own addresses is fine.
+    assert!(apply(&mut s, 3, Command::RegisterNode { node: rec(1, "10.0.0.1:7070") })
+        .rejection
+        .is_none());
+    // An entry committed by a version-1 node means what it meant then.
+    let old = Proposal {
+        v: 1,
+        at_ms: 4,
+        command: Command::RegisterNode { node: rec(2, "10.0.0.1:7070") },
+    };
+    assert!(s.apply(&old).rejection.is_none());
 }
 
 #[test]

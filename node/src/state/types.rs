@@ -350,6 +350,20 @@ pub struct JoinTokenRecord {
     pub created_ms: u64,
     pub expires_ms: u64,
     pub used_by: Option<NodeId>,
+    /// The certificate issued for the token (recorded since tokens are
+    /// spent once: a retry gets it again only for the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<IssuedCert>,
+}
+
+/// A node certificate the cluster issued: trusted by peers while its node
+/// is a member and it is not revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    pub cert_sha256: String,
+    pub cert_pem: String,
+    /// SHA-256 of the public key in the certificate request.
+    pub key_sha256: String,
 }
 
 /// The cluster CA as stored in the replicated state: the certificate, and

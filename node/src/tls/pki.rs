@@ -102,6 +102,14 @@ pub fn sign_node(
 }
 
 /// SHA-256 of a PEM certificate's DER, hex.
+/// SHA-256 (hex) of the public key a certificate request is for.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String, TlsError> {
+    use rcgen::PublicKeyData;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| invalid("csr", format!("not a valid certificate request ({e})")))?;
+    Ok(hex::encode(Sha256::digest(csr.public_key.der_bytes())))
+}
+
 pub fn fingerprint(cert_pem: &str) -> Result<String, TlsError> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| invalid("certificate", e))?;

@@ -7,7 +7,7 @@ use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::Scope;
 use super::super::types::{
-    ApiKey, ClusterCa, JoinTokenRecord, NodeId, SealedSecret, SigningKey, StoredSecret, TokenRecord,
+    ApiKey, ClusterCa, IssuedCert, JoinTokenRecord, NodeId, SealedSecret, SigningKey, StoredSecret, TokenRecord,
 };
 use super::tx::{not_found, Applied, Tx};
 
@@ -196,6 +196,7 @@ impl StateData {
         id: &str,
         hash: &str,
         node: NodeId,
+        issued: Option<&IssuedCert>,
     ) -> Applied {
         let refused = |why: &str| Rejection::FailedPrecondition(format!("join_token: {why}"));
         let at_ms = tx.at_ms;
@@ -211,13 +212,15 @@ impl StateData {
                 "the token has expired; mint a new one with `rouse cluster join-token`",
             ));
         }
-        match t.used_by {
-            Some(n) if n != node => Err(refused(&format!(
+        match (t.used_by, issued) {
+            (Some(n), _) if n != node => Err(refused(&format!(
                 "the token was already used (by node {n}); join tokens are good for one node"
             ))),
-            Some(_) => Ok(()),
-            None => {
+            (Some(_), Some(_)) => Err(refused("the token was already used; join tokens are spent once")),
+            (Some(_), None) => Ok(()),
+            (None, issued) => {
                 t.used_by = Some(node);
+                t.issued = issued.cloned();
                 self.bump();
                 tx.touched.push(Key::JoinToken(id.to_string()));
                 Ok(())

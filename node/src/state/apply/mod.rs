@@ -30,6 +30,7 @@ impl StateData {
     pub fn apply_tracked(&mut self, p: &Proposal, touched: &mut Vec<Key>) -> Response {
         let mut tx = Tx {
             at_ms: p.at_ms,
+            v: p.v,
             touched,
         };
         let rejection = self.apply_command(&mut tx, &p.command).err();
@@ -100,7 +101,12 @@ impl StateData {
             Command::RevokeApiKey { id } => self.revoke_api_key(tx, id),
             Command::InitClusterCa { ca } => self.init_cluster_ca(tx, ca),
             Command::CreateJoinToken { token } => self.create_join_token(tx, token),
-            Command::UseJoinToken { id, hash, node } => self.use_join_token(tx, id, hash, *node),
+            Command::UseJoinToken {
+                id,
+                hash,
+                node,
+                issued,
+            } => self.use_join_token(tx, id, hash, *node, issued.as_ref()),
             Command::RotateKeys {
                 from,
                 kek_id,

@@ -10,6 +10,22 @@ use super::tx::{Applied, Tx};
 
 impl StateData {
     pub(super) fn register_node(&mut self, tx: &mut Tx<'_>, node: &NodeRecord) -> Applied {
+        if tx.v >= 2 {
+            for other in self.nodes.values().filter(|n| n.id != node.id) {
+                for (field, mine, theirs) in [
+                    ("api_addr", &node.api_addr, &other.api_addr),
+                    ("http_addr", &node.http_addr, &other.http_addr),
+                    ("hop_addr", &node.hop_addr, &other.hop_addr),
+                ] {
+                    if !mine.is_empty() && mine == theirs {
+                        return Err(Rejection::Conflict(format!(
+                            "{field}: {mine} is already node {}'s address",
+                            other.id
+                        )));
+                    }
+                }
+            }
+        }
         self.bump();
         self.nodes.insert(node.id, node.clone());
         tx.touched.push(Key::Node(node.id));
@@ -18,8 +34,23 @@ impl StateData {
 
     pub(super) fn remove_node(&mut self, tx: &mut Tx<'_>, id: NodeId) -> Applied {
         self.bump();
-        if let Some(n) = self.nodes.get(&id).filter(|n| !n.cert_sha256.is_empty()) {
-            self.revoked_certs.insert(n.cert_sha256.clone());
+        // Every certificate the node held: the one in its record and every
+        // one issued to its id.
+        let mut revoke: Vec<String> = self
+            .nodes
+            .get(&id)
+            .filter(|n| !n.cert_sha256.is_empty())
+            .map(|n| n.cert_sha256.clone())
+            .into_iter()
+            .collect();
+        revoke.extend(
+            self.join_tokens
+                .values()
+                .filter(|t| t.used_by == Some(id))
+                .filter_map(|t| t.issued.as_ref().map(|i| i.cert_sha256.clone())),
+        );
+        if !revoke.is_empty() {
+            self.revoked_certs.extend(revoke);
             tx.touched.push(Key::RevokedCerts);
         }
         self.nodes.remove(&id);

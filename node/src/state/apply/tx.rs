@@ -8,6 +8,8 @@ use super::super::types::Container;
 /// The context of one command: its time and the keys it changed.
 pub(super) struct Tx<'a> {
     pub at_ms: u64,
+    /// The entry's [`super::super::command::COMMAND_VERSION`]: which rules apply.
+    pub v: u32,
     pub touched: &'a mut Vec<Key>,
 }
 
