@@ -293,6 +293,7 @@ impl Client {
     }
 
     /// Mints an API key that may manage only `namespace` (admin only).
+    /// Mints a key that may manage only `namespace`.
     pub async fn create_api_key(
         &mut self,
         namespace: &str,
@@ -301,6 +302,19 @@ impl Client {
             .api_keys
             .create(pb::CreateApiKeyRequest {
                 namespace: namespace.into(),
+                admin: false,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Mints another admin key.
+    pub async fn create_admin_key(&mut self) -> Result<pb::CreateApiKeyResponse, Error> {
+        Ok(self
+            .api_keys
+            .create(pb::CreateApiKeyRequest {
+                namespace: String::new(),
+                admin: true,
             })
             .await?
             .into_inner())

@@ -52,6 +52,7 @@ pub fn mint(id: &str, namespace: Option<String>, now_ms: u64) -> (String, ApiKey
         namespace,
         created_at_ms: now_ms,
         revoked: false,
+        last_used_at_ms: 0,
     };
     (token, key)
 }
@@ -69,6 +70,7 @@ pub fn record_for(token: &str, namespace: Option<String>, now_ms: u64) -> Option
         namespace,
         created_at_ms: now_ms,
         revoked: false,
+        last_used_at_ms: 0,
     })
 }
 
@@ -76,6 +78,47 @@ fn parse(token: &str) -> Option<(&str, &str)> {
     let rest = token.strip_prefix("rk_")?;
     let (id, secret) = rest.rsplit_once('_')?;
     (!id.is_empty() && secret.len() == 64).then_some((id, secret))
+}
+
+/// When this node saw each API key used, until reported to the cluster.
+#[derive(Default)]
+pub struct KeyUses(parking_lot::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl KeyUses {
+    pub fn record(&self, id: &str, now_ms: u64) {
+        self.0.lock().insert(id.to_string(), now_ms);
+    }
+
+    pub fn take(&self) -> std::collections::BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+/// Writes the keys this node saw used (every `every`, a minute by default), so that
+/// `apikey list` shows when each was last used.
+pub async fn report_key_uses(
+    cluster: std::sync::Arc<crate::cluster::Cluster>,
+    uses: std::sync::Arc<KeyUses>,
+    every: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let used = uses.take();
+        if used.is_empty() {
+            continue;
+        }
+        if let Err(e) = cluster
+            .write(crate::state::Command::TouchApiKeys { used })
+            .await
+        {
+            tracing::debug!(error = %e, "recording API key use");
+        }
+    }
+}
+
+/// The id of a well-formed bearer key (not checked).
+pub fn key_id(bearer: &str) -> Option<&str> {
+    parse(bearer).map(|(id, _)| id)
 }
 
 /// Checks a bearer token against the state.

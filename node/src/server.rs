@@ -159,6 +159,7 @@ pub async fn run(
     let images = Arc::new(OnceLock::new());
     let (resumer, resumes) = tokio::sync::mpsc::channel::<ResumeRequest>(64);
 
+    let key_uses = Arc::new(crate::auth::KeyUses::default());
     let api = Api::new(
         ApiConfig {
             scale_cap: config.scale_cap,
@@ -169,6 +170,7 @@ pub async fn run(
         keys.clone(),
         identity.clone(),
         images.clone(),
+        key_uses.clone(),
     );
     let peer = PeerService::new(
         cluster.clone(),
@@ -231,6 +233,11 @@ pub async fn run(
             tls.clone(),
         )),
         tokio::spawn(identity.clone().run()),
+        tokio::spawn(crate::auth::report_key_uses(
+            cluster.clone(),
+            key_uses,
+            config.key_use_report,
+        )),
         tokio::spawn(crate::keys::rotate::run_key_sync(
             cluster.clone(),
             keys.clone(),

@@ -65,17 +65,20 @@ enum Cmd {
     /// Access tokens for private containers.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// API keys (admin): keys scoped to one namespace.
+    /// API keys (admin): admin keys and keys scoped to one namespace.
     #[command(subcommand)]
     Apikey(ApiKeyCmd),
 }
 
 #[derive(Subcommand)]
 enum ApiKeyCmd {
-    /// Mint a key that may manage only this namespace; printed once (last line).
+    /// Mint a key that may manage only --namespace, or (--admin) another
+    /// admin key; printed once (last line).
     Create {
+        #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
+        namespace: Option<String>,
         #[arg(long)]
-        namespace: String,
+        admin: bool,
     },
     List,
     Revoke {
@@ -685,6 +688,20 @@ fn emit_issued(fmt: Format, id: &str, token: &str, expires_at_ms: u64) -> Result
     })
 }
 
+/// How long ago a time (ms since the epoch) was, for tables.
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
@@ -889,29 +906,50 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Namespace(cmd) => namespace(&mut c, fmt, cmd).await,
         Cmd::Container(cmd) => container(&mut c, fmt, cmd).await,
         Cmd::Apikey(cmd) => match cmd {
-            ApiKeyCmd::Create { namespace } => {
-                let k = c.create_api_key(&namespace).await?;
-                let out = serde_json::json!({ "id": k.id, "key": k.key, "namespace": namespace });
-                emit(fmt, &out, || {
-                    format!("id: {}\nnamespace: {namespace}\n{}", k.id, k.key)
-                })
+            ApiKeyCmd::Create { namespace, admin } => {
+                let (k, scope) = match namespace {
+                    Some(ns) => (c.create_api_key(&ns).await?, format!("namespace:{ns}")),
+                    None => {
+                        debug_assert!(admin);
+                        (c.create_admin_key().await?, "admin".to_string())
+                    }
+                };
+                let ns = scope.strip_prefix("namespace:").unwrap_or_default().to_string();
+                let out = serde_json::json!({ "id": k.id, "key": k.key, "namespace": ns, "scope": scope });
+                emit(fmt, &out, || format!("id: {}\nscope: {scope}\n{}", k.id, k.key))
             }
             ApiKeyCmd::List => {
                 let v: Vec<serde_json::Value> = c
                     .list_api_keys()
                     .await?
                     .into_iter()
-                    .map(|k| serde_json::json!({"id": k.id, "namespace": k.namespace, "revoked": k.revoked}))
+                    .map(|k| {
+                        serde_json::json!({
+                            "id": k.id,
+                            "namespace": k.namespace,
+                            "scope": k.scope,
+                            "revoked": k.revoked,
+                            "created_at_ms": k.created_at_ms,
+                            "last_used_at_ms": k.last_used_at_ms,
+                        })
+                    })
                     .collect();
                 emit(fmt, &v, || {
                     table(
-                        &["ID", "NAMESPACE", "REVOKED"],
+                        &["ID", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
                         v.iter()
                             .map(|k| {
-                                ["id", "namespace", "revoked"]
-                                    .iter()
-                                    .map(|f| k[*f].to_string().trim_matches('"').to_string())
-                                    .collect()
+                                let at = |f: &str| match k[f].as_u64() {
+                                    Some(0) | None => "never".to_string(),
+                                    Some(ms) => ago(ms),
+                                };
+                                vec![
+                                    k["id"].as_str().unwrap_or_default().to_string(),
+                                    k["scope"].as_str().unwrap_or_default().to_string(),
+                                    at("created_at_ms"),
+                                    at("last_used_at_ms"),
+                                    k["revoked"].to_string(),
+                                ]
                             })
                             .collect(),
                     )

@@ -21,8 +21,16 @@ pub(super) fn bearer<T>(req: &Request<T>) -> Option<&str> {
 impl Api {
     /// The caller, from its API key.
     pub(super) fn principal<T>(&self, req: &Request<T>) -> Result<Principal, ApiError> {
-        let sm = self.cluster.sm.read();
-        Ok(crate::auth::authenticate(&sm.data, bearer(req))?)
+        let p = {
+            let sm = self.cluster.sm.read();
+            crate::auth::authenticate(&sm.data, bearer(req))?
+        };
+        if let Some(id) = bearer(req).and_then(crate::auth::key_id) {
+            // To the minute: enough for `apikey list`, cheap to keep.
+            let now = crate::cluster::now_ms();
+            self.key_uses.record(id, now - now % 60_000);
+        }
+        Ok(p)
     }
 
     pub(super) fn require_admin<T>(&self, req: &Request<T>) -> Result<(), ApiError> {

@@ -27,6 +27,8 @@ pub struct Api {
     pub(super) identity: Arc<Identity>,
     /// This node's image store, once containerd is reachable.
     pub(super) images: Arc<OnceLock<Arc<Images>>>,
+    /// API keys seen used here, until reported.
+    pub(super) key_uses: Arc<crate::auth::KeyUses>,
 }
 
 impl Api {
@@ -36,6 +38,7 @@ impl Api {
         keys: Arc<Keyring>,
         identity: Arc<Identity>,
         images: Arc<OnceLock<Arc<Images>>>,
+        key_uses: Arc<crate::auth::KeyUses>,
     ) -> Self {
         Api {
             config,
@@ -43,6 +46,7 @@ impl Api {
             keys,
             identity,
             images,
+            key_uses,
         }
     }
 }

@@ -167,10 +167,19 @@ impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> ApiResult<pb::CreateApiKeyResponse> {
         self.require_admin(&req)?;
-        let ns = req.into_inner().namespace;
-        validate::dns_label("namespace", &ns).map_err(ApiError::from)?;
+        let r = req.into_inner();
+        let namespace = match (r.admin, r.namespace.is_empty()) {
+            (true, true) => None,
+            (true, false) => {
+                return Err(ApiError::invalid("namespace", "must be empty for an admin key").into())
+            }
+            (false, _) => {
+                validate::dns_label("namespace", &r.namespace).map_err(ApiError::from)?;
+                Some(r.namespace)
+            }
+        };
         let id = hex::encode(rand::random::<[u8; 8]>());
-        let (key, record) = crate::auth::mint(&id, Some(ns), crate::cluster::now_ms());
+        let (key, record) = crate::auth::mint(&id, namespace, crate::cluster::now_ms());
         self.cluster
             .write(Command::CreateApiKey { key: record })
             .await
@@ -193,6 +202,11 @@ impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
                 namespace: k.namespace.clone().unwrap_or_default(),
                 revoked: k.revoked,
                 created_at_ms: k.created_at_ms,
+                last_used_at_ms: k.last_used_at_ms,
+                scope: match &k.namespace {
+                    None => "admin".into(),
+                    Some(ns) => format!("namespace:{ns}"),
+                },
             })
             .collect();
         Ok(Response::new(pb::ListApiKeysResponse { keys }))
@@ -204,11 +218,6 @@ impl rouse_proto::v1::api_key_service_server::ApiKeyService for Api {
     ) -> ApiResult<pb::RevokeApiKeyResponse> {
         self.require_admin(&req)?;
         let id = req.into_inner().id;
-        if id == crate::auth::ADMIN_ID {
-            return Err(
-                ApiError::invalid("id", "the bootstrap admin key cannot be revoked").into(),
-            );
-        }
         self.cluster
             .write(Command::RevokeApiKey { id })
             .await

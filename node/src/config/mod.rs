@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub scale_cap: u32,
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
+    /// How often API key use is written to the state.
+    pub key_use_report: std::time::Duration,
     pub log: String,
     /// Where other nodes' hops arrive (mutual TLS).
     pub hop: SocketAddr,
@@ -217,6 +219,7 @@ impl NodeConfig {
                 format!("{snapshot_logs} is below the minimum 10"),
             ));
         }
+        let key_use_report = duration("key_use_report", args.key_use_report.clone(), "60s")?;
         let heartbeat_ms = args.heartbeat_ms.unwrap_or(150);
         if !(20..=5000).contains(&heartbeat_ms) {
             return Err(invalid(
@@ -419,6 +422,7 @@ impl NodeConfig {
             scale_cap,
             snapshot_logs,
             heartbeat_ms,
+            key_use_report,
             log: args.log.unwrap_or_else(|| "info,openraft=warn".into()),
         })
     }

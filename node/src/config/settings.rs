@@ -109,6 +109,10 @@ pub struct Args {
     #[arg(long, env = "ROUSE_HEARTBEAT_MS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// How often API key use is recorded in the cluster (default 60s).
+    #[arg(long, env = "ROUSE_KEY_USE_REPORT", hide = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_use_report: Option<String>,
     /// Log filter, as RUST_LOG (default: info).
     #[arg(long, env = "ROUSE_LOG")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

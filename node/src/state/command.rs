@@ -22,7 +22,9 @@ use super::types::{
 /// entry means on replay what it meant when it was committed.
 ///
 /// - 1: the first.
-/// - 2: `RegisterNode` refuses an address another node has registered.
+/// - 2: `RegisterNode` refuses an address another node has registered;
+///   deleting a namespace revokes its API keys and tokens, deleting a
+///   container its tokens; `RevokeApiKey` keeps at least one admin key.
 pub const COMMAND_VERSION: u32 = 2;
 
 /// One entry's payload in the replicated log.
@@ -187,6 +189,9 @@ pub enum Command {
         secrets: BTreeMap<Scope, BTreeMap<String, StoredSecret>>,
         signing_keys: Vec<SigningKey>,
     },
+    /// Records when API keys were last used (id → time, ms), as nodes saw
+    /// them; only moves a key's time forward.
+    TouchApiKeys { used: BTreeMap<String, u64> },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.

@@ -43,9 +43,10 @@ fn variant(c: &Command) -> usize {
         Command::CreateJoinToken { .. } => 22,
         Command::UseJoinToken { .. } => 23,
         Command::RotateKeys { .. } => 24,
+        Command::TouchApiKeys { .. } => 25,
     }
 }
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 26;
 
 fn envelope() -> crate::secrets::Envelope {
     crate::secrets::Envelope {
@@ -204,6 +205,7 @@ fn samples() -> Vec<Command> {
                 namespace: Some("shop".into()),
                 created_at_ms: 16,
                 revoked: false,
+                last_used_at_ms: 0,
             },
         },
         Command::RevokeApiKey { id: "a1".into() },
@@ -280,6 +282,9 @@ fn samples() -> Vec<Command> {
                 cert_pem: "PEM".into(),
                 key_sha256: "k3".into(),
             }),
+        },
+        Command::TouchApiKeys {
+            used: BTreeMap::from([("a1".to_string(), 60_000)]),
         },
     ]
 }

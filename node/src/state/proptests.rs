@@ -193,8 +193,12 @@ fn command() -> impl Strategy<Value = Command> {
                     namespace,
                     created_at_ms: 1,
                     revoked: false,
+                    last_used_at_ms: 0,
                 },
             }
+        }),
+        (0u8..3, 0u64..100).prop_map(|(i, at)| Command::TouchApiKeys {
+            used: BTreeMap::from([(format!("k{i}"), at)]),
         }),
         (0u8..3).prop_map(|i| Command::RevokeApiKey {
             id: format!("k{i}")

@@ -504,3 +504,96 @@ fn key_rotation_refuses_to_lose_a_concurrent_change() {
     assert_eq!(s.kek_id.as_deref(), Some("new"));
     assert_ne!(s.data_key.as_ref(), Some(&wrapped));
 }
+
+fn api_key(id: &str, namespace: Option<&str>) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        secret_sha256: "00".into(),
+        namespace: namespace.map(Into::into),
+        created_at_ms: 1,
+        revoked: false,
+        last_used_at_ms: 0,
+    }
+}
+
+#[test]
+fn deleting_a_namespace_or_container_revokes_what_was_issued_for_it() {
+    let mut s = StateData::default();
+    create_ns(&mut s, "acme");
+    create_ns(&mut s, "other");
+    for (id, ns) in [("k-acme", "acme"), ("k-other", "other")] {
+        apply(&mut s, 2, Command::CreateApiKey { key: api_key(id, Some(ns)) });
+    }
+    let put = |name: &str| Command::PutContainer {
+        namespace: "acme".into(),
+        name: name.into(),
+        spec: ContainerSpec::with_image("img:1"),
+        expected_revision: None,
+    };
+    apply(&mut s, 3, put("web"));
+    apply(&mut s, 3, put("api"));
+    for (id, ct) in [("t-web", Some("web")), ("t-api", Some("api")), ("t-ns", None)] {
+        apply(
+            &mut s,
+            4,
+            Command::CreateToken {
+                record: TokenRecord {
+                    id: id.into(),
+                    namespace: "acme".into(),
+                    container: ct.map(Into::into),
+                    expires_at_ms: u64::MAX,
+                    created_at_ms: 4,
+                    revoked: false,
+                },
+            },
+        );
+    }
+    apply(
+        &mut s,
+        5,
+        Command::DeleteContainer {
+            namespace: "acme".into(),
+            name: "web".into(),
+        },
+    );
+    assert!(s.tokens["t-web"].revoked, "the container's token");
+    assert!(!s.tokens["t-api"].revoked && !s.tokens["t-ns"].revoked);
+    apply(
+        &mut s,
+        6,
+        Command::DeleteContainer {
+            namespace: "acme".into(),
+            name: "api".into(),
+        },
+    );
+    apply(&mut s, 7, Command::DeleteNamespace { name: "acme".into() });
+    assert!(s.api_keys["k-acme"].revoked && s.tokens["t-ns"].revoked);
+    assert!(!s.api_keys["k-other"].revoked, "another namespace's key");
+    // Created again under the same name: the old credentials stay dead.
+    create_ns(&mut s, "acme");
+    assert!(s.api_keys["k-acme"].revoked);
+}
+
+#[test]
+fn admin_keys_can_be_revoked_while_one_remains_and_record_their_use() {
+    let mut s = StateData::default();
+    apply(&mut s, 1, Command::CreateApiKey { key: api_key("admin", None) });
+    let r = apply(&mut s, 2, Command::RevokeApiKey { id: "admin".into() });
+    assert!(
+        matches!(&r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("last admin key")),
+        "{r:?}"
+    );
+    apply(&mut s, 3, Command::CreateApiKey { key: api_key("second", None) });
+    assert!(apply(&mut s, 4, Command::RevokeApiKey { id: "admin".into() })
+        .rejection
+        .is_none());
+    assert!(apply(&mut s, 5, Command::RevokeApiKey { id: "second".into() })
+        .rejection
+        .is_some());
+    let touch = |at| Command::TouchApiKeys {
+        used: BTreeMap::from([("second".to_string(), at), ("gone".to_string(), at)]),
+    };
+    apply(&mut s, 6, touch(120_000));
+    apply(&mut s, 7, touch(60_000));
+    assert_eq!(s.api_keys["second"].last_used_at_ms, 120_000, "only forward");
+}

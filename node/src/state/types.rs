@@ -340,6 +340,9 @@ pub struct ApiKey {
     pub namespace: Option<String>,
     pub created_at_ms: u64,
     pub revoked: bool,
+    /// Last time a node saw it used (to the minute; 0: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_used_at_ms: u64,
 }
 
 /// A join token as Raft keeps it: the hash of its secret, never the secret.

@@ -151,6 +151,13 @@ impl StateData {
     }
 
     pub(super) fn revoke_api_key(&mut self, tx: &mut Tx<'_>, id: &str) -> Applied {
+        let admin = |k: &ApiKey| k.namespace.is_none() && !k.revoked;
+        let target_is_admin = self.api_keys.get(id).is_some_and(admin);
+        if tx.v >= 2 && target_is_admin && self.api_keys.values().filter(|k| admin(k)).count() == 1 {
+            return Err(Rejection::FailedPrecondition(format!(
+                "api key {id:?} is the last admin key; create another (rouse apikey create --admin) before revoking it"
+            )));
+        }
         let k = self
             .api_keys
             .get_mut(id)
@@ -159,6 +166,55 @@ impl StateData {
         self.bump();
         tx.touched.push(Key::ApiKey(id.to_string()));
         Ok(())
+    }
+
+    pub(super) fn touch_api_keys(
+        &mut self,
+        tx: &mut Tx<'_>,
+        used: &BTreeMap<String, u64>,
+    ) -> Applied {
+        let mut changed = false;
+        for (id, at) in used {
+            if let Some(k) = self.api_keys.get_mut(id) {
+                if *at > k.last_used_at_ms {
+                    k.last_used_at_ms = *at;
+                    tx.touched.push(Key::ApiKey(id.clone()));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// Revokes what was issued for a namespace (`container` None) or one of
+    /// its containers: API keys of the namespace, tokens of the scope. A
+    /// namespace or container created again under the same name starts
+    /// with none.
+    pub(super) fn revoke_credentials_of(
+        &mut self,
+        tx: &mut Tx<'_>,
+        namespace: &str,
+        container: Option<&str>,
+    ) {
+        if container.is_none() {
+            for k in self.api_keys.values_mut() {
+                if k.namespace.as_deref() == Some(namespace) && !k.revoked {
+                    k.revoked = true;
+                    tx.touched.push(Key::ApiKey(k.id.clone()));
+                }
+            }
+        }
+        for t in self.tokens.values_mut() {
+            let covered = t.namespace == namespace
+                && (container.is_none() || t.container.as_deref() == container);
+            if covered && !t.revoked {
+                t.revoked = true;
+                tx.touched.push(Key::Token(t.id.clone()));
+            }
+        }
     }
 
     pub(super) fn init_cluster_ca(&mut self, tx: &mut Tx<'_>, ca: &ClusterCa) -> Applied {

@@ -98,6 +98,7 @@ impl StateData {
             Command::CreateToken { record } => self.create_token(tx, record),
             Command::RevokeToken { id } => self.revoke_token(tx, id),
             Command::CreateApiKey { key } => self.create_api_key(tx, key),
+            Command::TouchApiKeys { used } => self.touch_api_keys(tx, used),
             Command::RevokeApiKey { id } => self.revoke_api_key(tx, id),
             Command::InitClusterCa { ca } => self.init_cluster_ca(tx, ca),
             Command::CreateJoinToken { token } => self.create_join_token(tx, token),

@@ -90,6 +90,9 @@ impl StateData {
         self.bump();
         self.namespaces.remove(name);
         tx.touched.push(Key::Namespace(name.to_string()));
+        if tx.v >= 2 {
+            self.revoke_credentials_of(tx, name, None);
+        }
         let scope = Scope::namespace(name);
         if self.secrets.remove(&scope).is_some() {
             tx.touched.push(Key::Secrets(scope));
@@ -165,6 +168,9 @@ impl StateData {
         }
         self.bump();
         self.containers.remove(key);
+        if tx.v >= 2 {
+            self.revoke_credentials_of(tx, key.namespace(), Some(key.name()));
+        }
         let scope = Scope::container(key);
         if self.secrets.remove(&scope).is_some() {
             tx.touched.push(Key::Secrets(scope));
