@@ -21,9 +21,12 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     endpoint: String,
-    /// API token.
+    /// API token (prefer --token-file or ROUSE_TOKEN: a flag shows in `ps`).
     #[arg(long, global = true, env = "ROUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the API token from this file (e.g. a node's <data-dir>/admin-token).
+    #[arg(long, global = true, env = "ROUSE_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Talk TLS to the API, trusting this cluster CA (a node's
     /// <data-dir>/tls/ca.crt); the endpoint may then be https://HOST:PORT.
     #[arg(long, global = true, env = "ROUSE_CA_FILE")]
@@ -113,7 +116,7 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum SecretCmd {
-    /// Set secrets: NS or NS/NAME, then KEY=VALUE...
+    /// Set secrets: NS or NS/NAME, then KEY=VALUE... (KEY=- reads VALUE from standard input)
     Set {
         scope: String,
         #[arg(required = true, value_name = "K=V")]
@@ -341,6 +344,10 @@ enum ContainerCmd {
         /// Start this many bytes before the end.
         #[arg(long, default_value_t = 0)]
         tail: u64,
+        /// Print the instance's bytes as they are (terminal escapes and
+        /// other control characters are shown escaped otherwise).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -413,6 +420,49 @@ impl From<rouse_client::Error> for Fail {
     fn from(e: rouse_client::Error) -> Self {
         Fail(e.to_string())
     }
+}
+
+/// A log line as a terminal can show it safely: control characters (escape
+/// sequences, carriage returns, bells) escaped, the line end kept.
+fn printable(line: &str) -> String {
+    let (body, end) = match line.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (line, ""),
+    };
+    let mut out = String::with_capacity(body.len());
+    for ch in body.chars() {
+        if ch.is_control() && ch != '\t' {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out.push_str(end);
+    out
+}
+
+/// Secret values: `K=V`, or `K=-` to read V from standard input (so the
+/// value appears in no command line); one `-` at most.
+fn secret_pairs(items: &[String]) -> Result<HashMap<String, String>, Fail> {
+    let mut m = pairs("values", items)?;
+    let from_stdin: Vec<String> = m.iter().filter(|(_, v)| v.as_str() == "-").map(|(k, _)| k.clone()).collect();
+    match from_stdin.as_slice() {
+        [] => {}
+        [k] => {
+            let mut v = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
+                .map_err(|e| Fail(format!("values: reading {k} from standard input: {e}")))?;
+            let v = v.strip_suffix('\n').unwrap_or(&v).to_string();
+            m.insert(k.clone(), v);
+        }
+        _ => {
+            return Err(Fail(format!(
+                "values: only one value can come from standard input (K=-), not {}",
+                from_stdin.join(", ")
+            )))
+        }
+    }
+    Ok(m)
 }
 
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>, Fail> {
@@ -777,8 +827,13 @@ fn namespace_rows(ns: &[NamespaceOut]) -> String {
     )
 }
 
-async fn run(cli: Cli) -> Result<(), Fail> {
+async fn run(mut cli: Cli) -> Result<(), Fail> {
     let fmt = cli.output;
+    if let Some(path) = &cli.token_file {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| Fail(format!("token_file: cannot read {}: {e}", path.display())))?;
+        cli.token = Some(t.trim().to_string());
+    }
     let mut c = match &cli.ca_file {
         Some(path) => {
             let ca = std::fs::read_to_string(path)
@@ -1012,7 +1067,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             let infos = match cmd {
                 SecretCmd::Set { scope, values } => {
                     let (ns, ct) = scope_arg(&scope)?;
-                    c_secrets_set(&mut c, &ns, ct.as_deref(), pairs("values", &values)?).await?
+                    c_secrets_set(&mut c, &ns, ct.as_deref(), secret_pairs(&values)?).await?
                 }
                 SecretCmd::List { scope } => {
                     let (ns, ct) = scope_arg(&scope)?;
@@ -1227,6 +1282,7 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             instance,
             follow,
             tail,
+            raw,
         } => {
             use std::io::Write;
             let (ns, name) = target(&t)?;
@@ -1242,12 +1298,18 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             let mut stream = c.logs(req).await?;
             let mut stdout = std::io::stdout();
             while let Some(chunk) = stream.message().await.map_err(rouse_client::Error::from)? {
-                if prefix {
-                    for line in String::from_utf8_lossy(&chunk.data).split_inclusive('\n') {
-                        let _ = write!(stdout, "[{}] {line}", chunk.instance);
-                    }
-                } else {
+                if raw && !prefix {
                     let _ = stdout.write_all(&chunk.data);
+                } else {
+                    let text = String::from_utf8_lossy(&chunk.data);
+                    for line in text.split_inclusive('\n') {
+                        let line = if raw { line.to_string() } else { printable(line) };
+                        if prefix {
+                            let _ = write!(stdout, "[{}] {line}", chunk.instance);
+                        } else {
+                            let _ = write!(stdout, "{line}");
+                        }
+                    }
                 }
                 let _ = stdout.flush();
             }

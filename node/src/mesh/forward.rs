@@ -112,9 +112,10 @@ impl Upstreams {
         base: &str,
         protocol: Protocol,
         remote: SocketAddr,
-        hop: bool,
+        via: Via,
         held: Held,
     ) -> Result<Response<RespBody>, MeshError> {
+        let hop = via.to_hop;
         let path = req
             .uri()
             .path_and_query()
@@ -125,7 +126,7 @@ impl Upstreams {
             .map_err(|e: http::uri::InvalidUri| MeshError::BadPath(e.to_string()))?;
         let original_host = original_host(&req);
         *req.uri_mut() = uri;
-        let upgrade = rewrite_headers(req.headers_mut(), remote, hop, original_host);
+        let upgrade = rewrite_headers(req.headers_mut(), remote, via, original_host);
         let clients = if hop { &self.hops } else { &self.local };
         if upgrade {
             return Self::tunnel(clients, req, base, held).await;
@@ -235,10 +236,26 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// (keeping an upgrade's), adds X-Forwarded-* on the first hop, and carries
 /// the original Host across a hop or restores it for the instance. Returns
 /// whether the request is an upgrade. Pure.
+/// Where a request came from and where it goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    /// It came from another node's mesh (which set the forwarding headers).
+    pub from_peer: bool,
+    /// It goes to another node's mesh.
+    pub to_hop: bool,
+}
+
+/// Removes what a client showed to get past a private container's check:
+/// the token is for the mesh, not for the instance.
+pub fn strip_credentials(h: &mut HeaderMap) {
+    h.remove(http::header::AUTHORIZATION);
+    h.remove("x-auth-token");
+}
+
 pub fn rewrite_headers(
     h: &mut HeaderMap,
     remote: SocketAddr,
-    hop: bool,
+    via: Via,
     original_host: Option<HeaderValue>,
 ) -> bool {
     let upgrade = is_upgrade(h);
@@ -256,12 +273,11 @@ pub fn rewrite_headers(
     if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
         h.remove(http::header::TE);
     }
-    if hop {
-        h.insert(HeaderName::from_static(HOP), HeaderValue::from_static("1"));
-        if let Some(host) = &original_host {
-            h.insert(HeaderName::from_static(ORIGINAL_HOST), host.clone());
-        }
-    } else {
+    if !via.from_peer {
+        // The node the client reached says who the client is and how it
+        // came (plain HTTP: the mesh does not terminate TLS); the client's
+        // own X-Forwarded-Proto is not believed. A node a request hops to
+        // keeps what the first node said.
         let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {}", remote.ip()),
             None => remote.ip().to_string(),
@@ -269,16 +285,23 @@ pub fn rewrite_headers(
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        if !h.contains_key("x-forwarded-proto") {
-            h.insert(
-                HeaderName::from_static("x-forwarded-proto"),
-                HeaderValue::from_static("http"),
-            );
+        h.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        if let Some(host) = &original_host {
+            h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
         }
+    }
+    if via.to_hop {
+        h.insert(HeaderName::from_static(HOP), HeaderValue::from_static("1"));
+        if let Some(host) = &original_host {
+            h.insert(HeaderName::from_static(ORIGINAL_HOST), host.clone());
+        }
+    } else {
         h.remove(HOP);
         h.remove(ORIGINAL_HOST);
         if let Some(host) = &original_host {
-            h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
             h.insert(HOST, host.clone());
         }
     }
@@ -311,10 +334,15 @@ mod tests {
         ]);
         let remote: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         let host = HeaderValue::from_static("web.ns.rouse.localhost");
-        assert!(!rewrite_headers(&mut h, remote, false, Some(host)));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let direct = Via {
+            from_peer: false,
+            to_hop: false,
+        };
+        assert!(!rewrite_headers(&mut h, remote, direct, Some(host)));
         assert!(!h.contains_key("connection") && !h.contains_key("keep-alive"));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-proto"], "http", "a client's claim is overwritten");
         assert_eq!(h[HOST], "web.ns.rouse.localhost");
         assert!(!h.contains_key(HOP) && !h.contains_key(ORIGINAL_HOST));
     }
@@ -324,14 +352,24 @@ mod tests {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let remote: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         let host = HeaderValue::from_static("web.ns.rouse.localhost");
-        assert!(rewrite_headers(&mut h, remote, true, Some(host)));
+        let out = Via {
+            from_peer: false,
+            to_hop: true,
+        };
+        assert!(rewrite_headers(&mut h, remote, out, Some(host.clone())));
         assert_eq!(h[HOP], "1");
         assert_eq!(h[ORIGINAL_HOST], "web.ns.rouse.localhost");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
-        assert!(
-            !h.contains_key("x-forwarded-for"),
-            "the receiving node adds it"
-        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9", "the client, said by the first node");
+        // The node it hops to keeps what the first node said.
+        let peer: SocketAddr = "10.0.0.2:9000".parse().unwrap();
+        let arrived = Via {
+            from_peer: true,
+            to_hop: false,
+        };
+        rewrite_headers(&mut h, peer, arrived, Some(host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert!(!h.contains_key(HOP));
     }
 }

@@ -82,12 +82,27 @@ pub async fn serve(
                 tracing::debug!(%remote, "hop listener: a plain connection refused");
                 return;
             }
-            let peer = trust
-                .as_ref()
-                .is_some_and(|t| t.check(Some(&stream.info())).is_ok());
+            let info = stream.info();
+            let hops = trust.is_some();
             let svc = hyper::service::service_fn(move |req| {
                 let mesh = mesh.clone();
-                async move { Ok::<_, Infallible>(mesh.handle(req, remote, peer).await) }
+                // Checked on every request: a node removed while its
+                // connection stays open is refused from its next request.
+                let peer = trust.as_ref().is_some_and(|t| t.check(Some(&info)).is_ok());
+                async move {
+                    if hops && !peer {
+                        let mut r = super::error::text(
+                            http::StatusCode::FORBIDDEN,
+                            "this listener serves only the cluster's members\n",
+                        );
+                        r.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(mesh.handle(req, remote, peer).await)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

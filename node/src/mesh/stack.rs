@@ -23,7 +23,7 @@ use super::activate::{Activator, Target};
 use super::authorize;
 use super::demand::Demand;
 use super::error::{text, MeshError, RespBody};
-use super::forward::{Held, Upstreams, HOP, ORIGINAL_HOST};
+use super::forward::{self, Held, Upstreams, HOP, ORIGINAL_HOST};
 use super::route::{self, Route};
 use crate::cluster::{now_ms, Cluster};
 use crate::local::{LocalInstances, Resumer};
@@ -136,7 +136,7 @@ impl Mesh {
     /// Activate, take a slot (or hop), forward.
     async fn pass(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         route: Route,
         hop: bool,
         remote: SocketAddr,
@@ -150,8 +150,15 @@ impl Mesh {
                     demand: Some(demand),
                 };
                 let base = format!("http://{addr}");
+                if route.private {
+                    forward::strip_credentials(req.headers_mut());
+                }
+                let via = forward::Via {
+                    from_peer: hop,
+                    to_hop: false,
+                };
                 self.upstreams
-                    .forward(req, &base, route.protocol, remote, false, held)
+                    .forward(req, &base, route.protocol, remote, via, held)
                     .await
             }
             Target::Remote { node, addr } => {
@@ -161,8 +168,12 @@ impl Mesh {
                     slot: None,
                     demand: Some(demand),
                 };
+                let via = forward::Via {
+                    from_peer: hop,
+                    to_hop: true,
+                };
                 self.upstreams
-                    .forward(req, &base, route.protocol, remote, true, held)
+                    .forward(req, &base, route.protocol, remote, via, held)
                     .await
             }
         }

@@ -1,7 +1,8 @@
 //! A tiny server for the mesh's upgrade test: on 0.0.0.0:$PORT, a request
 //! with `Upgrade:` gets `101 Switching Protocols` and then every byte
-//! echoed back (as a WebSocket connection would carry frames); any other
-//! request gets `200 plain`.
+//! echoed back (as a WebSocket connection would carry frames); `GET
+//! /headers` gets its own request head back; any other request gets `200
+//! plain`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -33,6 +34,16 @@ fn serve(mut s: TcpStream) {
                 }
             }
         }
+    } else if text.starts_with("get /headers ") {
+        // The request head as the server got it (what the mesh forwards).
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                head.len()
+            )
+            .as_bytes(),
+        );
+        let _ = s.write_all(&head);
     } else {
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nplain\n");
