@@ -184,6 +184,7 @@ pub async fn run(
         crate::join::service::JoinService::new(identity.clone()),
         trust.clone(),
         keys.clone(),
+        config.header_timeout,
     )
     .await?;
 
@@ -194,7 +195,12 @@ pub async fn run(
         Some(tokio_rustls::TlsAcceptor::from(tls.server_config(false)?))
     };
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        crate::tls::incoming(listener, acceptor, config.header_timeout),
+        crate::tls::incoming(
+            listener,
+            acceptor,
+            config.header_timeout,
+            config.max_api_connections,
+        ),
         async {
             let _ = stop_rx.await;
         },
@@ -224,7 +230,6 @@ pub async fn run(
         resumer,
         Upstreams::new(&tls, local_ip),
     );
-    let public_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut tasks: Vec<JoinHandle<()>> = vec![
         tokio::spawn(start_membership(
             cluster.clone(),
@@ -244,13 +249,14 @@ pub async fn run(
         )),
         tokio::spawn(crate::mesh::server::serve(
             mesh.clone(),
-            http_listener,
+            // Clients, and instances on the node's bridge address.
+            std::iter::once(http_listener).chain(gateway_listener).collect(),
             Listener::Public,
-            public_slots.clone(),
+            Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         )),
         tokio::spawn(crate::mesh::server::serve(
             mesh.clone(),
-            hop_listener,
+            vec![hop_listener],
             Listener::Hops {
                 tls: tls.clone(),
                 trust,
@@ -274,14 +280,6 @@ pub async fn run(
             config.clone(),
         )),
     ];
-    if let Some(l) = gateway_listener {
-        tasks.push(tokio::spawn(crate::mesh::server::serve(
-            mesh.clone(),
-            l,
-            Listener::Public,
-            public_slots,
-        )));
-    }
     tasks.extend(leader_loops(&cluster, &config, &keys, &loads));
     tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
 
@@ -413,6 +411,7 @@ async fn grpc_router(
     join: crate::join::service::JoinService,
     trust: PeerTrust,
     keys: Arc<Keyring>,
+    idle: Duration,
 ) -> anyhow::Result<tonic::transport::server::Router> {
     use pb::api_key_service_server::ApiKeyServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
@@ -472,6 +471,10 @@ async fn grpc_router(
         members_only,
     );
     Ok(tonic::transport::Server::builder()
+        // A client that answers no ping within `idle` (a silent one) is
+        // dropped; live streams answer pings and stay.
+        .http2_keepalive_interval(Some(idle))
+        .http2_keepalive_timeout(Some(idle))
         .timeout(Duration::from_secs(60))
         .concurrency_limit_per_connection(256)
         .tcp_nodelay(true)

@@ -176,3 +176,119 @@ async fn the_cli_keeps_escapes_and_secrets_off_the_terminal_and_command_line() {
     assert_eq!(fp(&out.stdout, "FROM_STDIN"), fp(out2.as_bytes(), "ON_LINE"));
     cluster.assert_no_panics();
 }
+
+/// Waits until the server closes `s` (reading and discarding what it
+/// sends, never answering); how long that took, or None within `max`.
+async fn closed_within(s: &mut tokio::net::TcpStream, max: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(max.saturating_sub(start.elapsed()), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame: a client
+/// that then says nothing more (and acknowledges nothing).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Opens a tunnel through the mesh (an upgrade to the echo server) and
+/// checks it carries bytes.
+fn tunnel(mesh: &str, host: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write as _};
+    let mut s = std::net::TcpStream::connect(mesh).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /t HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "{:?}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+    s.write_all(b"hi").unwrap();
+    let mut got = [0u8; 2];
+    s.read_exact(&mut got).unwrap();
+    s
+}
+
+/// Connections hold no slot for ever: an idle HTTP/1 keep-alive
+/// connection and a silent HTTP/2 one are closed; the API serves a capped
+/// number of connections; a tunnel keeps its mesh slot until it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
+    use tokio::io::AsyncWriteExt;
+    let bin = rouse_e2e::bin_dir().join("upgrade-echo-server");
+    let image = rouse_e2e::push_binary_image(&bin, "rouse-test/tunnels", "1");
+    let cluster = TestCluster::start_with_runtime(
+        1,
+        &[
+            "--header-timeout",
+            "2s",
+            "--max-connections",
+            "2",
+            "--max-api-connections",
+            "3",
+        ],
+    )
+    .await;
+    let view = cluster.view(1);
+    let mesh = view.http.clone();
+
+    // Idle after a keep-alive request.
+    let mut s = tokio::net::TcpStream::connect(&mesh).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nothing.here\r\n\r\n").await.unwrap();
+    let t = closed_within(&mut s, Duration::from_secs(15)).await;
+    println!("mesh: an idle keep-alive connection closed after {t:?}");
+    assert!(t.is_some(), "an idle HTTP/1 connection stayed open");
+    // Silent HTTP/2, on the mesh and on the API listener.
+    for addr in [&mesh, &view.listen] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        let t = closed_within(&mut s, Duration::from_secs(15)).await;
+        println!("{addr}: a silent HTTP/2 client closed after {t:?}");
+        assert!(t.is_some(), "{addr}: a silent HTTP/2 connection stayed open");
+    }
+
+    // Three connections hold every API slot: a client waits for one.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&view.listen).await.unwrap();
+        s.write_all(H2_PREFACE).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let mut c = cluster.client(1).await;
+    let took = start.elapsed();
+    println!("api: a 4th client with 3 slots held got through after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    drop(held);
+
+    // Two tunnels hold both mesh slots until they close.
+    c.create_namespace("ws", HashMap::new()).await.unwrap();
+    let mut req = deploy("ws", "echo", &image, 1);
+    req.memory_mb = Some(64);
+    c.deploy_container(req).await.unwrap();
+    ready(&c, "ws", "echo", 1).await;
+    let host = "echo.ws.rouse.localhost";
+    let t1 = tunnel(&mesh, host);
+    let t2 = tunnel(&mesh, host);
+    let m = mesh.clone();
+    let waiting = std::thread::spawn(move || curl(&m, host, "/", &[]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!waiting.is_finished(), "served while two tunnels held both slots");
+    drop(t1);
+    let (code, body) = waiting.join().unwrap();
+    assert_eq!((code, body.as_str()), (200, "plain\n"));
+    drop(t2);
+    cluster.assert_no_panics();
+}

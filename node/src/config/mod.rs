@@ -97,6 +97,7 @@ pub struct NodeConfig {
     pub node_grace: std::time::Duration,
     pub header_timeout: std::time::Duration,
     pub max_connections: usize,
+    pub max_api_connections: usize,
     pub overcommit: f64,
     /// Zero: one proposal per scheduling pass.
     pub placement_batch: usize,
@@ -365,6 +366,10 @@ impl NodeConfig {
         {
             return Err(invalid("header_timeout", "must be between 1s and 10m"));
         }
+        let max_api_connections = args.max_api_connections.unwrap_or(4096);
+        if max_api_connections == 0 {
+            return Err(invalid("max_api_connections", "must be at least 1"));
+        }
         let max_connections = args.max_connections.unwrap_or(16_384);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
@@ -387,6 +392,7 @@ impl NodeConfig {
             node_grace,
             header_timeout,
             max_connections,
+            max_api_connections,
             overcommit,
             suspend_after,
             autoscale_window,

@@ -190,6 +190,11 @@ pub struct Args {
     #[arg(long, env = "ROUSE_MAX_CONNECTIONS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// API (gRPC) connections served at once (default 4096; more wait to
+    /// be accepted).
+    #[arg(long, env = "ROUSE_MAX_API_CONNECTIONS")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_api_connections: Option<usize>,
     /// File with the master key that wraps the cluster data key (64 hex
     /// characters, mode 0600; created by --bootstrap if absent). Every node
     /// needs the same key to open secrets. Default: <data-dir>/master.key.

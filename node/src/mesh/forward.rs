@@ -168,6 +168,7 @@ impl Upstreams {
         base: &str,
         held: Held,
     ) -> Result<Response<RespBody>, MeshError> {
+        let conn_slot = req.extensions().get::<ConnSlot>().cloned();
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         parts.version = Version::HTTP_11;
@@ -189,7 +190,7 @@ impl Upstreams {
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            let _held = held;
+            let _held = (held, conn_slot);
             match tokio::try_join!(client_side, upstream_side) {
                 Ok((a, b)) => {
                     let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
@@ -236,6 +237,11 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// (keeping an upgrade's), adds X-Forwarded-* on the first hop, and carries
 /// the original Host across a hop or restores it for the instance. Returns
 /// whether the request is an upgrade. Pure.
+/// A mesh connection's slot, carried by its requests so that a tunnel an
+/// upgrade makes keeps it until the tunnel closes.
+#[derive(Clone)]
+pub struct ConnSlot(pub std::sync::Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// Where a request came from and where it goes.
 #[derive(Debug, Clone, Copy)]
 pub struct Via {

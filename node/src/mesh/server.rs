@@ -27,14 +27,24 @@ pub enum Listener {
     Hops { tls: crate::tls::Tls, trust: PeerTrust },
 }
 
-/// Serves `mesh` on `listener` until the task is dropped; `slots` bounds
-/// the connections served at once.
+/// Accepts from whichever of `listeners` has a connection first.
+async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    let pending = listeners.iter().map(|l| Box::pin(l.accept()));
+    futures::future::select_all(pending).await.0
+}
+
+/// Serves `mesh` on `listeners` until the task is dropped; `slots` bounds
+/// the connections served at once across all of them (one accept loop, so
+/// a slot waits for the next connection on any listener, never one each).
 pub async fn serve(
     mesh: Arc<Mesh>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     kind: Listener,
     slots: Arc<tokio::sync::Semaphore>,
 ) {
+    if listeners.is_empty() {
+        return;
+    }
     let config = mesh.config.clone();
     let (acceptor, trust) = match kind {
         Listener::Public => (None, None),
@@ -51,7 +61,7 @@ pub async fn serve(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, remote) = match listener.accept().await {
+        let (stream, remote) = match accept_any(&listeners).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "mesh accept");
@@ -64,7 +74,9 @@ pub async fn serve(
         let trust = trust.clone();
         let header_timeout = config.header_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
+            // Held by the connection, and by any tunnel an upgrade makes
+            // of it, until both are done.
+            let permit = Arc::new(permit);
             let stream = match crate::tls::accept(stream, acceptor.as_ref(), header_timeout).await {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -84,8 +96,10 @@ pub async fn serve(
             }
             let info = stream.info();
             let hops = trust.is_some();
-            let svc = hyper::service::service_fn(move |req| {
+            let slot = super::forward::ConnSlot(permit.clone());
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let mesh = mesh.clone();
+                req.extensions_mut().insert(slot.clone());
                 // Checked on every request: a node removed while its
                 // connection stays open is refused from its next request.
                 let peer = trust.as_ref().is_some_and(|t| t.check(Some(&info)).is_ok());
@@ -110,8 +124,13 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_HEADER_BYTES);
+            // A connection that answers no ping within the header
+            // timeout (a silent client) is closed.
             builder
                 .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(header_timeout))
+                .keep_alive_timeout(header_timeout)
                 .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
                 .max_concurrent_streams(1000);
             if let Err(e) = builder

@@ -127,6 +127,55 @@ impl AsyncWrite for Io {
     }
 }
 
+/// A connection that holds one of its listener's slots until it is dropped.
+pub struct Limited<T> {
+    io: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Limited<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> T::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Limited<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Limited<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -164,10 +213,17 @@ pub fn incoming(
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     timeout: Duration,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<Io>> {
+    max_connections: usize,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<Limited<Io>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
+            // At most `max_connections` at once, handshaking or served:
+            // the rest wait in the kernel's backlog.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, remote) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -184,7 +240,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match accept(stream, acceptor.as_ref(), timeout).await {
                     Ok(io) => {
-                        let _ = tx.send(Ok(io)).await;
+                        let _ = tx.send(Ok(Limited { io, _slot: permit })).await;
                     }
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                         tracing::debug!(%remote, error = %e, "connection dropped: too slow")
