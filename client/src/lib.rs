@@ -456,6 +456,18 @@ impl Client {
             .namespaces)
     }
 
+    /// Replaces a namespace's quota (admin); unset fields are unbounded.
+    pub async fn set_quota(&mut self, namespace: &str, quota: pb::Quota) -> Result<pb::Namespace, Error> {
+        Ok(self
+            .namespaces
+            .set_quota(pb::SetQuotaRequest {
+                namespace: namespace.into(),
+                quota: Some(quota),
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn delete_namespace(&mut self, name: &str) -> Result<(), Error> {
         self.namespaces
             .delete(pb::DeleteNamespaceRequest { name: name.into() })

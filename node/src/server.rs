@@ -638,6 +638,7 @@ async fn run_agent(
         &cfg.insecure_registries,
         credentials,
         cfg.data_dir.join("tmp"),
+        cfg.image_limits,
     ));
     let _ = images_slot.set(images.clone());
     let tasks = Arc::new(task::Tasks::new(ctr, cfg.data_dir.join("logs"), cfg.id));
@@ -664,6 +665,7 @@ async fn run_agent(
             }),
             stop_grace: cfg.stop_grace,
             image_gc_after: cfg.image_gc_after,
+            log_retention: cfg.log_retention,
             suspend_after: cfg.suspend_after,
         },
     );

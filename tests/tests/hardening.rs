@@ -292,3 +292,81 @@ async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
     drop(t2);
     cluster.assert_no_panics();
 }
+
+/// A tenant's footprint is bounded: an admin's quota refuses growth with
+/// an error naming it (and a namespace key cannot lift it), an instance's
+/// log goes some time after the instance, and image parts over the node's
+/// limits are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_bounded() {
+    let image = push_test_image("rouse-test/bounded", "1");
+    let cluster =
+        TestCluster::start_with_runtime(1, &["--log-retention", "2s"]).await;
+    let mut c = cluster.client(1).await;
+    eventually("a namespace", || {
+        let mut c = c.clone();
+        async move { c.create_namespace("acme", HashMap::new()).await }
+    })
+    .await;
+    let (code, out, err) = cluster.cli(
+        1,
+        &["namespace", "quota", "acme", "--containers", "1", "--secrets", "1", "--tokens", "1", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["quota"]["containers"], 1, "{v}");
+    let key = c.create_api_key("acme").await.unwrap().key;
+    let (code, _, err) = cluster.cli_as(1, &key, &["namespace", "quota", "acme", "--containers", "99"]);
+    assert_ne!(code, 0, "a namespace key lifted its own quota");
+    assert!(err.contains("admin"), "{err}");
+
+    let mut req = deploy("acme", "one", &image, 1);
+    req.memory_mb = Some(64);
+    c.deploy_container(req.clone()).await.unwrap();
+    req.name = "two".into();
+    let e = c.deploy_container(req).await.unwrap_err();
+    assert!(e.to_string().contains("quota containers"), "{e}");
+    let (code, _, err) = cluster.cli_as(1, &key, &["secret", "set", "acme", "A=1", "B=2"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("quota secrets"), "{err}");
+    c.create_token("acme", None, 600).await.unwrap();
+    let e = c.create_token("acme", None, 600).await.unwrap_err();
+    assert!(e.to_string().contains("quota tokens"), "{e}");
+
+    // The log of a deleted instance: still there at once, gone after the
+    // retention.
+    let inst = ready(&c, "acme", "one", 1).await.remove(0);
+    let log = cluster.data_dir(1).join("logs").join(format!("{}.log", inst.id));
+    assert!(log.exists());
+    c.delete_container("acme", "one").await.unwrap();
+    eventually("the log removed after the retention", || {
+        let gone = !log.exists();
+        async move { if gone { Ok(()) } else { Err("still there") } }
+    })
+    .await;
+
+    cluster.assert_no_panics();
+    drop(cluster);
+
+    // A layer over --max-layer-bytes (the test image has a 1 MB busybox).
+    let cluster = TestCluster::start_with_runtime(1, &["--max-layer-bytes", "65536"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("big", HashMap::new()).await.unwrap();
+    let mut req = deploy("big", "web", &image, 1);
+    req.memory_mb = Some(64);
+    c.deploy_container(req).await.unwrap();
+    let why = eventually("the pull refused", || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container("big", "web", true).await.map_err(|e| e.to_string())?;
+            ct.instances
+                .iter()
+                .find(|i| i.message.contains("--max-layer-bytes"))
+                .map(|i| i.message.clone())
+                .ok_or(format!("{:?}", ct.instances))
+        }
+    })
+    .await;
+    assert!(why.contains("layer"), "{why}");
+    cluster.assert_no_panics();
+}

@@ -279,6 +279,25 @@ struct ReadFlags {
 
 #[derive(Subcommand)]
 enum NamespaceCmd {
+    /// Set what a namespace may hold (admin); a bound not given is lifted.
+    Quota {
+        name: String,
+        /// Containers.
+        #[arg(long)]
+        containers: Option<u32>,
+        /// The sum of its containers' max-scale.
+        #[arg(long)]
+        max_scale: Option<u64>,
+        /// Secrets, in the namespace and its containers.
+        #[arg(long)]
+        secrets: Option<u32>,
+        /// Live (not revoked, not expired) tokens.
+        #[arg(long)]
+        tokens: Option<u32>,
+        /// Memory at full scale: the sum of max-scale x memory, in MB.
+        #[arg(long)]
+        memory_mb: Option<u64>,
+    },
     Create {
         name: String,
         #[arg(long = "env", value_name = "K=V")]
@@ -533,6 +552,22 @@ struct NamespaceOut {
     revision: u64,
     created_at_ms: u64,
     updated_at_ms: u64,
+    /// Unset bounds are left out (unbounded).
+    quota: QuotaOut,
+}
+
+#[derive(Serialize, Default)]
+struct QuotaOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    containers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_scale: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mb: Option<u64>,
 }
 
 impl From<pb::Namespace> for NamespaceOut {
@@ -544,6 +579,16 @@ impl From<pb::Namespace> for NamespaceOut {
             revision: n.revision,
             created_at_ms: n.created_at_ms,
             updated_at_ms: n.updated_at_ms,
+            quota: n
+                .quota
+                .map(|q| QuotaOut {
+                    containers: q.containers,
+                    max_scale: q.max_scale,
+                    secrets: q.secrets,
+                    tokens: q.tokens,
+                    memory_mb: q.memory_mb,
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -1153,6 +1198,23 @@ async fn namespace(c: &mut Client, fmt: Format, cmd: NamespaceCmd) -> Result<(),
         emit(fmt, &out, || namespace_rows(std::slice::from_ref(&out)))
     };
     match cmd {
+        NamespaceCmd::Quota {
+            name,
+            containers,
+            max_scale,
+            secrets,
+            tokens,
+            memory_mb,
+        } => {
+            let q = pb::Quota {
+                containers,
+                max_scale,
+                secrets,
+                tokens,
+                memory_mb,
+            };
+            show(c.set_quota(&name, q).await?)
+        }
         NamespaceCmd::Create { name, env, secret } => {
             let req = pb::CreateNamespaceRequest {
                 name,

@@ -3,7 +3,7 @@
 use rouse_proto::v1 as pb;
 
 use crate::cluster::MemberView;
-use crate::state::{Container, Namespace, Privacy, Protocol, StateData};
+use crate::state::{Container, Namespace, Privacy, Protocol, Quota, StateData};
 
 impl From<&Namespace> for pb::Namespace {
     fn from(n: &Namespace) -> Self {
@@ -14,6 +14,31 @@ impl From<&Namespace> for pb::Namespace {
             revision: n.revision,
             created_at_ms: n.created_at_ms,
             updated_at_ms: n.updated_at_ms,
+            quota: Some(pb::Quota::from(&n.quota)),
+        }
+    }
+}
+
+impl From<&Quota> for pb::Quota {
+    fn from(q: &Quota) -> Self {
+        pb::Quota {
+            containers: q.containers,
+            max_scale: q.max_scale,
+            secrets: q.secrets,
+            tokens: q.tokens,
+            memory_mb: q.memory_mb,
+        }
+    }
+}
+
+impl From<pb::Quota> for Quota {
+    fn from(q: pb::Quota) -> Self {
+        Quota {
+            containers: q.containers,
+            max_scale: q.max_scale,
+            secrets: q.secrets,
+            tokens: q.tokens,
+            memory_mb: q.memory_mb,
         }
     }
 }

@@ -102,6 +102,32 @@ impl Api {
     }
 }
 
+/// Sends `path` from `from` to its current end, a chunk at a time (never
+/// the whole file in memory). False once the receiver is gone.
+async fn send_from<F, Fut>(path: &std::path::Path, from: u64, send: &F) -> bool
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return true;
+    };
+    if f.seek(std::io::SeekFrom::Start(from)).await.is_err() {
+        return true;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => {
+                if !send(buf[..n].to_vec()).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Streams one instance's log file (and its rotated predecessor).
 async fn stream_local(
     id: String,
@@ -119,18 +145,21 @@ async fn stream_local(
                 .is_ok()
         }
     };
-    let old = std::fs::read(path.with_extension("log.1")).unwrap_or_default();
+    // The rotated predecessor first (all of it, or what the tail asks
+    // for), read a chunk at a time.
+    let old = path.with_extension("log.1");
+    let old_len = std::fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
     let cur_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut pos = 0u64;
-    if tail > 0 && cur_len < tail && !old.is_empty() {
-        let keep = usize::try_from(tail - cur_len)
-            .unwrap_or(usize::MAX)
-            .min(old.len());
-        if !send(old[old.len() - keep..].to_vec()).await {
+    let old_from = match tail {
+        0 => Some(0),
+        t if cur_len < t => Some(old_len.saturating_sub(t - cur_len)),
+        _ => None,
+    };
+    if let (Some(from), true) = (old_from, old_len > 0) {
+        if !send_from(&old, from, &send).await {
             return;
         }
-    } else if tail == 0 && !old.is_empty() && !send(old).await {
-        return;
     }
     if tail > 0 && cur_len > tail {
         pos = cur_len - tail;
@@ -141,21 +170,15 @@ async fn stream_local(
             pos = 0; // rotated
         }
         if len > pos {
-            if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                if f.seek(std::io::SeekFrom::Start(pos)).await.is_ok() {
-                    let mut buf = vec![0u8; CHUNK];
-                    loop {
-                        match f.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                pos += n as u64;
-                                if !send(buf[..n].to_vec()).await {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }
+            let sent = std::sync::atomic::AtomicU64::new(0);
+            let counting = |data: Vec<u8>| {
+                sent.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                send(data)
+            };
+            let open = send_from(&path, pos, &counting).await;
+            pos += sent.load(std::sync::atomic::Ordering::Relaxed);
+            if !open {
+                return;
             }
         }
         if !follow || tx.is_closed() {

@@ -158,4 +158,18 @@ impl NamespaceService for Api {
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
+
+    async fn set_quota(&self, req: Request<pb::SetQuotaRequest>) -> ApiResult<pb::Namespace> {
+        self.require_admin(&req)?;
+        let r = req.into_inner();
+        validate::dns_label("namespace", &r.namespace).map_err(ApiError::from)?;
+        self.cluster
+            .write(Command::SetQuota {
+                namespace: r.namespace.clone(),
+                quota: r.quota.unwrap_or_default().into(),
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.get_namespace_local(&r.namespace)?))
+    }
 }

@@ -90,6 +90,8 @@ pub struct NodeConfig {
     pub userns_base: Option<u32>,
     pub stop_grace: std::time::Duration,
     pub image_gc_after: std::time::Duration,
+    pub log_retention: std::time::Duration,
+    pub image_limits: crate::runtime::image::Limits,
     pub registry_auth: Option<PathBuf>,
     pub autoscale_window: std::time::Duration,
     /// Zero: never suspend.
@@ -351,6 +353,21 @@ impl NodeConfig {
         };
         let stop_grace = duration("stop_grace", args.stop_grace, "10s")?;
         let image_gc_after = duration("image_gc_after", args.image_gc_after, "10m")?;
+        let log_retention = duration("log_retention", args.log_retention.clone(), "1h")?;
+        let image_limits = crate::runtime::image::Limits {
+            manifest_bytes: args.max_manifest_bytes.unwrap_or(4 << 20),
+            config_bytes: args.max_config_bytes.unwrap_or(4 << 20),
+            layer_bytes: args.max_layer_bytes.unwrap_or(4 << 30),
+        };
+        for (field, v) in [
+            ("max_manifest_bytes", image_limits.manifest_bytes),
+            ("max_config_bytes", image_limits.config_bytes),
+            ("max_layer_bytes", image_limits.layer_bytes),
+        ] {
+            if v < 1024 {
+                return Err(invalid(field, format!("{v} is below the minimum 1024")));
+            }
+        }
         let autoscale_window = duration("autoscale_window", args.autoscale_window, "60s")?;
         if autoscale_window < std::time::Duration::from_secs(2) {
             return Err(invalid("autoscale_window", "must be at least 2s"));
@@ -403,6 +420,8 @@ impl NodeConfig {
             userns_base,
             stop_grace,
             image_gc_after,
+            log_retention,
+            image_limits,
             registry_auth: args.registry_auth,
             id,
             data_dir,

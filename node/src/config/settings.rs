@@ -172,6 +172,22 @@ pub struct Args {
     #[arg(long, env = "ROUSE_IMAGE_GC_AFTER")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_gc_after: Option<String>,
+    /// How long the log of an instance that is gone stays readable (default 1h).
+    #[arg(long, env = "ROUSE_LOG_RETENTION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_retention: Option<String>,
+    /// Largest image manifest (or index) accepted, in bytes (default 4 MiB).
+    #[arg(long, env = "ROUSE_MAX_MANIFEST_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_manifest_bytes: Option<u64>,
+    /// Largest image config accepted, in bytes (default 4 MiB).
+    #[arg(long, env = "ROUSE_MAX_CONFIG_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_config_bytes: Option<u64>,
+    /// Largest image layer accepted, compressed, in bytes (default 4 GiB).
+    #[arg(long, env = "ROUSE_MAX_LAYER_BYTES")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_layer_bytes: Option<u64>,
     /// Pause an instance idle this long (memory kept, wakes in ms); 0 disables (default 30s).
     #[arg(long, env = "ROUSE_SUSPEND_AFTER")]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub userns: Option<super::spec::IdMap>,
     pub stop_grace: Duration,
     pub image_gc_after: Duration,
+    /// How long the log of an instance that is gone stays readable.
+    pub log_retention: Duration,
     /// Zero: never suspend.
     pub suspend_after: Duration,
 }
@@ -146,6 +148,7 @@ impl Agent {
             if last_gc.elapsed() > (self.config.image_gc_after / 2).min(Duration::from_secs(30)) {
                 last_gc = Instant::now();
                 self.collect_images().await;
+                self.collect_logs();
             }
             self.cap_logs();
             self.suspend_idle().await;
@@ -320,6 +323,37 @@ impl Agent {
                     let _ = f.set_len(0);
                 }
             }
+        }
+    }
+
+    /// Deletes the logs of instances gone for longer than the retention.
+    fn collect_logs(&self) {
+        let dir = self.tasks.logs_dir();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let files: Vec<(String, std::time::SystemTime)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let modified = e.metadata().ok()?.modified().ok()?;
+                Some((e.file_name().to_str()?.to_string(), modified))
+            })
+            .collect();
+        let live: HashSet<String> = {
+            let sm = self.cluster.sm.read();
+            let mut live: HashSet<String> = sm
+                .data
+                .instances
+                .values()
+                .filter(|i| i.node == self.config.node)
+                .map(|i| i.id.clone())
+                .collect();
+            live.extend(self.supervisors.lock().keys().cloned());
+            live
+        };
+        for name in gc::stale_logs(&files, &live, std::time::SystemTime::now(), self.config.log_retention) {
+            tracing::info!(file = %name, "deleting the log of an instance gone past the retention");
+            let _ = std::fs::remove_file(dir.join(name));
         }
     }
 

@@ -1,6 +1,7 @@
-//! Which images to delete: those no instance here has wanted for
-//! `after`. Pure; the agent keeps the last-use times between passes and
-//! deletes what this returns.
+//! What to delete: images no instance here has wanted for `after`, and
+//! log files of instances gone for longer than the log retention. Pure;
+//! the agent keeps the last-use times between passes and deletes what
+//! these return.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -28,9 +29,48 @@ pub fn unused(
     doomed
 }
 
+/// Log files (`<id>.log`, `<id>.log.1`) of instances not in `live` whose
+/// last write is older than `retention` (kept that long so that `logs` can
+/// show why a crashed or removed instance ended).
+pub fn stale_logs(
+    files: &[(String, std::time::SystemTime)],
+    live: &HashSet<String>,
+    now: std::time::SystemTime,
+    retention: Duration,
+) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(name, modified)| {
+            let id = name
+                .strip_suffix(".log")
+                .or_else(|| name.strip_suffix(".log.1"));
+            id.is_some_and(|id| !live.contains(id))
+                && now.duration_since(*modified).unwrap_or_default() >= retention
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_of_gone_instances_go_after_the_retention() {
+        let now = std::time::SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let files = vec![
+            ("live.log".to_string(), now - 2 * hour),
+            ("gone.log".to_string(), now - 2 * hour),
+            ("gone.log.1".to_string(), now - 2 * hour),
+            ("recent.log".to_string(), now - Duration::from_secs(60)),
+            ("notes.txt".to_string(), now - 2 * hour),
+        ];
+        let live = HashSet::from(["live".to_string()]);
+        let mut doomed = stale_logs(&files, &live, now, hour);
+        doomed.sort();
+        assert_eq!(doomed, ["gone.log", "gone.log.1"]);
+    }
 
     #[test]
     fn an_image_goes_only_after_a_full_unused_period() {

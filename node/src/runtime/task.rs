@@ -55,6 +55,11 @@ fn ignore_not_found(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
 }
 
 impl Tasks {
+    /// Where instance logs are written.
+    pub fn logs_dir(&self) -> &std::path::Path {
+        &self.logs_dir
+    }
+
     pub fn new(ctr: Ctr, logs_dir: PathBuf, node: u64) -> Self {
         Tasks {
             ctr,

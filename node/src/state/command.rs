@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::key::Scope;
 use super::types::{
     ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, IssuedCert, JoinTokenRecord, NodeId,
-    NodeRecord, SealedSecret, SigningKey, StoredSecret, TokenRecord,
+    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord,
 };
 
 /// Version of the commands' meaning written into every log entry. Rules
@@ -24,7 +24,8 @@ use super::types::{
 /// - 1: the first.
 /// - 2: `RegisterNode` refuses an address another node has registered;
 ///   deleting a namespace revokes its API keys and tokens, deleting a
-///   container its tokens; `RevokeApiKey` keeps at least one admin key.
+///   container its tokens; `RevokeApiKey` keeps at least one admin key;
+///   namespace quotas bound containers, secrets and tokens.
 pub const COMMAND_VERSION: u32 = 2;
 
 /// One entry's payload in the replicated log.
@@ -192,6 +193,10 @@ pub enum Command {
     /// Records when API keys were last used (id → time, ms), as nodes saw
     /// them; only moves a key's time forward.
     TouchApiKeys { used: BTreeMap<String, u64> },
+    /// Sets a namespace's quota (replacing the previous one). Precondition:
+    /// the namespace exists. What it holds beyond the new bounds stays;
+    /// only growth is refused.
+    SetQuota { namespace: String, quota: Quota },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.

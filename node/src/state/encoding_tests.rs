@@ -44,9 +44,10 @@ fn variant(c: &Command) -> usize {
         Command::UseJoinToken { .. } => 23,
         Command::RotateKeys { .. } => 24,
         Command::TouchApiKeys { .. } => 25,
+        Command::SetQuota { .. } => 26,
     }
 }
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 fn envelope() -> crate::secrets::Envelope {
     crate::secrets::Envelope {
@@ -285,6 +286,14 @@ fn samples() -> Vec<Command> {
         },
         Command::TouchApiKeys {
             used: BTreeMap::from([("a1".to_string(), 60_000)]),
+        },
+        Command::SetQuota {
+            namespace: "shop".into(),
+            quota: Quota {
+                containers: Some(3),
+                memory_mb: Some(1024),
+                ..Default::default()
+            },
         },
     ]
 }

@@ -197,6 +197,16 @@ fn command() -> impl Strategy<Value = Command> {
                 },
             }
         }),
+        (name(), proptest::option::of(0u32..3), proptest::option::of(0u32..3)).prop_map(
+            |(namespace, containers, secrets)| Command::SetQuota {
+                namespace,
+                quota: Quota {
+                    containers,
+                    secrets,
+                    ..Default::default()
+                },
+            }
+        ),
         (0u8..3, 0u64..100).prop_map(|(i, at)| Command::TouchApiKeys {
             used: BTreeMap::from([(format!("k{i}"), at)]),
         }),

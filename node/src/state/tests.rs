@@ -597,3 +597,72 @@ fn admin_keys_can_be_revoked_while_one_remains_and_record_their_use() {
     apply(&mut s, 7, touch(60_000));
     assert_eq!(s.api_keys["second"].last_used_at_ms, 120_000, "only forward");
 }
+
+#[test]
+fn quotas_bound_what_a_namespace_may_grow_to() {
+    let mut s = StateData::default();
+    create_ns(&mut s, "acme");
+    apply(
+        &mut s,
+        2,
+        Command::SetQuota {
+            namespace: "acme".into(),
+            quota: Quota {
+                containers: Some(2),
+                max_scale: Some(6),
+                secrets: Some(2),
+                tokens: Some(1),
+                memory_mb: Some(1024),
+            },
+        },
+    );
+    let put = |name: &str, max_scale: u32, memory_mb: u32| Command::PutContainer {
+        namespace: "acme".into(),
+        name: name.into(),
+        spec: ContainerSpec {
+            max_scale,
+            memory_mb,
+            ..ContainerSpec::with_image("img:1")
+        },
+        expected_revision: None,
+    };
+    let refused = |r: Response, field: &str| {
+        assert!(
+            matches!(&r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains(&format!("quota {field}"))),
+            "{field}: {r:?}"
+        );
+    };
+    assert!(apply(&mut s, 3, put("a", 2, 256)).rejection.is_none());
+    refused(apply(&mut s, 4, put("b", 5, 64)), "max-scale");
+    refused(apply(&mut s, 4, put("b", 2, 512)), "memory-mb");
+    assert!(apply(&mut s, 4, put("b", 2, 128)).rejection.is_none());
+    refused(apply(&mut s, 5, put("c", 1, 64)), "containers");
+    // A change that does not grow passes.
+    assert!(apply(&mut s, 6, put("a", 1, 256)).rejection.is_none());
+    let sealed = || SealedSecret {
+        sealed: crate::secrets::Key::random().seal(b"v", "aad").unwrap(),
+        fingerprint: "f".into(),
+    };
+    let set = |scope: Scope, keys: &[&str]| Command::SetSecrets {
+        scope,
+        entries: keys.iter().map(|k| (k.to_string(), sealed())).collect(),
+    };
+    assert!(apply(&mut s, 7, set(Scope::namespace("acme"), &["A", "B"])).rejection.is_none());
+    refused(apply(&mut s, 8, set(Scope::of("acme", Some("a")), &["C"])), "secrets");
+    // Overwriting a secret adds nothing.
+    assert!(apply(&mut s, 8, set(Scope::namespace("acme"), &["A"])).rejection.is_none());
+    let token = |id: &str, expires_at_ms| Command::CreateToken {
+        record: TokenRecord {
+            id: id.into(),
+            namespace: "acme".into(),
+            container: None,
+            expires_at_ms,
+            created_at_ms: 9,
+            revoked: false,
+        },
+    };
+    assert!(apply(&mut s, 9, token("t1", 100)).rejection.is_none());
+    refused(apply(&mut s, 10, token("t2", 200)), "tokens");
+    // An expired token no longer counts.
+    assert!(apply(&mut s, 150, token("t3", 300)).rejection.is_none());
+}

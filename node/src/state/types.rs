@@ -31,6 +31,35 @@ pub struct Namespace {
     pub revision: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// What the namespace may hold (an admin sets it; none: unbounded).
+    #[serde(default, skip_serializing_if = "Quota::is_unbounded")]
+    pub quota: Quota,
+}
+
+/// A namespace's bounds. `None`: unbounded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<u32>,
+    /// The sum of its containers' max-scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_scale: Option<u64>,
+    /// Secrets, in the namespace and its containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<u32>,
+    /// Tokens that are neither revoked nor expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u32>,
+    /// Memory at full scale: the sum of max-scale × memory (MB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+}
+
+impl Quota {
+    pub fn is_unbounded(&self) -> bool {
+        *self == Quota::default()
+    }
 }
 
 /// What an operator asks for when deploying a container.

@@ -55,6 +55,39 @@ pub struct Images {
     opened: Mutex<HashMap<String, ImageInfo>>,
     /// Registry pulls (manifest fetched and content written) since start.
     pub pulls: AtomicU64,
+    pub(super) limits: Limits,
+}
+
+/// The largest image parts a node accepts (a registry, or a tarball, may
+/// be hostile): refused with an error naming the setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub manifest_bytes: u64,
+    pub config_bytes: u64,
+    pub layer_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            manifest_bytes: 4 << 20,
+            config_bytes: 4 << 20,
+            layer_bytes: 4 << 30,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses `size` bytes of `what` over `limit` (named by `setting`).
+    pub fn check(reference: &str, what: &str, size: u64, limit: u64, setting: &str) -> Result<(), RuntimeError> {
+        if size > limit {
+            return Err(super::platform::image_err(
+                reference,
+                format!("{what} is {size} bytes, over {setting} ({limit})"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Images {
@@ -63,6 +96,7 @@ impl Images {
         insecure: &[String],
         credentials: HashMap<String, RegistryCredentials>,
         tmp: PathBuf,
+        limits: Limits,
     ) -> Self {
         // TLS to registries uses rustls with the ring provider; a provider
         // installed earlier by the process is kept.
@@ -79,6 +113,7 @@ impl Images {
             locks: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
             pulls: AtomicU64::new(0),
+            limits,
         }
     }
 

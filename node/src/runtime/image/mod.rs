@@ -29,6 +29,6 @@ pub mod remap;
 mod unpack;
 
 pub use content::BlobSource;
-pub use images::{ImageInfo, Images, RegistryCredentials};
+pub use images::{ImageInfo, Images, Limits, RegistryCredentials};
 pub use platform::without_digest;
 pub use unpack::chain_ids;

@@ -11,6 +11,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 use super::content::{manifest_gc_labels, BlobSource};
+use super::images::Limits;
 use super::images::{ImageInfo, Images};
 use super::platform::{image_err, platform_matches, sha256_hex, PLATFORM};
 use super::unpack::chain_ids;
@@ -65,6 +66,8 @@ impl Images {
             .await
             .map_err(|e| image_err(reference, format!("fetching the manifest: {e}")))?;
         let raw = raw.to_vec();
+        let lim = self.limits;
+        Limits::check(reference, "the manifest", raw.len() as u64, lim.manifest_bytes, "--max-manifest-bytes")?;
         if sha256_hex(&raw) != top_digest {
             return Err(image_err(reference, "manifest does not match its digest"));
         }
@@ -104,6 +107,7 @@ impl Images {
                 .map_err(|e| {
                     image_err(reference, format!("fetching the platform manifest: {e}"))
                 })?;
+            Limits::check(reference, "the platform manifest", m.len() as u64, lim.manifest_bytes, "--max-manifest-bytes")?;
             if d != digest || sha256_hex(&m) != digest {
                 return Err(image_err(
                     reference,
@@ -127,11 +131,14 @@ impl Images {
         let manifest: ImageManifest = serde_json::from_slice(&manifest_raw)
             .map_err(|e| image_err(reference, format!("manifest: {e}")))?;
         let config_digest = manifest.config().digest().to_string();
-        let mut config_raw = Vec::new();
+        let declared = u64::try_from(manifest.config().size()).unwrap_or(u64::MAX);
+        Limits::check(reference, "the config", declared, lim.config_bytes, "--max-config-bytes")?;
+        let mut config_raw = Capped::new(Vec::new(), declared.min(lim.config_bytes));
         self.client
             .pull_blob(&r, config_digest.as_str(), &mut config_raw)
             .await
             .map_err(|e| image_err(reference, format!("fetching the config: {e}")))?;
+        let config_raw = config_raw.into_inner();
         let config: ImageConfiguration = serde_json::from_slice(&config_raw)
             .map_err(|e| image_err(reference, format!("config: {e}")))?;
         let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();
@@ -154,11 +161,16 @@ impl Images {
             labels,
         )
         .await?;
+        for layer in manifest.layers() {
+            let size = u64::try_from(layer.size()).unwrap_or(u64::MAX);
+            Limits::check(reference, &format!("layer {}", layer.digest()), size, lim.layer_bytes, "--max-layer-bytes")?;
+        }
         for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
             let digest = layer.digest().to_string();
             if self.content_exists(&digest).await? {
                 continue;
             }
+            let declared = u64::try_from(layer.size()).unwrap_or(u64::MAX);
             std::fs::create_dir_all(&self.tmp)?;
             let path = self.tmp.join(format!(
                 "blob-{}-{}",
@@ -166,7 +178,9 @@ impl Images {
                 rand::random::<u32>()
             ));
             let res = async {
-                let file = tokio::fs::File::create(&path).await?;
+                // No more than the manifest said (a registry sending more is
+                // cut off; the digest check catches anything else).
+                let file = Capped::new(tokio::fs::File::create(&path).await?, declared);
                 self.client
                     .pull_blob(&r, digest.as_str(), file)
                     .await
@@ -263,5 +277,70 @@ pub(super) fn info_from(
         env: c.env().clone().unwrap_or_default(),
         working_dir: c.working_dir().clone().unwrap_or_default(),
         user: c.user().clone().unwrap_or_default(),
+    }
+}
+
+/// A writer that takes at most `limit` bytes and fails past them: a blob
+/// from a registry is cut off at the size its manifest announced.
+pub(super) struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W> Capped<W> {
+    pub(super) fn new(inner: W, limit: u64) -> Self {
+        Capped { inner, left: limit }
+    }
+
+    pub(super) fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() as u64 > this.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the registry sent more bytes than the manifest announced",
+            )));
+        }
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.left -= *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_capped_writer_takes_its_limit_and_no_more() {
+        let mut w = Capped::new(Vec::new(), 5);
+        w.write_all(b"12345").await.unwrap();
+        assert!(w.write_all(b"6").await.is_err());
+        assert_eq!(w.into_inner(), b"12345");
     }
 }

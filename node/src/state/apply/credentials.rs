@@ -41,6 +41,11 @@ impl StateData {
         if !exists {
             return Err(not_found(format_args!("{:?}", scope.as_str())));
         }
+        let adding = entries
+            .keys()
+            .filter(|k| !self.secrets.get(scope).is_some_and(|m| m.contains_key(*k)))
+            .count();
+        self.check_secret_quota(tx, scope, adding)?;
         self.bump();
         let slot = self.secrets.entry(scope.clone()).or_default();
         for (k, v) in entries {
@@ -115,6 +120,7 @@ impl StateData {
                 record.id
             )));
         }
+        self.check_token_quota(tx, &record.namespace)?;
         self.bump();
         self.tokens.insert(record.id.clone(), record.clone());
         tx.touched.push(Key::Token(record.id.clone()));

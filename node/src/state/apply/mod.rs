@@ -13,6 +13,7 @@
 mod credentials;
 mod nodes;
 mod objects;
+mod quota;
 mod tx;
 
 use super::command::{Command, Proposal, Response};
@@ -99,6 +100,7 @@ impl StateData {
             Command::RevokeToken { id } => self.revoke_token(tx, id),
             Command::CreateApiKey { key } => self.create_api_key(tx, key),
             Command::TouchApiKeys { used } => self.touch_api_keys(tx, used),
+            Command::SetQuota { namespace, quota } => self.set_quota(tx, namespace, quota),
             Command::RevokeApiKey { id } => self.revoke_api_key(tx, id),
             Command::InitClusterCa { ca } => self.init_cluster_ca(tx, ca),
             Command::CreateJoinToken { token } => self.create_join_token(tx, token),

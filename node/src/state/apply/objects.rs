@@ -29,6 +29,7 @@ impl StateData {
                 revision,
                 created_at_ms: tx.at_ms,
                 updated_at_ms: tx.at_ms,
+                quota: Default::default(),
             },
         );
         tx.touched.push(Key::Namespace(name.to_string()));
@@ -133,6 +134,8 @@ impl StateData {
             }
             _ => {}
         }
+        self.check_container_quota(tx, key, spec)?;
+        let existing = self.containers.get(key);
         let created_at_ms = existing.map_or(tx.at_ms, |c| c.created_at_ms);
         let kept = existing
             .filter(|c| !c.spec.runtime_differs(spec))
