@@ -148,6 +148,16 @@ impl Cluster {
         self.kit.nodes.get(&id).map(|n| n.http.addr())
     }
 
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}"))
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log_text(&self, id: u64) -> String {
+        self.kit.nodes.get(&id).map(|n| n.log_text()).unwrap_or_default()
+    }
+
     /// Lines of every node's log that report a panic.
     pub fn panics(&self) -> Vec<String> {
         self.kit.panics()

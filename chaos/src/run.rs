@@ -104,9 +104,83 @@ pub struct Report {
     pub write_after_heal: bool,
     pub panics: Vec<String>,
     pub mesh: Option<MeshReport>,
+    /// After the membership fault: the removed node came back with
+    /// everything it kept (data dir, CA key, master key; its certificate
+    /// wiped and re-signed by itself) and stayed out. `null` when no node
+    /// was removed.
+    pub removed_node_stayed_out: Option<bool>,
     pub passed: bool,
     #[serde(skip)]
     pub history: Vec<Event>,
+}
+
+/// A removed node restarts from its data dir (master key, state copy with
+/// the sealed CA key), its certificate wiped, so that it signs itself a new
+/// one with the CA key it kept: it must stay out. True when the members do
+/// not count it, and a member refuses that certificate both for the peer
+/// service and for the master key. The node is stopped again.
+async fn removed_stays_out(cluster: &mut Cluster, v: u64, via: u64) -> bool {
+    let tls = cluster.data_dir(v).join("tls");
+    let _ = std::fs::remove_dir_all(&tls);
+    if cluster.restart(v).is_err() {
+        return false;
+    }
+    let mut material = None;
+    for _ in 0..100 {
+        let read = |f: &str| std::fs::read_to_string(tls.join(f)).ok();
+        if let (Some(ca), Some(cert), Some(key)) = (read("ca.crt"), read("node.crt"), read("node.key")) {
+            material = Some((ca, cert, key));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = match material {
+        // It could not even sign itself a certificate: out.
+        None => true,
+        Some((ca, cert, key)) => peer_refuses(&cluster.endpoint(via), &ca, &cert, &key).await,
+    };
+    let counted = match crate::connect(&cluster.endpoint(via)).await {
+        Ok(mut c) => match c.cluster_status().await {
+            Ok(s) => s.members.iter().any(|m| m.id == v),
+            Err(_) => true,
+        },
+        Err(_) => true,
+    };
+    cluster.kill(v);
+    refused && !counted
+}
+
+/// Whether the peer service at `endpoint` refuses the holder of `cert`
+/// (UNAUTHENTICATED for a ping and for the master key).
+async fn peer_refuses(endpoint: &str, ca: &str, cert: &str, key: &str) -> bool {
+    use rouse_proto::peer::raft_peer_client::RaftPeerClient;
+    let t = rouse_node::tls::Tls::new(false);
+    let Ok(m) = rouse_node::tls::Material::new(ca, Some((cert, key))) else {
+        return false;
+    };
+    t.set(m);
+    let url = endpoint.replace("http://", "https://");
+    let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
+        return false;
+    };
+    let ch = match ep
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector(rouse_node::tls::https_connector(t.client_config(), None, true))
+        .await
+    {
+        Ok(ch) => ch,
+        // The handshake itself failed: refused too.
+        Err(_) => return true,
+    };
+    let mut peer = RaftPeerClient::new(ch);
+    let ping = peer.ping(rouse_proto::peer::PingRequest {}).await;
+    let key = peer
+        .fetch_master_key(rouse_proto::peer::FetchMasterKeyRequest {})
+        .await;
+    let ping_refused = matches!(&ping, Err(s) if s.code() == tonic::Code::Unauthenticated);
+    let key_refused = matches!(&key, Err(s) if s.code() == tonic::Code::Unauthenticated);
+    ping_refused && key_refused
 }
 
 async fn node_info(url: &str) -> Option<rouse_client::pb::NodeInfoResponse> {
@@ -279,6 +353,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
     let ms = |t: Instant| u64::try_from(t.duration_since(start).as_millis()).unwrap_or(u64::MAX);
     let mut faults: Vec<Fault> = Vec::new();
     let mut membership_done = false;
+    let mut removed_node_stayed_out = None;
     let mut next_id = opts.nodes + 1;
     let mut first = true;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -409,6 +484,8 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                     *endpoints.lock().unwrap_or_else(|p| p.into_inner()) = endpoints_of(&cluster);
                     *mesh_addrs.lock().unwrap_or_else(|p| p.into_inner()) = mesh_of(&cluster);
                     cluster.kill(v);
+                    let out = removed_stays_out(&mut cluster, v, via).await;
+                    removed_node_stayed_out = Some(out);
                     let fresh = next_id;
                     next_id += 1;
                     cluster.add(fresh, Some(via)).await?;
@@ -419,7 +496,9 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
                     *mesh_addrs.lock().unwrap_or_else(|p| p.into_inner()) = mesh_of(&cluster);
                     (
                         "membership",
-                        format!("removed node {v}, added fresh node {fresh} (joined: {joined})"),
+                        format!(
+                            "removed node {v} (came back with what it kept: stayed out: {out}), added fresh node {fresh} (joined: {joined})"
+                        ),
                     )
                 } else {
                     (
@@ -580,7 +659,8 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         && converged
         && write_after_heal
         && panics.is_empty()
-        && mesh.as_ref().is_none_or(|m| m.ok_after_heal);
+        && mesh.as_ref().is_none_or(|m| m.ok_after_heal)
+        && removed_node_stayed_out != Some(false);
     cluster.stop_all();
     if let Some((sock, _)) = &opts.runtime {
         crate::mesh::remove_leftovers(sock, &ctr_ns);
@@ -617,6 +697,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         write_after_heal,
         panics,
         mesh,
+        removed_node_stayed_out,
         passed,
         history,
     })

@@ -66,3 +66,6 @@ pub mod store;
 pub mod tls;
 pub mod tokens;
 pub mod trust;
+
+#[cfg(test)]
+mod fuzz;

@@ -15,6 +15,70 @@ use crate::state::{Command, ContainerSpec, Rejection, Scope};
 
 type ApiResult<T> = Result<Response<T>, Status>;
 
+/// The spec a deploy request asks for: `current` (None: a new container)
+/// with the request's settings on top, validated. Pure, so that any
+/// request (however malformed) gets an answer naming the field, never a
+/// panic.
+pub fn spec_for(
+    current: Option<ContainerSpec>,
+    r: &pb::DeployContainerRequest,
+    cap: u32,
+) -> Result<ContainerSpec, ApiError> {
+    let privacy = privacy_from_pb(r.privacy).map_err(|e| ApiError::invalid("privacy", e))?;
+    let protocol = protocol_from_pb(r.protocol).map_err(|e| ApiError::invalid("protocol", e))?;
+    let env_patch = env_map(r.env.clone());
+    validate::env("env", &env_patch, RESERVED_ENV)?;
+    let mut spec = match current {
+        Some(c) => c,
+        None => {
+            let image = r.image.clone().ok_or_else(|| {
+                ApiError::invalid(
+                    "image",
+                    "is required to create a container (an OCI image reference)",
+                )
+            })?;
+            ContainerSpec::with_image(image)
+        }
+    };
+    if let Some(v) = &r.image {
+        spec.image = v.clone();
+    }
+    if let Some(v) = r.port {
+        spec.port = v;
+    }
+    if r.replace_env {
+        spec.env = env_patch;
+    } else {
+        spec.env.extend(env_patch);
+    }
+    macro_rules! set {
+        ($($f:ident <- $g:ident),*) => { $(if let Some(v) = r.$g { spec.$f = v; })* };
+    }
+    set!(cpu_mvcpu <- cpu_mvcpu, memory_mb <- memory_mb, min_scale <- min_scale, max_scale <- max_scale,
+         max_concurrency <- max_concurrency, timeout_secs <- timeout_seconds,
+         scale_to_zero_after_secs <- scale_to_zero_after_seconds,
+         read_only_rootfs <- read_only_rootfs);
+    if let Some(p) = privacy {
+        spec.privacy = p;
+    }
+    if let Some(p) = protocol {
+        spec.protocol = p;
+    }
+    if let Some(h) = &r.health_path {
+        spec.health_path = (!h.is_empty()).then(|| h.clone());
+    }
+    if let Some(region) = &r.region {
+        if region.is_empty() {
+            spec.region = None;
+        } else {
+            validate::dns_label("region", region)?;
+            spec.region = Some(region.clone());
+        }
+    }
+    validate::container_spec(&spec, cap)?;
+    Ok(spec)
+}
+
 impl Api {
     async fn deploy_container(
         &self,
@@ -26,11 +90,6 @@ impl Api {
         if !r.secrets.is_empty() {
             self.seal("secrets", &scope, r.secrets.clone())?;
         }
-        let privacy = privacy_from_pb(r.privacy).map_err(|e| ApiError::invalid("privacy", e))?;
-        let protocol =
-            protocol_from_pb(r.protocol).map_err(|e| ApiError::invalid("protocol", e))?;
-        let env_patch = env_map(r.env.clone());
-        validate::env("env", &env_patch, RESERVED_ENV)?;
         let cap = self.config.scale_cap;
         for attempt in 0.. {
             self.cluster.read_barrier(false).await?;
@@ -48,54 +107,7 @@ impl Api {
                 )));
             }
             let expected = current.as_ref().map_or(0, |c| c.revision);
-            let mut spec = match current {
-                Some(c) => c.spec,
-                None => {
-                    let image = r.image.clone().ok_or_else(|| {
-                        ApiError::invalid(
-                            "image",
-                            "is required to create a container (an OCI image reference)",
-                        )
-                    })?;
-                    ContainerSpec::with_image(image)
-                }
-            };
-            if let Some(v) = &r.image {
-                spec.image = v.clone();
-            }
-            if let Some(v) = r.port {
-                spec.port = v;
-            }
-            if r.replace_env {
-                spec.env = env_patch.clone();
-            } else {
-                spec.env.extend(env_patch.clone());
-            }
-            macro_rules! set {
-                ($($f:ident <- $g:ident),*) => { $(if let Some(v) = r.$g { spec.$f = v; })* };
-            }
-            set!(cpu_mvcpu <- cpu_mvcpu, memory_mb <- memory_mb, min_scale <- min_scale, max_scale <- max_scale,
-                 max_concurrency <- max_concurrency, timeout_secs <- timeout_seconds,
-                 scale_to_zero_after_secs <- scale_to_zero_after_seconds,
-                 read_only_rootfs <- read_only_rootfs);
-            if let Some(p) = privacy {
-                spec.privacy = p;
-            }
-            if let Some(p) = protocol {
-                spec.protocol = p;
-            }
-            if let Some(h) = &r.health_path {
-                spec.health_path = (!h.is_empty()).then(|| h.clone());
-            }
-            if let Some(r) = &r.region {
-                if r.is_empty() {
-                    spec.region = None;
-                } else {
-                    validate::dns_label("region", r)?;
-                    spec.region = Some(r.clone());
-                }
-            }
-            validate::container_spec(&spec, cap)?;
+            let spec = spec_for(current.map(|c| c.spec), &r, cap)?;
             let cmd = Command::PutContainer {
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),

@@ -344,3 +344,30 @@ mod capped_tests {
         assert_eq!(w.into_inner(), b"12345");
     }
 }
+
+/// What the pull makes of a registry's (or a tarball's) document, without
+/// the network: an index picks a platform manifest, a manifest names a
+/// config and layers, a config gives the run settings and chain ids. Used
+/// to fuzz those parsers; an error names what was wrong.
+pub fn parse_documents(raw: &[u8]) -> Result<(), RuntimeError> {
+    if is_index(raw) {
+        let index: ImageIndex =
+            serde_json::from_slice(raw).map_err(|e| image_err("document", format!("index: {e}")))?;
+        let _ = index.manifests().iter().find(|m| {
+            m.platform().as_ref().is_none_or(|p| {
+                platform_matches(&p.os().to_string(), &p.architecture().to_string())
+            })
+        });
+    }
+    if let Ok(m) = serde_json::from_slice::<ImageManifest>(raw) {
+        for l in m.layers() {
+            let _ = Limits::check("document", "a layer", u64::try_from(l.size()).unwrap_or(u64::MAX), 1 << 30, "--max-layer-bytes");
+        }
+    }
+    let config: ImageConfiguration =
+        serde_json::from_slice(raw).map_err(|e| image_err("document", format!("config: {e}")))?;
+    let chains = chain_ids(config.rootfs().diff_ids());
+    let top = chains.last().cloned().unwrap_or_default();
+    let _ = info_from("document", "sha256:0", &top, &config);
+    Ok(())
+}
