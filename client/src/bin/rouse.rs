@@ -621,6 +621,11 @@ struct ContainerOut {
     pending_reason: String,
     health_path: String,
     read_only_rootfs: bool,
+    desired_scale: u32,
+    scale_reason: String,
+    scaled_at_ms: u64,
+    scale_ups: u64,
+    scale_downs: u64,
 }
 
 #[derive(Serialize)]
@@ -705,6 +710,11 @@ impl From<pb::Container> for ContainerOut {
             pending_reason: c.pending_reason,
             health_path: c.health_path,
             read_only_rootfs: c.read_only_rootfs,
+            desired_scale: c.desired_scale,
+            scale_reason: c.scale_reason,
+            scaled_at_ms: c.scaled_at_ms,
+            scale_ups: c.scale_ups,
+            scale_downs: c.scale_downs,
             cold_start: c.cold_start.map(|s| ColdStartOut {
                 samples: s.samples,
                 median_total_ms: s.median_total_ms,
@@ -1270,6 +1280,16 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
             }
             if !out.pending_reason.is_empty() {
                 text.push_str(&format!("\npending: {}", out.pending_reason));
+            }
+            if out.scaled_at_ms > 0 {
+                text.push_str(&format!(
+                    "\nscale: {} wanted ({}, {}); {} up, {} down so far",
+                    out.desired_scale,
+                    out.scale_reason,
+                    ago(out.scaled_at_ms),
+                    out.scale_ups,
+                    out.scale_downs
+                ));
             }
             if let Some(cs) = &out.cold_start {
                 text.push_str(&format!(

@@ -32,6 +32,11 @@ pub struct Window {
     samples: VecDeque<(u64, f64)>,
     /// Last time any node saw a request for the container.
     pub last_request_ms: u64,
+    /// Requests in flight or queued now, summed over nodes.
+    pub now: f64,
+    /// Panic mode holds (no scale-down) until then: a burst is followed by
+    /// a whole stable window before the scale may fall.
+    pub panic_until_ms: u64,
 }
 
 impl Window {
@@ -41,10 +46,13 @@ impl Window {
         Window {
             samples: VecDeque::new(),
             last_request_ms: now_ms,
+            now: 0.0,
+            panic_until_ms: 0,
         }
     }
 
     pub fn record(&mut self, now_ms: u64, concurrency: f64) {
+        self.now = concurrency;
         self.samples.push_back((now_ms, concurrency));
         while self
             .samples
@@ -82,24 +90,54 @@ pub struct Params {
     pub current: u32,
 }
 
-/// Desired instances for a container.
-pub fn desired(w: &Window, p: Params, now_ms: u64) -> u32 {
+/// Desired instances for a container, and why (for `container get`).
+/// Never below the current scale while requests are in flight or queued
+/// anywhere, or during the stable window after a burst (panic mode): a
+/// burst never sees a scale-down in its middle, nor down-then-up after.
+/// Updates the window's panic mode.
+pub fn desired(w: &mut Window, p: Params, now_ms: u64) -> (u32, String) {
     let per = f64::from(p.max_concurrency.max(1)) * TARGET_UTILISATION;
-    let stable = (w.average(now_ms, p.window_ms) / per).ceil();
-    let panic = (w.average(now_ms, p.window_ms / 10) / per).ceil();
-    let mut want = if panic >= PANIC_THRESHOLD * f64::from(p.current.max(1)) {
-        // Panic: scale up at once and do not scale down.
-        panic.max(f64::from(p.current))
+    let stable_avg = w.average(now_ms, p.window_ms);
+    let panic_avg = w.average(now_ms, p.window_ms / 10);
+    let stable = (stable_avg / per).ceil();
+    // Enough for what is in flight or queued right now, at full concurrency.
+    let needed_now = (w.now / f64::from(p.max_concurrency.max(1))).ceil();
+    let panic = (panic_avg / per).ceil().max(needed_now);
+    let current = f64::from(p.current);
+    let bursting = panic >= PANIC_THRESHOLD * current.max(1.0) || (p.current == 0 && w.now > 0.0);
+    if bursting {
+        w.panic_until_ms = now_ms + p.window_ms;
+    }
+    let panicking = now_ms < w.panic_until_ms;
+    let (mut want, mut why) = if panicking {
+        (
+            panic.max(current),
+            format!("burst: {} in flight or queued, {} ready", w.now, p.current),
+        )
     } else {
-        stable
+        (stable, format!("load: {stable_avg:.1} in flight on average"))
     };
-    let idle = now_ms.saturating_sub(w.last_request_ms) >= p.scale_to_zero_after_ms;
+    if w.now > 0.0 && want < current {
+        want = current;
+        why = format!("busy: {} in flight or queued (no scale-down)", w.now);
+    }
+    let idle_for = now_ms.saturating_sub(w.last_request_ms);
+    let idle = idle_for >= p.scale_to_zero_after_ms && w.now == 0.0;
     if want < 1.0 && !idle {
         // Recently used: keep one warm until the idle time passes.
         want = 1.0;
+        why = format!("warm: last request {}s ago", idle_for / 1000);
+    } else if want < 1.0 {
+        why = format!("idle {}s", idle_for / 1000);
     }
     let want = want.min(f64::from(u32::MAX)) as u32;
-    want.max(p.min_scale).min(p.max_scale)
+    if want < p.min_scale {
+        return (p.min_scale, "min-scale".into());
+    }
+    if want > p.max_scale {
+        return (p.max_scale, format!("{why}; capped at max-scale"));
+    }
+    (want, why)
 }
 
 /// Demand per container summed over nodes' fresh reports: (in flight or
@@ -156,13 +194,14 @@ pub fn plan(
                 .unwrap_or(u32::MAX)
                 .max(c.desired_scale),
         };
-        let want = desired(w, p, now_ms);
+        let (want, reason) = desired(w, p, now_ms);
         if want != c.desired_scale {
-            tracing::info!(namespace = %c.namespace, container = %c.name, from = c.desired_scale, to = want, "autoscaling");
+            tracing::info!(namespace = %c.namespace, container = %c.name, from = c.desired_scale, to = want, %reason, "autoscaling");
             out.push(Command::Scale {
                 namespace: c.namespace.clone(),
                 name: c.name.clone(),
                 replicas: want,
+                reason: Some(reason),
             });
         }
     }
@@ -273,6 +312,7 @@ mod tests {
                 namespace: "n".into(),
                 name: "c".into(),
                 replicas: 1,
+                reason: None,
             },
         ));
         let mut windows = HashMap::new();
@@ -307,7 +347,7 @@ mod tests {
         }
         w.last_request_ms = 59_000;
         // 14 in flight / (10 × 0.7) = 2 instances.
-        assert_eq!(desired(&w, p(2), 59_000), 2);
+        assert_eq!(desired(&mut w.clone(), p(2), 59_000).0, 2);
     }
 
     #[test]
@@ -321,7 +361,46 @@ mod tests {
         }
         w.last_request_ms = 59_000;
         // Stable average is low, but 40/7 → 6 in the panic window.
-        assert_eq!(desired(&w, p(1), 59_000), 6);
+        assert_eq!(desired(&mut w.clone(), p(1), 59_000).0, 6);
+    }
+
+    #[test]
+    fn a_burst_sees_no_scale_down_in_its_middle_nor_after() {
+        let mut w = Window::default();
+        let mut p = p(1);
+        p.max_concurrency = 1;
+        // From idle, 6 arrive: up to what is needed now.
+        for t in 0..50 {
+            w.record(t * 1000, 0.0);
+        }
+        w.record(50_000, 6.0);
+        w.last_request_ms = 50_000;
+        let (up, why) = desired(&mut w, p, 50_000);
+        assert_eq!(up, 6);
+        assert!(why.starts_with("burst"), "{why}");
+        // The burst drains; the averages fall but the scale holds while
+        // anything is in flight, and for a stable window after the burst.
+        p.current = up;
+        for (t, c) in [(51_000, 4.0), (52_000, 1.0), (53_000, 0.0), (70_000, 0.0)] {
+            w.record(t, c);
+            w.last_request_ms = t;
+            assert_eq!(desired(&mut w, p, t).0, 6, "at {t}");
+        }
+        // A stable window after the burst, idle: down.
+        w.record(111_000, 0.0);
+        assert!(desired(&mut w, p, 111_000).0 < 6);
+    }
+
+    #[test]
+    fn nothing_scales_down_while_requests_are_in_flight() {
+        let mut w = Window::default();
+        for t in 0..60 {
+            w.record(t * 1000, 0.0);
+        }
+        w.record(60_000, 1.0);
+        w.last_request_ms = 60_000;
+        let (want, why) = desired(&mut w, p(3), 60_000);
+        assert_eq!(want, 3, "{why}");
     }
 
     #[test]
@@ -329,22 +408,22 @@ mod tests {
         let mut w = Window::default();
         w.record(0, 0.0);
         w.last_request_ms = 0;
-        assert_eq!(desired(&w, p(1), 10_000), 1, "used 10 s ago");
-        assert_eq!(desired(&w, p(1), 30_000), 0, "idle for scale_to_zero_after");
+        assert_eq!(desired(&mut w.clone(), p(1), 10_000).0, 1, "used 10 s ago");
+        assert_eq!(desired(&mut w.clone(), p(1), 30_000).0, 0, "idle for scale_to_zero_after");
         assert_eq!(
-            desired(
-                &w,
+            desired(&mut w.clone(),
                 Params {
                     min_scale: 2,
                     ..p(1)
                 },
                 30_000
-            ),
+            )
+            .0,
             2
         );
         let mut hot = Window::default();
         hot.record(0, 1000.0);
         hot.last_request_ms = 0;
-        assert_eq!(desired(&hot, p(1), 0), 10, "capped at max_scale");
+        assert_eq!(desired(&mut hot, p(1), 0).0, 10, "capped at max_scale");
     }
 }

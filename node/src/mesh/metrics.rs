@@ -71,8 +71,22 @@ pub fn render(
     let instances = Family::<Labels, Gauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
     let raft = Family::<Labels, Gauge>::default();
+    let scaling = Family::<Labels, Gauge>::default();
+    let desired = Family::<Labels, Gauge>::default();
     {
         for c in state.containers.values() {
+            for (direction, n) in [("up", c.scale_ups), ("down", c.scale_downs)] {
+                scaling
+                    .get_or_create(&labels(&[
+                        ("namespace", &c.namespace),
+                        ("container", &c.name),
+                        ("direction", direction),
+                    ]))
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            desired
+                .get_or_create(&labels(&[("namespace", &c.namespace), ("container", &c.name)]))
+                .set(i64::from(c.desired_scale));
             if let Some((last, median)) = c.cold_start_summary() {
                 for (phase, v) in [
                     ("placement", last.placement_ms),
@@ -147,6 +161,16 @@ pub fn render(
         "mesh_requests_in_flight",
         "Requests this node holds per container (in flight or queued)",
         in_flight,
+    );
+    reg.register(
+        "scale_decisions",
+        "Scaling decisions per container since its creation, up and down",
+        scaling,
+    );
+    reg.register(
+        "desired_scale",
+        "Instances the autoscaler wants per container",
+        desired,
     );
     reg.register("raft", "Raft state of this node", raft);
     let mut out = String::new();

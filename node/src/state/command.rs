@@ -117,6 +117,9 @@ pub enum Command {
         namespace: String,
         name: String,
         replicas: u32,
+        /// Why (shown by `container get`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Changes the cluster's view of a node (liveness, cordon, drain); unset
     /// fields keep their value. Precondition: the node is registered and

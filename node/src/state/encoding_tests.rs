@@ -162,6 +162,7 @@ fn samples() -> Vec<Command> {
             namespace: "shop".into(),
             name: "web".into(),
             replicas: 2,
+            reason: None,
         },
         Command::SetNodeState {
             id: 2,
@@ -294,6 +295,12 @@ fn samples() -> Vec<Command> {
                 memory_mb: Some(1024),
                 ..Default::default()
             },
+        },
+        Command::Scale {
+            namespace: "shop".into(),
+            name: "web".into(),
+            replicas: 4,
+            reason: Some("burst: 6 in flight or queued, 1 ready".into()),
         },
     ]
 }

@@ -128,7 +128,8 @@ fn command() -> impl Strategy<Value = Command> {
         (name(), container(), 0u32..4).prop_map(|(namespace, name, replicas)| Command::Scale {
             namespace,
             name,
-            replicas
+            replicas,
+            reason: None,
         }),
         (
             node_id(),

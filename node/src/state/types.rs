@@ -146,6 +146,16 @@ pub struct Container {
     /// Why instances the container wants are not placed, when some are not.
     #[serde(default)]
     pub pending_reason: Option<String>,
+    /// The last scaling decision: why, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scaled_at_ms: u64,
+    /// Scaling decisions up and down since the container was created.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scale_ups: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scale_downs: u64,
 }
 
 impl Container {

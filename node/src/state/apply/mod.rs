@@ -80,7 +80,8 @@ impl StateData {
                 namespace,
                 name,
                 replicas,
-            } => self.scale(tx, &ContainerKey::new(namespace, name), *replicas),
+                reason,
+            } => self.scale(tx, &ContainerKey::new(namespace, name), *replicas, reason),
             Command::SetNodeState {
                 id,
                 down,

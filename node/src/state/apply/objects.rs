@@ -143,6 +143,8 @@ impl StateData {
         let desired_scale = existing.map_or(0, |c| c.desired_scale);
         let cold_starts = existing.map(|c| c.cold_starts.clone()).unwrap_or_default();
         let pending_reason = existing.and_then(|c| c.pending_reason.clone());
+        let scaling = existing.map(|c| (c.scale_reason.clone(), c.scaled_at_ms, c.scale_ups, c.scale_downs));
+        let (scale_reason, scaled_at_ms, scale_ups, scale_downs) = scaling.unwrap_or_default();
         let revision = self.bump();
         let (generation, resolved_image) = kept.unwrap_or((revision, None));
         tx.touched.push(Key::Container(key.clone()));
@@ -160,6 +162,10 @@ impl StateData {
                 desired_scale,
                 cold_starts,
                 pending_reason,
+                scale_reason,
+                scaled_at_ms,
+                scale_ups,
+                scale_downs,
             },
         );
         Ok(())
@@ -209,7 +215,13 @@ impl StateData {
         Ok(())
     }
 
-    pub(super) fn scale(&mut self, tx: &mut Tx<'_>, key: &ContainerKey, replicas: u32) -> Applied {
+    pub(super) fn scale(
+        &mut self,
+        tx: &mut Tx<'_>,
+        key: &ContainerKey,
+        replicas: u32,
+        reason: &Option<String>,
+    ) -> Applied {
         let c = self.container_mut(key)?;
         if c.desired_scale == replicas {
             return Err(Rejection::FailedPrecondition(format!(
@@ -217,7 +229,14 @@ impl StateData {
                 key.as_str()
             )));
         }
+        if replicas > c.desired_scale {
+            c.scale_ups += 1;
+        } else {
+            c.scale_downs += 1;
+        }
         c.desired_scale = replicas;
+        c.scale_reason = reason.clone();
+        c.scaled_at_ms = tx.at_ms;
         self.bump();
         tx.touched.push(Key::Container(key.clone()));
         Ok(())
