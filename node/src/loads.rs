@@ -16,6 +16,8 @@ pub struct ContainerLoad {
     /// Requests in flight or queued.
     pub in_flight: u32,
     pub last_request_ms: u64,
+    /// Instances stopping on the node.
+    pub draining: u32,
 }
 
 /// A node's latest report, with the time it arrived.
@@ -56,6 +58,7 @@ impl From<rouse_proto::peer::ContainerLoad> for ContainerLoad {
             key: ContainerKey::new(&l.namespace, &l.name),
             in_flight: l.in_flight,
             last_request_ms: l.last_request_ms,
+            draining: l.draining,
         }
     }
 }
@@ -67,6 +70,19 @@ impl From<&ContainerLoad> for rouse_proto::peer::ContainerLoad {
             name: l.key.name().to_string(),
             in_flight: l.in_flight,
             last_request_ms: l.last_request_ms,
+            draining: l.draining,
         }
     }
+}
+
+/// Instances draining per container, summed over nodes' reports newer
+/// than `fresh_after_ms`.
+pub fn draining(reports: &HashMap<NodeId, Report>, fresh_after_ms: u64) -> std::collections::BTreeMap<ContainerKey, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in reports.values().filter(|r| r.at_ms >= fresh_after_ms) {
+        for l in r.loads.iter().filter(|l| l.draining > 0) {
+            *out.entry(l.key.clone()).or_default() += l.draining as usize;
+        }
+    }
+    out
 }

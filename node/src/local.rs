@@ -52,11 +52,19 @@ pub struct LocalInstances {
     last_used: Mutex<HashMap<String, Instant>>,
     suspended: Mutex<HashSet<String>>,
     ready_at: Mutex<HashMap<String, Instant>>,
+    /// Instances stopping (drained, then removed), by container.
+    stopping: Mutex<HashMap<String, ContainerKey>>,
+    /// Slots held for requests about to hop here: token → (instance,
+    /// slot, when it lapses).
+    reservations: Mutex<HashMap<String, (String, SlotGuard, Instant)>>,
     /// Instances being drained or removed, and since when: they take no new
     /// request, even from a view of the state read just before they left
     /// it. Kept for [`RETIRED_FOR`] after they started draining.
     retired: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a reserved slot waits for its request.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(2);
 
 /// How long a retired instance id is remembered (ids are never reused; this
 /// only bounds the memory).
@@ -166,6 +174,43 @@ impl LocalInstances {
             .filter(|(id, (k, _))| k == key && !self.is_retired(id))
             .map(|(id, (_, addr))| (id.clone(), *addr))
             .collect()
+    }
+
+    /// Holds `slot` of instance `id` for a request about to hop here, for
+    /// at most [`RESERVATION_TTL`]; returns the token it must present.
+    pub fn reserve(&self, id: &str, slot: SlotGuard) -> String {
+        let token = hex::encode(rand::random::<[u8; 12]>());
+        let now = Instant::now();
+        let mut r = self.reservations.lock();
+        // Lapsed ones give their slot back.
+        r.retain(|_, (_, _, until)| *until > now);
+        r.insert(token.clone(), (id.to_string(), slot, now + RESERVATION_TTL));
+        token
+    }
+
+    /// The instance and slot held under `token`, if it has not lapsed.
+    pub fn take_reserved(&self, token: &str) -> Option<(String, SlotGuard)> {
+        let (id, slot, until) = self.reservations.lock().remove(token)?;
+        (until > Instant::now()).then_some((id, slot))
+    }
+
+    /// `id` of `key` is stopping: it counts against its container's
+    /// max-scale until [`Self::stopped`].
+    pub fn stopping(&self, key: &ContainerKey, id: &str) {
+        self.stopping.lock().insert(id.to_string(), key.clone());
+    }
+
+    pub fn stopped(&self, id: &str) {
+        self.stopping.lock().remove(id);
+    }
+
+    /// Instances stopping here, per container.
+    pub fn stopping_counts(&self) -> HashMap<ContainerKey, u32> {
+        let mut out: HashMap<ContainerKey, u32> = HashMap::new();
+        for key in self.stopping.lock().values() {
+            *out.entry(key.clone()).or_default() += 1;
+        }
+        out
     }
 
     /// Whether `id` is being drained or removed (it takes no new request).

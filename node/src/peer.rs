@@ -24,20 +24,27 @@ pub struct PeerService {
     cluster: Arc<Cluster>,
     keys: Arc<Keyring>,
     loads: Arc<LoadBook>,
+    local: Arc<crate::local::LocalInstances>,
     insecure: bool,
 }
+
+/// How long one WatchFreed stream lasts before the watcher subscribes
+/// again (so a watcher that went away costs nothing for long).
+const WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl PeerService {
     pub fn new(
         cluster: Arc<Cluster>,
         keys: Arc<Keyring>,
         loads: Arc<LoadBook>,
+        local: Arc<crate::local::LocalInstances>,
         insecure: bool,
     ) -> Self {
         PeerService {
             cluster,
             keys,
             loads,
+            local,
             insecure,
         }
     }
@@ -217,5 +224,53 @@ impl RaftPeer for PeerService {
         Ok(Response::new(PingResponse {
             id: self.cluster.id,
         }))
+    }
+
+    async fn reserve(
+        &self,
+        req: Request<rouse_proto::peer::ReserveRequest>,
+    ) -> Result<Response<rouse_proto::peer::ReserveResponse>, Status> {
+        let r = req.into_inner();
+        let key = crate::state::ContainerKey::new(&r.namespace, &r.name);
+        let token = crate::mesh::activate::reserve_here(
+            &self.cluster.sm.read().data,
+            self.cluster.id,
+            &key,
+            &self.local,
+        )
+        .unwrap_or_default();
+        Ok(Response::new(rouse_proto::peer::ReserveResponse { token }))
+    }
+
+    type WatchFreedStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<rouse_proto::peer::FreedEvent, Status>> + Send>,
+    >;
+
+    async fn watch_freed(
+        &self,
+        req: Request<rouse_proto::peer::WatchFreedRequest>,
+    ) -> Result<Response<Self::WatchFreedStream>, Status> {
+        let r = req.into_inner();
+        let key = crate::state::ContainerKey::new(&r.namespace, &r.name);
+        let freed = self.local.freed(&key);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + WATCH_FOR;
+            loop {
+                let notified = freed.notified();
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(until) => return,
+                }
+                // A full channel already carries an event: coalesced.
+                match tx.try_send(Ok(rouse_proto::peer::FreedEvent {})) {
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

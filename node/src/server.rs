@@ -176,6 +176,7 @@ pub async fn run(
         cluster.clone(),
         keys.clone(),
         loads.clone(),
+        local.clone(),
         config.insecure,
     );
     let router = grpc_router(
@@ -268,6 +269,7 @@ pub async fn run(
             cluster.clone(),
             mesh.clone(),
             loads.clone(),
+            local.clone(),
         )),
         // Instances keep running under containerd; a restarted node adopts them.
         tokio::spawn(run_agent(
@@ -379,6 +381,7 @@ fn leader_loops(
                     overcommit: config.overcommit,
                 },
                 batch: config.placement_batch,
+                book: loads.clone(),
             },
             Pace::OnChange(Duration::from_millis(500)),
         )),

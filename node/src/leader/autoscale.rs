@@ -275,6 +275,7 @@ mod tests {
                 key: ContainerKey::new("n", "c"),
                 in_flight,
                 last_request_ms: at_ms,
+                draining: 0,
             }],
         }
     }

@@ -42,6 +42,8 @@ pub fn commands(plan: Plan, batch: usize) -> Vec<Command> {
 pub struct Placement {
     pub params: Params,
     pub batch: usize,
+    /// Nodes' reports: instances still stopping count against max-scale.
+    pub book: std::sync::Arc<crate::loads::LoadBook>,
 }
 
 impl Decider for Placement {
@@ -50,7 +52,9 @@ impl Decider for Placement {
     }
 
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command> {
-        let plan = scheduler::plan(state, tick.now_ms, self.params, rand::random::<u32>);
+        let fresh_after = tick.now_ms.saturating_sub(super::autoscale::STALE_AFTER_MS);
+        let draining = crate::loads::draining(&self.book.reports(), fresh_after);
+        let plan = scheduler::plan_with(state, tick.now_ms, self.params, &draining, rand::random::<u32>);
         for (namespace, container, reason) in &plan.pending {
             if let Some(r) = reason {
                 tracing::info!(%namespace, %container, reason = %r, "instances pending");

@@ -73,6 +73,50 @@ pub fn view(state: &StateData, me: NodeId, key: &ContainerKey) -> View {
     v
 }
 
+/// [`view`], with what only this node knows of its own instances: those it
+/// saw answering before the cluster committed their status (a cold start
+/// in its last step) are in, those it is draining are out.
+pub fn view_with_local(
+    state: &StateData,
+    me: NodeId,
+    key: &ContainerKey,
+    local: &LocalInstances,
+) -> View {
+    let mut v = view(state, me, key);
+    for (id, addr) in local.answering(key) {
+        let pending = state.statuses.get(&id).is_none_or(|s| {
+            matches!(
+                s.state,
+                InstanceState::Pending | InstanceState::Pulling | InstanceState::Starting
+            )
+        });
+        let placed_here = state.instances.get(&id).is_some_and(|i| i.node == me);
+        if pending && placed_here && !v.local.iter().any(|(l, _)| *l == id) {
+            v.local.push((id, addr));
+        }
+    }
+    v.local.retain(|(id, _)| !local.is_retired(id));
+    v
+}
+
+/// Holds a free slot of one of this node's instances of `key` for a
+/// request about to hop here: the reservation's token, or None when every
+/// local instance is busy (or there is none).
+pub fn reserve_here(state: &StateData, me: NodeId, key: &ContainerKey, local: &LocalInstances) -> Option<String> {
+    let limit = state.containers.get(key)?.spec.max_concurrency as usize;
+    let v = view_with_local(state, me, key, local);
+    let loads: Vec<(usize, usize)> = v
+        .local
+        .iter()
+        .enumerate()
+        .map(|(ix, (id, _))| (ix, local.in_flight(id)))
+        .collect();
+    let ix = least_loaded(&loads, limit)?;
+    let id = &v.local[ix].0;
+    let slot = local.try_acquire(key, id, limit)?;
+    Some(local.reserve(id, slot))
+}
+
 /// Where a local instance answers, from its status.
 pub fn instance_addr(ip: &str, port: u32) -> Option<SocketAddr> {
     let port = u16::try_from(port).ok()?;
@@ -84,43 +128,27 @@ pub fn instance_addr(ip: &str, port: u32) -> Option<SocketAddr> {
     Some(SocketAddr::from((ip, port)))
 }
 
-/// Where to send a request.
+/// What the local instances offer a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
     /// The local instance at this index of `view.local`.
     Local(usize),
-    /// Another node's mesh.
-    Remote { node: NodeId, addr: String },
-    /// Wait: every instance is busy (`any_ready`) or there is none.
-    Wait { any_ready: bool },
+    /// Every local instance is busy (or there is none): other nodes'
+    /// instances (`remote` ones, asked for a slot unless the request already
+    /// hopped), else wait. `any_ready`: some instance exists anywhere.
+    Elsewhere { any_ready: bool },
 }
 
-/// Picks the least-loaded local instance with a free slot; else, unless the
-/// request already hopped, another node in proportion to its ready
-/// instances (`roll` is a random number). `loads[i]` is the in-flight count
-/// of `view.local[i]`.
-pub fn choose(view: &View, loads: &[usize], limit: usize, hop: bool, roll: u32) -> Choice {
+/// The least-loaded local instance with a free slot, or else elsewhere.
+/// `loads[i]` is the in-flight count of `view.local[i]`.
+pub fn choose(view: &View, loads: &[usize], limit: usize) -> Choice {
     let indexed: Vec<(usize, usize)> = loads.iter().copied().enumerate().collect();
-    if let Some(ix) = least_loaded(&indexed, limit) {
-        return Choice::Local(ix);
-    }
-    if hop || view.remote.is_empty() {
-        return Choice::Wait {
+    match least_loaded(&indexed, limit) {
+        Some(ix) => Choice::Local(ix),
+        None => Choice::Elsewhere {
             any_ready: view.any_ready(),
-        };
+        },
     }
-    let total: usize = view.remote.values().map(|(n, _)| n).sum();
-    let mut n = roll as usize % total.max(1);
-    for (node, (count, addr)) in &view.remote {
-        if n < *count {
-            return Choice::Remote {
-                node: *node,
-                addr: addr.clone(),
-            };
-        }
-        n -= count;
-    }
-    Choice::Wait { any_ready: true }
 }
 
 /// Where a request goes.
@@ -131,9 +159,31 @@ pub enum Target {
         addr: SocketAddr,
         slot: SlotGuard,
     },
-    /// Another node's mesh (the request hops there).
-    Remote { node: NodeId, addr: String },
+    /// Another node's mesh (the request hops there), where a slot is held
+    /// for it under `reservation` (none: plenty of room there).
+    Remote {
+        node: NodeId,
+        addr: String,
+        reservation: Option<String>,
+    },
 }
+
+/// Another node, in proportion to its ready instances (`roll` random).
+pub fn pick_remote(view: &View, roll: u32) -> Option<(NodeId, String)> {
+    let total: usize = view.remote.values().map(|(n, _)| n).sum();
+    let mut n = roll as usize % total.max(1);
+    for (node, (count, addr)) in &view.remote {
+        if n < *count {
+            return Some((*node, addr.clone()));
+        }
+        n -= count;
+    }
+    None
+}
+
+/// How long a node keeps watching another node's freed slots for a
+/// container after it last had a request waiting for one.
+const WATCH_IDLE: Duration = Duration::from_secs(30);
 
 pub struct Activator {
     cluster: Arc<Cluster>,
@@ -141,6 +191,10 @@ pub struct Activator {
     resumer: Resumer,
     /// Serialises resumes on this node.
     resuming: AsyncMutex<()>,
+    /// Per container: woken when a slot frees on another node's instance.
+    remote_freed: parking_lot::Mutex<std::collections::HashMap<ContainerKey, Arc<tokio::sync::Notify>>>,
+    /// Watches of other nodes' freed slots: (container, node) → last wanted.
+    watching: Arc<parking_lot::Mutex<std::collections::HashMap<(ContainerKey, NodeId), tokio::time::Instant>>>,
 }
 
 impl Activator {
@@ -150,47 +204,45 @@ impl Activator {
             local,
             resumer,
             resuming: AsyncMutex::new(()),
+            remote_freed: Default::default(),
+            watching: Default::default(),
         }
     }
 
-    /// Waits until `route`'s request has somewhere to go. `hop`: it came
-    /// from another node and is served by local instances only.
+    fn remote_freed(&self, key: &ContainerKey) -> Arc<tokio::sync::Notify> {
+        self.remote_freed.lock().entry(key.clone()).or_default().clone()
+    }
+
+    /// Waits until `route`'s request has somewhere to go: a free slot of a
+    /// local instance, or one held for it on another node (the first to
+    /// free anywhere in the cluster wins). `hop`: it came from another node
+    /// (holding `reservation` here, normally) and is served locally only.
     pub async fn target(
         &self,
         route: &Route,
         hop: bool,
+        mut reservation: Option<String>,
         demand: &Demand,
     ) -> Result<Target, MeshError> {
         let freed = self.local.freed(&route.key);
+        let remote_freed = self.remote_freed(&route.key);
         let (mut activated, mut queued, mut seen) = (false, false, 0u64);
         loop {
             let notified = freed.notified();
-            let mut v = {
-                let sm = self.cluster.sm.read();
-                let mut v = view(&sm.data, self.cluster.id, &route.key);
-                // Instances this node saw answering whose status the cluster
-                // has not committed yet (a cold start in its last step).
-                for (id, addr) in self.local.answering(&route.key) {
-                    let pending = sm.data.statuses.get(&id).is_none_or(|s| {
-                        matches!(
-                            s.state,
-                            InstanceState::Pending | InstanceState::Pulling | InstanceState::Starting
-                        )
-                    });
-                    let placed_here = sm.data.instances.get(&id).is_some_and(|i| i.node == self.cluster.id);
-                    if pending && placed_here && !v.local.iter().any(|(l, _)| *l == id) {
-                        v.local.push((id, addr));
-                    }
+            let remote_notified = remote_freed.notified();
+            let v = view_with_local(&self.cluster.sm.read().data, self.cluster.id, &route.key, &self.local);
+            if let Some((id, slot)) = reservation.take().and_then(|t| self.local.take_reserved(&t)) {
+                if let Some((_, addr)) = v.local.iter().find(|(l, _)| *l == id) {
+                    self.wake(&id).await?;
+                    return Ok(Target::Local { id, addr: *addr, slot });
                 }
-                v
-            };
-            v.local.retain(|(id, _)| !self.local.is_retired(id));
+            }
             let loads: Vec<usize> = v
                 .local
                 .iter()
                 .map(|(id, _)| self.local.in_flight(id))
                 .collect();
-            match choose(&v, &loads, route.max_concurrency, hop, rand::random()) {
+            let any_ready = match choose(&v, &loads, route.max_concurrency) {
                 Choice::Local(ix) => {
                     let (id, addr) = v.local[ix].clone();
                     // Another request may have taken the slot meanwhile.
@@ -203,29 +255,143 @@ impl Activator {
                     self.wake(&id).await?;
                     return Ok(Target::Local { id, addr, slot });
                 }
-                Choice::Remote { node, addr } => return Ok(Target::Remote { node, addr }),
-                Choice::Wait { any_ready: true } => {
-                    if !queued {
-                        if demand.of(&route.key) > QUEUE_CAP {
-                            return Err(MeshError::QueueFull(route.key.clone(), QUEUE_CAP));
-                        }
-                        queued = true;
+                Choice::Elsewhere { any_ready } => any_ready,
+            };
+            if !hop && !v.remote.is_empty() {
+                // Far from full elsewhere (what this node sends is under half
+                // of the other instances' slots): hop at once. Else ask for
+                // a held slot, so that no request waits at a busy node while
+                // another is idle.
+                let remote_slots = v.remote.values().map(|(n, _)| n).sum::<usize>() * route.max_concurrency;
+                if demand.of(&route.key) * 2 <= remote_slots {
+                    if let Some((node, addr)) = pick_remote(&v, rand::random()) {
+                        return Ok(Target::Remote {
+                            node,
+                            addr,
+                            reservation: None,
+                        });
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
                 }
-                Choice::Wait { any_ready: false } => {
-                    if !activated && !hop {
-                        activated = true;
-                        self.scale_from_zero(&route.key).await;
+                if let Some(t) = self.reserve_elsewhere(&route.key, &v).await {
+                    return Ok(t);
+                }
+                self.watch_elsewhere(&route.key, &v);
+            }
+            if any_ready {
+                if !queued {
+                    if demand.of(&route.key) > QUEUE_CAP {
+                        return Err(MeshError::QueueFull(route.key.clone(), QUEUE_CAP));
                     }
-                    // Woken by the cluster's next change, or by a local
-                    // instance that starts answering.
-                    tokio::select! {
-                        _ = self.cluster.applied_change(&mut seen, Duration::from_millis(100)) => {}
-                        _ = notified => {}
-                    }
+                    queued = true;
+                }
+                // Woken by a slot freeing here or on another node.
+                tokio::select! {
+                    _ = notified => {}
+                    _ = remote_notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            } else {
+                if !activated && !hop {
+                    activated = true;
+                    self.scale_from_zero(&route.key).await;
+                }
+                // Woken by the cluster's next change, or by a local
+                // instance that starts answering.
+                tokio::select! {
+                    _ = self.cluster.applied_change(&mut seen, Duration::from_millis(100)) => {}
+                    _ = notified => {}
                 }
             }
+        }
+    }
+
+    /// Asks the nodes with ready instances of `key` (in a random order) to
+    /// hold a slot; the first that has one gets the request.
+    async fn reserve_elsewhere(&self, key: &ContainerKey, v: &View) -> Option<Target> {
+        let mut nodes: Vec<(NodeId, String, String)> = {
+            let sm = self.cluster.sm.read();
+            v.remote
+                .iter()
+                .filter_map(|(n, (_, hop_addr))| {
+                    let api = sm.data.nodes.get(n)?.api_addr.clone();
+                    Some((*n, hop_addr.clone(), api))
+                })
+                .collect()
+        };
+        let start = rand::random::<u32>() as usize % nodes.len().max(1);
+        nodes.rotate_left(start);
+        for (node, hop_addr, api) in nodes {
+            let Ok(mut client) = self.cluster.pool.client(&api) else {
+                continue;
+            };
+            let mut req = tonic::Request::new(rouse_proto::peer::ReserveRequest {
+                namespace: key.namespace().into(),
+                name: key.name().into(),
+            });
+            req.set_timeout(Duration::from_millis(500));
+            if let Ok(r) = client.reserve(req).await {
+                let token = r.into_inner().token;
+                if !token.is_empty() {
+                    return Some(Target::Remote {
+                        node,
+                        addr: hop_addr,
+                        reservation: Some(token),
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Keeps (or starts) a watch of each node with instances of `key`: an
+    /// event from one wakes this node's requests waiting for `key`.
+    fn watch_elsewhere(&self, key: &ContainerKey, v: &View) {
+        let now = tokio::time::Instant::now();
+        let apis: Vec<(NodeId, String)> = {
+            let sm = self.cluster.sm.read();
+            v.remote
+                .keys()
+                .filter_map(|n| Some((*n, sm.data.nodes.get(n)?.api_addr.clone())))
+                .collect()
+        };
+        for (node, api) in apis {
+            let slot = (key.clone(), node);
+            if self.watching.lock().insert(slot.clone(), now).is_some() {
+                continue;
+            }
+            let (watching, notify, pool, key) = (
+                self.watching.clone(),
+                self.remote_freed(key),
+                self.cluster.pool.clone(),
+                key.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let wanted = watching.lock().get(&slot).copied();
+                    if wanted.is_none_or(|t| t.elapsed() > WATCH_IDLE) {
+                        watching.lock().remove(&slot);
+                        return;
+                    }
+                    let stream = match pool.client(&api) {
+                        Ok(mut c) => c
+                            .watch_freed(rouse_proto::peer::WatchFreedRequest {
+                                namespace: key.namespace().into(),
+                                name: key.name().into(),
+                            })
+                            .await
+                            .ok()
+                            .map(tonic::Response::into_inner),
+                        Err(_) => None,
+                    };
+                    if let Some(mut events) = stream {
+                        while let Ok(Some(_)) = events.message().await {
+                            notify.notify_waiters();
+                        }
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            });
         }
     }
 
@@ -381,28 +547,30 @@ mod tests {
     }
 
     #[test]
-    fn choose_prefers_local_then_remote_then_waits() {
+    fn choose_prefers_a_free_local_slot() {
         let s = world();
         let v = view(&s, 1, &ContainerKey::new("ns", "web"));
-        assert_eq!(choose(&v, &[0], 1, false, 0), Choice::Local(0));
-        // Local busy: another node, by roll.
-        assert!(matches!(
-            choose(&v, &[1], 1, false, 0),
-            Choice::Remote { node: 2, .. }
-        ));
-        assert!(matches!(
-            choose(&v, &[1], 1, false, 1),
-            Choice::Remote { node: 3, .. }
-        ));
-        // A hop never hops again.
-        assert_eq!(
-            choose(&v, &[1], 1, true, 0),
-            Choice::Wait { any_ready: true }
-        );
+        assert_eq!(choose(&v, &[0], 1), Choice::Local(0));
+        // Local busy: elsewhere (the activator asks other nodes for a slot).
+        assert_eq!(choose(&v, &[1], 1), Choice::Elsewhere { any_ready: true });
         let empty = View::default();
-        assert_eq!(
-            choose(&empty, &[], 1, false, 0),
-            Choice::Wait { any_ready: false }
-        );
+        assert_eq!(choose(&empty, &[], 1), Choice::Elsewhere { any_ready: false });
     }
+
+    #[test]
+    fn a_reserved_slot_is_held_for_the_hop_and_lapses() {
+        let s = world();
+        let local = LocalInstances::new();
+        let key = ContainerKey::new("ns", "web");
+        // Node 1's only ready instance is "a"; max concurrency is 80.
+        let t = reserve_here(&s, 1, &key, &local).expect("a free slot");
+        assert_eq!(local.in_flight("a"), 1, "held");
+        let (id, slot) = local.take_reserved(&t).expect("taken once");
+        assert_eq!(id, "a");
+        assert!(local.take_reserved(&t).is_none(), "once");
+        drop(slot);
+        assert_eq!(local.in_flight("a"), 0);
+        assert!(reserve_here(&s, 4, &key, &local).is_none(), "no instance on node 4");
+    }
+
 }

@@ -66,6 +66,7 @@ impl Demand {
                 key: key.clone(),
                 in_flight: u32::try_from(e.in_flight).unwrap_or(u32::MAX),
                 last_request_ms: e.last_request_ms,
+                draining: 0,
             })
             .collect()
     }

@@ -28,6 +28,8 @@ use crate::state::Protocol;
 pub const HOP: &str = "x-rouse-hop";
 /// The client's original Host, carried across a hop.
 pub const ORIGINAL_HOST: &str = "x-rouse-host";
+/// On a hop: the token of the slot the receiving node holds for it.
+pub const RESERVATION: &str = "x-rouse-reservation";
 
 /// What a forwarded request holds until its response body ends.
 pub struct Held {
@@ -307,6 +309,7 @@ pub fn rewrite_headers(
     } else {
         h.remove(HOP);
         h.remove(ORIGINAL_HOST);
+        h.remove(RESERVATION);
         if let Some(host) = &original_host {
             h.insert(HOST, host.clone());
         }

@@ -9,10 +9,26 @@ use super::stack::Mesh;
 use crate::cluster::{now_ms, Cluster};
 use crate::loads::LoadBook;
 
-pub async fn run(cluster: Arc<Cluster>, mesh: Arc<Mesh>, book: Arc<LoadBook>) {
+pub async fn run(
+    cluster: Arc<Cluster>,
+    mesh: Arc<Mesh>,
+    book: Arc<LoadBook>,
+    local: Arc<crate::local::LocalInstances>,
+) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let loads = mesh.demand().loads();
+        let mut loads = mesh.demand().loads();
+        for (key, n) in local.stopping_counts() {
+            match loads.iter_mut().find(|l| l.key == key) {
+                Some(l) => l.draining = n,
+                None => loads.push(crate::loads::ContainerLoad {
+                    key,
+                    in_flight: 0,
+                    last_request_ms: 0,
+                    draining: n,
+                }),
+            }
+        }
         let Some((leader, addr)) = cluster.leader() else {
             continue;
         };

@@ -23,7 +23,7 @@ use super::activate::{Activator, Target};
 use super::authorize;
 use super::demand::Demand;
 use super::error::{text, MeshError, RespBody};
-use super::forward::{self, Held, Upstreams, HOP, ORIGINAL_HOST};
+use super::forward::{self, Held, Upstreams, HOP, ORIGINAL_HOST, RESERVATION};
 use super::route::{self, Route};
 use crate::cluster::{now_ms, Cluster};
 use crate::local::{LocalInstances, Resumer};
@@ -81,6 +81,7 @@ impl Mesh {
             // A client cannot pose as another node's hop.
             req.headers_mut().remove(HOP);
             req.headers_mut().remove(ORIGINAL_HOST);
+            req.headers_mut().remove(RESERVATION);
         }
         let id = request_id(req.headers_mut());
         let host = host_of(&req);
@@ -142,7 +143,12 @@ impl Mesh {
         remote: SocketAddr,
         demand: super::demand::DemandGuard,
     ) -> Result<Response<RespBody>, MeshError> {
-        match self.activator.target(&route, hop, &self.demand).await? {
+        let reservation = req
+            .headers()
+            .get(RESERVATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match self.activator.target(&route, hop, reservation, &self.demand).await? {
             Target::Local { id, addr, slot } => {
                 tracing::debug!(instance = %id, "to a local instance");
                 let held = Held {
@@ -161,7 +167,14 @@ impl Mesh {
                     .forward(req, &base, route.protocol, remote, via, held)
                     .await
             }
-            Target::Remote { node, addr } => {
+            Target::Remote {
+                node,
+                addr,
+                reservation,
+            } => {
+                if let Some(Ok(v)) = reservation.map(|r| http::HeaderValue::from_str(&r)) {
+                    req.headers_mut().insert(RESERVATION, v);
+                }
                 tracing::debug!(node, "to another node's mesh");
                 let base = format!("{}://{addr}", self.cluster.pool.scheme());
                 let held = Held {

@@ -63,6 +63,7 @@ impl Agent {
     async fn supervise_inner(self: Arc<Self>, id: String, mut stop: watch::Receiver<bool>) {
         let mut sup = Supervisor::default();
         let mut port: Option<u16> = None;
+        let mut key: Option<crate::state::ContainerKey> = None;
         'pass: loop {
             if *stop.borrow() {
                 break;
@@ -74,6 +75,7 @@ impl Agent {
                 }
                 continue;
             };
+            key = Some(crate::state::ContainerKey::new(&inst.namespace, &inst.container));
             // Adopt a task that already runs (e.g. after a rouse-node restart).
             let existing = self
                 .tasks
@@ -186,12 +188,17 @@ impl Agent {
             }
         }
         tracing::info!("stopping");
+        // Until it is gone it counts against its container's max-scale.
+        if let Some(k) = &key {
+            self.local.stopping(k, &id);
+        }
         // No new requests reach it (it left the state); let in-flight ones finish.
         self.local.drain(&id, Duration::from_secs(900)).await;
         if let Err(e) = self.tasks.remove(&id, self.config.stop_grace).await {
             tracing::warn!(error = %e, "removing instance");
         }
         self.release_address(&id).await;
+        self.local.stopped(&id);
         if let (Some(p), InstanceNetwork::Host { .. }) = (port, &self.config.network) {
             self.ports.lock().remove(&p);
         }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::{Container, Instance, NodeId, StateData};
+use crate::state::{Container, ContainerKey, Instance, NodeId, StateData};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -66,10 +66,20 @@ struct Load {
 
 /// Computes the plan. `suffix` supplies random id suffixes (the leader's
 /// RNG; tests pass a counter).
-pub fn plan(
+pub fn plan(state: &StateData, now_ms: u64, params: Params, suffix: impl FnMut() -> u32) -> Plan {
+    plan_with(state, now_ms, params, &BTreeMap::new(), suffix)
+}
+
+/// [`plan`], knowing how many instances of each container are still
+/// draining on nodes after leaving the state (a scale-down): they count
+/// against max-scale, which is a ceiling on instances serving, starting or
+/// stopping — except during a rollout to a new generation, when the old
+/// ones drain beside up to max-scale new ones.
+pub fn plan_with(
     state: &StateData,
     now_ms: u64,
     params: Params,
+    draining: &BTreeMap<ContainerKey, usize>,
     mut suffix: impl FnMut() -> u32,
 ) -> Plan {
     let mut p = Plan::default();
@@ -104,6 +114,13 @@ pub fn plan(
             .iter()
             .copied()
             .partition(|i| i.generation == c.generation && !state.node_state(i.node).draining);
+        let rolling = live.iter().any(|i| i.generation != c.generation);
+        let want = if rolling {
+            want
+        } else {
+            let stopping = draining.get(&ContainerKey::new(&c.namespace, &c.name)).copied().unwrap_or(0);
+            want.min((c.spec.max_scale as usize).saturating_sub(stopping).max(keep.len()))
+        };
         let mut reason = None;
         if keep.len() < want {
             let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();

@@ -391,3 +391,38 @@ fn overcommit_ratio_stretches_capacity() {
         3
     );
 }
+
+#[test]
+fn instances_still_stopping_count_against_max_scale() {
+    let mut s = state(&[(1, 8000, 8192), (2, 8000, 8192)]);
+    deploy(&mut s, "web", 4, 100);
+    let p = plan(&s, 5, Params::default(), counter());
+    assert_eq!(p.add.len(), 4);
+    commit(&mut s, &p);
+    // Scaled down to one, three stopping; back up to four: only one more
+    // until the three are gone.
+    let mut scale = |s: &mut StateData, min: u32| {
+        let mut spec = s.container("n", "web").unwrap().spec.clone();
+        spec.min_scale = min;
+        s.apply(&Proposal::new(
+            2,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
+    };
+    scale(&mut s, 1);
+    let down = plan(&s, 6, Params::default(), counter());
+    assert_eq!(down.remove.len(), 3);
+    commit(&mut s, &down);
+    scale(&mut s, 4);
+    let stopping = BTreeMap::from([(ContainerKey::new("n", "web"), 3)]);
+    let up = plan_with(&s, 7, Params::default(), &stopping, counter());
+    assert_eq!(up.add.len(), 0, "1 serving + 3 stopping = max-scale 4");
+    let one_left = BTreeMap::from([(ContainerKey::new("n", "web"), 1)]);
+    let up = plan_with(&s, 8, Params::default(), &one_left, counter());
+    assert_eq!(up.add.len(), 2);
+}
