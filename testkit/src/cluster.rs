@@ -54,8 +54,9 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub template: Template,
     pub nodes: BTreeMap<u64, NodeProcess>,
-    /// Whether the bootstrap node's `<data-dir>/join-token` was handed out.
-    file_token_used: bool,
+    /// The bootstrap node's `<data-dir>/join-token`, once handed out (the
+    /// node removes the file when the token is spent).
+    file_token: Option<String>,
 }
 
 /// The admin key the bootstrap node wrote under `data_dir`, once it has.
@@ -72,7 +73,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             template,
             nodes: BTreeMap::new(),
-            file_token_used: false,
+            file_token: None,
         }
     }
 
@@ -206,10 +207,16 @@ impl Cluster {
         .await)
     }
 
+    /// The bootstrap node's first join token, once a node joined with it
+    /// (spent by then).
+    pub fn first_join_token(&self) -> Option<&str> {
+        self.file_token.as_deref()
+    }
+
     /// The bootstrap node's `<data-dir>/join-token` the first time (so it
     /// is exercised), then tokens minted through node `via`.
     async fn next_join_token(&mut self, via: u64) -> anyhow::Result<String> {
-        if !self.file_token_used {
+        if self.file_token.is_none() {
             let path = self.dir.join("node1").join("join-token");
             let t = eventually("the bootstrap node writes its join token", || {
                 let t = std::fs::read_to_string(&path)
@@ -219,7 +226,7 @@ impl Cluster {
                 async move { t.ok_or("no join-token yet") }
             })
             .await;
-            self.file_token_used = true;
+            self.file_token = Some(t.clone());
             return Ok(t);
         }
         self.join_token(via).await

@@ -137,7 +137,9 @@ fn check_token(
         )),
         (None, _) => Ok(None),
         (Some(n), Some(i)) if n == node && i.key_sha256 == key_sha256 => Ok(Some(i.cert_pem.clone())),
-        (Some(_), _) => Err(refused("the token was already used; join tokens are spent once")),
+        (Some(n), _) => Err(refused(&format!(
+            "the token was already used (by node {n}); join tokens are spent once"
+        ))),
     }
 }
 
