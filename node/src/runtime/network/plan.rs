@@ -39,6 +39,16 @@ impl Plan {
         format!("rz{}", self.tag())
     }
 
+    /// The bridge's hardware address, fixed and unique to the subnet
+    /// (locally administered). Left to the kernel, a bridge takes the
+    /// lowest address of its ports and changes it when an instance's port
+    /// comes or goes: the other instances' cached gateway address goes
+    /// stale and their replies to the node are lost until it expires.
+    pub fn bridge_mac(&self) -> String {
+        let [a, b, c, d] = self.subnet.network().octets();
+        format!("02:72:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    }
+
     /// The node's address on the bridge: the subnet's first host address.
     pub fn gateway(&self) -> Ipv4Addr {
         self.subnet.hosts().next().unwrap_or(self.subnet.network())
@@ -93,6 +103,19 @@ mod tests {
         assert!(p.bridge().len() <= 15, "{}", p.bridge());
         assert_eq!(p.bridge(), "rz0a580300");
         assert!(p.chains().0.len() <= 28 && p.chains().1.len() <= 28);
+    }
+
+    #[test]
+    fn bridge_addresses_are_fixed_unicast_and_per_subnet() {
+        let plan = |s: &str| Plan {
+            subnet: check_subnet(s).unwrap(),
+            egress: false,
+            mesh_port: 1,
+        };
+        assert_eq!(plan("10.88.1.0/24").bridge_mac(), "02:72:0a:58:01:00");
+        assert_ne!(plan("10.88.1.0/24").bridge_mac(), plan("10.88.2.0/24").bridge_mac());
+        // Locally administered, unicast.
+        assert_eq!(u8::from_str_radix(&plan("10.88.1.0/24").bridge_mac()[..2], 16).unwrap() & 0b11, 0b10);
     }
 
     #[test]
