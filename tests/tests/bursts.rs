@@ -1,0 +1,227 @@
+//! End-to-end bursts on a real 3-node cluster: a matrix of max-concurrency
+//! {1, 4} × entry through one node or spread over all × from zero, from
+//! suspended and from warm × a burst larger and smaller than max-scale ×
+//! max-concurrency. Every case: every request answers 200, the container's
+//! instances never shrink during the burst, never more than max-scale
+//! instances exist or run (tasks, stopping ones included), and with warm
+//! capacity the last answer comes within 10 % + 50 ms of an ideal
+//! scheduler's.
+//!
+//! `ROUSE_BURST_REPEAT` repeats the matrix (1 by default; the long run,
+//! `bash tests/bursts-long.sh`, uses 5 and adds the soak);
+//! `ROUSE_BURST_ONLY=c4-one-warm` runs the cases whose name holds it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rouse_client::{pb, Client};
+use rouse_e2e::{eventually, push_test_image, TestCluster};
+
+const MAX_SCALE: u32 = 4;
+/// What each request's handler takes.
+const HANDLER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Start {
+    Zero,
+    Suspended,
+    Warm,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    concurrency: u32,
+    spread: bool,
+    start: Start,
+    /// Requests in the burst.
+    burst: usize,
+}
+
+fn repeat() -> usize {
+    std::env::var("ROUSE_BURST_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+/// One request through `mesh`: (status, when it finished after `t0`).
+fn request(mesh: &str, host: &str, t0: Instant) -> (u16, Duration) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30"])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{mesh}/cgi-bin/slow?{}", HANDLER.as_secs()))
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (code, t0.elapsed())
+}
+
+/// What a sampler saw every 100 ms during a burst.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Instances in the state (any state), in order.
+    counts: Vec<usize>,
+    /// Tasks of the container running on the nodes (stopping ones too).
+    most_tasks: usize,
+    ids: BTreeSet<String>,
+}
+
+async fn deploy_case(c: &mut Client, image: &str, name: &str, case: Case) {
+    let min = if case.start == Start::Zero { 0 } else { MAX_SCALE };
+    c.deploy_container(pb::DeployContainerRequest {
+        namespace: "b".into(),
+        name: name.into(),
+        image: Some(image.into()),
+        min_scale: Some(min),
+        max_scale: Some(MAX_SCALE),
+        max_concurrency: Some(case.concurrency),
+        timeout_seconds: Some(10),
+        scale_to_zero_after_seconds: Some(10),
+        cpu_mvcpu: Some(100),
+        memory_mb: Some(64),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    if case.start == Start::Zero {
+        return;
+    }
+    let want = if case.start == Start::Suspended { "suspended" } else { "ready" };
+    eventually(&format!("{name}: {MAX_SCALE} {want}"), || {
+        let mut c = c.clone();
+        async move {
+            let ct = c.get_container("b", name, true).await.map_err(|e| e.to_string())?;
+            let n = ct.instances.iter().filter(|i| i.state == want).count();
+            if n == MAX_SCALE as usize {
+                Ok(())
+            } else {
+                Err(format!("{:?}", ct.instances.iter().map(|i| &i.state).collect::<Vec<_>>()))
+            }
+        }
+    })
+    .await;
+}
+
+async fn run_case(cluster: &TestCluster, c: &Client, image: &str, case: Case, n: usize) {
+    let name = format!(
+        "c{}-{}-{}-{}-{n}",
+        case.concurrency,
+        if case.spread { "all" } else { "one" },
+        format!("{:?}", case.start).to_lowercase(),
+        case.burst
+    );
+    if std::env::var("ROUSE_BURST_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
+    let mut c = c.clone();
+    deploy_case(&mut c, image, &name, case).await;
+    let host = format!("{name}.b.rouse.localhost");
+    let meshes: Vec<String> = cluster.node_ids().iter().map(|id| cluster.http(*id)).collect();
+
+    // Sample the instance list and the nodes' tasks during the burst.
+    let done = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sampler = {
+        let (done, seen, mut c, name) = (done.clone(), seen.clone(), c.clone(), name.clone());
+        let ctr_ns = cluster.ctr_namespace.clone().unwrap();
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(ct) = c.get_container("b", &name, true).await {
+                    let mut s = seen.lock().unwrap();
+                    s.counts.push(ct.instances.len());
+                    s.ids.extend(ct.instances.iter().map(|i| i.id.clone()));
+                }
+                let tasks = rouse_e2e::ctr(&ctr_ns, &["tasks", "ls", "-q"])
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("b-{name}-")))
+                    .count();
+                {
+                    let mut s = seen.lock().unwrap();
+                    s.most_tasks = s.most_tasks.max(tasks);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..case.burst)
+        .map(|k| {
+            let mesh = if case.spread { meshes[k % meshes.len()].clone() } else { meshes[0].clone() };
+            let host = host.clone();
+            std::thread::spawn(move || request(&mesh, &host, t0))
+        })
+        .collect();
+    let results: Vec<(u16, Duration)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let seen = seen.lock().unwrap();
+    let last = results.iter().map(|(_, t)| *t).max().unwrap();
+    let mut codes: HashMap<u16, usize> = HashMap::new();
+    for (code, _) in &results {
+        *codes.entry(*code).or_default() += 1;
+    }
+    println!(
+        "{name}: codes {codes:?}, last answer after {last:?}, instances seen {:?}, most tasks {}",
+        seen.counts, seen.most_tasks
+    );
+    assert_eq!(codes.get(&200).copied(), Some(case.burst), "{name}: {codes:?}");
+    // No scale-down during the burst.
+    let peak_then_fall = seen.counts.windows(2).find(|w| w[1] < w[0]);
+    assert!(peak_then_fall.is_none(), "{name}: instances shrank during the burst: {:?}", seen.counts);
+    assert!(
+        seen.counts.iter().all(|n| *n <= MAX_SCALE as usize),
+        "{name}: over max-scale: {:?}",
+        seen.counts
+    );
+    assert!(seen.most_tasks <= MAX_SCALE as usize, "{name}: {} tasks at once", seen.most_tasks);
+    assert!(seen.ids.len() <= MAX_SCALE as usize, "{name}: instances replaced: {:?}", seen.ids);
+    if case.start == Start::Warm {
+        let slots = (MAX_SCALE * case.concurrency) as usize;
+        let waves = case.burst.div_ceil(slots) as u32;
+        let ideal = HANDLER * waves;
+        let allowed = ideal.mul_f64(1.1) + Duration::from_millis(50);
+        assert!(last <= allowed, "{name}: last answer after {last:?}; an ideal scheduler: {ideal:?}");
+    }
+    c.delete_container("b", &name).await.unwrap();
+}
+
+async fn matrix(flags: &[&str], starts: &[Start]) {
+    let image = push_test_image("rouse-test/bursts", "1");
+    let cluster = TestCluster::start_with_runtime(3, flags).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("b", HashMap::new()).await.unwrap();
+    for n in 0..repeat() {
+        for &start in starts {
+            for concurrency in [1, 4] {
+                let slots = (MAX_SCALE * concurrency) as usize;
+                for burst in [slots + slots / 2, slots.div_ceil(2)] {
+                    for spread in [false, true] {
+                        let case = Case {
+                            concurrency,
+                            spread,
+                            start,
+                            burst,
+                        };
+                        run_case(&cluster, &c, &image, case, n).await;
+                    }
+                }
+            }
+        }
+    }
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_from_zero_and_from_warm() {
+    matrix(&["--suspend-after", "0s"], &[Start::Warm, Start::Zero]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_from_suspended() {
+    matrix(&["--suspend-after", "1s"], &[Start::Suspended]).await;
+}
