@@ -225,3 +225,166 @@ async fn bursts_from_zero_and_from_warm() {
 async fn bursts_from_suspended() {
     matrix(&["--suspend-after", "1s"], &[Start::Suspended]).await;
 }
+
+/// What the soak saw of one container.
+#[derive(Default, Debug)]
+struct SoakSeen {
+    /// (ms since start, desired scale), at each change.
+    desired: Vec<(u128, u32)>,
+    /// Requests answered, by status.
+    codes: HashMap<u16, usize>,
+}
+
+/// Scale-downs followed within 5 s by a scale-up.
+fn flaps(desired: &[(u128, u32)]) -> usize {
+    let mut n = 0;
+    for (i, w) in desired.windows(2).enumerate() {
+        let (t, down) = (w[1].0, w[1].1 < w[0].1);
+        if down
+            && desired[i + 2..]
+                .iter()
+                .take_while(|(u, _)| *u <= t + 5000)
+                .any(|(_, s)| *s > w[1].1)
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_flap_is_a_scale_down_then_up_within_five_seconds() {
+    assert_eq!(flaps(&[(0, 0), (100, 4), (20_000, 0), (40_000, 2)]), 0);
+    assert_eq!(flaps(&[(0, 4), (1000, 1), (3000, 4)]), 1);
+    assert_eq!(flaps(&[(0, 4), (1000, 1), (7000, 4)]), 0);
+    assert_eq!(flaps(&[(0, 4), (1000, 2), (2000, 1), (2500, 3)]), 2);
+}
+
+/// `ROUSE_SOAK_SECS` (600 by default) of random bursts and idle gaps
+/// against two containers (max-concurrency 1 and 4) on a 3-node cluster
+/// that suspends idle instances after 3 s: no 5xx at all, and no flap
+/// (idle gaps are either short, or long enough that a scale-down to zero
+/// is 5 s old when the next burst comes). Run by `bash tests/bursts-long.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a 10-minute soak: bash tests/bursts-long.sh"]
+async fn soak_of_random_bursts_and_idle_gaps() {
+    use rand::{Rng, SeedableRng};
+    let secs: u64 = std::env::var("ROUSE_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let seed: u64 = std::env::var("ROUSE_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("soak: {secs} s, seed {seed}");
+    let image = push_test_image("rouse-test/bursts", "1");
+    let cluster = TestCluster::start_with_runtime(3, &["--suspend-after", "3s"]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("b", HashMap::new()).await.unwrap();
+    let containers = [("soak-c1", 1u32), ("soak-c4", 4u32)];
+    for (name, concurrency) in containers {
+        c.deploy_container(pb::DeployContainerRequest {
+            namespace: "b".into(),
+            name: name.into(),
+            image: Some(image.clone()),
+            min_scale: Some(0),
+            max_scale: Some(MAX_SCALE),
+            max_concurrency: Some(concurrency),
+            timeout_seconds: Some(10),
+            scale_to_zero_after_seconds: Some(10),
+            cpu_mvcpu: Some(100),
+            memory_mb: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let meshes: Vec<String> = cluster.node_ids().iter().map(|id| cluster.http(*id)).collect();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
+    let seen: Arc<Mutex<HashMap<&'static str, SoakSeen>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (seen, done, mut c) = (seen.clone(), done.clone(), c.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                for (name, _) in containers {
+                    if let Ok(ct) = c.get_container("b", name, false).await {
+                        let mut s = seen.lock().unwrap();
+                        let d = &mut s.entry(name).or_default().desired;
+                        if d.last().is_none_or(|(_, last)| *last != ct.desired_scale) {
+                            d.push((t0.elapsed().as_millis(), ct.desired_scale));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Each container gets its own driver: bursts, then a short or a long gap.
+    let drivers: Vec<_> = containers
+        .iter()
+        .enumerate()
+        .map(|(k, &(name, concurrency))| {
+            let (meshes, seen) = (meshes.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ k as u64);
+                let host = format!("{name}.b.rouse.localhost");
+                let slots = (MAX_SCALE * concurrency) as usize;
+                let mut bursts = 0;
+                while Instant::now() < deadline {
+                    let n = rng.random_range(1..=slots + slots / 2);
+                    let spread = rng.random_bool(0.5);
+                    let entry = rng.random_range(0..meshes.len());
+                    let t = Instant::now();
+                    let handles: Vec<_> = (0..n)
+                        .map(|i| {
+                            let mesh = meshes[if spread { (entry + i) % meshes.len() } else { entry }].clone();
+                            let host = host.clone();
+                            std::thread::spawn(move || request(&mesh, &host, t).0)
+                        })
+                        .collect();
+                    let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+                    {
+                        let mut s = seen.lock().unwrap();
+                        let e = s.entry(name).or_default();
+                        for code in codes {
+                            *e.codes.entry(code).or_default() += 1;
+                        }
+                    }
+                    bursts += 1;
+                    // Short gaps keep it warm; long ones let it go idle,
+                    // suspend and scale to zero (10 s) well before the next.
+                    let gap = if rng.random_bool(0.6) {
+                        rng.random_range(0..3000)
+                    } else {
+                        rng.random_range(16_000..25_000)
+                    };
+                    std::thread::sleep(Duration::from_millis(gap));
+                }
+                bursts
+            })
+        })
+        .collect();
+    let bursts: Vec<usize> = drivers.into_iter().map(|d| d.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let seen = seen.lock().unwrap();
+    let mut failures = Vec::new();
+    for (k, (name, _)) in containers.iter().enumerate() {
+        let ct = c.get_container("b", name, false).await.unwrap();
+        let s = &seen[name];
+        let f = flaps(&s.desired);
+        let bad: usize = s.codes.iter().filter(|(code, _)| **code != 200).map(|(_, n)| n).sum();
+        println!(
+            "soak {name}: {} bursts, answers {:?}, scale-ups {}, scale-downs {}, flaps {f}, last reason {:?}",
+            bursts[k], s.codes, ct.scale_ups, ct.scale_downs, ct.scale_reason
+        );
+        if bad > 0 || f > 0 {
+            failures.push(format!("{name}: {bad} non-200 answers, {f} flaps; desired over time {:?}", s.desired));
+        }
+    }
+    cluster.assert_no_panics();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
