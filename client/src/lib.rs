@@ -25,6 +25,7 @@ use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::secret_service_client::SecretServiceClient;
 use pb::token_service_client::TokenServiceClient;
+use pb::trigger_service_client::TriggerServiceClient;
 pub use rouse_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -77,6 +78,7 @@ pub struct Client {
     secrets: SecretServiceClient<Svc>,
     tokens: TokenServiceClient<Svc>,
     api_keys: ApiKeyServiceClient<Svc>,
+    triggers: TriggerServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -189,6 +191,7 @@ impl Client {
             nodes: NodeServiceClient::with_interceptor(channel.clone(), auth.clone()),
             secrets: SecretServiceClient::with_interceptor(channel.clone(), auth.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            triggers: TriggerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             api_keys: ApiKeyServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
@@ -566,5 +569,52 @@ impl Client {
             })
             .await?;
         Ok(())
+    }
+
+    // ------------------------------------------------------------ triggers
+
+    pub async fn create_trigger(&mut self, req: pb::CreateTriggerRequest) -> Result<pb::Trigger, Error> {
+        Ok(self.triggers.create(req).await?.into_inner())
+    }
+
+    pub async fn get_trigger(&mut self, namespace: &str, container: &str, name: &str) -> Result<pb::Trigger, Error> {
+        Ok(self.triggers.get(trigger_ref(namespace, container, name)).await?.into_inner())
+    }
+
+    /// Triggers of a namespace (empty: all the caller may see), and of one
+    /// container (empty: all).
+    pub async fn list_triggers(&mut self, namespace: &str, container: &str) -> Result<Vec<pb::Trigger>, Error> {
+        let req = pb::ListTriggersRequest {
+            namespace: namespace.into(),
+            container: container.into(),
+        };
+        Ok(self.triggers.list(req).await?.into_inner().triggers)
+    }
+
+    pub async fn delete_trigger(&mut self, namespace: &str, container: &str, name: &str) -> Result<(), Error> {
+        self.triggers.delete(trigger_ref(namespace, container, name)).await?;
+        Ok(())
+    }
+
+    pub async fn set_trigger_enabled(
+        &mut self,
+        namespace: &str,
+        container: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<pb::Trigger, Error> {
+        let req = pb::SetTriggerEnabledRequest {
+            trigger: Some(trigger_ref(namespace, container, name)),
+            enabled,
+        };
+        Ok(self.triggers.set_enabled(req).await?.into_inner())
+    }
+}
+
+fn trigger_ref(namespace: &str, container: &str, name: &str) -> pb::TriggerRef {
+    pb::TriggerRef {
+        namespace: namespace.into(),
+        container: container.into(),
+        name: name.into(),
     }
 }

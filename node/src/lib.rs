@@ -65,6 +65,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod triggers;
 pub mod trust;
 
 #[cfg(test)]

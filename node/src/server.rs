@@ -8,7 +8,7 @@
 //!  LocalInstances ─┬─▶ mesh ◀─ resume channel ─▶ agent (containerd)
 //!                  └──────────────────────────▶ agent
 //!  LoadBook ◀─ peer.ReportLoad, mesh reporter ─▶ leader: liveness, autoscale
-//!  leader loops: placement, liveness, autoscale, bootstrap (keys, CA)
+//!  leader loops: placement, liveness, autoscale, bootstrap (keys, CA), triggers
 //! ```
 
 use std::collections::BTreeMap;
@@ -231,7 +231,22 @@ pub async fn run(
         resumer,
         Upstreams::new(&tls, local_ip),
     );
+    // Trigger deliveries go through this node's own public mesh.
+    let mesh_here = {
+        let mut a = http_listener.local_addr()?;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a.to_string()
+    };
+    let delivery = Arc::new(crate::triggers::Delivery::new(
+        cluster.clone(),
+        keys.clone(),
+        mesh_here,
+        config.base_domain.clone(),
+    ));
     let mut tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(crate::triggers::run(cluster.clone(), delivery)),
         tokio::spawn(start_membership(
             cluster.clone(),
             identity.clone(),
@@ -424,6 +439,7 @@ async fn grpc_router(
     use pb::node_service_server::NodeServiceServer;
     use pb::secret_service_server::SecretServiceServer;
     use pb::token_service_server::TokenServiceServer;
+    use pb::trigger_service_server::TriggerServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -505,6 +521,9 @@ async fn grpc_router(
         .add_service(ApiKeyServiceServer::new(api.clone()))
         .add_service(
             ImageServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
+        )
+        .add_service(
+            TriggerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE)))
 }

@@ -21,6 +21,10 @@ pub struct Claims {
 
 pub const ISSUER: &str = "rouse";
 
+/// A trigger's delivery token names the trigger in its id: it has no
+/// record and is valid while the trigger exists.
+pub const TRIGGER_JTI_PREFIX: &str = "trigger:";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("missing token: send it in X-Auth-Token or Authorization: Bearer")]

@@ -40,6 +40,18 @@ pub fn authorize(
         .filter_map(|k| hex::decode(&k.public_hex).ok().map(|p| (k.kid.clone(), p)))
         .collect();
     let claims = crate::tokens::verify(token, &keys, now_s)?;
+    let (ns, name) = (key.namespace(), key.name());
+    if let Some(id) = claims.jti.strip_prefix(crate::tokens::TRIGGER_JTI_PREFIX) {
+        // A trigger's delivery: for its own container, while it exists.
+        let t = state
+            .triggers
+            .get(id)
+            .ok_or_else(|| TokenError::Invalid("unknown trigger".into()))?;
+        if t.namespace != ns || t.container != name || claims.ns != ns || claims.ct.as_deref() != Some(name) {
+            return Err(TokenError::WrongScope(format!("trigger {id}")));
+        }
+        return Ok(());
+    }
     let record = state
         .tokens
         .get(&claims.jti)
@@ -47,7 +59,6 @@ pub fn authorize(
     if record.revoked {
         return Err(TokenError::Revoked);
     }
-    let (ns, name) = (key.namespace(), key.name());
     if claims.ns != ns || record.namespace != ns {
         return Err(TokenError::WrongScope(format!("namespace {}", claims.ns)));
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::key::Scope;
 use super::types::{
     ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, IssuedCert, JoinTokenRecord, NodeId,
-    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord,
+    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord, Firing, TriggerSpec,
 };
 
 /// Version of the commands' meaning written into every log entry. Rules
@@ -26,7 +26,8 @@ use super::types::{
 ///   deleting a namespace revokes its API keys and tokens, deleting a
 ///   container its tokens; `RevokeApiKey` keeps at least one admin key;
 ///   namespace quotas bound containers, secrets and tokens.
-pub const COMMAND_VERSION: u32 = 2;
+/// - 3: triggers (`CreateTrigger` … `RecordFiring`).
+pub const COMMAND_VERSION: u32 = 3;
 
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +201,50 @@ pub enum Command {
     /// the namespace exists. What it holds beyond the new bounds stays;
     /// only growth is refused.
     SetQuota { namespace: String, quota: Quota },
+    /// Creates a trigger of a container. Preconditions: the container
+    /// exists, no trigger of that name does.
+    CreateTrigger {
+        namespace: String,
+        container: String,
+        name: String,
+        spec: TriggerSpec,
+    },
+    /// Deletes a trigger. Precondition: it exists.
+    DeleteTrigger {
+        namespace: String,
+        container: String,
+        name: String,
+    },
+    /// Enables or disables a trigger. Precondition: it exists.
+    SetTriggerEnabled {
+        namespace: String,
+        container: String,
+        name: String,
+        enabled: bool,
+    },
+    /// `node` claims the tick scheduled at `tick_ms` for delivery, after
+    /// `missed` older ticks that passed unclaimed (`deliver` false: the
+    /// tick itself is past its catch-up window and is one of the `missed`,
+    /// not delivered). Preconditions: the trigger exists and is enabled, and
+    /// `tick_ms` is later than its last claimed tick (so a tick is claimed
+    /// at most once, whoever leads).
+    ClaimTick {
+        namespace: String,
+        container: String,
+        name: String,
+        tick_ms: u64,
+        missed: u64,
+        deliver: bool,
+        node: NodeId,
+    },
+    /// Records a delivery's outcome (and settles its tick, if pending).
+    /// Precondition: the trigger exists.
+    RecordFiring {
+        namespace: String,
+        container: String,
+        name: String,
+        firing: Firing,
+    },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.

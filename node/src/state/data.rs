@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::key::{ContainerKey, Scope};
 use super::types::{
     ApiKey, ClusterCa, Container, Instance, InstanceStatus, JoinTokenRecord, Namespace, NodeId,
-    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord,
+    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord, Trigger,
 };
 
 /// The whole replicated state. Ordered maps keep serialisation, and so
@@ -53,6 +53,9 @@ pub struct StateData {
     /// Certificates (SHA-256) of removed nodes: peers refuse them.
     #[serde(default)]
     pub revoked_certs: BTreeSet<String>,
+    /// Triggers by `namespace/container/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub triggers: BTreeMap<String, Trigger>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -73,6 +76,8 @@ pub enum Key {
     JoinToken(String),
     KekId,
     RevokedCerts,
+    /// A trigger, by `namespace/container/name`.
+    Trigger(String),
 }
 
 impl StateData {
@@ -101,6 +106,17 @@ impl StateData {
                 "node {node}'s certificate was not issued by this cluster to a member"
             ))
         }
+    }
+
+    /// Triggers of one container.
+    pub fn triggers_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        container: &'a str,
+    ) -> impl Iterator<Item = &'a Trigger> + 'a {
+        self.triggers
+            .values()
+            .filter(move |t| t.namespace == namespace && t.container == container)
     }
 
     /// Instances of one container.

@@ -45,9 +45,14 @@ fn variant(c: &Command) -> usize {
         Command::RotateKeys { .. } => 24,
         Command::TouchApiKeys { .. } => 25,
         Command::SetQuota { .. } => 26,
+        Command::CreateTrigger { .. } => 27,
+        Command::DeleteTrigger { .. } => 28,
+        Command::SetTriggerEnabled { .. } => 29,
+        Command::ClaimTick { .. } => 30,
+        Command::RecordFiring { .. } => 31,
     }
 }
-const VARIANTS: usize = 27;
+const VARIANTS: usize = 32;
 
 fn envelope() -> crate::secrets::Envelope {
     crate::secrets::Envelope {
@@ -301,6 +306,76 @@ fn samples() -> Vec<Command> {
             name: "web".into(),
             replicas: 4,
             reason: Some("burst: 6 in flight or queued, 1 ready".into()),
+        },
+        Command::CreateTrigger {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "tick".into(),
+            spec: TriggerSpec {
+                source: TriggerSource::Cron {
+                    schedule: "*/2 * * * * *".into(),
+                    timezone: "Europe/Paris".into(),
+                    catch_up_s: 60,
+                },
+                method: "POST".into(),
+                path: "/tick".into(),
+                headers: BTreeMap::from([("x-a".to_string(), "1".to_string())]),
+                body: "{{event_id}}".into(),
+                max_retries: 3,
+            },
+        },
+        Command::CreateTrigger {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "orders".into(),
+            spec: TriggerSpec {
+                source: TriggerSource::Nats {
+                    url: "nats://127.0.0.1:4222".into(),
+                    stream: "ORDERS".into(),
+                    subject: "orders.new".into(),
+                    dead_letter: Some("orders.dead".into()),
+                },
+                method: "POST".into(),
+                path: "/".into(),
+                headers: BTreeMap::new(),
+                body: String::new(),
+                max_retries: 5,
+            },
+        },
+        Command::DeleteTrigger {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "tick".into(),
+        },
+        Command::SetTriggerEnabled {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "tick".into(),
+            enabled: false,
+        },
+        Command::ClaimTick {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "tick".into(),
+            tick_ms: 1_000_000,
+            missed: 2,
+            deliver: true,
+            node: 3,
+        },
+        Command::RecordFiring {
+            namespace: "shop".into(),
+            container: "web".into(),
+            name: "tick".into(),
+            firing: Firing {
+                event_id: "tick-1000000".into(),
+                scheduled_ms: 1_000_000,
+                sent_ms: 1_000_012,
+                status: "200".into(),
+                ok: true,
+                latency_ms: 30,
+                attempts: 1,
+                node: 3,
+            },
         },
     ]
 }

@@ -314,7 +314,7 @@ fn proposal_encoding_is_stable() {
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(
         json,
-        r#"{"v":2,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
+        r#"{"v":3,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
@@ -665,4 +665,110 @@ fn quotas_bound_what_a_namespace_may_grow_to() {
     refused(apply(&mut s, 10, token("t2", 200)), "tokens");
     // An expired token no longer counts.
     assert!(apply(&mut s, 150, token("t3", 300)).rejection.is_none());
+}
+
+mod triggers {
+    use super::super::*;
+    use std::collections::BTreeMap;
+
+    fn p(at: u64, c: Command) -> Proposal {
+        Proposal::new(at, c)
+    }
+
+    fn world() -> StateData {
+        let mut s = StateData::default();
+        let r = s.apply(&p(0, Command::CreateNamespace { name: "n".into(), env: BTreeMap::new() }));
+        assert!(r.rejection.is_none());
+        let r = s.apply(&p(0, Command::PutContainer {
+            namespace: "n".into(),
+            name: "c".into(),
+            spec: ContainerSpec::with_image("img:1"),
+            expected_revision: None,
+        }));
+        assert!(r.rejection.is_none(), "{r:?}");
+        let r = s.apply(&p(1000, Command::CreateTrigger {
+            namespace: "n".into(),
+            container: "c".into(),
+            name: "t".into(),
+            spec: TriggerSpec {
+                source: TriggerSource::Cron { schedule: "* * * * *".into(), timezone: "UTC".into(), catch_up_s: 60 },
+                method: "POST".into(),
+                path: "/".into(),
+                headers: BTreeMap::new(),
+                body: String::new(),
+                max_retries: 3,
+            },
+        }));
+        assert!(r.rejection.is_none(), "{r:?}");
+        s
+    }
+
+    fn claim(s: &mut StateData, tick: u64, node: NodeId) -> Option<Rejection> {
+        s.apply(&p(tick, Command::ClaimTick {
+            namespace: "n".into(),
+            container: "c".into(),
+            name: "t".into(),
+            tick_ms: tick,
+            missed: 0,
+            deliver: true,
+            node,
+        }))
+        .rejection
+    }
+
+    #[test]
+    fn a_tick_is_claimed_once_in_order_whoever_asks() {
+        let mut s = world();
+        assert_eq!(claim(&mut s, 60_000, 1), None);
+        // Another leader, the same tick or an older one: refused.
+        assert!(matches!(claim(&mut s, 60_000, 2), Some(Rejection::FailedPrecondition(m)) if m.contains("not after")));
+        assert!(claim(&mut s, 30_000, 2).is_some());
+        assert_eq!(claim(&mut s, 120_000, 2), None);
+        let t = &s.triggers["n/c/t"];
+        assert_eq!(t.claimed, vec![60_000, 120_000]);
+        assert_eq!(t.pending.len(), 2);
+        // The outcome settles the tick.
+        let firing = Firing {
+            event_id: "t-60000".into(),
+            scheduled_ms: 60_000,
+            sent_ms: 60_010,
+            status: "200".into(),
+            ok: true,
+            latency_ms: 5,
+            attempts: 1,
+            node: 1,
+        };
+        let r = s.apply(&p(61_000, Command::RecordFiring {
+            namespace: "n".into(),
+            container: "c".into(),
+            name: "t".into(),
+            firing,
+        }));
+        assert!(r.rejection.is_none());
+        let t = &s.triggers["n/c/t"];
+        assert_eq!((t.fired, t.failed, t.pending.len()), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_disabled_trigger_claims_nothing_and_triggers_go_with_their_container() {
+        let mut s = world();
+        let r = s.apply(&p(5000, Command::SetTriggerEnabled {
+            namespace: "n".into(),
+            container: "c".into(),
+            name: "t".into(),
+            enabled: false,
+        }));
+        assert!(r.rejection.is_none());
+        assert!(claim(&mut s, 60_000, 1).is_some());
+        let r = s.apply(&p(6000, Command::DeleteContainer { namespace: "n".into(), name: "c".into() }));
+        assert!(r.rejection.is_none());
+        assert!(s.triggers.is_empty());
+        // And one cannot be made for a container that does not exist.
+        let mut s = world();
+        let t = s.triggers["n/c/t"].spec.clone();
+        let r = s.apply(&p(0, Command::CreateTrigger { namespace: "n".into(), container: "x".into(), name: "t".into(), spec: t.clone() }));
+        assert!(matches!(r.rejection, Some(Rejection::NotFound(_))));
+        let r = s.apply(&p(0, Command::CreateTrigger { namespace: "n".into(), container: "c".into(), name: "t".into(), spec: t }));
+        assert!(matches!(r.rejection, Some(Rejection::AlreadyExists(_))));
+    }
 }

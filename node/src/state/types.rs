@@ -415,3 +415,113 @@ pub struct ClusterCa {
     pub cert_pem: String,
     pub key: crate::secrets::Envelope,
 }
+
+/// A trigger: a named source of events (a cron schedule, a NATS subject)
+/// delivered as HTTP requests to one container. Its id is
+/// `namespace/container/name`; it goes with its container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub namespace: String,
+    pub container: String,
+    pub name: String,
+    pub spec: TriggerSpec,
+    pub enabled: bool,
+    pub created_at_ms: u64,
+    /// Deliveries answered 2xx, deliveries that failed after their retries,
+    /// and ticks that passed with no leader for longer than the catch-up.
+    #[serde(default)]
+    pub fired: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub missed: u64,
+    /// The last tick claimed (its scheduled time, ms): ticks are claimed
+    /// in order, each at most once.
+    #[serde(default)]
+    pub last_tick_ms: u64,
+    /// The most recently claimed ticks, oldest first (at most
+    /// [`TRIGGER_CLAIMS_KEPT`]), for audits.
+    #[serde(default)]
+    pub claimed: Vec<u64>,
+    /// Claimed ticks with no delivery outcome yet: tick → (node, claimed at).
+    #[serde(default)]
+    pub pending: BTreeMap<u64, (NodeId, u64)>,
+    /// The last deliveries, oldest first (at most [`TRIGGER_HISTORY`]).
+    #[serde(default)]
+    pub history: Vec<Firing>,
+}
+
+/// Firings a trigger keeps.
+pub const TRIGGER_HISTORY: usize = 20;
+/// Claimed ticks a trigger remembers.
+pub const TRIGGER_CLAIMS_KEPT: usize = 1000;
+
+impl Trigger {
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.container, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerSpec {
+    pub source: TriggerSource,
+    /// The request each event becomes.
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body; `{{event_id}}`, `{{scheduled_at}}` and `{{trigger}}` are
+    /// replaced (NATS: the message's payload when empty).
+    #[serde(default)]
+    pub body: String,
+    /// Deliveries retried (with backoff) after a connection failure, a 5xx
+    /// or a timeout.
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TriggerSource {
+    /// Five fields (minute…weekday) or six with a leading seconds field.
+    Cron {
+        schedule: String,
+        /// IANA time zone.
+        timezone: String,
+        /// A tick missed (no leader) is fired late within this window, and
+        /// recorded as missed past it.
+        catch_up_s: u64,
+    },
+    Nats {
+        url: String,
+        stream: String,
+        subject: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter: Option<String>,
+    },
+}
+
+impl TriggerSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TriggerSource::Cron { .. } => "cron",
+            TriggerSource::Nats { .. } => "nats",
+        }
+    }
+}
+
+/// One delivery's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firing {
+    pub event_id: String,
+    /// The tick's scheduled time (cron) or the message's time, ms.
+    pub scheduled_ms: u64,
+    /// When the first attempt was sent, ms.
+    pub sent_ms: u64,
+    /// `200`, `503`, or what went wrong (`timeout`, `connect: …`).
+    pub status: String,
+    pub ok: bool,
+    /// From the first attempt to the final answer.
+    pub latency_ms: u64,
+    pub attempts: u32,
+    pub node: NodeId,
+}

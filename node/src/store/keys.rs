@@ -1,5 +1,5 @@
 //! How the replicated state maps onto sled keys: `ns/…`, `ct/…`, `node/…`,
-//! `in/…`, `st/…`, `sec/…`, `meta/…`. One key per object, written through
+//! `in/…`, `st/…`, `sec/…`, `trg/…`, `meta/…`. One key per object, written through
 //! on apply (only the keys a command changed) and read back on start.
 
 use serde::Serialize;
@@ -77,6 +77,10 @@ pub(super) fn write_key(
             Some(v) => batch.insert(format!("join/{id}").as_bytes(), json(v)?),
             None => batch.remove(format!("join/{id}").as_bytes()),
         },
+        Key::Trigger(id) => match d.triggers.get(id) {
+            Some(v) => batch.insert(format!("trg/{id}").as_bytes(), json(v)?),
+            None => batch.remove(format!("trg/{id}").as_bytes()),
+        },
         Key::Instance(k) => {
             match d.instances.get(k) {
                 Some(v) => batch.insert(format!("in/{k}").as_bytes(), json(v)?),
@@ -138,6 +142,9 @@ pub(super) fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> 
     for (k, v) in &a.data.statuses {
         b.insert(format!("st/{k}").as_bytes(), json(v)?);
     }
+    for (k, v) in &a.data.triggers {
+        b.insert(format!("trg/{k}").as_bytes(), json(v)?);
+    }
     Ok(b)
 }
 
@@ -167,6 +174,10 @@ pub(super) fn load(sm: &sled::Tree) -> Result<Applied, String> {
         } else if let Some(id) = key.strip_prefix("apikey/") {
             a.data
                 .api_keys
+                .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+        } else if let Some(id) = key.strip_prefix("trg/") {
+            a.data
+                .triggers
                 .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
         } else if let Some(id) = key.strip_prefix("tok/") {
             a.data

@@ -9,11 +9,13 @@
 //! - `objects`: namespaces and containers.
 //! - `nodes`: nodes, placement, instance status.
 //! - `credentials`: secrets, keys, tokens, the CA, rotation.
+//! - `triggers`: triggers, their claimed ticks and firings.
 
 mod credentials;
 mod nodes;
 mod objects;
 mod quota;
+mod triggers;
 mod tx;
 
 use super::command::{Command, Proposal, Response};
@@ -119,6 +121,43 @@ impl StateData {
                 secrets,
                 signing_keys,
             } => self.rotate_keys(tx, from, kek_id, data_key, ca_key, secrets, signing_keys),
+            Command::CreateTrigger {
+                namespace,
+                container,
+                name,
+                spec,
+            } => self.create_trigger(tx, namespace, container, name, spec),
+            Command::DeleteTrigger {
+                namespace,
+                container,
+                name,
+            } => self.delete_trigger(tx, &format!("{namespace}/{container}/{name}")),
+            Command::SetTriggerEnabled {
+                namespace,
+                container,
+                name,
+                enabled,
+            } => self.set_trigger_enabled(tx, &format!("{namespace}/{container}/{name}"), *enabled),
+            Command::ClaimTick {
+                namespace,
+                container,
+                name,
+                tick_ms,
+                missed,
+                deliver,
+                node,
+            } => self.claim_tick(
+                tx,
+                &format!("{namespace}/{container}/{name}"),
+                (*tick_ms, *missed, *deliver),
+                *node,
+            ),
+            Command::RecordFiring {
+                namespace,
+                container,
+                name,
+                firing,
+            } => self.record_firing(tx, &format!("{namespace}/{container}/{name}"), firing),
         }
     }
 }

@@ -185,6 +185,7 @@ impl StateData {
             tx.touched.push(Key::Secrets(scope));
         }
         tx.touched.push(Key::Container(key.clone()));
+        self.delete_triggers_of(tx, key);
         let gone: Vec<String> = self
             .instances_of(key.namespace(), key.name())
             .map(|i| i.id.clone())

@@ -1,0 +1,89 @@
+//! What the leader does for triggers now: pure, from the state and the
+//! time.
+
+use std::collections::HashSet;
+
+use super::schedule::{due, Due, Schedule};
+use crate::state::{NodeId, StateData, TriggerSource};
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Claim `tick` (and deliver it unless it is past the catch-up window).
+    Claim {
+        trigger: (String, String, String),
+        tick: u64,
+        missed: u64,
+        deliver: bool,
+    },
+    /// Deliver a tick claimed earlier whose delivery has no outcome and no
+    /// one delivering it: its claimer died, or stopped leading mid-way.
+    Redeliver {
+        trigger: (String, String, String),
+        tick: u64,
+    },
+}
+
+/// How long a live node's claimed tick stays its own before the leader
+/// delivers it: its whole retry budget, and some.
+pub fn handoff_ms(timeout_s: u32, max_retries: u32) -> u64 {
+    (u64::from(timeout_s) + 5) * 1000 * (u64::from(max_retries) + 1) + 10_000
+}
+
+/// The actions for every enabled cron trigger at `now_ms`. `busy`: the
+/// (trigger id, tick) this node is delivering.
+pub fn plan(state: &StateData, me: NodeId, now_ms: u64, busy: &HashSet<(String, u64)>) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (id, t) in &state.triggers {
+        let TriggerSource::Cron {
+            schedule,
+            timezone,
+            catch_up_s,
+        } = &t.spec.source
+        else {
+            continue;
+        };
+        let key = (t.namespace.clone(), t.container.clone(), t.name.clone());
+        let timeout = state
+            .container(&t.namespace, &t.container)
+            .map_or(900, |c| c.spec.timeout_secs);
+        for (tick, (node, at)) in &t.pending {
+            if busy.contains(&(id.clone(), *tick)) {
+                continue;
+            }
+            let claimer_gone = *node != me && state.node_state(*node).down;
+            let overdue = now_ms.saturating_sub(*at) > handoff_ms(timeout, t.spec.max_retries);
+            if claimer_gone || overdue || *node == me {
+                // Mine and not busy: this node claimed it before it last
+                // lost the lead (or restarted) and no longer delivers it.
+                out.push(Action::Redeliver {
+                    trigger: key.clone(),
+                    tick: *tick,
+                });
+            }
+        }
+        if !t.enabled {
+            continue;
+        }
+        let Ok(s) = Schedule::parse(schedule, timezone) else {
+            continue;
+        };
+        let last = t.last_tick_ms.max(t.created_at_ms);
+        match due(&s, last, now_ms, catch_up_s.saturating_mul(1000)) {
+            Due::Wait(_) => {}
+            Due::Claim { tick, missed } => out.push(Action::Claim {
+                trigger: key,
+                tick,
+                missed,
+                deliver: true,
+            }),
+            Due::Missed { tick, missed } => out.push(Action::Claim {
+                trigger: key,
+                tick,
+                missed: missed + 1,
+                deliver: false,
+            }),
+        }
+    }
+    out
+}
