@@ -4,6 +4,7 @@
 #   /            "hello from rouse"
 #   /cgi-bin/env the process environment
 #   /cgi-bin/slow?SECONDS  answers after sleeping
+#   /cgi-bin/record  notes X-Rouse-Trigger and X-Rouse-Event-Id in its log
 # and pushes it to a registry, or writes an OCI-layout tarball.
 #
 #   build-hello.sh push REGISTRY REPO:TAG     (plain-HTTP registry on loopback)
@@ -37,7 +38,15 @@ echo "Content-Type: text/plain"
 echo
 echo "slept ${QUERY_STRING:-1} on $host"
 CGI
-chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow"
+# /cgi-bin/record: notes a trigger's delivery in the instance's log.
+cat > "$root/www/cgi-bin/record" <<'CGI'
+#!/bin/sh
+echo "rouse-event ${HTTP_X_ROUSE_TRIGGER:-none} ${HTTP_X_ROUSE_EVENT_ID:-none} ${REQUEST_METHOD}" >&2
+echo "Content-Type: text/plain"
+echo
+echo "recorded ${HTTP_X_ROUSE_EVENT_ID:-none}"
+CGI
+chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 # APP_BINARY=/path: ship that (dynamically linked) program and its

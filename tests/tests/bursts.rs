@@ -263,7 +263,7 @@ fn a_flap_is_a_scale_down_then_up_within_five_seconds() {
 /// `ROUSE_SOAK_SECS` (600 by default) of random bursts and idle gaps
 /// against two containers (max-concurrency 1 and 4) on a 3-node cluster
 /// that suspends idle instances after 3 s: no 5xx at all, and no flap
-/// (idle gaps are either short, or long enough that a scale-down to zero
+/// (idle gaps are short, medium, or long enough that a scale-down to zero
 /// is 5 s old when the next burst comes). Run by `bash tests/bursts-long.sh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a 10-minute soak: bash tests/bursts-long.sh"]
@@ -354,12 +354,13 @@ async fn soak_of_random_bursts_and_idle_gaps() {
                         }
                     }
                     bursts += 1;
-                    // Short gaps keep it warm; long ones let it go idle,
-                    // suspend and scale to zero (10 s) well before the next.
-                    let gap = if rng.random_bool(0.6) {
-                        rng.random_range(0..3000)
-                    } else {
-                        rng.random_range(16_000..25_000)
+                    // Short gaps keep it warm, medium ones let it suspend
+                    // (3 s), long ones let it scale to zero (the stable
+                    // window, 60 s after a burst) well before the next.
+                    let gap = match rng.random_range(0..4) {
+                        0 | 1 => rng.random_range(0..3000),
+                        2 => rng.random_range(4000..8000),
+                        _ => rng.random_range(70_000..85_000),
                     };
                     std::thread::sleep(Duration::from_millis(gap));
                 }

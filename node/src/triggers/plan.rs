@@ -87,3 +87,90 @@ pub fn plan(state: &StateData, me: NodeId, now_ms: u64, busy: &HashSet<(String, 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, ContainerSpec, NodeState, Proposal, TriggerSpec};
+    use std::collections::BTreeMap;
+
+    fn world() -> StateData {
+        let mut s = StateData::default();
+        for c in [
+            Command::CreateNamespace { name: "n".into(), env: BTreeMap::new() },
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "c".into(),
+                spec: ContainerSpec::with_image("img:1"),
+                expected_revision: None,
+            },
+            Command::CreateTrigger {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                spec: TriggerSpec {
+                    source: TriggerSource::Cron { schedule: "*/2 * * * * *".into(), timezone: "UTC".into(), catch_up_s: 60 },
+                    method: "POST".into(),
+                    path: "/".into(),
+                    headers: BTreeMap::new(),
+                    body: String::new(),
+                    max_retries: 3,
+                },
+            },
+        ] {
+            assert!(s.apply(&Proposal::new(1000, c)).rejection.is_none());
+        }
+        s
+    }
+
+    fn claim(s: &mut StateData, tick: u64, node: NodeId) {
+        let c = Command::ClaimTick {
+            namespace: "n".into(),
+            container: "c".into(),
+            name: "t".into(),
+            tick_ms: tick,
+            missed: 0,
+            deliver: true,
+            node,
+        };
+        assert!(s.apply(&Proposal::new(tick, c)).rejection.is_none());
+    }
+
+    fn key() -> (String, String, String) {
+        ("n".into(), "c".into(), "t".into())
+    }
+
+    #[test]
+    fn the_next_due_tick_is_claimed_once_it_is_due() {
+        let s = world();
+        assert!(plan(&s, 1, 1500, &HashSet::new()).is_empty());
+        assert_eq!(
+            plan(&s, 1, 2050, &HashSet::new()),
+            vec![Action::Claim { trigger: key(), tick: 2000, missed: 0, deliver: true }]
+        );
+    }
+
+    #[test]
+    fn unanswered_ticks_are_delivered_again_by_the_leader() {
+        let mut s = world();
+        claim(&mut s, 2000, 2);
+        let none = HashSet::new();
+        // Node 2 is alive and within its retry budget: its tick.
+        assert!(!plan(&s, 1, 2100, &none).iter().any(|a| matches!(a, Action::Redeliver { .. })));
+        // Node 2 is down: the leader delivers it.
+        s.node_states.insert(2, NodeState { down: true, ..Default::default() });
+        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+        // Claimed by this node, which is not delivering it (it lost the
+        // lead, or restarted): again.
+        let mut s = world();
+        claim(&mut s, 2000, 1);
+        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+        let busy = HashSet::from([("n/c/t".to_string(), 2000)]);
+        assert!(!plan(&s, 1, 2100, &busy).iter().any(|a| matches!(a, Action::Redeliver { .. })));
+        // A live node's tick past its whole retry budget: again.
+        let mut s = world();
+        claim(&mut s, 2000, 2);
+        let late = 2000 + handoff_ms(300, 3) + 1;
+        assert!(plan(&s, 1, late, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+    }
+}
