@@ -148,6 +148,11 @@ impl Cluster {
         self.kit.nodes.get(&id).map(|n| n.http.addr())
     }
 
+    /// Every node's data dir, removed nodes' included.
+    pub fn all_data_dirs(&self) -> Vec<PathBuf> {
+        self.kit.nodes.keys().map(|id| self.data_dir(*id)).collect()
+    }
+
     /// Node `id`'s data dir.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node{id}"))

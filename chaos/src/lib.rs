@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod registers;
 pub mod report;
 pub mod run;
+pub mod triggers;
 pub mod workload;
 
 /// The admin API key of the cluster under test, once node 1 wrote it.

@@ -117,6 +117,15 @@ pub fn summary(r: &Report) -> String {
             .unwrap_or_default()
     );
     let _ = writeln!(s, "write after heal: {}", r.write_after_heal);
+    if let Some(t) = &r.triggers {
+        let _ = writeln!(
+            s,
+            "trigger: {} ticks claimed, {} received ({} duplicate deliveries), fired {} failed {} missed {}; claimed twice: {}, lost: {}{}",
+            t.claimed, t.received, t.duplicate_deliveries, t.fired, t.failed, t.missed,
+            t.trigger_ticks_claimed_twice, t.trigger_ticks_lost,
+            if t.settled { "" } else { " (NOT settled: ticks still pending after 90 s)" }
+        );
+    }
     let _ = writeln!(s, "panics: {}", r.panics.len());
     if let Some(m) = &r.mesh {
         let _ = writeln!(

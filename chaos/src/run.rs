@@ -109,6 +109,10 @@ pub struct Report {
     /// wiped and re-signed by itself) and stayed out. `null` when no node
     /// was removed.
     pub removed_node_stayed_out: Option<bool>,
+    /// With the mesh workload: the cron trigger's invariant, "no tick
+    /// claimed twice (`trigger_ticks_claimed_twice`), no acknowledged tick
+    /// lost (`trigger_ticks_lost`)".
+    pub triggers: Option<crate::triggers::TriggerReport>,
     pub passed: bool,
     #[serde(skip)]
     pub history: Vec<Event>,
@@ -287,6 +291,12 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             true
         }
         None => false,
+    };
+    // With the mesh: a 2-second cron trigger on its container all along.
+    let trigger_since = if mesh_on {
+        Some(crate::triggers::create(&cluster.endpoint(1)).await?)
+    } else {
+        None
     };
 
     let history: workload::History = Arc::new(Mutex::new(Vec::new()));
@@ -576,6 +586,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         }
     }
 
+    let mut triggers = None;
     let mesh = if mesh_on {
         let addrs: Vec<std::net::SocketAddr> = cluster
             .members()
@@ -597,6 +608,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        if let Some(since) = trigger_since {
+            let eps: Vec<String> = cluster.members().iter().map(|id| cluster.endpoint(*id)).collect();
+            let r = crate::triggers::check(&eps, &cluster.all_data_dirs(), since).await;
+            triggers = Some(r);
+        }
         crate::mesh::undeploy(&cluster.endpoint(cluster.members()[0])).await;
         Some(MeshReport {
             requests: answers.values().sum(),
@@ -660,7 +676,8 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         && write_after_heal
         && panics.is_empty()
         && mesh.as_ref().is_none_or(|m| m.ok_after_heal)
-        && removed_node_stayed_out != Some(false);
+        && removed_node_stayed_out != Some(false)
+        && triggers.as_ref().is_none_or(crate::triggers::TriggerReport::ok);
     cluster.stop_all();
     if let Some((sock, _)) = &opts.runtime {
         crate::mesh::remove_leftovers(sock, &ctr_ns);
@@ -698,6 +715,7 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         panics,
         mesh,
         removed_node_stayed_out,
+        triggers,
         passed,
         history,
     })

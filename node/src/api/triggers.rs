@@ -137,6 +137,7 @@ pub fn to_pb(t: &Trigger, now_ms: u64) -> pb::Trigger {
             .collect(),
         created_at_ms: t.created_at_ms,
         pending: t.pending.len() as u32,
+        claimed_ticks: t.claimed.clone(),
         ..Default::default()
     };
     match &t.spec.source {
@@ -246,7 +247,10 @@ impl TriggerService for Api {
                 .filter(|t| r.namespace.is_empty() || t.namespace == r.namespace)
                 .filter(|t| r.container.is_empty() || t.container == r.container)
                 .filter(|t| who.may(&t.namespace))
-                .map(|t| to_pb(t, now))
+                .map(|t| pb::Trigger {
+                    claimed_ticks: Vec::new(),
+                    ..to_pb(t, now)
+                })
                 .collect();
             Ok(pb::ListTriggersResponse { triggers })
         };
