@@ -2,7 +2,7 @@
 # Installs what building and running rouse needs on a Debian machine:
 # protoc for the API, and the parts later tests use (containerd, runc, the
 # CNI plugins, an OCI registry and image tools, etcd for the control-plane
-# benchmark).
+# benchmark, nats-server for NATS triggers).
 set -euo pipefail
 
 need=()
@@ -27,6 +27,8 @@ have bc || need+=(bc)
 have curl || need+=(curl)
 have htpasswd || need+=(apache2-utils)
 have tar || need+=(tar)
+# Triggers: NATS JetStream subjects (tests and the benchmark run their own).
+have nats-server || need+=(nats-server)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

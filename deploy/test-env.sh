@@ -11,6 +11,9 @@ BASE=${ROUSE_TEST_BASE:-/tmp/rouse-test-env}
 REGISTRY_ADDR=${ROUSE_TEST_REGISTRY:-127.0.0.1:5055}
 # A second registry that demands basic auth (user rouse, password rouse-pass).
 AUTH_REGISTRY_ADDR=${ROUSE_TEST_AUTH_REGISTRY:-127.0.0.1:5057}
+# nats-server -js, for NATS triggers.
+NATS_ADDR=127.0.0.1:4225
+nats_up() { (exec 3<>"/dev/tcp/${NATS_ADDR%%:*}/${NATS_ADDR##*:}") 2>/dev/null; }
 SOCK="$BASE/containerd/containerd.sock"
 
 start() {
@@ -85,13 +88,22 @@ YML
       sleep 0.1
     done
   fi
+  # NATS with JetStream, for NATS triggers.
+  if ! nats_up; then
+    mkdir -p "$BASE/nats"
+    nats-server -js -a 127.0.0.1 -p "${NATS_ADDR##*:}" -sd "$BASE/nats/store" >"$BASE/nats/log" 2>&1 &
+    echo $! > "$BASE/nats/pid"
+    for _ in $(seq 1 100); do nats_up && break; sleep 0.1; done
+    nats_up || { echo "nats-server did not start; see $BASE/nats/log" >&2; exit 1; }
+  fi
+  echo "export ROUSE_TEST_NATS=nats://$NATS_ADDR"
   echo "export ROUSE_TEST_CONTAINERD=$SOCK"
   echo "export ROUSE_TEST_REGISTRY=$REGISTRY_ADDR"
   echo "export ROUSE_TEST_AUTH_REGISTRY=$AUTH_REGISTRY_ADDR"
 }
 
 stop() {
-  for p in "$BASE/registry/pid" "$BASE/auth-registry/pid" "$BASE/containerd/pid"; do
+  for p in "$BASE/registry/pid" "$BASE/auth-registry/pid" "$BASE/containerd/pid" "$BASE/nats/pid"; do
     if [ -f "$p" ]; then kill "$(cat "$p")" 2>/dev/null || true; rm -f "$p"; fi
   done
 }

@@ -5,6 +5,7 @@
 #   /cgi-bin/env the process environment
 #   /cgi-bin/slow?SECONDS  answers after sleeping
 #   /cgi-bin/record  notes X-Rouse-Trigger and X-Rouse-Event-Id in its log
+#   /cgi-bin/maybe   the same, but 500 for a body holding "fail"
 # and pushes it to a registry, or writes an OCI-layout tarball.
 #
 #   build-hello.sh push REGISTRY REPO:TAG     (plain-HTTP registry on loopback)
@@ -46,7 +47,20 @@ echo "Content-Type: text/plain"
 echo
 echo "recorded ${HTTP_X_ROUSE_EVENT_ID:-none}"
 CGI
-chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record"
+# /cgi-bin/maybe: like record, but answers 500 to a body holding "fail".
+cat > "$root/www/cgi-bin/maybe" <<'CGI'
+#!/bin/sh
+body=$(head -c "${CONTENT_LENGTH:-0}")
+case "$body" in
+  *fail*)
+    echo "rouse-event ${HTTP_X_ROUSE_TRIGGER:-none} ${HTTP_X_ROUSE_EVENT_ID:-none} refused" >&2
+    echo "Status: 500 Internal Server Error"; echo "Content-Type: text/plain"; echo; echo "refused" ;;
+  *)
+    echo "rouse-event ${HTTP_X_ROUSE_TRIGGER:-none} ${HTTP_X_ROUSE_EVENT_ID:-none} ${REQUEST_METHOD} ${HTTP_X_NATS_K:-}" >&2
+    echo "Content-Type: text/plain"; echo; echo "ok" ;;
+esac
+CGI
+chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record" "$root/www/cgi-bin/maybe"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 # APP_BINARY=/path: ship that (dynamically linked) program and its

@@ -1,7 +1,10 @@
 //! Cron triggers end to end on a real 3-node cluster and real containerd:
 //! ticks wake a scaled-to-zero container (public and private), each tick
 //! is delivered with its event id within a second of its time, and with
-//! the leader SIGKILLed twice no tick is claimed twice or lost.
+//! the leader SIGKILLed twice no tick is claimed twice or lost. NATS
+//! JetStream subjects (a real nats-server -js from deploy/test-env.sh):
+//! every message delivered and acked after its 2xx, a refused one retried
+//! then dead-lettered, and delivery moving on when the consumer's node dies.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -37,8 +40,10 @@ fn received(cluster: &TestCluster, container: &str, trigger: &str) -> BTreeMap<S
             for line in text.lines() {
                 let mut f = line.split_whitespace();
                 if f.next() == Some("rouse-event") && f.next() == Some(trigger) {
-                    if let Some(ev) = f.next() {
-                        *out.entry(ev.to_string()).or_default() += 1;
+                    if let (Some(ev), Some(how)) = (f.next(), f.next()) {
+                        if how != "refused" {
+                            *out.entry(ev.to_string()).or_default() += 1;
+                        }
                     }
                 }
             }
@@ -243,5 +248,193 @@ async fn no_tick_is_claimed_twice_or_lost_when_the_leader_dies_twice() {
     assert_eq!(t.missed, 0, "no leaderless window was longer than the catch-up");
     assert!(got.keys().all(|id| ids.contains(id)), "an event outside the window: {got:?}");
     assert_eq!(t.failed, 0, "{:?}", t.history);
+    cluster.assert_no_panics();
+}
+
+// ----------------------------------------------------------------- NATS
+
+use async_nats::jetstream;
+use futures::StreamExt;
+
+fn nats_url() -> String {
+    std::env::var("ROUSE_TEST_NATS").expect("ROUSE_TEST_NATS: eval \"$(bash deploy/test-env.sh start)\"")
+}
+
+/// A stream of this test's own, `prefix.>`.
+async fn nats_stream(prefix: &str) -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(prefix).await;
+    js.create_stream(jetstream::stream::Config {
+        name: prefix.to_string(),
+        subjects: vec![format!("{prefix}.in")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (client, js)
+}
+
+async fn deploy_queue_worker(c: &mut Client, image: &str, name: &str) {
+    c.deploy_container(pb::DeployContainerRequest {
+        namespace: "t".into(),
+        name: name.into(),
+        image: Some(image.into()),
+        min_scale: Some(0),
+        max_scale: Some(2),
+        max_concurrency: Some(4),
+        timeout_seconds: Some(10),
+        scale_to_zero_after_seconds: Some(10),
+        cpu_mvcpu: Some(1000),
+        memory_mb: Some(64),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn nats_trigger(c: &mut Client, container: &str, prefix: &str, dead_letter: bool) {
+    c.create_trigger(pb::CreateTriggerRequest {
+        namespace: "t".into(),
+        container: container.into(),
+        name: "orders".into(),
+        nats_subject: format!("{prefix}.in"),
+        nats_url: nats_url(),
+        nats_stream: prefix.into(),
+        dead_letter: if dead_letter { format!("{prefix}-dead") } else { String::new() },
+        path: "/cgi-bin/maybe".into(),
+        max_retries: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Waits until the container received every sequence in `seqs`.
+async fn wait_received(cluster: &TestCluster, container: &str, seqs: std::ops::RangeInclusive<u64>, within: Duration) -> BTreeMap<String, usize> {
+    let t = Instant::now();
+    loop {
+        let got = received(cluster, container, "orders");
+        let missing = seqs.clone().filter(|s| !got.contains_key(&s.to_string())).count();
+        if missing == 0 {
+            return got;
+        }
+        assert!(t.elapsed() < within, "{missing} messages of {seqs:?} never reached {container}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_messages_are_delivered_acked_retried_and_dead_lettered() {
+    let prefix = format!("T{}A", std::process::id());
+    let (client, js) = nats_stream(&prefix).await;
+    let mut dead = client.subscribe(format!("{prefix}-dead")).await.unwrap();
+    let image = push_test_image("rouse-test/triggers", "1");
+    let cluster = TestCluster::start_with_runtime(3, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("t", HashMap::new()).await.unwrap();
+    deploy_queue_worker(&mut c, &image, "q").await;
+    nats_trigger(&mut c, "q", &prefix, true).await;
+    let t0 = Instant::now();
+    for i in 1..=1000u64 {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("k", format!("v{i}").as_str());
+        js.publish_with_headers(format!("{prefix}.in"), h, format!("m-{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    js.publish(format!("{prefix}.in"), "please fail".into()).await.unwrap().await.unwrap();
+    let got = wait_received(&cluster, "q", 1..=1000, Duration::from_secs(180)).await;
+    println!(
+        "1,000 messages delivered in {:?}; {} duplicate deliveries",
+        t0.elapsed(),
+        got.values().map(|n| n - 1).sum::<usize>()
+    );
+    assert!(!got.contains_key("1001"), "the refused message was counted as received");
+    // The refused one: retried, then on the dead-letter subject.
+    let dl = tokio::time::timeout(Duration::from_secs(60), dead.next())
+        .await
+        .expect("a dead letter within 60 s")
+        .unwrap();
+    assert_eq!(dl.payload.as_ref(), b"please fail");
+    let h = dl.headers.clone().unwrap();
+    assert_eq!(h.get("Rouse-Event-Id").map(|v| v.as_str()), Some("1001"));
+    assert_eq!(h.get("Rouse-Status").map(|v| v.as_str()), Some("500"));
+    assert_eq!(h.get("Nats-Original-Subject").map(|v| v.to_string()), Some(format!("{prefix}.in")));
+    // Every message acked: nothing pending on the consumer.
+    let stream = js.get_stream(&prefix).await.unwrap();
+    let name = "rouse-t-q-orders".to_string();
+    eventually("the consumer has nothing pending or unacked", || {
+        let stream = stream.clone();
+        let name = name.clone();
+        async move {
+            let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.map_err(|e| e.to_string())?;
+            let info = consumer.info().await.map_err(|e| e.to_string())?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err(format!("{} pending, {} unacked", info.num_pending, info.num_ack_pending))
+            }
+        }
+    })
+    .await;
+    let t = eventually("the trigger counted 1,000 answered and 1 failed", || {
+        let mut c = c.clone();
+        async move {
+            let t = c.get_trigger("t", "q", "orders").await.map_err(|e| e.to_string())?;
+            if t.fired >= 1000 && t.failed == 1 {
+                Ok(t)
+            } else {
+                Err(format!("fired {} failed {}", t.fired, t.failed))
+            }
+        }
+    })
+    .await;
+    assert_eq!(t.kind, "nats");
+    let last_fail = t.history.iter().find(|f| !f.ok);
+    if let Some(f) = last_fail {
+        assert_eq!((f.event_id.as_str(), f.attempts), ("1001", 3), "{f:?}");
+    }
+    cluster.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_delivery_moves_when_the_consumer_node_dies() {
+    let prefix = format!("T{}K", std::process::id());
+    let (_client, js) = nats_stream(&prefix).await;
+    let image = push_test_image("rouse-test/triggers", "1");
+    let mut cluster = TestCluster::start_with_runtime(3, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("t", HashMap::new()).await.unwrap();
+    deploy_queue_worker(&mut c, &image, "k").await;
+    nats_trigger(&mut c, "k", &prefix, false).await;
+    // 300 messages at about 50 a second; the consumer's node (the leader)
+    // is SIGKILLed after the first 100.
+    let publisher = {
+        let js = js.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            for i in 1..=300u64 {
+                js.publish(format!("{prefix}.in"), format!("m-{i}").into()).await.unwrap().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    wait_received(&cluster, "k", 1..=100, Duration::from_secs(60)).await;
+    let leader = cluster.leader().await;
+    cluster.kill(leader);
+    let next = cluster.leader().await;
+    println!("killed node {leader} (the consumer's); node {next} leads");
+    publisher.await.unwrap();
+    let got = wait_received(&cluster, "k", 1..=300, Duration::from_secs(120)).await;
+    cluster.restart(leader);
+    let duplicates: Vec<(&String, &usize)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "300 of 300 messages delivered after the consumer moved; {} duplicate deliveries (same event id): {duplicates:?}",
+        got.values().map(|n| n - 1).sum::<usize>()
+    );
+    assert!(got.keys().all(|k| k.parse::<u64>().is_ok_and(|s| (1..=300).contains(&s))), "{got:?}");
     cluster.assert_no_panics();
 }

@@ -61,6 +61,21 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
             if !r.nats_url.starts_with("nats://") {
                 return Err(ApiError::invalid("nats_url", format!("{:?} must start with nats://", r.nats_url)));
             }
+            nats_subject("nats_subject", &r.nats_subject)?;
+            if !r.dead_letter.is_empty() {
+                nats_subject("dead_letter", &r.dead_letter)?;
+                if r.dead_letter == r.nats_subject {
+                    return Err(ApiError::invalid(
+                        "dead_letter",
+                        "must differ from nats_subject (dead letters would be delivered again)",
+                    ));
+                }
+            }
+            if !r.nats_stream.is_empty()
+                && !r.nats_stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ApiError::invalid("nats_stream", format!("{:?} is not a stream name (A-Z, a-z, 0-9, - and _)", r.nats_stream)));
+            }
             TriggerSource::Nats {
                 url: r.nats_url.clone(),
                 stream: r.nats_stream.clone(),
@@ -101,6 +116,18 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
         body: r.body.clone(),
         max_retries,
     })
+}
+
+/// A NATS subject: dot-separated tokens, no whitespace, no empty token.
+fn nats_subject(field: &str, s: &str) -> Result<(), ApiError> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.split('.').all(|t| !t.is_empty() && !t.chars().any(char::is_whitespace));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(field, format!("{s:?} is not a NATS subject (dot-separated tokens, no spaces)")))
+    }
 }
 
 /// A trigger as the API shows it.
@@ -337,5 +364,18 @@ mod tests {
         assert_eq!(bad(&|r| r.max_retries = Some(99)), "max_retries");
         assert_eq!(bad(&|r| r.catch_up_seconds = Some(100_000)), "catch_up_seconds");
         assert_eq!(bad(&|r| { r.cron.clear(); r.nats_subject = "s".into(); }), "nats_url");
+        let nats = |f: &dyn Fn(&mut pb::CreateTriggerRequest)| {
+            let mut r = req();
+            r.cron.clear();
+            r.nats_subject = "orders.new".into();
+            r.nats_url = "nats://127.0.0.1:4222".into();
+            f(&mut r);
+            spec_for(&r).map(|_| ()).map_err(field)
+        };
+        assert_eq!(nats(&|_| {}), Ok(()));
+        assert_eq!(nats(&|r| r.nats_subject = "a..b".into()), Err("nats_subject".into()));
+        assert_eq!(nats(&|r| r.dead_letter = "orders.new".into()), Err("dead_letter".into()));
+        assert_eq!(nats(&|r| r.nats_stream = "a.b".into()), Err("nats_stream".into()));
+        assert_eq!(nats(&|r| r.nats_url = "http://x".into()), Err("nats_url".into()));
     }
 }

@@ -195,7 +195,13 @@ pub struct Activator {
     remote_freed: parking_lot::Mutex<std::collections::HashMap<ContainerKey, Arc<tokio::sync::Notify>>>,
     /// Watches of other nodes' freed slots: (container, node) → last wanted.
     watching: Arc<parking_lot::Mutex<std::collections::HashMap<(ContainerKey, NodeId), tokio::time::Instant>>>,
+    /// Nodes whose mesh refused a connection lately: avoided until then.
+    suspects: parking_lot::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
 }
+
+/// How long a node whose mesh refused a connection is avoided (the
+/// cluster marks a dead node down after its liveness grace).
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 impl Activator {
     pub fn new(cluster: Arc<Cluster>, local: Arc<LocalInstances>, resumer: Resumer) -> Self {
@@ -206,7 +212,24 @@ impl Activator {
             resuming: AsyncMutex::new(()),
             remote_freed: Default::default(),
             watching: Default::default(),
+            suspects: Default::default(),
         }
+    }
+
+    /// `node`'s mesh refused a connection: route around it for a while.
+    pub fn suspect(&self, node: NodeId) {
+        self.suspects.lock().insert(node, std::time::Instant::now() + SUSPECT_FOR);
+    }
+
+    /// Drops suspected nodes from a view.
+    fn without_suspects(&self, mut v: View) -> View {
+        let mut s = self.suspects.lock();
+        let now = std::time::Instant::now();
+        s.retain(|_, until| *until > now);
+        if !s.is_empty() {
+            v.remote.retain(|n, _| !s.contains_key(n));
+        }
+        v
     }
 
     fn remote_freed(&self, key: &ContainerKey) -> Arc<tokio::sync::Notify> {
@@ -230,7 +253,12 @@ impl Activator {
         loop {
             let notified = freed.notified();
             let remote_notified = remote_freed.notified();
-            let v = view_with_local(&self.cluster.sm.read().data, self.cluster.id, &route.key, &self.local);
+            let v = self.without_suspects(view_with_local(
+                &self.cluster.sm.read().data,
+                self.cluster.id,
+                &route.key,
+                &self.local,
+            ));
             if let Some((id, slot)) = reservation.take().and_then(|t| self.local.take_reserved(&t)) {
                 if let Some((_, addr)) = v.local.iter().find(|(l, _)| *l == id) {
                     self.wake(&id).await?;

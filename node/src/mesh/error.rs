@@ -31,7 +31,15 @@ pub enum MeshError {
     BadPath(String),
     #[error("the instance did not answer: {0}")]
     Upstream(String),
+    /// Another node's mesh could not be reached (nothing was sent): that
+    /// node is avoided for a few seconds.
+    #[error("node {0}'s mesh is unreachable: {1}")]
+    NodeUnreachable(crate::state::NodeId, String),
 }
+
+/// The header on every answer the mesh makes itself (not the instance's):
+/// what went wrong, e.g. `timeout` or `upstream`.
+pub const ERROR_HEADER: &str = "x-rouse-error";
 
 impl MeshError {
     pub fn status(&self) -> StatusCode {
@@ -41,8 +49,25 @@ impl MeshError {
             MeshError::Token(_) => StatusCode::UNAUTHORIZED,
             MeshError::QueueFull(..) => StatusCode::SERVICE_UNAVAILABLE,
             MeshError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
-            MeshError::Resume { .. } | MeshError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            MeshError::Resume { .. } | MeshError::Upstream(_) | MeshError::NodeUnreachable(..) => {
+                StatusCode::BAD_GATEWAY
+            }
             MeshError::BadPath(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short name of the error, for [`ERROR_HEADER`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MeshError::UnknownHost(_) => "unknown-host",
+            MeshError::UnknownContainer(_) => "unknown-container",
+            MeshError::Token(_) => "token",
+            MeshError::QueueFull(..) => "queue-full",
+            MeshError::Timeout(..) => "timeout",
+            MeshError::Resume { .. } => "resume",
+            MeshError::BadPath(_) => "bad-path",
+            MeshError::Upstream(_) => "upstream",
+            MeshError::NodeUnreachable(..) => "node-unreachable",
         }
     }
 
@@ -50,7 +75,9 @@ impl MeshError {
     /// headers the status calls for.
     pub fn into_response(self) -> Response<RespBody> {
         let status = self.status();
+        let kind = self.kind();
         let mut r = text(status, format!("rouse: {self}"));
+        r.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(kind));
         match status {
             StatusCode::UNAUTHORIZED => {
                 r.headers_mut().insert(
@@ -99,6 +126,10 @@ mod tests {
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[http::header::RETRY_AFTER], "1");
         assert_eq!(MeshError::Timeout(k.clone(), 10).status(), 504);
+        // The mesh's own answers say so (triggers retry platform failures).
+        assert_eq!(r.headers()[ERROR_HEADER], "queue-full");
+        let r = MeshError::NodeUnreachable(3, "refused".into()).into_response();
+        assert_eq!((r.status().as_u16(), &r.headers()[ERROR_HEADER]), (502, &"node-unreachable"));
         assert_eq!(
             MeshError::UnknownContainer(k).to_string(),
             "no container web in namespace shop"

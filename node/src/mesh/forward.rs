@@ -155,6 +155,10 @@ impl Upstreams {
                 };
                 Ok(Response::from_parts(parts, body.boxed()))
             }
+            Err(e) if hop && e.is_connect() => {
+                tracing::warn!(error = %e, upstream = base, "another node's mesh is unreachable");
+                Err(MeshError::NodeUnreachable(0, e.to_string()))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, upstream = base, "upstream request failed");
                 Err(MeshError::Upstream(e.to_string()))

@@ -185,9 +185,18 @@ impl Mesh {
                     from_peer: hop,
                     to_hop: true,
                 };
-                self.upstreams
+                match self
+                    .upstreams
                     .forward(req, &base, route.protocol, remote, via, held)
                     .await
+                {
+                    Err(MeshError::NodeUnreachable(_, why)) => {
+                        // Nothing was sent: avoid that node for a while.
+                        self.activator.suspect(node);
+                        Err(MeshError::NodeUnreachable(node, why))
+                    }
+                    other => other,
+                }
             }
         }
     }

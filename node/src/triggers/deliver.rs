@@ -32,6 +32,25 @@ pub fn event_id(trigger: &str, tick_ms: u64) -> String {
     format!("{trigger}-{tick_ms}")
 }
 
+/// How long a delivery keeps trying through the platform's own failures
+/// (a node that just died, a full queue) before it counts as failed.
+pub const PLATFORM_BUDGET: Duration = Duration::from_secs(60);
+
+/// What a delivery attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The handler's status (or the mesh's, for the handler: a timeout).
+    Status(u16),
+    /// The platform failed before the handler had the request: a node's
+    /// mesh unreachable, a full queue, an instance that could not resume.
+    Platform(String),
+}
+
+/// Mesh errors that are not the handler's doing.
+fn platform_error(kind: &str) -> bool {
+    matches!(kind, "node-unreachable" | "queue-full" | "resume")
+}
+
 /// The wait before retry `n` (1-based): 250 ms doubling, at most 5 s.
 pub fn backoff(n: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << n.saturating_sub(1).min(5)).min(5000))
@@ -91,13 +110,25 @@ impl Delivery {
         let sent_ms = now_ms();
         let started = Instant::now();
         let mut attempts = 0;
+        let mut platform_tries = 0;
         let (status, ok) = loop {
-            attempts += 1;
-            let (status, retry) = match tokio::time::timeout(timeout, self.send(&trigger, &event, tick, token.as_deref())).await {
-                Ok(Ok(code)) => (code.to_string(), retryable(code)),
-                Ok(Err(e)) => (e, true),
+            let sent = tokio::time::timeout(timeout, self.send(&trigger, &event, tick, token.as_deref())).await;
+            let (status, retry) = match sent {
+                Ok(Ok(Answer::Status(code))) => (code.to_string(), retryable(code)),
+                Ok(Ok(Answer::Platform(why))) | Ok(Err(why)) => {
+                    // Not the handler's doing: retried without spending
+                    // its retries, within the platform budget.
+                    platform_tries += 1;
+                    if started.elapsed() < PLATFORM_BUDGET {
+                        tracing::debug!(trigger = %id, tick, why = %why, "the platform could not deliver; retrying");
+                        tokio::time::sleep(backoff(platform_tries)).await;
+                        continue;
+                    }
+                    (why, false)
+                }
                 Err(_) => ("timeout".to_string(), true),
             };
+            attempts += 1;
             let ok = status.starts_with('2') && status.len() == 3;
             if ok || !retry || attempts > trigger.spec.max_retries {
                 break (status, ok);
@@ -133,7 +164,51 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, t: &Trigger, event: &str, tick: u64, token: Option<&str>) -> Result<u16, String> {
+    async fn send(&self, t: &Trigger, event: &str, tick: u64, token: Option<&str>) -> Result<Answer, String> {
+        let body = render(&t.spec.body, event, tick, &t.name);
+        self.request(t, event, Bytes::from(body), &[], token).await
+    }
+
+    /// Delivers one event of `t` (a NATS message: `payload` is the body
+    /// unless the trigger has a body template) once; the status, or what
+    /// went wrong.
+    pub async fn send_event(
+        &self,
+        t: &Trigger,
+        event: &str,
+        payload: Bytes,
+        headers: &[(String, String)],
+    ) -> Result<Answer, String> {
+        let (timeout, token) = {
+            let sm = self.cluster.sm.read();
+            let c = sm
+                .data
+                .container(&t.namespace, &t.container)
+                .ok_or("the container is gone")?;
+            let token = (c.spec.privacy == crate::state::Privacy::Private)
+                .then(|| super::token(&sm.data, &self.keys, t, now_ms()))
+                .flatten();
+            (Duration::from_secs(u64::from(c.spec.timeout_secs) + 2), token)
+        };
+        let body = if t.spec.body.is_empty() {
+            payload
+        } else {
+            Bytes::from(render(&t.spec.body, event, now_ms(), &t.name))
+        };
+        match tokio::time::timeout(timeout, self.request(t, event, body, headers, token.as_deref())).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    async fn request(
+        &self,
+        t: &Trigger,
+        event: &str,
+        body: Bytes,
+        extra: &[(String, String)],
+        token: Option<&str>,
+    ) -> Result<Answer, String> {
         let host = format!("{}.{}.{}", t.container, t.namespace, self.base_domain);
         let uri = format!("http://{}{}", self.mesh, t.spec.path);
         let mut req = http::Request::builder()
@@ -142,21 +217,34 @@ impl Delivery {
             .header(http::header::HOST, host)
             .header(TRIGGER_HEADER, t.name.as_str())
             .header(EVENT_ID_HEADER, event);
-        for (k, v) in &t.spec.headers {
-            req = req.header(k.as_str(), v.as_str());
+        for (k, v) in t.spec.headers.iter().chain(extra.iter().map(|(k, v)| (k, v))) {
+            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+                req = req.header(k, v);
+            }
         }
         if let Some(token) = token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let body = render(&t.spec.body, event, tick, &t.name);
         let req = req
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| format!("request: {e}"))?;
-        let resp = self.client.request(req).await.map_err(|e| format!("connect: {e}"))?;
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            // This node's own mesh: a platform failure.
+            Err(e) => return Ok(Answer::Platform(format!("mesh: {e}"))),
+        };
         let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get(crate::mesh::error::ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         // Read the answer to its end so the connection can be reused.
         let _ = resp.into_body().collect().await;
-        Ok(status)
+        match kind {
+            Some(k) if platform_error(&k) => Ok(Answer::Platform(format!("{status} ({k})"))),
+            _ => Ok(Answer::Status(status)),
+        }
     }
 }
 

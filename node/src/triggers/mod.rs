@@ -18,8 +18,11 @@
 //! - [`schedule`]: parsing and the pure next-tick decision.
 //! - [`plan`]: what the leader does now, from the state (pure).
 //! - [`deliver`]: the HTTP request and its retries.
+//! - [`nats`]: NATS JetStream subjects, one durable consumer per trigger
+//!   on the leader.
 
 pub mod deliver;
+pub mod nats;
 pub mod plan;
 pub mod schedule;
 
@@ -34,8 +37,13 @@ use crate::state::Command;
 pub use deliver::Delivery;
 pub use plan::Action;
 
-/// Runs the trigger loop of this node: it acts only while the node leads.
+/// Runs the trigger loops of this node: they act only while it leads.
 pub async fn run(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
+    tokio::spawn(nats::run(cluster.clone(), delivery.clone()));
+    run_cron(cluster, delivery).await;
+}
+
+async fn run_cron(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
     // Ticks this node is delivering now: (trigger id, tick).
     let busy: Arc<parking_lot::Mutex<HashSet<(String, u64)>>> = Arc::default();
     loop {
