@@ -79,6 +79,18 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         seconds: u64,
     },
+    /// Triggers: a cron tick's scheduled time and a NATS message's publish
+    /// to the request reaching the container, next to NATS's own publish →
+    /// subscriber and JetStream publish → pull consumer latencies, on the
+    /// same nats-server, same run. Needs the test environment.
+    Triggers {
+        /// Seconds of the every-second cron trigger.
+        #[arg(long, default_value_t = 30)]
+        cron_seconds: u64,
+        /// Messages for each NATS measurement, 50 a second.
+        #[arg(long, default_value_t = 500)]
+        messages: u64,
+    },
 }
 
 /// A port for a baseline program that binds its own (etcd, nginx, ctr run).
@@ -1161,10 +1173,233 @@ async fn main() -> anyhow::Result<()> {
             host_network,
         } => mesh(rounds, seconds, host_network).await,
         Cmd::Hop { seconds } => hop(seconds).await,
+        Cmd::Triggers {
+            cron_seconds,
+            messages,
+        } => triggers(cron_seconds, messages).await,
         Cmd::Placement {
             nodes,
             containers,
             per_container,
         } => placement(nodes, containers, per_container).await,
     }
+}
+
+// ------------------------------------------------------------- triggers
+
+/// p50 and p99 of `v` (ms).
+fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.5), at(0.99))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `event TRIGGER ID MS` lines of the instance logs under `dir`.
+fn events(dir: &Path, trigger: &str) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let ["event", t, id, ms] = f.as_slice() {
+                if *t == trigger {
+                    if let Ok(ms) = ms.parse() {
+                        out.entry(id.to_string()).or_insert(ms);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (sock, reg, run) = test_env()?;
+    // A nats-server -js of this run's own.
+    let tmp = tempfile::tempdir()?;
+    let nats_port = free_port();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
+            .arg(tmp.path().join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("nats-server: {e} (apt install nats-server)"))?,
+    );
+    let url = format!("nats://127.0.0.1:{nats_port}");
+    let client = loop {
+        match async_nats::connect(&url).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    for (name, subject) in [("BASE", "base.in"), ("TRIG", "trig.in")] {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await?;
+    }
+    let pace = Duration::from_millis(20);
+
+    // Baseline 1: core NATS, publish → subscriber.
+    let mut sub = client.subscribe("core.bench").await?;
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        while let Some(m) = sub.next().await {
+            let sent: u128 = String::from_utf8_lossy(&m.payload).parse().unwrap_or(0);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            lat.push((now.saturating_sub(sent)) as f64 / 1000.0);
+            if lat.len() as u64 == messages {
+                break;
+            }
+        }
+        lat
+    });
+    for _ in 0..messages {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        client.publish("core.bench", now.to_string().into()).await?;
+        client.flush().await?;
+        tokio::time::sleep(pace).await;
+    }
+    let core = p50_p99(tokio::time::timeout(Duration::from_secs(30), reader).await??);
+
+    // Baseline 2: JetStream publish (acked) → durable pull consumer.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("BASE")
+        .await?
+        .get_or_create_consumer(
+            "bench",
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("bench".into()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut msgs = consumer.messages().await?;
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        while let Some(Ok(m)) = msgs.next().await {
+            let sent: u128 = String::from_utf8_lossy(&m.payload).parse().unwrap_or(0);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            lat.push((now.saturating_sub(sent)) as f64 / 1000.0);
+            let _ = m.ack().await;
+            if lat.len() as u64 == messages {
+                break;
+            }
+        }
+        lat
+    });
+    for _ in 0..messages {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        js.publish("base.in", now.to_string().into()).await?.await?;
+        tokio::time::sleep(pace).await;
+    }
+    let jet = p50_p99(tokio::time::timeout(Duration::from_secs(60), reader).await??);
+
+    // rouse: a warm container (the keep-alive backend notes each arrival).
+    let backend = rouse_testkit::env::binary("keepalive-hello");
+    let image = rouse_testkit::env::push_image(&format!("bench-{run}/trig"), "1", Some(&backend));
+    let (rouse, mut c, _http) = single_node(&sock, &reg, &format!("bench-trig-{run}"), &[]).await?;
+    c.deploy_container(rouse_client::pb::DeployContainerRequest {
+        namespace: "bench".into(),
+        name: "trig".into(),
+        image: Some(image),
+        min_scale: Some(1),
+        max_scale: Some(1),
+        max_concurrency: Some(100),
+        cpu_mvcpu: Some(1000),
+        memory_mb: Some(128),
+        ..Default::default()
+    })
+    .await?;
+    loop {
+        let ct = c.get_container("bench", "trig", true).await?;
+        if ct.instances.iter().any(|i| i.state == "ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = rouse.kit.dir.join("node1").join("logs");
+
+    // Cron, every second.
+    c.create_trigger(rouse_client::pb::CreateTriggerRequest {
+        namespace: "bench".into(),
+        container: "trig".into(),
+        name: "tick".into(),
+        cron: "* * * * * *".into(),
+        ..Default::default()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(cron_seconds)).await;
+    c.set_trigger_enabled("bench", "trig", "tick", false).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cron_lat: Vec<f64> = events(&logs, "tick")
+        .into_iter()
+        .filter_map(|(id, at)| {
+            let tick: u64 = id.strip_prefix("tick-")?.parse().ok()?;
+            Some(at.saturating_sub(tick) as f64)
+        })
+        .collect();
+    let cron_n = cron_lat.len();
+    let cron = p50_p99(cron_lat);
+
+    // NATS trigger: publish (acked) → the request at the container.
+    c.create_trigger(rouse_client::pb::CreateTriggerRequest {
+        namespace: "bench".into(),
+        container: "trig".into(),
+        name: "orders".into(),
+        nats_subject: "trig.in".into(),
+        nats_url: url.clone(),
+        nats_stream: "TRIG".into(),
+        ..Default::default()
+    })
+    .await?;
+    // The consumer starts within a leader pass.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut published = std::collections::HashMap::new();
+    for _ in 0..messages {
+        let t = unix_ms();
+        let ack = js.publish("trig.in", "x".into()).await?.await?;
+        published.insert(ack.sequence.to_string(), t);
+        tokio::time::sleep(pace).await;
+    }
+    let t = Instant::now();
+    let got = loop {
+        let got = events(&logs, "orders");
+        if got.len() as u64 >= messages || t.elapsed() > Duration::from_secs(60) {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let nats_lat: Vec<f64> = got
+        .iter()
+        .filter_map(|(seq, at)| Some(at.saturating_sub(*published.get(seq)?) as f64))
+        .collect();
+    let nats_n = nats_lat.len();
+    let nats = p50_p99(nats_lat);
+    drop(procs);
+
+    println!("| path | samples | p50 ms | p99 ms | p50 vs JetStream |");
+    println!("|---|---|---|---|---|");
+    println!("| NATS core publish → subscriber (baseline) | {messages} | {:.2} | {:.2} | {:.2}x |", core.0, core.1, core.0 / jet.0);
+    println!("| JetStream publish → pull consumer (baseline) | {messages} | {:.2} | {:.2} | 1.00x |", jet.0, jet.1);
+    println!("| rouse NATS trigger: publish → request at the container | {nats_n} | {:.2} | {:.2} | {:.2}x |", nats.0, nats.1, nats.0 / jet.0);
+    println!("| rouse cron trigger: scheduled time → request at the container | {cron_n} | {:.2} | {:.2} | - |", cron.0, cron.1);
+    Ok(())
 }

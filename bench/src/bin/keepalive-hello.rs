@@ -1,7 +1,9 @@
 //! The mesh benchmark's backend: an HTTP/1.1 server on 0.0.0.0:$PORT that
 //! keeps connections alive and answers every request at once with
 //! `hello from rouse`, so a proxy benchmark measures the proxy, not the
-//! backend's connection handling.
+//! backend's connection handling. A trigger's delivery (`X-Rouse-Event-Id`)
+//! is noted on standard output with the time it arrived (Unix ms), for the
+//! trigger benchmark.
 
 use std::convert::Infallible;
 
@@ -24,7 +26,14 @@ async fn main() -> std::io::Result<()> {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let hello = service_fn(|_req: Request<hyper::body::Incoming>| async {
+            let hello = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                if let Some(id) = req.headers().get("x-rouse-event-id").and_then(|v| v.to_str().ok()) {
+                    let ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    let trigger = req.headers().get("x-rouse-trigger").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    println!("event {trigger} {id} {ms}");
+                }
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                     b"hello from rouse\n",
                 ))))
