@@ -13,6 +13,22 @@ use openraft::{BasicNode, RaftMetrics};
 use crate::loads::ContainerLoad;
 use crate::state::{NodeId, StateData};
 
+/// The metrics page (served on `--metrics`, not on the public mesh).
+fn page(mesh: &super::stack::Mesh) -> http::Response<super::error::RespBody> {
+    let body = {
+        let cluster = mesh.cluster();
+        let sm = cluster.sm.read();
+        let raft = cluster.raft.metrics().borrow().clone();
+        render(&sm.data, &raft, &mesh.loads())
+    };
+    let mut r = super::error::text(http::StatusCode::OK, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(mesh: std::sync::Arc<super::stack::Mesh>, listener: tokio::net::TcpListener) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,7 +47,7 @@ pub async fn serve(mesh: std::sync::Arc<super::stack::Mesh>, listener: tokio::ne
                 let mesh = mesh.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
-                        mesh.metrics()
+                        page(&mesh)
                     } else {
                         super::error::text(
                             http::StatusCode::NOT_FOUND,

@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, HOST};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::activate::{Activator, Target};
 use super::authorize;
 use super::demand::Demand;
-use super::error::{text, MeshError, RespBody};
+use super::error::{MeshError, RespBody};
 use super::forward::{self, Held, Upstreams, HOP, ORIGINAL_HOST, RESERVATION};
 use super::route::{self, Route};
 use crate::cluster::{now_ms, Cluster};
@@ -201,19 +201,14 @@ impl Mesh {
         }
     }
 
-    /// The metrics page (served on `--metrics`, not on the public mesh).
-    pub fn metrics(&self) -> Response<RespBody> {
-        let body = {
-            let sm = self.cluster.sm.read();
-            let raft = self.cluster.raft.metrics().borrow().clone();
-            super::metrics::render(&sm.data, &raft, &self.demand.loads())
-        };
-        let mut r = text(StatusCode::OK, body);
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        r
+    /// The cluster this mesh serves.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// What this node holds per container now (in flight or queued).
+    pub fn loads(&self) -> Vec<crate::loads::ContainerLoad> {
+        self.demand.loads()
     }
 }
 
