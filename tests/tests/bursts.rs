@@ -216,13 +216,11 @@ async fn matrix(flags: &[&str], starts: &[Start]) {
     cluster.assert_no_panics();
 }
 
+/// One test, so that its clusters never share the machine with each other
+/// (completion times are compared with an ideal scheduler's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bursts_from_zero_and_from_warm() {
+async fn bursts_from_zero_suspended_and_warm() {
     matrix(&["--suspend-after", "0s"], &[Start::Warm, Start::Zero]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bursts_from_suspended() {
     matrix(&["--suspend-after", "1s"], &[Start::Suspended]).await;
 }
 

@@ -195,6 +195,18 @@ async fn cron_ticks_wake_a_container_at_zero_once_each() {
     let (code, out, _) = cluster.cli(1, &["trigger", "list", "t", "-o", "json"]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().len(), 2);
+    // Prometheus counts the deliveries.
+    let metrics = cluster.node(1).metrics.addr().to_string();
+    let page = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    let fired = page
+        .lines()
+        .find(|l| l.starts_with("rouse_trigger_firings{") && l.contains("container=\"pub\"") && l.contains("outcome=\"fired\""))
+        .unwrap_or_else(|| panic!("no fired counter for pub in {page}"));
+    assert!(fired.ends_with(&format!(" {}", v["fired"])), "{fired} vs {v}");
     // Deleting the container deletes its triggers.
     c.delete_container("t", "pub").await.unwrap();
     assert!(c.get_trigger("t", "pub", "tick").await.is_err());

@@ -89,6 +89,30 @@ pub fn render(
     let raft = Family::<Labels, Gauge>::default();
     let scaling = Family::<Labels, Gauge>::default();
     let desired = Family::<Labels, Gauge>::default();
+    let firings = Family::<Labels, Gauge>::default();
+    let trigger_latency = Family::<Labels, FGauge>::default();
+    for t in state.triggers.values() {
+        for (outcome, n) in [("fired", t.fired), ("failed", t.failed), ("missed", t.missed)] {
+            firings
+                .get_or_create(&labels(&[
+                    ("namespace", &t.namespace),
+                    ("container", &t.container),
+                    ("trigger", &t.name),
+                    ("kind", t.spec.source.kind()),
+                    ("outcome", outcome),
+                ]))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Some(f) = t.history.last() {
+            trigger_latency
+                .get_or_create(&labels(&[
+                    ("namespace", &t.namespace),
+                    ("container", &t.container),
+                    ("trigger", &t.name),
+                ]))
+                .set(f.latency_ms as f64 / 1000.0);
+        }
+    }
     {
         for c in state.containers.values() {
             for (direction, n) in [("up", c.scale_ups), ("down", c.scale_downs)] {
@@ -187,6 +211,16 @@ pub fn render(
         "desired_scale",
         "Instances the autoscaler wants per container",
         desired,
+    );
+    reg.register(
+        "trigger_firings",
+        "Trigger deliveries per outcome since the trigger was made (fired: answered 2xx; failed: after its retries; missed: ticks past the catch-up window)",
+        firings,
+    );
+    reg.register(
+        "trigger_last_latency_seconds",
+        "The last delivery's time from first attempt to answer",
+        trigger_latency,
     );
     reg.register("raft", "Raft state of this node", raft);
     let mut out = String::new();
