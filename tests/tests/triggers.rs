@@ -450,3 +450,69 @@ async fn nats_delivery_moves_when_the_consumer_node_dies() {
     assert!(got.keys().all(|k| k.parse::<u64>().is_ok_and(|s| (1..=300).contains(&s))), "{got:?}");
     cluster.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_come_from_a_secret() {
+    // A nats-server of this test's own that wants a user and password.
+    let port = rouse_testkit::listener::pick_port(std::net::IpAddr::from([127, 0, 0, 1])).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--user", "rouse", "--pass", "s3cret", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = eventually("the authenticated nats-server answers", || {
+        let url = url.clone();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password("rouse".into(), "s3cret".into())
+                .connect(url)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "AUTH".into(),
+        subjects: vec!["auth.in".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let image = push_test_image("rouse-test/triggers", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("t", HashMap::new()).await.unwrap();
+    deploy_queue_worker(&mut c, &image, "cred").await;
+    let mut req = pb::CreateTriggerRequest {
+        namespace: "t".into(),
+        container: "cred".into(),
+        name: "orders".into(),
+        nats_subject: "auth.in".into(),
+        nats_url: url.clone(),
+        nats_credentials: "NATS_CREDS".into(),
+        path: "/cgi-bin/maybe".into(),
+        ..Default::default()
+    };
+    // Named but not set: refused, naming the field.
+    let e = c.create_trigger(req.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("nats_credentials") && e.to_string().contains("NATS_CREDS"), "{e}");
+    c.set_secrets("t", Some("cred"), HashMap::from([("NATS_CREDS".to_string(), "rouse:s3cret".to_string())]))
+        .await
+        .unwrap();
+    req.name = "orders".into();
+    let t = c.create_trigger(req).await.unwrap();
+    assert_eq!(t.nats_credentials, "NATS_CREDS", "the secret's name, never its value");
+    for i in 1..=5u64 {
+        js.publish("auth.in", format!("m-{i}").into()).await.unwrap().await.unwrap();
+    }
+    wait_received(&cluster, "cred", 1..=5, Duration::from_secs(60)).await;
+    let (_, out, _) = cluster.cli(1, &["trigger", "get", "t/cred/orders", "-o", "json"]);
+    assert!(!out.contains("s3cret"), "{out}");
+    let _ = server.kill();
+    let _ = server.wait();
+    cluster.assert_no_panics();
+}

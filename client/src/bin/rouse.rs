@@ -101,6 +101,9 @@ enum TriggerCmd {
         nats_stream: Option<String>,
         #[arg(long, requires = "nats_subject")]
         dead_letter: Option<String>,
+        /// A secret of the container (or namespace) holding user:password or a token.
+        #[arg(long, requires = "nats_subject")]
+        nats_credentials: Option<String>,
         /// HTTP method (default POST).
         #[arg(long)]
         method: Option<String>,
@@ -173,6 +176,7 @@ fn trigger_json(t: &rouse_client::pb::Trigger, history: bool) -> serde_json::Val
         v["nats_url"] = t.nats_url.clone().into();
         v["nats_stream"] = t.nats_stream.clone().into();
         v["dead_letter"] = t.dead_letter.clone().into();
+        v["nats_credentials"] = t.nats_credentials.clone().into();
     }
     if history {
         v["history"] = t
@@ -1611,6 +1615,7 @@ async fn trigger_cmd(c: &mut Client, fmt: Format, cmd: TriggerCmd) -> Result<(),
             nats_url,
             nats_stream,
             dead_letter,
+            nats_credentials,
             method,
             path,
             headers,
@@ -1647,6 +1652,7 @@ async fn trigger_cmd(c: &mut Client, fmt: Format, cmd: TriggerCmd) -> Result<(),
                     nats_url: nats_url.unwrap_or_default(),
                     nats_stream: nats_stream.unwrap_or_default(),
                     dead_letter: dead_letter.unwrap_or_default(),
+                    nats_credentials: nats_credentials.unwrap_or_default(),
                     method: method.unwrap_or_default(),
                     path: path.unwrap_or_default(),
                     headers: hs,

@@ -76,11 +76,19 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
             {
                 return Err(ApiError::invalid("nats_stream", format!("{:?} is not a stream name (A-Z, a-z, 0-9, - and _)", r.nats_stream)));
             }
+            if !r.nats_credentials.is_empty() {
+                validate::env(
+                    "nats_credentials",
+                    &std::collections::BTreeMap::from([(r.nats_credentials.clone(), String::new())]),
+                    &[],
+                )?;
+            }
             TriggerSource::Nats {
                 url: r.nats_url.clone(),
                 stream: r.nats_stream.clone(),
                 subject: r.nats_subject.clone(),
                 dead_letter: (!r.dead_letter.is_empty()).then(|| r.dead_letter.clone()),
+                credentials: (!r.nats_credentials.is_empty()).then(|| r.nats_credentials.clone()),
             }
         }
     };
@@ -188,7 +196,9 @@ pub fn to_pb(t: &Trigger, now_ms: u64) -> pb::Trigger {
             stream,
             subject,
             dead_letter,
+            credentials,
         } => {
+            out.nats_credentials = credentials.clone().unwrap_or_default();
             out.subject = subject.clone();
             out.nats_url = url.clone();
             out.nats_stream = stream.clone();
@@ -224,6 +234,22 @@ impl TriggerService for Api {
                 name: r.name.clone(),
             })?;
             let spec = spec_for(&r)?;
+            if let TriggerSource::Nats { credentials: Some(k), .. } = &spec.source {
+                self.cluster.read_barrier(false).await?;
+                let sm = self.cluster.sm.read();
+                let held = [
+                    crate::state::Scope::of(&r.namespace, Some(&r.container)),
+                    crate::state::Scope::namespace(&r.namespace),
+                ]
+                .iter()
+                .any(|scope| sm.data.secrets.get(scope).is_some_and(|m| m.contains_key(k)));
+                if !held {
+                    return Err(ApiError::invalid(
+                        "nats_credentials",
+                        format!("no secret {k:?} in {}/{} or {}; set it first with `rouse secret set`", r.namespace, r.container, r.namespace),
+                    ));
+                }
+            }
             self.cluster
                 .write(Command::CreateTrigger {
                     namespace: r.namespace.clone(),

@@ -334,6 +334,7 @@ fn samples() -> Vec<Command> {
                     stream: "ORDERS".into(),
                     subject: "orders.new".into(),
                     dead_letter: Some("orders.dead".into()),
+                    credentials: None,
                 },
                 method: "POST".into(),
                 path: "/".into(),

@@ -497,6 +497,10 @@ pub enum TriggerSource {
         subject: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dead_letter: Option<String>,
+        /// The name of a secret of the container (or its namespace) that
+        /// holds `user:password` or a token for the NATS server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<String>,
     },
 }
 

@@ -81,6 +81,7 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
         stream,
         subject,
         dead_letter,
+        credentials,
     } = &t.spec.source
     else {
         return Ok(());
@@ -93,8 +94,15 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
             .ok_or("the container is gone")?;
         (c.spec.timeout_secs, (c.spec.max_scale * c.spec.max_concurrency).max(1))
     };
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if let Some(key) = credentials {
+        let value = open_secret(cluster, delivery, &t.namespace, &t.container, key)?;
+        options = match value.split_once(':') {
+            Some((user, pass)) => options.user_and_password(user.into(), pass.into()),
+            None => options.token(value),
+        };
+    }
+    let client = options
         .connect(url.as_str())
         .await
         .map_err(|e| format!("connecting to {url}: {e}"))?;
@@ -145,6 +153,25 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
         });
     }
     Err("the message stream ended".into())
+}
+
+/// A secret of the container (or else its namespace), opened.
+fn open_secret(cluster: &Cluster, delivery: &Delivery, ns: &str, ct: &str, key: &str) -> Result<String, String> {
+    use crate::state::Scope;
+    let sm = cluster.sm.read();
+    let (scope, sealed) = [Scope::of(ns, Some(ct)), Scope::namespace(ns)]
+        .into_iter()
+        .find_map(|scope| {
+            let s = sm.data.secrets.get(&scope)?.get(key)?.clone();
+            Some((scope, s))
+        })
+        .ok_or_else(|| format!("credentials: no secret {key:?} in {ns}/{ct} or {ns}"))?;
+    let dk = delivery.keys.data_key(&sm.data).map_err(|e| format!("credentials: {e}"))?;
+    drop(sm);
+    let plain = dk
+        .open(&sealed.sealed, &crate::secrets::aad(scope.as_str(), key))
+        .map_err(|e| format!("credentials: {e}"))?;
+    String::from_utf8(plain).map_err(|_| format!("credentials: secret {key:?} is not UTF-8"))
 }
 
 /// One message: deliver, then ack, nak, or dead-letter and term.
