@@ -61,6 +61,8 @@ pub struct LocalInstances {
     /// request, even from a view of the state read just before they left
     /// it. Kept for [`RETIRED_FOR`] after they started draining.
     retired: Mutex<HashMap<String, Instant>>,
+    /// Requests each instance took since metering last asked.
+    requests: Mutex<HashMap<String, u64>>,
 }
 
 /// How long a reserved slot waits for its request.
@@ -117,10 +119,16 @@ impl LocalInstances {
             return None;
         }
         self.last_used.lock().insert(id.to_string(), Instant::now());
+        *self.requests.lock().entry(id.to_string()).or_default() += 1;
         Some(SlotGuard {
             slot,
             freed: self.freed(key),
         })
+    }
+
+    /// Requests `id` took since the last call (for metering).
+    pub fn take_requests(&self, id: &str) -> u64 {
+        self.requests.lock().remove(id).unwrap_or(0)
     }
 
     /// How long a local instance has had no request (none yet: since `since`).

@@ -286,6 +286,7 @@ pub async fn run(
             loads.clone(),
             local.clone(),
         )),
+        tokio::spawn(crate::runtime::meter::run(cluster.clone(), local.clone(), config.id)),
         // Instances keep running under containerd; a restarted node adopts them.
         tokio::spawn(run_agent(
             cluster.clone(),

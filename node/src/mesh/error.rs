@@ -129,7 +129,8 @@ mod tests {
         // The mesh's own answers say so (triggers retry platform failures).
         assert_eq!(r.headers()[ERROR_HEADER], "queue-full");
         let r = MeshError::NodeUnreachable(3, "refused".into()).into_response();
-        assert_eq!((r.status().as_u16(), &r.headers()[ERROR_HEADER]), (502, &"node-unreachable"));
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.headers()[ERROR_HEADER], "node-unreachable");
         assert_eq!(
             MeshError::UnknownContainer(k).to_string(),
             "no container web in namespace shop"

@@ -29,6 +29,7 @@ pub mod ctr;
 pub mod gc;
 pub mod health;
 pub mod idle;
+pub mod meter;
 pub mod image;
 pub mod network;
 pub mod seccomp;

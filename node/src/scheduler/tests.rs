@@ -401,7 +401,7 @@ fn instances_still_stopping_count_against_max_scale() {
     commit(&mut s, &p);
     // Scaled down to one, three stopping; back up to four: only one more
     // until the three are gone.
-    let mut scale = |s: &mut StateData, min: u32| {
+    let scale = |s: &mut StateData, min: u32| {
         let mut spec = s.container("n", "web").unwrap().spec.clone();
         spec.min_scale = min;
         s.apply(&Proposal::new(

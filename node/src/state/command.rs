@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::key::Scope;
 use super::types::{
     ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, IssuedCert, JoinTokenRecord, NodeId,
-    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord, Firing, TriggerSpec,
+    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord, Firing, TriggerSpec, UsageEntry,
 };
 
 /// Version of the commands' meaning written into every log entry. Rules
@@ -26,7 +26,7 @@ use super::types::{
 ///   deleting a namespace revokes its API keys and tokens, deleting a
 ///   container its tokens; `RevokeApiKey` keeps at least one admin key;
 ///   namespace quotas bound containers, secrets and tokens.
-/// - 3: triggers (`CreateTrigger` … `RecordFiring`).
+/// - 3: triggers (`CreateTrigger` … `RecordFiring`), usage (`RecordUsage`).
 pub const COMMAND_VERSION: u32 = 3;
 
 /// One entry's payload in the replicated log.
@@ -244,6 +244,15 @@ pub enum Command {
         container: String,
         name: String,
         firing: Firing,
+    },
+    /// Adds `node`'s metered usage to the ledger. Applied once per
+    /// (node, seq): a batch sent again (its first answer lost) with a seq
+    /// not above the node's last is accepted and changes nothing. Periods
+    /// older than a day fold into their hour.
+    RecordUsage {
+        node: NodeId,
+        seq: u64,
+        entries: Vec<UsageEntry>,
     },
 }
 

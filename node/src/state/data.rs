@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::key::{ContainerKey, Scope};
 use super::types::{
     ApiKey, ClusterCa, Container, Instance, InstanceStatus, JoinTokenRecord, Namespace, NodeId,
-    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord, Trigger,
+    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord, Trigger, Usage,
 };
 
 /// The whole replicated state. Ordered maps keep serialisation, and so
@@ -56,6 +56,13 @@ pub struct StateData {
     /// Triggers by `namespace/container/name`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub triggers: BTreeMap<String, Trigger>,
+    /// The usage ledger: per container (kept after it is deleted), per
+    /// period start (a minute; an hour once older than a day).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<ContainerKey, BTreeMap<u64, Usage>>,
+    /// The last usage batch applied from each node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage_seq: BTreeMap<NodeId, u64>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -78,6 +85,9 @@ pub enum Key {
     RevokedCerts,
     /// A trigger, by `namespace/container/name`.
     Trigger(String),
+    /// A container's usage ledger.
+    Usage(ContainerKey),
+    UsageSeq,
 }
 
 impl StateData {

@@ -50,9 +50,10 @@ fn variant(c: &Command) -> usize {
         Command::SetTriggerEnabled { .. } => 29,
         Command::ClaimTick { .. } => 30,
         Command::RecordFiring { .. } => 31,
+        Command::RecordUsage { .. } => 32,
     }
 }
-const VARIANTS: usize = 32;
+const VARIANTS: usize = 33;
 
 fn envelope() -> crate::secrets::Envelope {
     crate::secrets::Envelope {
@@ -377,6 +378,25 @@ fn samples() -> Vec<Command> {
                 attempts: 1,
                 node: 3,
             },
+        },
+        Command::RecordUsage {
+            node: 2,
+            seq: 1_700_000_000_000,
+            entries: vec![UsageEntry {
+                namespace: "shop".into(),
+                container: "web".into(),
+                period_ms: 1_699_999_980_000,
+                usage: Usage {
+                    memory_mb_ms: 256_000,
+                    mvcpu_ms: 500_000,
+                    memory_used_kib_ms: 1_024_000,
+                    cpu_used_us: 12_345,
+                    requests: 3,
+                    request_ms: 40,
+                    instance_ms: 1000,
+                    suspended_ms: 0,
+                },
+            }],
         },
     ]
 }

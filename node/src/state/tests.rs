@@ -772,3 +772,42 @@ mod triggers {
         assert!(matches!(r.rejection, Some(Rejection::AlreadyExists(_))));
     }
 }
+
+mod usage {
+    use super::super::*;
+
+    fn batch(seq: u64, period: u64, ms: u64) -> Command {
+        Command::RecordUsage {
+            node: 1,
+            seq,
+            entries: vec![UsageEntry {
+                namespace: "n".into(),
+                container: "c".into(),
+                period_ms: period,
+                usage: Usage { instance_ms: ms, memory_mb_ms: 256 * ms, ..Default::default() },
+            }],
+        }
+    }
+
+    #[test]
+    fn a_batch_counts_once_and_old_minutes_fold_into_hours() {
+        let mut s = StateData::default();
+        let key = ContainerKey::new("n", "c");
+        assert!(s.apply(&Proposal::new(0, batch(1, 60_000, 1000))).rejection.is_none());
+        // The same batch again (its answer was lost), and an older one.
+        assert!(s.apply(&Proposal::new(0, batch(1, 60_000, 1000))).rejection.is_none());
+        assert!(s.apply(&Proposal::new(0, batch(0, 60_000, 1000))).rejection.is_none());
+        assert_eq!(s.usage[&key][&60_000].instance_ms, 1000);
+        // Within the minute: added to it.
+        assert!(s.apply(&Proposal::new(0, batch(2, 90_000, 500))).rejection.is_none());
+        assert_eq!(s.usage[&key][&60_000].instance_ms, 1500);
+        assert_eq!(s.usage[&key][&60_000].memory_mb_ms, 256 * 1500);
+        // A day later, the minute is folded into its hour (0).
+        let later = USAGE_MINUTES_KEPT_MS + 10 * USAGE_HOUR_MS;
+        assert!(s.apply(&Proposal::new(later, batch(3, later, 10))).rejection.is_none());
+        let ledger = &s.usage[&key];
+        assert!(!ledger.contains_key(&60_000));
+        assert_eq!(ledger[&0].instance_ms, 1500);
+        assert_eq!(ledger.values().map(|u| u.instance_ms).sum::<u64>(), 1510);
+    }
+}

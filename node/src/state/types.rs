@@ -529,3 +529,56 @@ pub struct Firing {
     pub attempts: u32,
     pub node: NodeId,
 }
+
+/// What one container used over one period, in integer units so that every
+/// node sums the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Allocated: memory limit (MB) × running time (ms).
+    pub memory_mb_ms: u64,
+    /// Allocated: mVCPU × running time (ms).
+    pub mvcpu_ms: u64,
+    /// Used: memory in use (KiB) integrated over running time (ms).
+    pub memory_used_kib_ms: u64,
+    /// Used: CPU time (µs).
+    pub cpu_used_us: u64,
+    pub requests: u64,
+    /// Time with at least one request in flight (ms).
+    pub request_ms: u64,
+    /// Instance running time (ms), suspended time not included.
+    pub instance_ms: u64,
+    /// Instance time suspended (ms): memory kept, no CPU.
+    pub suspended_ms: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.memory_mb_ms = self.memory_mb_ms.saturating_add(o.memory_mb_ms);
+        self.mvcpu_ms = self.mvcpu_ms.saturating_add(o.mvcpu_ms);
+        self.memory_used_kib_ms = self.memory_used_kib_ms.saturating_add(o.memory_used_kib_ms);
+        self.cpu_used_us = self.cpu_used_us.saturating_add(o.cpu_used_us);
+        self.requests = self.requests.saturating_add(o.requests);
+        self.request_ms = self.request_ms.saturating_add(o.request_ms);
+        self.instance_ms = self.instance_ms.saturating_add(o.instance_ms);
+        self.suspended_ms = self.suspended_ms.saturating_add(o.suspended_ms);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+/// One node's usage of one container in the period starting at
+/// `period_ms` (a minute).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub namespace: String,
+    pub container: String,
+    pub period_ms: u64,
+    pub usage: Usage,
+}
+
+/// Usage periods: a minute, folded into hours after [`USAGE_MINUTES_KEPT_MS`].
+pub const USAGE_MINUTE_MS: u64 = 60_000;
+pub const USAGE_HOUR_MS: u64 = 3_600_000;
+pub const USAGE_MINUTES_KEPT_MS: u64 = 24 * USAGE_HOUR_MS;

@@ -1,5 +1,5 @@
 //! How the replicated state maps onto sled keys: `ns/…`, `ct/…`, `node/…`,
-//! `in/…`, `st/…`, `sec/…`, `trg/…`, `meta/…`. One key per object, written through
+//! `in/…`, `st/…`, `sec/…`, `trg/…`, `use/…`, `meta/…`. One key per object, written through
 //! on apply (only the keys a command changed) and read back on start.
 
 use serde::Serialize;
@@ -15,6 +15,7 @@ pub(super) const SM_SIGNING_KEYS: &[u8] = b"meta/signing_keys";
 pub(super) const SM_CLUSTER_CA: &[u8] = b"meta/cluster_ca";
 pub(super) const SM_KEK_ID: &[u8] = b"meta/kek_id";
 pub(super) const SM_REVOKED_CERTS: &[u8] = b"meta/revoked_certs";
+pub(super) const SM_USAGE_SEQ: &[u8] = b"meta/usage_seq";
 pub(super) const SNAP_META: &[u8] = b"meta";
 pub(super) const SNAP_DATA: &[u8] = b"data";
 
@@ -77,6 +78,11 @@ pub(super) fn write_key(
             Some(v) => batch.insert(format!("join/{id}").as_bytes(), json(v)?),
             None => batch.remove(format!("join/{id}").as_bytes()),
         },
+        Key::Usage(k) => match d.usage.get(k) {
+            Some(v) => batch.insert(format!("use/{k}").as_bytes(), json(v)?),
+            None => batch.remove(format!("use/{k}").as_bytes()),
+        },
+        Key::UsageSeq => batch.insert(SM_USAGE_SEQ, json(&d.usage_seq)?),
         Key::Trigger(id) => match d.triggers.get(id) {
             Some(v) => batch.insert(format!("trg/{id}").as_bytes(), json(v)?),
             None => batch.remove(format!("trg/{id}").as_bytes()),
@@ -145,6 +151,10 @@ pub(super) fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> 
     for (k, v) in &a.data.triggers {
         b.insert(format!("trg/{k}").as_bytes(), json(v)?);
     }
+    for (k, v) in &a.data.usage {
+        b.insert(format!("use/{k}").as_bytes(), json(v)?);
+    }
+    b.insert(SM_USAGE_SEQ, json(&a.data.usage_seq)?);
     Ok(b)
 }
 
@@ -175,6 +185,14 @@ pub(super) fn load(sm: &sled::Tree) -> Result<Applied, String> {
             a.data
                 .api_keys
                 .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+        } else if k.as_ref() == SM_USAGE_SEQ {
+            a.data.usage_seq = serde_json::from_slice(&v).map_err(bad)?;
+        } else if let Some(name) = key.strip_prefix("use/") {
+            let name = ContainerKey::parse(name)
+                .ok_or_else(|| format!("key {key}: not a container key"))?;
+            a.data
+                .usage
+                .insert(name, serde_json::from_slice(&v).map_err(bad)?);
         } else if let Some(id) = key.strip_prefix("trg/") {
             a.data
                 .triggers

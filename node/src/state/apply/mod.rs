@@ -10,12 +10,14 @@
 //! - `nodes`: nodes, placement, instance status.
 //! - `credentials`: secrets, keys, tokens, the CA, rotation.
 //! - `triggers`: triggers, their claimed ticks and firings.
+//! - `usage`: the usage ledger.
 
 mod credentials;
 mod nodes;
 mod objects;
 mod quota;
 mod triggers;
+mod usage;
 mod tx;
 
 use super::command::{Command, Proposal, Response};
@@ -158,6 +160,7 @@ impl StateData {
                 name,
                 firing,
             } => self.record_firing(tx, &format!("{namespace}/{container}/{name}"), firing),
+            Command::RecordUsage { node, seq, entries } => self.record_usage(tx, *node, *seq, entries),
         }
     }
 }

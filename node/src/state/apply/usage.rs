@@ -1,0 +1,46 @@
+//! The usage ledger: nodes' metered batches, applied once each, folded
+//! into hours after a day.
+
+use super::super::data::{Key, StateData};
+use super::super::key::ContainerKey;
+use super::super::types::{NodeId, UsageEntry, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS};
+use super::tx::{Applied, Tx};
+
+impl StateData {
+    pub(super) fn record_usage(&mut self, tx: &mut Tx<'_>, node: NodeId, seq: u64, entries: &[UsageEntry]) -> Applied {
+        if self.usage_seq.get(&node).is_some_and(|last| seq <= *last) {
+            // Sent again after its answer was lost: applied already.
+            return Ok(());
+        }
+        self.bump();
+        self.usage_seq.insert(node, seq);
+        tx.touched.push(Key::UsageSeq);
+        let old = tx.at_ms.saturating_sub(USAGE_MINUTES_KEPT_MS);
+        let mut touched: Vec<ContainerKey> = Vec::new();
+        for e in entries {
+            if e.usage.is_empty() {
+                continue;
+            }
+            let key = ContainerKey::new(&e.namespace, &e.container);
+            let period = e.period_ms - e.period_ms % USAGE_MINUTE_MS;
+            let ledger = self.usage.entry(key.clone()).or_default();
+            ledger.entry(period).or_default().add(&e.usage);
+            // Minutes older than a day fold into their hour.
+            let stale: Vec<u64> = ledger
+                .range(..old)
+                .map(|(p, _)| *p)
+                .filter(|p| p % USAGE_HOUR_MS != 0)
+                .collect();
+            for p in stale {
+                if let Some(u) = ledger.remove(&p) {
+                    ledger.entry(p - p % USAGE_HOUR_MS).or_default().add(&u);
+                }
+            }
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        tx.touched.extend(touched.into_iter().map(Key::Usage));
+        Ok(())
+    }
+}
