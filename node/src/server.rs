@@ -441,6 +441,7 @@ async fn grpc_router(
     use pb::secret_service_server::SecretServiceServer;
     use pb::token_service_server::TokenServiceServer;
     use pb::trigger_service_server::TriggerServiceServer;
+    use pb::usage_service_server::UsageServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -526,6 +527,7 @@ async fn grpc_router(
         .add_service(
             TriggerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
+        .add_service(UsageServiceServer::new(api.clone()))
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE)))
 }
 

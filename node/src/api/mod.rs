@@ -10,7 +10,7 @@
 //! - [`service`]: [`Api`] and its settings; [`access`]: who may call what.
 //! - One file per service: [`cluster`] (and nodes), [`namespaces`],
 //!   [`containers`], [`secrets`], [`tokens`] (and API keys), [`logs`],
-//!   [`images`], [`triggers`].
+//!   [`images`], [`triggers`], [`usage`].
 //! - [`convert`]: protobuf ↔ domain; [`input`]: request-field helpers.
 //! - [`error`]: [`ApiError`] and its gRPC status, for every service.
 
@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod service;
 pub mod tokens;
 pub mod triggers;
+pub mod usage;
 
 pub use error::ApiError;
 pub use service::{Api, ApiConfig};

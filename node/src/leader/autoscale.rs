@@ -175,6 +175,11 @@ pub fn plan(
         let (conc, last) = totals.get(key).copied().unwrap_or((0.0, 0));
         w.record(now_ms, conc);
         w.last_request_ms = w.last_request_ms.max(last);
+        // The mesh scaled it up from zero for a request: that request may
+        // not be in a load report yet, and the container is not idle.
+        if c.scale_reason.as_deref() == Some(crate::state::COLD_START_REASON) {
+            w.last_request_ms = w.last_request_ms.max(c.scaled_at_ms);
+        }
         let ready = state
             .instances_of(&c.namespace, &c.name)
             .filter(|i| {
@@ -301,6 +306,28 @@ mod tests {
         let empty = StateData::default();
         assert!(plan(&mut windows, &empty, &HashMap::new(), 2_000, 60_000).is_empty());
         assert!(windows.is_empty());
+    }
+
+    #[test]
+    fn a_cold_start_is_not_undone_by_a_stale_idle_view() {
+        use crate::state::Proposal;
+        let mut s = world(0);
+        let mut windows = HashMap::new();
+        // Idle for long: the window says so (the state's desired is 0).
+        plan(&mut windows, &s, &HashMap::new(), 0, 60_000);
+        assert!(plan(&mut windows, &s, &HashMap::new(), 100_000, 60_000).is_empty());
+        // The mesh scales it from zero for a request no report shows yet.
+        s.apply(&Proposal::new(
+            100_500,
+            Command::Scale {
+                namespace: "n".into(),
+                name: "c".into(),
+                replicas: 1,
+                reason: Some(crate::state::COLD_START_REASON.into()),
+            },
+        ));
+        let cmds = plan(&mut windows, &s, &HashMap::new(), 101_000, 60_000);
+        assert!(cmds.is_empty(), "the cold start was undone: {cmds:?}");
     }
 
     #[test]

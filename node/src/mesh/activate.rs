@@ -443,7 +443,7 @@ impl Activator {
                 namespace: key.namespace().into(),
                 name: key.name().into(),
                 replicas: desired.max(1),
-                reason: Some("a request while scaled to zero".into()),
+                reason: Some(crate::state::COLD_START_REASON.into()),
             };
             if let Err(e) = self.cluster.write(cmd).await {
                 tracing::debug!(error = %e, "scale from zero");
