@@ -26,6 +26,7 @@ use pb::node_service_client::NodeServiceClient;
 use pb::secret_service_client::SecretServiceClient;
 use pb::token_service_client::TokenServiceClient;
 use pb::trigger_service_client::TriggerServiceClient;
+use pb::usage_service_client::UsageServiceClient;
 pub use rouse_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -79,6 +80,7 @@ pub struct Client {
     tokens: TokenServiceClient<Svc>,
     api_keys: ApiKeyServiceClient<Svc>,
     triggers: TriggerServiceClient<Svc>,
+    usage: UsageServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -192,6 +194,7 @@ impl Client {
             secrets: SecretServiceClient::with_interceptor(channel.clone(), auth.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), auth.clone()),
             triggers: TriggerServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            usage: UsageServiceClient::with_interceptor(channel.clone(), auth.clone()),
             api_keys: ApiKeyServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
@@ -569,6 +572,13 @@ impl Client {
             })
             .await?;
         Ok(())
+    }
+
+    // --------------------------------------------------------------- usage
+
+    /// Metered usage rows (see `UsageRequest`).
+    pub async fn usage(&mut self, req: pb::UsageRequest) -> Result<Vec<pb::UsageRow>, Error> {
+        Ok(self.usage.get(req).await?.into_inner().rows)
     }
 
     // ------------------------------------------------------------ triggers

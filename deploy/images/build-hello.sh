@@ -6,6 +6,7 @@
 #   /cgi-bin/slow?SECONDS  answers after sleeping
 #   /cgi-bin/record  notes X-Rouse-Trigger and X-Rouse-Event-Id in its log
 #   /cgi-bin/maybe   the same, but 500 for a body holding "fail"
+#   /cgi-bin/spin?SECONDS  burns CPU for that long
 # and pushes it to a registry, or writes an OCI-layout tarball.
 #
 #   build-hello.sh push REGISTRY REPO:TAG     (plain-HTTP registry on loopback)
@@ -60,7 +61,25 @@ case "$body" in
     echo "Content-Type: text/plain"; echo; echo "ok" ;;
 esac
 CGI
-chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record" "$root/www/cgi-bin/maybe"
+# /cgi-bin/spin?SECONDS: burns CPU for that long.
+cat > "$root/www/cgi-bin/spin" <<'CGI'
+#!/bin/sh
+# Shell builtins only: the loop itself is the CPU burnt. /proc/uptime in
+# centiseconds.
+read up rest < /proc/uptime
+now=${up%.*}${up#*.}
+end=$(( now + ${QUERY_STRING:-1} * 100 ))
+n=0
+while [ "$now" -lt "$end" ]; do
+  n=$((n + 1))
+  read up rest < /proc/uptime
+  now=${up%.*}${up#*.}
+done
+echo "Content-Type: text/plain"
+echo
+echo "spun $n"
+CGI
+chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record" "$root/www/cgi-bin/maybe" "$root/www/cgi-bin/spin"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 # APP_BINARY=/path: ship that (dynamically linked) program and its

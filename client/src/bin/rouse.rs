@@ -74,6 +74,50 @@ enum Cmd {
     /// Triggers: cron schedules and NATS subjects delivered to a container.
     #[command(subcommand)]
     Trigger(TriggerCmd),
+    /// Metered usage (GB-s, vCPU-s allocated and used, requests) of every
+    /// namespace you may see, of NS, or of NS/CONTAINER.
+    Usage {
+        scope: Option<String>,
+        /// From: a duration ago (1h, 30m, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until: a duration ago or an RFC 3339 time (default now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Rows per minute, hour or day (default: one row for the range).
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+/// A point in time from a duration ago or an RFC 3339 time (Unix ms).
+fn time_arg(field: &str, v: &str) -> Result<u64, Fail> {
+    let now = std::time::SystemTime::now();
+    if let Ok(d) = humantime::parse_duration(v) {
+        let t = now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+    }
+    match humantime::parse_rfc3339_weak(v) {
+        Ok(t) => Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
+        Err(_) => Err(Fail(format!("{field}: {v:?} is neither a duration (1h, 30m) nor an RFC 3339 time"))),
+    }
+}
+
+fn usage_json(r: &rouse_client::pb::UsageRow) -> serde_json::Value {
+    serde_json::json!({
+        "namespace": r.namespace,
+        "container": if r.container.is_empty() { serde_json::Value::Null } else { r.container.clone().into() },
+        "period_start": rfc3339(r.period_start_ms.max(1)),
+        "period_end": rfc3339(r.period_end_ms),
+        "memory_gb_s_allocated": r.memory_gb_s_allocated,
+        "vcpu_s_allocated": r.vcpu_s_allocated,
+        "memory_gb_s_used": r.memory_gb_s_used,
+        "cpu_s_used": r.cpu_s_used,
+        "requests": r.requests,
+        "request_s": r.request_seconds,
+        "instance_s": r.instance_s,
+        "suspended_s": r.suspended_s,
+    })
 }
 
 #[derive(Subcommand)]
@@ -1059,6 +1103,44 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
     };
     match cli.cmd {
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
+        Cmd::Usage { scope, since, until, by } => {
+            let (ns, ct) = match &scope {
+                Some(s) => scope_arg(s)?,
+                None => (String::new(), None),
+            };
+            let req = rouse_client::pb::UsageRequest {
+                namespace: ns,
+                container: ct.unwrap_or_default(),
+                since_ms: since.as_deref().map(|v| time_arg("since", v)).transpose()?.unwrap_or(0),
+                until_ms: until.as_deref().map(|v| time_arg("until", v)).transpose()?.unwrap_or(0),
+                by: by.unwrap_or_default(),
+            };
+            let rows = c.usage(req).await?;
+            let v: Vec<serde_json::Value> = rows.iter().map(usage_json).collect();
+            emit(fmt, &v, || {
+                table(
+                    &["NAMESPACE", "CONTAINER", "FROM", "TO", "GB-S ALLOC", "VCPU-S ALLOC", "GB-S USED", "CPU-S USED", "REQUESTS", "REQUEST-S", "INSTANCE-S", "SUSPENDED-S"],
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r.namespace.clone(),
+                                if r.container.is_empty() { "(total)".into() } else { r.container.clone() },
+                                rfc3339(r.period_start_ms.max(1)).as_str().unwrap_or("-").to_string(),
+                                rfc3339(r.period_end_ms).as_str().unwrap_or("-").to_string(),
+                                format!("{:.3}", r.memory_gb_s_allocated),
+                                format!("{:.3}", r.vcpu_s_allocated),
+                                format!("{:.3}", r.memory_gb_s_used),
+                                format!("{:.3}", r.cpu_s_used),
+                                r.requests.to_string(),
+                                format!("{:.1}", r.request_seconds),
+                                format!("{:.1}", r.instance_s),
+                                format!("{:.1}", r.suspended_s),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
         Cmd::Cluster(ClusterCmd::Status) => {
             let s = c.cluster_status().await?;
             let out = StatusOut {
