@@ -1197,13 +1197,13 @@ fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// `event TRIGGER ID MS` lines of the instance logs under `dir`.
+/// `event TRIGGER ID µS` lines of the instance logs under `dir`.
 fn events(dir: &Path, trigger: &str) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -1353,7 +1353,7 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|(id, at)| {
             let tick: u64 = id.strip_prefix("tick-")?.parse().ok()?;
-            Some(at.saturating_sub(tick) as f64)
+            Some(at.saturating_sub(tick * 1000) as f64 / 1000.0)
         })
         .collect();
     let cron_n = cron_lat.len();
@@ -1374,7 +1374,7 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut published = std::collections::HashMap::new();
     for _ in 0..messages {
-        let t = unix_ms();
+        let t = unix_us();
         let ack = js.publish("trig.in", "x".into()).await?.await?;
         published.insert(ack.sequence.to_string(), t);
         tokio::time::sleep(pace).await;
@@ -1389,7 +1389,7 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
     };
     let nats_lat: Vec<f64> = got
         .iter()
-        .filter_map(|(seq, at)| Some(at.saturating_sub(*published.get(seq)?) as f64))
+        .filter_map(|(seq, at)| Some(at.saturating_sub(*published.get(seq)?) as f64 / 1000.0))
         .collect();
     let nats_n = nats_lat.len();
     let nats = p50_p99(nats_lat);

@@ -2,7 +2,7 @@
 //! keeps connections alive and answers every request at once with
 //! `hello from rouse`, so a proxy benchmark measures the proxy, not the
 //! backend's connection handling. A trigger's delivery (`X-Rouse-Event-Id`)
-//! is noted on standard output with the time it arrived (Unix ms), for the
+//! is noted on standard output with the time it arrived (Unix µs), for the
 //! trigger benchmark.
 
 use std::convert::Infallible;
@@ -30,7 +30,7 @@ async fn main() -> std::io::Result<()> {
                 if let Some(id) = req.headers().get("x-rouse-event-id").and_then(|v| v.to_str().ok()) {
                     let ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis());
+                        .map_or(0, |d| d.as_micros());
                     let trigger = req.headers().get("x-rouse-trigger").and_then(|v| v.to_str().ok()).unwrap_or("-");
                     println!("event {trigger} {id} {ms}");
                 }

@@ -35,6 +35,9 @@ use crate::keys::Keyring;
 use crate::state::Command;
 
 pub use deliver::Delivery;
+
+/// The cron loop's longest sleep.
+const TICK: Duration = Duration::from_millis(100);
 pub use plan::Action;
 
 /// Runs the trigger loops of this node: they act only while it leads.
@@ -46,15 +49,24 @@ pub async fn run(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
 async fn run_cron(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
     // Ticks this node is delivering now: (trigger id, tick).
     let busy: Arc<parking_lot::Mutex<HashSet<(String, u64)>>> = Arc::default();
+    let mut next: Option<u64> = None;
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Until the next tick is due, and at least every 100 ms (triggers
+        // come and go, leadership moves).
+        let wait = next
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms())))
+            .unwrap_or(TICK)
+            .min(TICK);
+        tokio::time::sleep(wait).await;
         if !cluster.is_leader() {
+            next = None;
             continue;
         }
         let now = now_ms();
         let actions = {
             let sm = cluster.sm.read();
             let busy = busy.lock();
+            next = plan::next_due(&sm.data, now);
             plan::plan(&sm.data, cluster.id, now, &busy)
         };
         for action in actions {

@@ -30,6 +30,22 @@ pub fn handoff_ms(timeout_s: u32, max_retries: u32) -> u64 {
     (u64::from(timeout_s) + 5) * 1000 * (u64::from(max_retries) + 1) + 10_000
 }
 
+/// When the next cron tick of any enabled trigger is due (ms), if any.
+pub fn next_due(state: &StateData, now_ms: u64) -> Option<u64> {
+    state
+        .triggers
+        .values()
+        .filter(|t| t.enabled)
+        .filter_map(|t| match &t.spec.source {
+            TriggerSource::Cron { schedule, timezone, .. } => {
+                let s = Schedule::parse(schedule, timezone).ok()?;
+                s.next_after(t.last_tick_ms.max(t.created_at_ms).max(now_ms.saturating_sub(1)))
+            }
+            TriggerSource::Nats { .. } => None,
+        })
+        .min()
+}
+
 /// The actions for every enabled cron trigger at `now_ms`. `busy`: the
 /// (trigger id, tick) this node is delivering.
 pub fn plan(state: &StateData, me: NodeId, now_ms: u64, busy: &HashSet<(String, u64)>) -> Vec<Action> {
@@ -138,6 +154,13 @@ mod tests {
 
     fn key() -> (String, String, String) {
         ("n".into(), "c".into(), "t".into())
+    }
+
+    #[test]
+    fn the_next_due_tick_is_known() {
+        let s = world();
+        assert_eq!(next_due(&s, 1500), Some(2000));
+        assert_eq!(next_due(&StateData::default(), 1500), None);
     }
 
     #[test]
