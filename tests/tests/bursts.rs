@@ -390,3 +390,4 @@ async fn soak_of_random_bursts_and_idle_gaps() {
     cluster.assert_no_panics();
     assert!(failures.is_empty(), "{failures:#?}");
 }
+

@@ -110,9 +110,18 @@ impl Mesh {
         host: &str,
         remote: SocketAddr,
     ) -> Result<Response<RespBody>, MeshError> {
-        let route = {
+        let resolve = || {
             let sm = self.cluster.sm.read();
-            route::resolve(&sm.data, &self.config.base_domain, host)?
+            route::resolve(&sm.data, &self.config.base_domain, host)
+        };
+        let route = match resolve() {
+            // This node may not have applied a deploy the client has seen
+            // committed through another node: catch up once, then decide.
+            Err(MeshError::UnknownContainer(_)) => {
+                let _ = tokio::time::timeout(CATCH_UP, self.cluster.read_barrier(false)).await;
+                resolve()?
+            }
+            other => other?,
         };
         if route.private {
             let sm = self.cluster.sm.read();
@@ -211,6 +220,10 @@ impl Mesh {
         self.demand.loads()
     }
 }
+
+/// How long a request for a container this node does not know waits for
+/// the node to catch up with the leader before 404.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Host a request names (across a hop, the client's original one).
 fn host_of<B>(req: &Request<B>) -> String {
