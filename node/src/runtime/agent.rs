@@ -140,6 +140,13 @@ impl Agent {
     pub async fn run(self: Arc<Self>, resumes: mpsc::Receiver<ResumeRequest>) {
         tokio::spawn(self.clone().answer_resumes(resumes));
         let mut last_gc = Instant::now();
+        let mut last_log_gc = Instant::now();
+        // Logs are looked at as often as their retention asks (a directory
+        // listing), at most every 30 s: a short retention is honoured.
+        let log_gc_every = self
+            .config
+            .log_retention
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut seen = 0;
         loop {
             if let Err(e) = self.clone().reconcile().await {
@@ -148,6 +155,9 @@ impl Agent {
             if last_gc.elapsed() > (self.config.image_gc_after / 2).min(Duration::from_secs(30)) {
                 last_gc = Instant::now();
                 self.collect_images().await;
+            }
+            if last_log_gc.elapsed() > log_gc_every {
+                last_log_gc = Instant::now();
                 self.collect_logs();
             }
             self.cap_logs();
