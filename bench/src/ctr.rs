@@ -61,12 +61,25 @@ impl Ctr {
 
     /// Starts `image` as container `name` and waits for its first 200;
     /// returns the time from `ctr run` to that answer, in ms.
-    pub async fn start_to_200(&self, image: &str, name: &str, net: &Net<'_>) -> anyhow::Result<f64> {
+    pub async fn start_to_200(
+        &self,
+        image: &str,
+        name: &str,
+        net: &Net<'_>,
+    ) -> anyhow::Result<f64> {
         let t = Instant::now();
         let addr = match net {
             Net::Host => {
                 let port = crate::free_port();
-                self.run(&["run", "-d", "--net-host", "--env", &format!("PORT={port}"), image, name])?;
+                self.run(&[
+                    "run",
+                    "-d",
+                    "--net-host",
+                    "--env",
+                    &format!("PORT={port}"),
+                    image,
+                    name,
+                ])?;
                 SocketAddr::from(([127, 0, 0, 1], port))
             }
             Net::Cni(conf) => {
@@ -97,10 +110,15 @@ pub async fn first_200(addr: SocketAddr, deadline: Duration) -> anyhow::Result<(
     let start = Instant::now();
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await.is_ok() {
+            if s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await
+                .is_ok()
+            {
                 let mut buf = [0u8; 16];
                 if let Ok(n) = s.read(&mut buf).await {
-                    if buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200") {
+                    if buf[..n].starts_with(b"HTTP/1.0 200")
+                        || buf[..n].starts_with(b"HTTP/1.1 200")
+                    {
                         return Ok(());
                     }
                 }
@@ -141,7 +159,11 @@ impl CniConf {
             }
         }
         if !bin.join("bridge").exists() {
-            anyhow::ensure!(!bin.exists(), "{} exists without the bridge plugin", bin.display());
+            anyhow::ensure!(
+                !bin.exists(),
+                "{} exists without the bridge plugin",
+                bin.display()
+            );
             std::os::unix::fs::symlink(plugins, bin)?;
             made.push(bin.to_path_buf());
         }
@@ -196,6 +218,8 @@ impl Drop for CniConf {
                 std::fs::remove_dir(p)
             };
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }

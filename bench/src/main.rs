@@ -143,7 +143,6 @@ impl Rouse {
         self.kit.endpoint(id)
     }
 
-
     /// Node `id`'s mesh address (HOST:PORT).
     fn http(&self, id: u64) -> String {
         self.kit.nodes[&id].http.addr().to_string()
@@ -453,7 +452,10 @@ async fn eventually_cold_start(
         if let Some(cs) = c.get_container("bench", name, false).await?.cold_start {
             return Ok(cs);
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "{name} reported no cold start");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "{name} reported no cold start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -633,13 +635,22 @@ fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
 
 async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result<()> {
     let net: &[&str] = if host_network {
-        &["--instance-network", "host", "--instance-ports", "23000-23099"]
+        &[
+            "--instance-network",
+            "host",
+            "--instance-ports",
+            "23000-23099",
+        ]
     } else {
         &[]
     };
     println!(
         "instances on {}",
-        if host_network { "the host network" } else { "networks of their own (CNI)" }
+        if host_network {
+            "the host network"
+        } else {
+            "networks of their own (CNI)"
+        }
     );
     let (sock, reg, run) = test_env()?;
     // A backend that keeps connections alive and answers at once, so the
@@ -650,7 +661,8 @@ async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result
     let mut procs = Procs(Vec::new());
     let mut flags = vec!["--suspend-after", "0s"];
     flags.extend_from_slice(net);
-    let (rouse, mut c, http) = single_node(&sock, &reg, &format!("bench-mesh-{run}"), &flags).await?;
+    let (rouse, mut c, http) =
+        single_node(&sock, &reg, &format!("bench-mesh-{run}"), &flags).await?;
     let mesh_port: u16 = http.rsplit(':').next().unwrap_or("0").parse()?;
     let deploy = |name: &str, min: u32| rouse_client::pb::DeployContainerRequest {
         namespace: "bench".into(),
@@ -745,9 +757,7 @@ async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result
     println!("  next request, instance running:        {ww:.1} ms");
     println!("  ratio wake/warm: {:.1}", wm / ww);
     println!("cold start to first 200, image cached, {rounds} rounds, medians");
-    println!(
-        "  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms"
-    );
+    println!("  rouse mesh (request → scale from zero → start → proxied 200): {cm:.0} ms");
     println!("  {}", phase_line(&phases));
     for (net, b) in nets.iter().zip(&base) {
         println!(
@@ -963,7 +973,10 @@ async fn single_node(
     extra: &[&str],
 ) -> anyhow::Result<(Rouse, rouse_client::Client, String)> {
     let isolated = !extra.contains(&"--instance-network");
-    let rouse = Rouse::start(1, isolated, &runtime_flags(sock, reg, ns, extra), |_| Vec::new()).await;
+    let rouse = Rouse::start(1, isolated, &runtime_flags(sock, reg, ns, extra), |_| {
+        Vec::new()
+    })
+    .await;
     let c = rouse.bench_namespace().await;
     let http = rouse.http(1);
     Ok((rouse, c, http))
@@ -1231,7 +1244,14 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-sd",
+            ])
             .arg(tmp.path().join("nats"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1262,7 +1282,9 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         let mut lat = Vec::new();
         while let Some(m) = sub.next().await {
             let sent: u128 = String::from_utf8_lossy(&m.payload).parse().unwrap_or(0);
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
             lat.push((now.saturating_sub(sent)) as f64 / 1000.0);
             if lat.len() as u64 == messages {
                 break;
@@ -1271,7 +1293,9 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         lat
     });
     for _ in 0..messages {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         client.publish("core.bench", now.to_string().into()).await?;
         client.flush().await?;
         tokio::time::sleep(pace).await;
@@ -1296,7 +1320,9 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         let mut lat = Vec::new();
         while let Some(Ok(m)) = msgs.next().await {
             let sent: u128 = String::from_utf8_lossy(&m.payload).parse().unwrap_or(0);
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
             lat.push((now.saturating_sub(sent)) as f64 / 1000.0);
             let _ = m.ack().await;
             if lat.len() as u64 == messages {
@@ -1306,7 +1332,9 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         lat
     });
     for _ in 0..messages {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         js.publish("base.in", now.to_string().into()).await?.await?;
         tokio::time::sleep(pace).await;
     }
@@ -1347,7 +1375,8 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(cron_seconds)).await;
-    c.set_trigger_enabled("bench", "trig", "tick", false).await?;
+    c.set_trigger_enabled("bench", "trig", "tick", false)
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cron_lat: Vec<f64> = events(&logs, "tick")
         .into_iter()
@@ -1397,8 +1426,16 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
 
     println!("| path | samples | p50 ms | p99 ms | p50 vs JetStream |");
     println!("|---|---|---|---|---|");
-    println!("| NATS core publish → subscriber (baseline) | {messages} | {:.2} | {:.2} | {:.2}x |", core.0, core.1, core.0 / jet.0);
-    println!("| JetStream publish → pull consumer (baseline) | {messages} | {:.2} | {:.2} | 1.00x |", jet.0, jet.1);
+    println!(
+        "| NATS core publish → subscriber (baseline) | {messages} | {:.2} | {:.2} | {:.2}x |",
+        core.0,
+        core.1,
+        core.0 / jet.0
+    );
+    println!(
+        "| JetStream publish → pull consumer (baseline) | {messages} | {:.2} | {:.2} | 1.00x |",
+        jet.0, jet.1
+    );
     println!("| rouse NATS trigger: publish → request at the container | {nats_n} | {:.2} | {:.2} | {:.2}x |", nats.0, nats.1, nats.0 / jet.0);
     println!("| rouse cron trigger: scheduled time → request at the container | {cron_n} | {:.2} | {:.2} | - |", cron.0, cron.1);
     Ok(())

@@ -160,7 +160,11 @@ impl Cluster {
 
     /// Node `id`'s log so far.
     pub fn log_text(&self, id: u64) -> String {
-        self.kit.nodes.get(&id).map(|n| n.log_text()).unwrap_or_default()
+        self.kit
+            .nodes
+            .get(&id)
+            .map(|n| n.log_text())
+            .unwrap_or_default()
     }
 
     /// Lines of every node's log that report a panic.

@@ -132,7 +132,9 @@ async fn removed_stays_out(cluster: &mut Cluster, v: u64, via: u64) -> bool {
     let mut material = None;
     for _ in 0..100 {
         let read = |f: &str| std::fs::read_to_string(tls.join(f)).ok();
-        if let (Some(ca), Some(cert), Some(key)) = (read("ca.crt"), read("node.crt"), read("node.key")) {
+        if let (Some(ca), Some(cert), Some(key)) =
+            (read("ca.crt"), read("node.crt"), read("node.key"))
+        {
             material = Some((ca, cert, key));
             break;
         }
@@ -170,7 +172,11 @@ async fn peer_refuses(endpoint: &str, ca: &str, cert: &str, key: &str) -> bool {
     let ch = match ep
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5))
-        .connect_with_connector(rouse_node::tls::https_connector(t.client_config(), None, true))
+        .connect_with_connector(rouse_node::tls::https_connector(
+            t.client_config(),
+            None,
+            true,
+        ))
         .await
     {
         Ok(ch) => ch,
@@ -609,7 +615,11 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(since) = trigger_since {
-            let eps: Vec<String> = cluster.members().iter().map(|id| cluster.endpoint(*id)).collect();
+            let eps: Vec<String> = cluster
+                .members()
+                .iter()
+                .map(|id| cluster.endpoint(*id))
+                .collect();
             let r = crate::triggers::check(&eps, &cluster.all_data_dirs(), since).await;
             triggers = Some(r);
         }
@@ -677,7 +687,9 @@ pub async fn run(opts: Options, dir: PathBuf, bin: PathBuf) -> anyhow::Result<Re
         && panics.is_empty()
         && mesh.as_ref().is_none_or(|m| m.ok_after_heal)
         && removed_node_stayed_out != Some(false)
-        && triggers.as_ref().is_none_or(crate::triggers::TriggerReport::ok);
+        && triggers
+            .as_ref()
+            .is_none_or(crate::triggers::TriggerReport::ok);
     cluster.stop_all();
     if let Some((sock, _)) = &opts.runtime {
         crate::mesh::remove_leftovers(sock, &ctr_ns);

@@ -111,7 +111,9 @@ pub fn judge(
     let set: BTreeSet<u64> = claimed.iter().copied().collect();
     r.trigger_ticks_claimed_twice = claimed.len() - set.len();
     for id in received.keys() {
-        let tick = id.strip_prefix(&format!("{NAME}-")).and_then(|t| t.parse::<u64>().ok());
+        let tick = id
+            .strip_prefix(&format!("{NAME}-"))
+            .and_then(|t| t.parse::<u64>().ok());
         if tick.is_none_or(|t| !set.contains(&t)) {
             r.trigger_ticks_claimed_twice += 1;
         }
@@ -140,9 +142,14 @@ pub async fn check(endpoints: &[String], dirs: &[PathBuf], created_ms: u64) -> T
     let mut disabled_ms = None;
     while t0.elapsed() < Duration::from_secs(90) {
         for ep in endpoints {
-            let Ok(mut c) = crate::connect(ep).await else { continue };
+            let Ok(mut c) = crate::connect(ep).await else {
+                continue;
+            };
             if disabled_ms.is_none() {
-                if c.set_trigger_enabled("mesh", "web", NAME, false).await.is_ok() {
+                if c.set_trigger_enabled("mesh", "web", NAME, false)
+                    .await
+                    .is_ok()
+                {
                     disabled_ms = Some(now_ms());
                 } else {
                     continue;
@@ -151,7 +158,13 @@ pub async fn check(endpoints: &[String], dirs: &[PathBuf], created_ms: u64) -> T
             if let Ok(t) = c.get_trigger("mesh", "web", NAME).await {
                 if t.pending == 0 {
                     let got = received(dirs);
-                    return judge(&t.claimed_ticks, &got, &t, created_ms, disabled_ms.unwrap_or(0));
+                    return judge(
+                        &t.claimed_ticks,
+                        &got,
+                        &t,
+                        created_ms,
+                        disabled_ms.unwrap_or(0),
+                    );
                 }
             }
         }
@@ -165,32 +178,78 @@ mod tests {
     use super::*;
 
     fn trigger(fired: u64, failed: u64, missed: u64) -> pb::Trigger {
-        pb::Trigger { fired, failed, missed, ..Default::default() }
+        pb::Trigger {
+            fired,
+            failed,
+            missed,
+            ..Default::default()
+        }
     }
 
     fn got(ids: &[(u64, usize)]) -> BTreeMap<String, usize> {
-        ids.iter().map(|(t, n)| (format!("{NAME}-{t}"), *n)).collect()
+        ids.iter()
+            .map(|(t, n)| (format!("{NAME}-{t}"), *n))
+            .collect()
     }
 
     #[test]
     fn a_clean_run_passes_and_duplicates_are_only_counted() {
-        let r = judge(&[2000, 4000, 6000], &got(&[(2000, 1), (4000, 2), (6000, 1)]), &trigger(3, 0, 0), 1000, 6500);
+        let r = judge(
+            &[2000, 4000, 6000],
+            &got(&[(2000, 1), (4000, 2), (6000, 1)]),
+            &trigger(3, 0, 0),
+            1000,
+            6500,
+        );
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.duplicate_deliveries, 1);
     }
 
     #[test]
     fn a_double_claim_a_phantom_delivery_and_a_lost_tick_fail() {
-        let r = judge(&[2000, 2000, 4000], &got(&[(2000, 1), (4000, 1)]), &trigger(3, 0, 0), 1000, 4500);
+        let r = judge(
+            &[2000, 2000, 4000],
+            &got(&[(2000, 1), (4000, 1)]),
+            &trigger(3, 0, 0),
+            1000,
+            4500,
+        );
         assert_eq!(r.trigger_ticks_claimed_twice, 1);
-        let r = judge(&[2000], &got(&[(2000, 1), (4000, 1)]), &trigger(2, 0, 0), 1000, 4500);
+        let r = judge(
+            &[2000],
+            &got(&[(2000, 1), (4000, 1)]),
+            &trigger(2, 0, 0),
+            1000,
+            4500,
+        );
         assert_eq!(r.trigger_ticks_claimed_twice, 1, "delivered with no claim");
-        let r = judge(&[2000, 4000], &got(&[(2000, 1)]), &trigger(1, 0, 0), 1000, 4500);
-        assert_eq!(r.trigger_ticks_lost, 1, "claimed, never received, no failure recorded");
-        let r = judge(&[2000, 4000], &got(&[(2000, 1)]), &trigger(1, 1, 0), 1000, 4500);
+        let r = judge(
+            &[2000, 4000],
+            &got(&[(2000, 1)]),
+            &trigger(1, 0, 0),
+            1000,
+            4500,
+        );
+        assert_eq!(
+            r.trigger_ticks_lost, 1,
+            "claimed, never received, no failure recorded"
+        );
+        let r = judge(
+            &[2000, 4000],
+            &got(&[(2000, 1)]),
+            &trigger(1, 1, 0),
+            1000,
+            4500,
+        );
         assert_eq!(r.trigger_ticks_lost, 0, "a recorded failure is not lost");
         // Ticks 2..20 s: 10; claimed 4, missed 2: 4 unaccounted (one edge allowed).
-        let r = judge(&[2000, 4000, 6000, 8000], &got(&[(2000, 1), (4000, 1), (6000, 1), (8000, 1)]), &trigger(4, 0, 2), 1000, 20_500);
+        let r = judge(
+            &[2000, 4000, 6000, 8000],
+            &got(&[(2000, 1), (4000, 1), (6000, 1), (8000, 1)]),
+            &trigger(4, 0, 2),
+            1000,
+            20_500,
+        );
         assert_eq!(r.trigger_ticks_lost, 3);
     }
 }

@@ -463,7 +463,11 @@ impl Client {
     }
 
     /// Replaces a namespace's quota (admin); unset fields are unbounded.
-    pub async fn set_quota(&mut self, namespace: &str, quota: pb::Quota) -> Result<pb::Namespace, Error> {
+    pub async fn set_quota(
+        &mut self,
+        namespace: &str,
+        quota: pb::Quota,
+    ) -> Result<pb::Namespace, Error> {
         Ok(self
             .namespaces
             .set_quota(pb::SetQuotaRequest {
@@ -583,17 +587,33 @@ impl Client {
 
     // ------------------------------------------------------------ triggers
 
-    pub async fn create_trigger(&mut self, req: pb::CreateTriggerRequest) -> Result<pb::Trigger, Error> {
+    pub async fn create_trigger(
+        &mut self,
+        req: pb::CreateTriggerRequest,
+    ) -> Result<pb::Trigger, Error> {
         Ok(self.triggers.create(req).await?.into_inner())
     }
 
-    pub async fn get_trigger(&mut self, namespace: &str, container: &str, name: &str) -> Result<pb::Trigger, Error> {
-        Ok(self.triggers.get(trigger_ref(namespace, container, name)).await?.into_inner())
+    pub async fn get_trigger(
+        &mut self,
+        namespace: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<pb::Trigger, Error> {
+        Ok(self
+            .triggers
+            .get(trigger_ref(namespace, container, name))
+            .await?
+            .into_inner())
     }
 
     /// Triggers of a namespace (empty: all the caller may see), and of one
     /// container (empty: all).
-    pub async fn list_triggers(&mut self, namespace: &str, container: &str) -> Result<Vec<pb::Trigger>, Error> {
+    pub async fn list_triggers(
+        &mut self,
+        namespace: &str,
+        container: &str,
+    ) -> Result<Vec<pb::Trigger>, Error> {
         let req = pb::ListTriggersRequest {
             namespace: namespace.into(),
             container: container.into(),
@@ -601,8 +621,15 @@ impl Client {
         Ok(self.triggers.list(req).await?.into_inner().triggers)
     }
 
-    pub async fn delete_trigger(&mut self, namespace: &str, container: &str, name: &str) -> Result<(), Error> {
-        self.triggers.delete(trigger_ref(namespace, container, name)).await?;
+    pub async fn delete_trigger(
+        &mut self,
+        namespace: &str,
+        container: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        self.triggers
+            .delete(trigger_ref(namespace, container, name))
+            .await?;
         Ok(())
     }
 

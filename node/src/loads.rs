@@ -77,7 +77,10 @@ impl From<&ContainerLoad> for rouse_proto::peer::ContainerLoad {
 
 /// Instances draining per container, summed over nodes' reports newer
 /// than `fresh_after_ms`.
-pub fn draining(reports: &HashMap<NodeId, Report>, fresh_after_ms: u64) -> std::collections::BTreeMap<ContainerKey, usize> {
+pub fn draining(
+    reports: &HashMap<NodeId, Report>,
+    fresh_after_ms: u64,
+) -> std::collections::BTreeMap<ContainerKey, usize> {
     let mut out = std::collections::BTreeMap::new();
     for r in reports.values().filter(|r| r.at_ms >= fresh_after_ms) {
         for l in r.loads.iter().filter(|l| l.draining > 0) {

@@ -31,10 +31,10 @@ use crate::keys::Keyring;
 use crate::leader::driver::{self, Pace};
 use crate::loads::LoadBook;
 use crate::local::{LocalInstances, ResumeRequest};
+use crate::mesh::server::Listener;
 use crate::mesh::{Mesh, MeshConfig, Upstreams};
 use crate::peer::PeerService;
 use crate::raft::{Network, PeerPool, Raft, PEER_MAX_MESSAGE};
-use crate::mesh::server::Listener;
 use crate::runtime::agent::{AgentConfig, InstanceNetwork};
 use crate::state::{Command, NodeRecord};
 use crate::trust::PeerTrust;
@@ -211,15 +211,16 @@ pub async fn run(
     let networks = instance_networks(&config).await?;
     // Instances reach the mesh on the node's bridge address (the public
     // listener may be on loopback, which their namespaces do not share).
-    let gateway_listener = match &networks {
-        Some(net) if !config.http.ip().is_unspecified() => {
-            let addr = std::net::SocketAddr::from((net.plan().gateway(), config.http.port()));
-            Some(TcpListener::bind(addr).await.with_context(|| {
-                format!("http: cannot serve the mesh to instances on {addr}")
-            })?)
-        }
-        _ => None,
-    };
+    let gateway_listener =
+        match &networks {
+            Some(net) if !config.http.ip().is_unspecified() => {
+                let addr = std::net::SocketAddr::from((net.plan().gateway(), config.http.port()));
+                Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("http: cannot serve the mesh to instances on {addr}")
+                })?)
+            }
+            _ => None,
+        };
     let mesh = Mesh::new(
         MeshConfig {
             base_domain: config.base_domain.clone(),
@@ -266,7 +267,9 @@ pub async fn run(
         tokio::spawn(crate::mesh::server::serve(
             mesh.clone(),
             // Clients, and instances on the node's bridge address.
-            std::iter::once(http_listener).chain(gateway_listener).collect(),
+            std::iter::once(http_listener)
+                .chain(gateway_listener)
+                .collect(),
             Listener::Public,
             Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         )),
@@ -286,7 +289,11 @@ pub async fn run(
             loads.clone(),
             local.clone(),
         )),
-        tokio::spawn(crate::runtime::meter::run(cluster.clone(), local.clone(), config.id)),
+        tokio::spawn(crate::runtime::meter::run(
+            cluster.clone(),
+            local.clone(),
+            config.id,
+        )),
         // Instances keep running under containerd; a restarted node adopts them.
         tokio::spawn(run_agent(
             cluster.clone(),
@@ -355,7 +362,12 @@ async fn instance_networks(
 pub async fn remove_instance_network(config: &NodeConfig) -> anyhow::Result<()> {
     use crate::config::InstanceNetwork;
     use crate::runtime::network::{find_plugins, plan::Plan, Networks};
-    let InstanceNetwork::Isolated { subnet, egress, cni_bin_dir } = &config.instance_network else {
+    let InstanceNetwork::Isolated {
+        subnet,
+        egress,
+        cni_bin_dir,
+    } = &config.instance_network
+    else {
         anyhow::bail!("instance_network: host mode has no instance network to remove");
     };
     let bin = find_plugins(cni_bin_dir.as_deref()).unwrap_or_default();

@@ -227,7 +227,12 @@ impl NodeProcess {
     }
 
     fn close_listeners(&mut self) {
-        for l in [&mut self.api, &mut self.http, &mut self.hop, &mut self.metrics] {
+        for l in [
+            &mut self.api,
+            &mut self.http,
+            &mut self.hop,
+            &mut self.metrics,
+        ] {
             if let Err(e) = l.close() {
                 eprintln!(
                     "node {}: cannot hold {} while down: {e}",

@@ -245,7 +245,10 @@ impl TestCluster {
         static EXECS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (sock, _) = runtime_env();
-        let ns = self.ctr_namespace.as_deref().expect("a cluster with a runtime");
+        let ns = self
+            .ctr_namespace
+            .as_deref()
+            .expect("a cluster with a runtime");
         let out = Command::new("ctr")
             .args(["--address", &sock, "-n", ns, "tasks", "exec", "--exec-id"])
             .arg(format!("t{}-{n}", std::process::id()))

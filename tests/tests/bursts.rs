@@ -74,7 +74,11 @@ struct Seen {
 /// sleep per request) was throttled by its CPU quota for a 100 ms period
 /// now and then, which is the container's limit, not scheduling.
 async fn deploy_case(c: &mut Client, image: &str, name: &str, case: Case) {
-    let min = if case.start == Start::Zero { 0 } else { MAX_SCALE };
+    let min = if case.start == Start::Zero {
+        0
+    } else {
+        MAX_SCALE
+    };
     c.deploy_container(pb::DeployContainerRequest {
         namespace: "b".into(),
         name: name.into(),
@@ -93,16 +97,26 @@ async fn deploy_case(c: &mut Client, image: &str, name: &str, case: Case) {
     if case.start == Start::Zero {
         return;
     }
-    let want = if case.start == Start::Suspended { "suspended" } else { "ready" };
+    let want = if case.start == Start::Suspended {
+        "suspended"
+    } else {
+        "ready"
+    };
     eventually(&format!("{name}: {MAX_SCALE} {want}"), || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("b", name, true).await.map_err(|e| e.to_string())?;
+            let ct = c
+                .get_container("b", name, true)
+                .await
+                .map_err(|e| e.to_string())?;
             let n = ct.instances.iter().filter(|i| i.state == want).count();
             if n == MAX_SCALE as usize {
                 Ok(())
             } else {
-                Err(format!("{:?}", ct.instances.iter().map(|i| &i.state).collect::<Vec<_>>()))
+                Err(format!(
+                    "{:?}",
+                    ct.instances.iter().map(|i| &i.state).collect::<Vec<_>>()
+                ))
             }
         }
     })
@@ -123,7 +137,11 @@ async fn run_case(cluster: &TestCluster, c: &Client, image: &str, case: Case, n:
     let mut c = c.clone();
     deploy_case(&mut c, image, &name, case).await;
     let host = format!("{name}.b.rouse.localhost");
-    let meshes: Vec<String> = cluster.node_ids().iter().map(|id| cluster.http(*id)).collect();
+    let meshes: Vec<String> = cluster
+        .node_ids()
+        .iter()
+        .map(|id| cluster.http(*id))
+        .collect();
 
     // Sample the instance list and the nodes' tasks during the burst.
     let done = Arc::new(AtomicBool::new(false));
@@ -154,7 +172,11 @@ async fn run_case(cluster: &TestCluster, c: &Client, image: &str, case: Case, n:
     let t0 = Instant::now();
     let handles: Vec<_> = (0..case.burst)
         .map(|k| {
-            let mesh = if case.spread { meshes[k % meshes.len()].clone() } else { meshes[0].clone() };
+            let mesh = if case.spread {
+                meshes[k % meshes.len()].clone()
+            } else {
+                meshes[0].clone()
+            };
             let host = host.clone();
             std::thread::spawn(move || request(&mesh, &host, t0))
         })
@@ -172,23 +194,42 @@ async fn run_case(cluster: &TestCluster, c: &Client, image: &str, case: Case, n:
         "{name}: codes {codes:?}, last answer after {last:?}, instances seen {:?}, most tasks {}",
         seen.counts, seen.most_tasks
     );
-    assert_eq!(codes.get(&200).copied(), Some(case.burst), "{name}: {codes:?}");
+    assert_eq!(
+        codes.get(&200).copied(),
+        Some(case.burst),
+        "{name}: {codes:?}"
+    );
     // No scale-down during the burst.
     let peak_then_fall = seen.counts.windows(2).find(|w| w[1] < w[0]);
-    assert!(peak_then_fall.is_none(), "{name}: instances shrank during the burst: {:?}", seen.counts);
+    assert!(
+        peak_then_fall.is_none(),
+        "{name}: instances shrank during the burst: {:?}",
+        seen.counts
+    );
     assert!(
         seen.counts.iter().all(|n| *n <= MAX_SCALE as usize),
         "{name}: over max-scale: {:?}",
         seen.counts
     );
-    assert!(seen.most_tasks <= MAX_SCALE as usize, "{name}: {} tasks at once", seen.most_tasks);
-    assert!(seen.ids.len() <= MAX_SCALE as usize, "{name}: instances replaced: {:?}", seen.ids);
+    assert!(
+        seen.most_tasks <= MAX_SCALE as usize,
+        "{name}: {} tasks at once",
+        seen.most_tasks
+    );
+    assert!(
+        seen.ids.len() <= MAX_SCALE as usize,
+        "{name}: instances replaced: {:?}",
+        seen.ids
+    );
     if case.start == Start::Warm {
         let slots = (MAX_SCALE * case.concurrency) as usize;
         let waves = case.burst.div_ceil(slots) as u32;
         let ideal = HANDLER * waves;
         let allowed = ideal.mul_f64(1.1) + Duration::from_millis(50);
-        assert!(last <= allowed, "{name}: last answer after {last:?}; an ideal scheduler: {ideal:?}");
+        assert!(
+            last <= allowed,
+            "{name}: last answer after {last:?}; an ideal scheduler: {ideal:?}"
+        );
     }
     c.delete_container("b", &name).await.unwrap();
 }
@@ -301,7 +342,11 @@ async fn soak_of_random_bursts_and_idle_gaps() {
         .await
         .unwrap();
     }
-    let meshes: Vec<String> = cluster.node_ids().iter().map(|id| cluster.http(*id)).collect();
+    let meshes: Vec<String> = cluster
+        .node_ids()
+        .iter()
+        .map(|id| cluster.http(*id))
+        .collect();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
     let seen: Arc<Mutex<HashMap<&'static str, SoakSeen>>> = Arc::default();
@@ -341,7 +386,12 @@ async fn soak_of_random_bursts_and_idle_gaps() {
                     let t = Instant::now();
                     let handles: Vec<_> = (0..n)
                         .map(|i| {
-                            let mesh = meshes[if spread { (entry + i) % meshes.len() } else { entry }].clone();
+                            let mesh = meshes[if spread {
+                                (entry + i) % meshes.len()
+                            } else {
+                                entry
+                            }]
+                            .clone();
                             let host = host.clone();
                             std::thread::spawn(move || request(&mesh, &host, t).0)
                         })
@@ -378,16 +428,23 @@ async fn soak_of_random_bursts_and_idle_gaps() {
         let ct = c.get_container("b", name, false).await.unwrap();
         let s = &seen[name];
         let f = flaps(&s.desired);
-        let bad: usize = s.codes.iter().filter(|(code, _)| **code != 200).map(|(_, n)| n).sum();
+        let bad: usize = s
+            .codes
+            .iter()
+            .filter(|(code, _)| **code != 200)
+            .map(|(_, n)| n)
+            .sum();
         println!(
             "soak {name}: {} bursts, answers {:?}, scale-ups {}, scale-downs {}, flaps {f}, last reason {:?}",
             bursts[k], s.codes, ct.scale_ups, ct.scale_downs, ct.scale_reason
         );
         if bad > 0 || f > 0 {
-            failures.push(format!("{name}: {bad} non-200 answers, {f} flaps; desired over time {:?}", s.desired));
+            failures.push(format!(
+                "{name}: {bad} non-200 answers, {f} flaps; desired over time {:?}",
+                s.desired
+            ));
         }
     }
     cluster.assert_no_panics();
     assert!(failures.is_empty(), "{failures:#?}");
 }
-

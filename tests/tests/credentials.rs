@@ -46,7 +46,9 @@ async fn credentials_die_with_what_they_name() {
     let mesh = cluster.http(1);
     let host = "web.acme.rouse.localhost";
     assert_eq!(mesh_status(&mesh, host, &token), 200);
-    let mut as_key = Client::connect(&cluster.endpoint(1), Some(&key)).await.unwrap();
+    let mut as_key = Client::connect(&cluster.endpoint(1), Some(&key))
+        .await
+        .unwrap();
     as_key.list_containers("acme", false).await.unwrap();
 
     // Deleted and created again under the same names.
@@ -56,9 +58,17 @@ async fn credentials_die_with_what_they_name() {
 
     let e = as_key.list_containers("acme", false).await.unwrap_err();
     assert!(e.to_string().contains("not valid"), "{e}");
-    assert_eq!(mesh_status(&mesh, host, &token), 401, "the old container's token");
+    assert_eq!(
+        mesh_status(&mesh, host, &token),
+        401,
+        "the old container's token"
+    );
     // New credentials work.
-    let fresh = c.create_token("acme", Some("web"), 3600).await.unwrap().token;
+    let fresh = c
+        .create_token("acme", Some("web"), 3600)
+        .await
+        .unwrap()
+        .token;
     assert_eq!(mesh_status(&mesh, host, &fresh), 200);
     cluster.assert_no_panics();
 }
@@ -98,7 +108,10 @@ async fn admin_keys_are_many_and_revocable_while_one_remains() {
         }
     })
     .await;
-    assert!(!listed.contains(&second) && !listed.contains(&first), "a key in the list");
+    assert!(
+        !listed.contains(&second) && !listed.contains(&first),
+        "a key in the list"
+    );
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     for k in v.as_array().unwrap() {
         assert_eq!(k["scope"], "admin", "{k}");
@@ -116,11 +129,20 @@ async fn admin_keys_are_many_and_revocable_while_one_remains() {
     cluster.restart(1);
     eventually("node 1 serves again", || {
         let (code, _, err) = cluster.cli_as(1, &second, &["namespace", "list"]);
-        async move { if code == 0 { Ok(()) } else { Err(err) } }
+        async move {
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
     })
     .await;
     let (code, _, _) = cluster.cli_as(1, &first, &["namespace", "list"]);
-    assert_ne!(code, 0, "the revoked bootstrap key came back after a restart");
+    assert_ne!(
+        code, 0,
+        "the revoked bootstrap key came back after a restart"
+    );
     // The last admin key stays.
     let (code, _, err) = cluster.cli_as(1, &second, &["apikey", "revoke", &second_id]);
     assert_ne!(code, 0);

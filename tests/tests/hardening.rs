@@ -60,7 +60,10 @@ async fn the_instance_gets_no_token_and_true_forwarding_headers() {
         );
         assert_eq!(code, 200, "{head}");
         let lower = head.to_ascii_lowercase();
-        assert!(!lower.contains("authorization") && !lower.contains("x-auth-token"), "{head}");
+        assert!(
+            !lower.contains("authorization") && !lower.contains("x-auth-token"),
+            "{head}"
+        );
         assert!(!head.contains(&t), "the token reached the instance: {head}");
         assert!(lower.contains("x-forwarded-proto: http\r\n"), "{head}");
         assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{head}");
@@ -81,8 +84,11 @@ async fn a_removed_nodes_open_hop_connection_is_refused() {
         _ => (2, 1),
     };
     let (ca, cert, key) = node_tls(&cluster, victim);
-    let tcp = tokio::net::TcpStream::connect(cluster.view(target).hop).await.unwrap();
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("peer.rouse.internal").unwrap();
+    let tcp = tokio::net::TcpStream::connect(cluster.view(target).hop)
+        .await
+        .unwrap();
+    let name =
+        tokio_rustls::rustls::pki_types::ServerName::try_from("peer.rouse.internal").unwrap();
     let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config(
         &ca,
         Some((&cert, &key)),
@@ -98,12 +104,18 @@ async fn a_removed_nodes_open_hop_connection_is_refused() {
     }
     s.write_all(ask).await.unwrap();
     let first = answer(&mut s).await;
-    assert!(first.starts_with("HTTP/1.1 404"), "a member's hop is served: {first}");
+    assert!(
+        first.starts_with("HTTP/1.1 404"),
+        "a member's hop is served: {first}"
+    );
     let (code, _, err) = cluster.cli(leader, &["cluster", "remove", &victim.to_string()]);
     assert_eq!(code, 0, "{err}");
     let _ = s.write_all(ask).await;
     let second = answer(&mut s).await;
-    assert!(second.starts_with("HTTP/1.1 403"), "after removal: {second}");
+    assert!(
+        second.starts_with("HTTP/1.1 403"),
+        "after removal: {second}"
+    );
     cluster.assert_no_panics();
 }
 
@@ -126,8 +138,14 @@ async fn the_cli_keeps_escapes_and_secrets_off_the_terminal_and_command_line() {
     let inst = ready(&c, "n", "web", 1).await.remove(0);
     // The instance wrote escape sequences to its output (appended where
     // the node keeps what the instance writes).
-    let log_file = cluster.data_dir(1).join("logs").join(format!("{}.log", inst.id));
-    let mut f = std::fs::OpenOptions::new().append(true).open(&log_file).unwrap();
+    let log_file = cluster
+        .data_dir(1)
+        .join("logs")
+        .join(format!("{}.log", inst.id));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_file)
+        .unwrap();
     f.write_all(b"evil \x1b]0;pwned\x07\x1b[2J done\n").unwrap();
     let logs = eventually("the line in the logs", || {
         let (code, out, err) = cluster.cli(1, &["container", "logs", "n/web"]);
@@ -140,9 +158,22 @@ async fn the_cli_keeps_escapes_and_secrets_off_the_terminal_and_command_line() {
         }
     })
     .await;
-    assert!(!logs.contains('\u{1b}') && !logs.contains('\u{7}'), "{logs:?}");
+    assert!(
+        !logs.contains('\u{1b}') && !logs.contains('\u{7}'),
+        "{logs:?}"
+    );
     assert!(logs.contains("\\u{1b}]0;pwned"), "{logs:?}");
-    let (_, raw, _) = cluster.cli(1, &["container", "logs", "n/web", "--instance", &inst.id, "--raw"]);
+    let (_, raw, _) = cluster.cli(
+        1,
+        &[
+            "container",
+            "logs",
+            "n/web",
+            "--instance",
+            &inst.id,
+            "--raw",
+        ],
+    );
     assert!(raw.contains("\u{1b}[2J"), "--raw keeps the bytes: {raw:?}");
 
     // The secret's value through stdin, compared by fingerprint with the
@@ -159,10 +190,22 @@ async fn the_cli_keeps_escapes_and_secrets_off_the_terminal_and_command_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"s3cret value\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret value\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, out2, err) = cluster.cli(1, &["secret", "set", "n", "ON_LINE=s3cret value", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, out2, err) = cluster.cli(
+        1,
+        &["secret", "set", "n", "ON_LINE=s3cret value", "-o", "json"],
+    );
     assert_eq!(code, 0, "{err}");
     let fp = |json: &[u8], key: &str| {
         let v: serde_json::Value = serde_json::from_slice(json).unwrap();
@@ -173,7 +216,10 @@ async fn the_cli_keeps_escapes_and_secrets_off_the_terminal_and_command_line() {
             .map(|s| s["fingerprint"].as_str().unwrap().to_string())
             .unwrap()
     };
-    assert_eq!(fp(&out.stdout, "FROM_STDIN"), fp(out2.as_bytes(), "ON_LINE"));
+    assert_eq!(
+        fp(&out.stdout, "FROM_STDIN"),
+        fp(out2.as_bytes(), "ON_LINE")
+    );
     cluster.assert_no_panics();
 }
 
@@ -210,10 +256,19 @@ fn tunnel(mesh: &str, host: &str) -> std::net::TcpStream {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "{:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
     s.write_all(b"hi").unwrap();
     let mut got = [0u8; 2];
     s.read_exact(&mut got).unwrap();
@@ -245,7 +300,9 @@ async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
 
     // Idle after a keep-alive request.
     let mut s = tokio::net::TcpStream::connect(&mesh).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: nothing.here\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nothing.here\r\n\r\n")
+        .await
+        .unwrap();
     let t = closed_within(&mut s, Duration::from_secs(15)).await;
     println!("mesh: an idle keep-alive connection closed after {t:?}");
     assert!(t.is_some(), "an idle HTTP/1 connection stayed open");
@@ -255,7 +312,10 @@ async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
         s.write_all(H2_PREFACE).await.unwrap();
         let t = closed_within(&mut s, Duration::from_secs(15)).await;
         println!("{addr}: a silent HTTP/2 client closed after {t:?}");
-        assert!(t.is_some(), "{addr}: a silent HTTP/2 connection stayed open");
+        assert!(
+            t.is_some(),
+            "{addr}: a silent HTTP/2 connection stayed open"
+        );
     }
 
     // Three connections hold every API slot: a client waits for one.
@@ -285,7 +345,10 @@ async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
     let m = mesh.clone();
     let waiting = std::thread::spawn(move || curl(&m, host, "/", &[]));
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!waiting.is_finished(), "served while two tunnels held both slots");
+    assert!(
+        !waiting.is_finished(),
+        "served while two tunnels held both slots"
+    );
     drop(t1);
     let (code, body) = waiting.join().unwrap();
     assert_eq!((code, body.as_str()), (200, "plain\n"));
@@ -300,8 +363,7 @@ async fn silent_and_upgraded_connections_hold_no_slot_for_ever() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_bounded() {
     let image = push_test_image("rouse-test/bounded", "1");
-    let cluster =
-        TestCluster::start_with_runtime(1, &["--log-retention", "2s"]).await;
+    let cluster = TestCluster::start_with_runtime(1, &["--log-retention", "2s"]).await;
     let mut c = cluster.client(1).await;
     eventually("a namespace", || {
         let mut c = c.clone();
@@ -310,13 +372,29 @@ async fn tenants_are_bounded() {
     .await;
     let (code, out, err) = cluster.cli(
         1,
-        &["namespace", "quota", "acme", "--containers", "1", "--secrets", "1", "--tokens", "1", "-o", "json"],
+        &[
+            "namespace",
+            "quota",
+            "acme",
+            "--containers",
+            "1",
+            "--secrets",
+            "1",
+            "--tokens",
+            "1",
+            "-o",
+            "json",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["quota"]["containers"], 1, "{v}");
     let key = c.create_api_key("acme").await.unwrap().key;
-    let (code, _, err) = cluster.cli_as(1, &key, &["namespace", "quota", "acme", "--containers", "99"]);
+    let (code, _, err) = cluster.cli_as(
+        1,
+        &key,
+        &["namespace", "quota", "acme", "--containers", "99"],
+    );
     assert_ne!(code, 0, "a namespace key lifted its own quota");
     assert!(err.contains("admin"), "{err}");
 
@@ -336,12 +414,21 @@ async fn tenants_are_bounded() {
     // The log of a deleted instance: still there at once, gone after the
     // retention.
     let inst = ready(&c, "acme", "one", 1).await.remove(0);
-    let log = cluster.data_dir(1).join("logs").join(format!("{}.log", inst.id));
+    let log = cluster
+        .data_dir(1)
+        .join("logs")
+        .join(format!("{}.log", inst.id));
     assert!(log.exists());
     c.delete_container("acme", "one").await.unwrap();
     eventually("the log removed after the retention", || {
         let gone = !log.exists();
-        async move { if gone { Ok(()) } else { Err("still there") } }
+        async move {
+            if gone {
+                Ok(())
+            } else {
+                Err("still there")
+            }
+        }
     })
     .await;
 
@@ -358,7 +445,10 @@ async fn tenants_are_bounded() {
     let why = eventually("the pull refused", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("big", "web", true).await.map_err(|e| e.to_string())?;
+            let ct = c
+                .get_container("big", "web", true)
+                .await
+                .map_err(|e| e.to_string())?;
             ct.instances
                 .iter()
                 .find(|i| i.message.contains("--max-layer-bytes"))

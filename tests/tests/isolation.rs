@@ -40,7 +40,9 @@ async fn small(c: &mut Client, ns: &str, name: &str, image: &str, privacy: pb::P
 fn probe_from(cluster: &TestCluster, instance: &str, targets: &[(IpAddr, u16)]) -> Vec<bool> {
     let mut script = String::from("cd /tmp; rm -f ok.*; ");
     for (n, (ip, port)) in targets.iter().enumerate() {
-        script.push_str(&format!("nc -w 2 {ip} {port} -e /bin/touch ok.{n} 2>/dev/null & "));
+        script.push_str(&format!(
+            "nc -w 2 {ip} {port} -e /bin/touch ok.{n} 2>/dev/null & "
+        ));
     }
     script.push_str("wait; ls");
     let (_, out) = cluster.exec_in(instance, &script);
@@ -145,7 +147,12 @@ async fn instances_reach_only_the_public_mesh() {
         node.http.addr().port(),
         node.hop.addr().port(),
     );
-    let at = |i: &pb::Instance| (i.ip.parse::<IpAddr>().unwrap(), u16::try_from(i.port).unwrap());
+    let at = |i: &pb::Instance| {
+        (
+            i.ip.parse::<IpAddr>().unwrap(),
+            u16::try_from(i.port).unwrap(),
+        )
+    };
 
     // The node reaches every instance (so the refusals below are the
     // firewall's, not dead instances).
@@ -156,7 +163,10 @@ async fn instances_reach_only_the_public_mesh() {
     // And the node's ports answer on its addresses.
     let gw = IpAddr::V4(net.gateway);
     for port in [api, http, hop] {
-        assert!(std::net::TcpStream::connect((gw, port)).is_ok(), "node port {port}");
+        assert!(
+            std::net::TcpStream::connect((gw, port)).is_ok(),
+            "node port {port}"
+        );
     }
 
     let mut targets = vec![at(&other), at(&two)];
@@ -188,7 +198,10 @@ async fn instances_reach_only_the_public_mesh() {
             .collect();
         if !open.is_empty() {
             let fw = Command::new("sh")
-                .args(["-c", "iptables -w -L INPUT -v -n; iptables -w -S; ip -br addr"])
+                .args([
+                    "-c",
+                    "iptables -w -L INPUT -v -n; iptables -w -S; ip -br addr",
+                ])
                 .output()
                 .unwrap();
             panic!(
@@ -206,7 +219,10 @@ async fn instances_reach_only_the_public_mesh() {
                 &one.id,
                 &format!("wget -S -q -O - --header 'Host: {host}' http://{gw}:{http}/ 2>&1"),
             );
-            assert!(out.contains(want), "round {round}: {host} via the mesh: {out}");
+            assert!(
+                out.contains(want),
+                "round {round}: {host} via the mesh: {out}"
+            );
         }
     }
     // Bridge ports are isolated from each other (besides the firewall).
@@ -233,11 +249,18 @@ impl Outside {
         let netns = format!("outside-{}", std::process::id());
         let host_if = format!("xo{}", std::process::id());
         let peer = format!("xp{}", std::process::id());
-        let (host_ip, addr) = (Ipv4Addr::new(198, 18, n as u8, 1), Ipv4Addr::new(198, 18, n as u8, 2));
+        let (host_ip, addr) = (
+            Ipv4Addr::new(198, 18, n as u8, 1),
+            Ipv4Addr::new(198, 18, n as u8, 2),
+        );
         let www = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(www.path().join("cgi-bin")).unwrap();
         let cgi = www.path().join("cgi-bin/addr");
-        std::fs::write(&cgi, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"from $REMOTE_ADDR\"\n").unwrap();
+        std::fs::write(
+            &cgi,
+            "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"from $REMOTE_ADDR\"\n",
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
         let sh = |cmd: String| {
@@ -247,7 +270,9 @@ impl Outside {
         sh(format!("ip netns add {netns}"));
         sh(format!("ip link add {host_if} type veth peer name {peer}"));
         sh(format!("ip link set {peer} netns {netns}"));
-        sh(format!("ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up"));
+        sh(format!(
+            "ip addr add {host_ip}/30 dev {host_if} && ip link set {host_if} up"
+        ));
         sh(format!(
             "ip -n {netns} addr add {addr}/30 dev {peer} && ip -n {netns} link set {peer} up && ip -n {netns} link set lo up"
         ));
@@ -319,8 +344,18 @@ async fn instances_run_in_a_hardened_sandbox() {
     let (code, _, err) = cluster.cli(
         1,
         &[
-            "container", "deploy", "a/ro", "--image", &image, "--min-scale", "1", "--memory",
-            "64", "--cpu", "100", "--read-only-rootfs",
+            "container",
+            "deploy",
+            "a/ro",
+            "--image",
+            &image,
+            "--min-scale",
+            "1",
+            "--memory",
+            "64",
+            "--cpu",
+            "100",
+            "--read-only-rootfs",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -339,7 +374,11 @@ async fn instances_run_in_a_hardened_sandbox() {
         const CAP_NET_RAW: u64 = 1 << 13;
         const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
         assert_eq!(cap_eff & CAP_NET_RAW, 0, "CAP_NET_RAW in {cap_eff:x}");
-        assert_ne!(cap_eff & CAP_NET_BIND_SERVICE, 0, "the default set in {cap_eff:x}");
+        assert_ne!(
+            cap_eff & CAP_NET_BIND_SERVICE,
+            0,
+            "the default set in {cap_eff:x}"
+        );
 
         let (_, map) = cluster.exec_in(&i.id, "cat /proc/self/uid_map");
         let f: Vec<u64> = map.split_whitespace().map(|v| v.parse().unwrap()).collect();
@@ -353,7 +392,10 @@ async fn instances_run_in_a_hardened_sandbox() {
         for (what, script) in [
             ("a new user namespace", "unshare -U true"),
             ("a mount", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m"),
-            ("a raw socket", &format!("arping -c 1 -w 1 -I eth0 {gw}") as &str),
+            (
+                "a raw socket",
+                &format!("arping -c 1 -w 1 -I eth0 {gw}") as &str,
+            ),
         ] {
             let (code, out) = cluster.exec_in(&i.id, script);
             assert_ne!(code, 0, "{what} succeeded inside: {out}");
@@ -382,7 +424,10 @@ async fn instances_run_in_a_hardened_sandbox() {
     assert_eq!(v["read_only_rootfs"], true, "{v}");
     assert_eq!(v["instances"][0]["ip"], ro.ip.as_str(), "{v}");
     assert_eq!(v["instances"][0]["port"], 8080, "{v}");
-    assert!(v["cold_start"]["last_network_ms"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["cold_start"]["last_network_ms"].as_u64().unwrap() > 0,
+        "{v}"
+    );
     let (code, out, _) = cluster.cli(1, &["container", "get", "a/ro"]);
     assert_eq!(code, 0);
     assert!(out.contains(&format!("{}:8080", ro.ip)), "{out}");
@@ -423,11 +468,17 @@ async fn nothing_is_left_behind() {
     // Crashes: the instance restarts with one veth and one address.
     for round in 1..=3 {
         let pid = netcheck::instance_pids(&inst.id)[0];
-        Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
         inst = eventually(&format!("restart {round}"), || {
             let mut c = c.clone();
             async move {
-                let ct = c.get_container("a", "web", true).await.map_err(|e| e.to_string())?;
+                let ct = c
+                    .get_container("a", "web", true)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let i = ct.instances.first().cloned().ok_or("no instance")?;
                 if i.restarts >= round && i.state == "ready" {
                     Ok(i)
@@ -437,7 +488,11 @@ async fn nothing_is_left_behind() {
             }
         })
         .await;
-        assert_eq!(census(&net), (1, vec![inst.id.clone()]), "after crash {round}");
+        assert_eq!(
+            census(&net),
+            (1, vec![inst.id.clone()]),
+            "after crash {round}"
+        );
         assert_eq!(net.rules(), rules, "after crash {round}");
     }
 
@@ -445,14 +500,22 @@ async fn nothing_is_left_behind() {
     // mid-start would leave it (in host-local's own format), and one whose
     // record is damaged.
     cluster.kill(1);
-    let ghost = net.ipam_dir.join(Ipv4Addr::from(u32::from(net.gateway) + 200).to_string());
+    let ghost = net
+        .ipam_dir
+        .join(Ipv4Addr::from(u32::from(net.gateway) + 200).to_string());
     std::fs::write(&ghost, "ghost-instance\r\neth0").unwrap();
-    let damaged = net.ipam_dir.join(Ipv4Addr::from(u32::from(net.gateway) + 201).to_string());
+    let damaged = net
+        .ipam_dir
+        .join(Ipv4Addr::from(u32::from(net.gateway) + 201).to_string());
     std::fs::write(&damaged, "ghost-damaged\n").unwrap();
     cluster.restart(1);
     let c = cluster.client(1).await;
     let adopted = instance_of(&c, "a", "web").await;
-    assert_eq!((&adopted.id, &adopted.ip), (&inst.id, &inst.ip), "adopted with its address");
+    assert_eq!(
+        (&adopted.id, &adopted.ip),
+        (&inst.id, &inst.ip),
+        "adopted with its address"
+    );
     eventually("the orphan address released", || {
         let n = census(&net);
         let want = (1, vec![adopted.id.clone()]);

@@ -274,7 +274,11 @@ async fn node_restart_adopts_running_instances() {
     .await;
     let after = ready(&c, "n", "keep", 1).await.remove(0);
     assert_eq!(after.id, inst.id);
-    assert_eq!((&after.ip, after.port), (&inst.ip, inst.port), "the adopted instance keeps its address");
+    assert_eq!(
+        (&after.ip, after.port),
+        (&inst.ip, inst.port),
+        "the adopted instance keeps its address"
+    );
     assert_eq!(after.restarts, 0);
     let (_, pid_after, _) = cluster
         .tasks()
@@ -658,7 +662,12 @@ async fn host_network_mode_listens_on_node_ports() {
     let image = push_test_image("rouse-test/hostnet", "1");
     let cluster = TestCluster::start_with_runtime(
         1,
-        &["--instance-network", "host", "--instance-ports", "33000-33099"],
+        &[
+            "--instance-network",
+            "host",
+            "--instance-ports",
+            "33000-33099",
+        ],
     )
     .await;
     let log = cluster.log_text(1);
@@ -676,11 +685,20 @@ async fn host_network_mode_listens_on_node_ports() {
         .arg(format!("http://127.0.0.1:{}/", inst.port))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from rouse");
-    let (_, status) = cluster.exec_in(&inst.id, "grep Seccomp: /proc/self/status; cat /proc/self/uid_map");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from rouse"
+    );
+    let (_, status) = cluster.exec_in(
+        &inst.id,
+        "grep Seccomp: /proc/self/status; cat /proc/self/uid_map",
+    );
     assert!(status.contains("Seccomp:\t2"), "{status}");
     let map: Vec<&str> = status.lines().last().unwrap().split_whitespace().collect();
     assert_eq!(map[0], "0", "{status}");
-    assert_ne!(map[1], "0", "uid 0 inside is not root on the node: {status}");
+    assert_ne!(
+        map[1], "0",
+        "uid 0 inside is not root on the node: {status}"
+    );
     cluster.assert_no_panics();
 }

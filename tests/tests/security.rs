@@ -327,7 +327,10 @@ async fn peer_connections_without_a_cluster_certificate_are_refused() {
     // The hop listener does not speak plain HTTP when peers use TLS; the
     // public mesh does.
     let answer = plain_get(&n1.hop).await;
-    assert!(!answer.contains("HTTP/"), "plain HTTP on the hop port: {answer}");
+    assert!(
+        !answer.contains("HTTP/"),
+        "plain HTTP on the hop port: {answer}"
+    );
     let answer = plain_get(&n1.http).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 

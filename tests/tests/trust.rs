@@ -52,11 +52,15 @@ async fn a_removed_node_cannot_come_back() {
     let victim = if leader == 3 { 2 } else { 3 };
     let (ca, _, _) = node_tls(&cluster, victim);
 
-    let (code, out, err) = cluster.cli(1, &["cluster", "remove", &victim.to_string(), "-o", "json"]);
+    let (code, out, err) =
+        cluster.cli(1, &["cluster", "remove", &victim.to_string(), "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["removed"], victim);
-    assert!(!v["master_key_id"].as_str().unwrap().is_empty(), "keys rotated: {v}");
+    assert!(
+        !v["master_key_id"].as_str().unwrap().is_empty(),
+        "keys rotated: {v}"
+    );
     cluster.kill(victim);
     c.set_secrets("n", None, HashMap::from([("AFTER".into(), "new".into())]))
         .await
@@ -120,7 +124,10 @@ async fn a_removed_node_cannot_come_back() {
         false,
     )
     .unwrap();
-    assert!(old.unwrap_key(&wrapped).is_err(), "the old master key opened the data key");
+    assert!(
+        old.unwrap_key(&wrapped).is_err(),
+        "the old master key opened the data key"
+    );
     let current = rouse_node::secrets::Key::load_or_create(
         &cluster.data_dir(other).join("master.key"),
         false,
@@ -130,7 +137,10 @@ async fn a_removed_node_cannot_come_back() {
     let scope = rouse_node::state::Scope::of("n", None);
     let after = &data.secrets[&scope]["AFTER"];
     let plain = dk
-        .open(&after.sealed, &rouse_node::secrets::aad(&scope.to_string(), "AFTER"))
+        .open(
+            &after.sealed,
+            &rouse_node::secrets::aad(&scope.to_string(), "AFTER"),
+        )
         .unwrap();
     assert_eq!(plain, b"new");
 }
@@ -158,7 +168,10 @@ async fn a_join_token_is_spent_once() {
     })
     .await;
     let log = cluster.log_text(1);
-    assert!(log.contains("removed the spent bootstrap join token"), "{log}");
+    assert!(
+        log.contains("removed the spent bootstrap join token"),
+        "{log}"
+    );
 
     let join = rouse_proto::peer::cluster_join_client::ClusterJoinClient::new(
         tls_channel(
@@ -180,8 +193,15 @@ async fn a_join_token_is_spent_once() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "node {node_id}: {e}");
-        assert!(e.message().contains("spent once") || e.message().contains("already used"), "{e}");
+        assert_eq!(
+            e.code(),
+            tonic::Code::PermissionDenied,
+            "node {node_id}: {e}"
+        );
+        assert!(
+            e.message().contains("spent once") || e.message().contains("already used"),
+            "{e}"
+        );
     }
     cluster.assert_no_panics();
 }
@@ -196,7 +216,13 @@ async fn a_bad_join_token_writes_nothing() {
     // rjt_<CA fingerprint>_<id>_<secret>: keep the cluster's CA and the
     // token id, change the secret.
     let parts: Vec<&str> = real.trim().split('_').collect();
-    let forged = format!("{}_{}_{}_{}", parts[0], parts[1], parts[2], "0".repeat(parts[3].len()));
+    let forged = format!(
+        "{}_{}_{}_{}",
+        parts[0],
+        parts[1],
+        parts[2],
+        "0".repeat(parts[3].len())
+    );
     let join = rouse_proto::peer::cluster_join_client::ClusterJoinClient::new(
         tls_channel(
             &cluster.listen(1),
@@ -223,7 +249,12 @@ async fn a_bad_join_token_writes_nothing() {
     }
     let after = c.node_info().await.unwrap().last_log_index;
     assert_eq!(after, before, "refused join attempts wrote to the log");
-    assert!(codes[..10].iter().all(|c| *c == tonic::Code::PermissionDenied), "{codes:?}");
+    assert!(
+        codes[..10]
+            .iter()
+            .all(|c| *c == tonic::Code::PermissionDenied),
+        "{codes:?}"
+    );
     assert_eq!(codes[11], tonic::Code::ResourceExhausted, "{codes:?}");
     // The real token was not touched.
     assert!(cluster.data_dir(1).join("join-token").exists());
@@ -235,7 +266,8 @@ async fn a_bad_join_token_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_hold_dialable_addresses_and_only_their_own_node() {
     let cluster =
-        TestCluster::start_with_runtime_on(Some(std::net::IpAddr::from([0, 0, 0, 0])), 2, &[]).await;
+        TestCluster::start_with_runtime_on(Some(std::net::IpAddr::from([0, 0, 0, 0])), 2, &[])
+            .await;
     let mut c = cluster.client(1).await;
     for n in c.list_nodes(false).await.unwrap() {
         for a in [&n.address, &n.http_address] {
@@ -252,10 +284,16 @@ async fn records_hold_dialable_addresses_and_only_their_own_node() {
     let other = if inst.node == 1 { 2 } else { 1 };
     let out = std::process::Command::new("curl")
         .args(["-sS", "-m", "20", "-H", "Host: web.n.rouse.localhost"])
-        .arg(format!("http://127.0.0.1:{}/", cluster.node(other).http.addr().port()))
+        .arg(format!(
+            "http://127.0.0.1:{}/",
+            cluster.node(other).http.addr().port()
+        ))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from rouse");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from rouse"
+    );
 
     // Node 2 forwarding a record for node 1 (taking its addresses) is refused.
     let (ca, cert, key) = node_tls(&cluster, 2);

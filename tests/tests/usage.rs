@@ -80,8 +80,15 @@ async fn allocation_use_and_idle_are_metered() {
     let ready = eventually("warm is ready", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("u", "warm", false).await.map_err(|e| e.to_string())?;
-            if ct.instances.iter().any(|i| i.state == "ready") { Ok(Instant::now()) } else { Err("not ready".to_string()) }
+            let ct = c
+                .get_container("u", "warm", false)
+                .await
+                .map_err(|e| e.to_string())?;
+            if ct.instances.iter().any(|i| i.state == "ready") {
+                Ok(Instant::now())
+            } else {
+                Err("not ready".to_string())
+            }
         }
     })
     .await;
@@ -92,7 +99,10 @@ async fn allocation_use_and_idle_are_metered() {
         .arg(format!("http://{mesh}/cgi-bin/spin?2"))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("spun"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("spun"),
+        "{out:?}"
+    );
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(ready.elapsed())).await;
     // Deleted: its instance leaves at once; its usage stays in the ledger.
     c.delete_container("u", "warm").await.unwrap();
@@ -103,12 +113,23 @@ async fn allocation_use_and_idle_are_metered() {
         u.instance_s, u.memory_gb_s_allocated, u.vcpu_s_allocated, 0.25 * lived, 0.5 * lived,
         u.memory_gb_s_used, u.cpu_s_used, u.requests, u.request_seconds
     );
-    assert!(within(u.instance_s, lived, 5.0), "instance {} s vs {lived} s", u.instance_s);
+    assert!(
+        within(u.instance_s, lived, 5.0),
+        "instance {} s vs {lived} s",
+        u.instance_s
+    );
     assert!(within(u.memory_gb_s_allocated, 0.25 * lived, 5.0), "{u:?}");
     assert!(within(u.vcpu_s_allocated, 0.5 * lived, 5.0), "{u:?}");
     // 2 s at most half a vCPU: about 1 CPU-second (plus the idle server).
-    assert!(u.cpu_s_used > 0.6 && u.cpu_s_used < 1.6, "cpu used {} s", u.cpu_s_used);
-    assert!(u.memory_gb_s_used > 0.0 && u.memory_gb_s_used < u.memory_gb_s_allocated, "{u:?}");
+    assert!(
+        u.cpu_s_used > 0.6 && u.cpu_s_used < 1.6,
+        "cpu used {} s",
+        u.cpu_s_used
+    );
+    assert!(
+        u.memory_gb_s_used > 0.0 && u.memory_gb_s_used < u.memory_gb_s_allocated,
+        "{u:?}"
+    );
     // Busy time is sampled every 500 ms: the 2 s request shows as 1.5–2.5 s.
     assert!(u.requests >= 1 && u.request_seconds >= 1.0, "{u:?}");
 
@@ -117,22 +138,49 @@ async fn allocation_use_and_idle_are_metered() {
     eventually("idle at zero", || {
         let mut c = c.clone();
         async move {
-            let ct = c.get_container("u", "idle", false).await.map_err(|e| e.to_string())?;
-            if ct.instances.is_empty() && ct.desired_scale == 0 { Ok(()) } else { Err("not at zero".to_string()) }
+            let ct = c
+                .get_container("u", "idle", false)
+                .await
+                .map_err(|e| e.to_string())?;
+            if ct.instances.is_empty() && ct.desired_scale == 0 {
+                Ok(())
+            } else {
+                Err("not at zero".to_string())
+            }
         }
     })
     .await;
     let before = settled(&c, "idle").await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = total(&c, "idle").await;
-    assert_eq!(figures(&before), figures(&after), "a container at zero accrued usage: {before:?} then {after:?}");
+    assert_eq!(
+        figures(&before),
+        figures(&after),
+        "a container at zero accrued usage: {before:?} then {after:?}"
+    );
     // The namespace total covers both; the CLI speaks the JSON contract.
     let (code, out, err) = cluster.cli(1, &["usage", "u", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = rows.as_array().unwrap();
-    let ns_total = rows.iter().find(|r| r["container"].is_null()).expect("a namespace total");
-    for k in ["namespace", "container", "period_start", "period_end", "memory_gb_s_allocated", "vcpu_s_allocated", "memory_gb_s_used", "cpu_s_used", "requests", "request_s", "instance_s", "suspended_s"] {
+    let ns_total = rows
+        .iter()
+        .find(|r| r["container"].is_null())
+        .expect("a namespace total");
+    for k in [
+        "namespace",
+        "container",
+        "period_start",
+        "period_end",
+        "memory_gb_s_allocated",
+        "vcpu_s_allocated",
+        "memory_gb_s_used",
+        "cpu_s_used",
+        "requests",
+        "request_s",
+        "instance_s",
+        "suspended_s",
+    ] {
         assert!(ns_total.get(k).is_some(), "no {k} in {ns_total}");
     }
     assert!(ns_total["instance_s"].as_f64().unwrap() >= u.instance_s);

@@ -27,11 +27,19 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let hello = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                if let Some(id) = req.headers().get("x-rouse-event-id").and_then(|v| v.to_str().ok()) {
+                if let Some(id) = req
+                    .headers()
+                    .get("x-rouse-event-id")
+                    .and_then(|v| v.to_str().ok())
+                {
                     let ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_micros());
-                    let trigger = req.headers().get("x-rouse-trigger").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let trigger = req
+                        .headers()
+                        .get("x-rouse-trigger")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
                     println!("event {trigger} {id} {ms}");
                 }
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(

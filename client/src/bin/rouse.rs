@@ -25,7 +25,12 @@ struct Cli {
     #[arg(long, global = true, env = "ROUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Read the API token from this file (e.g. a node's <data-dir>/admin-token).
-    #[arg(long, global = true, env = "ROUSE_TOKEN_FILE", conflicts_with = "token")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROUSE_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
     token_file: Option<std::path::PathBuf>,
     /// Talk TLS to the API, trusting this cluster CA (a node's
     /// <data-dir>/tls/ca.crt); the endpoint may then be https://HOST:PORT.
@@ -95,11 +100,17 @@ fn time_arg(field: &str, v: &str) -> Result<u64, Fail> {
     let now = std::time::SystemTime::now();
     if let Ok(d) = humantime::parse_duration(v) {
         let t = now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH);
-        return Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64));
     }
     match humantime::parse_rfc3339_weak(v) {
-        Ok(t) => Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
-        Err(_) => Err(Fail(format!("{field}: {v:?} is neither a duration (1h, 30m) nor an RFC 3339 time"))),
+        Ok(t) => Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)),
+        Err(_) => Err(Fail(format!(
+            "{field}: {v:?} is neither a duration (1h, 30m) nor an RFC 3339 time"
+        ))),
     }
 }
 
@@ -129,7 +140,11 @@ enum TriggerCmd {
         container: String,
         #[arg(long)]
         name: String,
-        #[arg(long, conflicts_with = "nats_subject", required_unless_present = "nats_subject")]
+        #[arg(
+            long,
+            conflicts_with = "nats_subject",
+            required_unless_present = "nats_subject"
+        )]
         cron: Option<String>,
         /// IANA time zone of the schedule (default UTC).
         #[arg(long, requires = "cron")]
@@ -165,12 +180,22 @@ enum TriggerCmd {
         max_retries: Option<u32>,
     },
     /// Triggers of every namespace you may see, of NS, or of NS/CONTAINER.
-    List { scope: Option<String> },
+    List {
+        scope: Option<String>,
+    },
     /// A trigger, with its last firings: NS/CONTAINER/NAME.
-    Get { trigger: String },
-    Delete { trigger: String },
-    Enable { trigger: String },
-    Disable { trigger: String },
+    Get {
+        trigger: String,
+    },
+    Delete {
+        trigger: String,
+    },
+    Enable {
+        trigger: String,
+    },
+    Disable {
+        trigger: String,
+    },
 }
 
 /// NS/CONTAINER/NAME.
@@ -180,7 +205,9 @@ fn trigger_arg(s: &str) -> Result<(String, String, String), Fail> {
         [ns, ct, name] if !ns.is_empty() && !ct.is_empty() && !name.is_empty() => {
             Ok((ns.to_string(), ct.to_string(), name.to_string()))
         }
-        _ => Err(Fail(format!("trigger: {s:?} is not NAMESPACE/CONTAINER/NAME"))),
+        _ => Err(Fail(format!(
+            "trigger: {s:?} is not NAMESPACE/CONTAINER/NAME"
+        ))),
     }
 }
 
@@ -250,10 +277,26 @@ fn trigger_rows(v: &[serde_json::Value]) -> String {
         other => other.to_string(),
     };
     table(
-        &["NAMESPACE", "CONTAINER", "NAME", "KIND", "SOURCE", "ENABLED", "FIRED", "FAILED", "MISSED", "LAST", "NEXT"],
+        &[
+            "NAMESPACE",
+            "CONTAINER",
+            "NAME",
+            "KIND",
+            "SOURCE",
+            "ENABLED",
+            "FIRED",
+            "FAILED",
+            "MISSED",
+            "LAST",
+            "NEXT",
+        ],
         v.iter()
             .map(|t| {
-                let source = if t["kind"] == "cron" { s(&t["schedule"]) } else { s(&t["subject"]) };
+                let source = if t["kind"] == "cron" {
+                    s(&t["schedule"])
+                } else {
+                    s(&t["subject"])
+                };
                 vec![
                     s(&t["namespace"]),
                     s(&t["container"]),
@@ -663,7 +706,11 @@ fn printable(line: &str) -> String {
 /// value appears in no command line); one `-` at most.
 fn secret_pairs(items: &[String]) -> Result<HashMap<String, String>, Fail> {
     let mut m = pairs("values", items)?;
-    let from_stdin: Vec<String> = m.iter().filter(|(_, v)| v.as_str() == "-").map(|(k, _)| k.clone()).collect();
+    let from_stdin: Vec<String> = m
+        .iter()
+        .filter(|(_, v)| v.as_str() == "-")
+        .map(|(k, _)| k.clone())
+        .collect();
     match from_stdin.as_slice() {
         [] => {}
         [k] => {
@@ -931,7 +978,9 @@ impl From<pb::Container> for ContainerOut {
 
 fn instance_rows(is: &[InstanceOut]) -> String {
     table(
-        &["INSTANCE", "NODE", "STATE", "ADDRESS", "RESTARTS", "MESSAGE"],
+        &[
+            "INSTANCE", "NODE", "STATE", "ADDRESS", "RESTARTS", "MESSAGE",
+        ],
         is.iter()
             .map(|i| {
                 vec![
@@ -1103,7 +1152,12 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
     };
     match cli.cmd {
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
-        Cmd::Usage { scope, since, until, by } => {
+        Cmd::Usage {
+            scope,
+            since,
+            until,
+            by,
+        } => {
             let (ns, ct) = match &scope {
                 Some(s) => scope_arg(s)?,
                 None => (String::new(), None),
@@ -1111,21 +1165,49 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
             let req = rouse_client::pb::UsageRequest {
                 namespace: ns,
                 container: ct.unwrap_or_default(),
-                since_ms: since.as_deref().map(|v| time_arg("since", v)).transpose()?.unwrap_or(0),
-                until_ms: until.as_deref().map(|v| time_arg("until", v)).transpose()?.unwrap_or(0),
+                since_ms: since
+                    .as_deref()
+                    .map(|v| time_arg("since", v))
+                    .transpose()?
+                    .unwrap_or(0),
+                until_ms: until
+                    .as_deref()
+                    .map(|v| time_arg("until", v))
+                    .transpose()?
+                    .unwrap_or(0),
                 by: by.unwrap_or_default(),
             };
             let rows = c.usage(req).await?;
             let v: Vec<serde_json::Value> = rows.iter().map(usage_json).collect();
             emit(fmt, &v, || {
                 table(
-                    &["NAMESPACE", "CONTAINER", "FROM", "TO", "GB-S ALLOC", "VCPU-S ALLOC", "GB-S USED", "CPU-S USED", "REQUESTS", "REQUEST-S", "INSTANCE-S", "SUSPENDED-S"],
+                    &[
+                        "NAMESPACE",
+                        "CONTAINER",
+                        "FROM",
+                        "TO",
+                        "GB-S ALLOC",
+                        "VCPU-S ALLOC",
+                        "GB-S USED",
+                        "CPU-S USED",
+                        "REQUESTS",
+                        "REQUEST-S",
+                        "INSTANCE-S",
+                        "SUSPENDED-S",
+                    ],
                     rows.iter()
                         .map(|r| {
                             vec![
                                 r.namespace.clone(),
-                                if r.container.is_empty() { "(total)".into() } else { r.container.clone() },
-                                rfc3339(r.period_start_ms.max(1)).as_str().unwrap_or("-").to_string(),
+                                if r.container.is_empty() {
+                                    "(total)".into()
+                                } else {
+                                    r.container.clone()
+                                },
+                                rfc3339(r.period_start_ms.max(1))
+                                    .as_str()
+                                    .unwrap_or("-")
+                                    .to_string(),
                                 rfc3339(r.period_end_ms).as_str().unwrap_or("-").to_string(),
                                 format!("{:.3}", r.memory_gb_s_allocated),
                                 format!("{:.3}", r.vcpu_s_allocated),
@@ -1224,7 +1306,9 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
                     if master_key_id.is_empty() {
                         format!("node {id} removed")
                     } else {
-                        format!("node {id} removed; master and data keys rotated to {master_key_id}")
+                        format!(
+                            "node {id} removed; master and data keys rotated to {master_key_id}"
+                        )
                     }
                 },
             )
@@ -1262,9 +1346,14 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
                         (c.create_admin_key().await?, "admin".to_string())
                     }
                 };
-                let ns = scope.strip_prefix("namespace:").unwrap_or_default().to_string();
+                let ns = scope
+                    .strip_prefix("namespace:")
+                    .unwrap_or_default()
+                    .to_string();
                 let out = serde_json::json!({ "id": k.id, "key": k.key, "namespace": ns, "scope": scope });
-                emit(fmt, &out, || format!("id: {}\nscope: {scope}\n{}", k.id, k.key))
+                emit(fmt, &out, || {
+                    format!("id: {}\nscope: {scope}\n{}", k.id, k.key)
+                })
             }
             ApiKeyCmd::List => {
                 let v: Vec<serde_json::Value> = c
@@ -1623,7 +1712,11 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                 } else {
                     let text = String::from_utf8_lossy(&chunk.data);
                     for line in text.split_inclusive('\n') {
-                        let line = if raw { line.to_string() } else { printable(line) };
+                        let line = if raw {
+                            line.to_string()
+                        } else {
+                            printable(line)
+                        };
                         if prefix {
                             let _ = write!(stdout, "[{}] {line}", chunk.instance);
                         } else {
@@ -1706,7 +1799,11 @@ async fn trigger_cmd(c: &mut Client, fmt: Format, cmd: TriggerCmd) -> Result<(),
         } => {
             let (ns, ct) = match scope_arg(&container)? {
                 (ns, Some(ct)) => (ns, ct),
-                _ => return Err(Fail(format!("container: {container:?} is not NAMESPACE/CONTAINER"))),
+                _ => {
+                    return Err(Fail(format!(
+                        "container: {container:?} is not NAMESPACE/CONTAINER"
+                    )))
+                }
             };
             let catch_up_seconds = match catch_up {
                 Some(c) => Some(
@@ -1766,7 +1863,14 @@ async fn trigger_cmd(c: &mut Client, fmt: Format, cmd: TriggerCmd) -> Result<(),
                 let mut out = trigger_rows(std::slice::from_ref(&v));
                 out.push_str("\n\nlast firings:\n");
                 out.push_str(&table(
-                    &["SCHEDULED", "EVENT", "STATUS", "LATENCY", "ATTEMPTS", "NODE"],
+                    &[
+                        "SCHEDULED",
+                        "EVENT",
+                        "STATUS",
+                        "LATENCY",
+                        "ATTEMPTS",
+                        "NODE",
+                    ],
                     t.history
                         .iter()
                         .rev()
@@ -1797,7 +1901,12 @@ async fn trigger_cmd(c: &mut Client, fmt: Format, cmd: TriggerCmd) -> Result<(),
     }
 }
 
-async fn set_trigger_enabled(c: &mut Client, fmt: Format, trigger: &str, enabled: bool) -> Result<(), Fail> {
+async fn set_trigger_enabled(
+    c: &mut Client,
+    fmt: Format,
+    trigger: &str,
+    enabled: bool,
+) -> Result<(), Fail> {
     let (ns, ct, name) = trigger_arg(trigger)?;
     let t = c.set_trigger_enabled(&ns, &ct, &name, enabled).await?;
     let v = trigger_json(&t, false);

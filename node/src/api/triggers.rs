@@ -39,7 +39,11 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
             ))
         }
         (true, false) => {
-            let timezone = if r.timezone.is_empty() { "UTC".to_string() } else { r.timezone.clone() };
+            let timezone = if r.timezone.is_empty() {
+                "UTC".to_string()
+            } else {
+                r.timezone.clone()
+            };
             Schedule::parse(&r.cron, &timezone).map_err(|(f, rule)| ApiError::invalid(f, rule))?;
             let catch_up = r.catch_up_seconds.unwrap_or(DEFAULT_CATCH_UP_S);
             if catch_up > MAX_CATCH_UP_S {
@@ -56,10 +60,16 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
         }
         (false, true) => {
             if r.nats_url.is_empty() {
-                return Err(ApiError::invalid("nats_url", "is required with nats_subject (nats://host:4222)"));
+                return Err(ApiError::invalid(
+                    "nats_url",
+                    "is required with nats_subject (nats://host:4222)",
+                ));
             }
             if !r.nats_url.starts_with("nats://") {
-                return Err(ApiError::invalid("nats_url", format!("{:?} must start with nats://", r.nats_url)));
+                return Err(ApiError::invalid(
+                    "nats_url",
+                    format!("{:?} must start with nats://", r.nats_url),
+                ));
             }
             nats_subject("nats_subject", &r.nats_subject)?;
             if !r.dead_letter.is_empty() {
@@ -72,14 +82,26 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
                 }
             }
             if !r.nats_stream.is_empty()
-                && !r.nats_stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !r
+                    .nats_stream
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(ApiError::invalid("nats_stream", format!("{:?} is not a stream name (A-Z, a-z, 0-9, - and _)", r.nats_stream)));
+                return Err(ApiError::invalid(
+                    "nats_stream",
+                    format!(
+                        "{:?} is not a stream name (A-Z, a-z, 0-9, - and _)",
+                        r.nats_stream
+                    ),
+                ));
             }
             if !r.nats_credentials.is_empty() {
                 validate::env(
                     "nats_credentials",
-                    &std::collections::BTreeMap::from([(r.nats_credentials.clone(), String::new())]),
+                    &std::collections::BTreeMap::from([(
+                        r.nats_credentials.clone(),
+                        String::new(),
+                    )]),
                     &[],
                 )?;
             }
@@ -92,29 +114,59 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
             }
         }
     };
-    let method = if r.method.is_empty() { "POST".to_string() } else { r.method.to_ascii_uppercase() };
+    let method = if r.method.is_empty() {
+        "POST".to_string()
+    } else {
+        r.method.to_ascii_uppercase()
+    };
     if !METHODS.contains(&method.as_str()) {
-        return Err(ApiError::invalid("method", format!("{method:?} is not one of {}", METHODS.join(", "))));
+        return Err(ApiError::invalid(
+            "method",
+            format!("{method:?} is not one of {}", METHODS.join(", ")),
+        ));
     }
-    let path = if r.path.is_empty() { "/".to_string() } else { r.path.clone() };
+    let path = if r.path.is_empty() {
+        "/".to_string()
+    } else {
+        r.path.clone()
+    };
     if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(ApiError::invalid("path", format!("{path:?} must be an absolute path (/…)")));
+        return Err(ApiError::invalid(
+            "path",
+            format!("{path:?} must be an absolute path (/…)"),
+        ));
     }
     for (k, v) in &r.headers {
         let name = http::HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| ApiError::invalid("headers", format!("{k:?} is not a header name")))?;
-        if name.as_str().starts_with("x-rouse-") || name == http::header::HOST || name == http::header::AUTHORIZATION {
-            return Err(ApiError::invalid("headers", format!("{k:?} is set by rouse")));
+        if name.as_str().starts_with("x-rouse-")
+            || name == http::header::HOST
+            || name == http::header::AUTHORIZATION
+        {
+            return Err(ApiError::invalid(
+                "headers",
+                format!("{k:?} is set by rouse"),
+            ));
         }
-        http::HeaderValue::from_str(v)
-            .map_err(|_| ApiError::invalid("headers", format!("the value of {k:?} is not a header value")))?;
+        http::HeaderValue::from_str(v).map_err(|_| {
+            ApiError::invalid(
+                "headers",
+                format!("the value of {k:?} is not a header value"),
+            )
+        })?;
     }
     if r.body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::invalid("body", format!("is {} bytes; at most {MAX_BODY_BYTES}", r.body.len())));
+        return Err(ApiError::invalid(
+            "body",
+            format!("is {} bytes; at most {MAX_BODY_BYTES}", r.body.len()),
+        ));
     }
     let max_retries = r.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
     if max_retries > MAX_RETRIES {
-        return Err(ApiError::invalid("max_retries", format!("{max_retries} is over {MAX_RETRIES}")));
+        return Err(ApiError::invalid(
+            "max_retries",
+            format!("{max_retries} is over {MAX_RETRIES}"),
+        ));
     }
     Ok(TriggerSpec {
         source,
@@ -130,11 +182,15 @@ pub fn spec_for(r: &pb::CreateTriggerRequest) -> Result<TriggerSpec, ApiError> {
 fn nats_subject(field: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 255
-        && s.split('.').all(|t| !t.is_empty() && !t.chars().any(char::is_whitespace));
+        && s.split('.')
+            .all(|t| !t.is_empty() && !t.chars().any(char::is_whitespace));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(field, format!("{s:?} is not a NATS subject (dot-separated tokens, no spaces)")))
+        Err(ApiError::invalid(
+            field,
+            format!("{s:?} is not a NATS subject (dot-separated tokens, no spaces)"),
+        ))
     }
 }
 
@@ -155,7 +211,11 @@ pub fn to_pb(t: &Trigger, now_ms: u64) -> pb::Trigger {
         failed: t.failed,
         missed: t.missed,
         last_fired_at_ms: t.history.last().map_or(0, |f| f.sent_ms),
-        last_status: t.history.last().map(|f| f.status.clone()).unwrap_or_default(),
+        last_status: t
+            .history
+            .last()
+            .map(|f| f.status.clone())
+            .unwrap_or_default(),
         history: t
             .history
             .iter()
@@ -187,7 +247,13 @@ pub fn to_pb(t: &Trigger, now_ms: u64) -> pb::Trigger {
             if t.enabled {
                 out.next_fire_at_ms = Schedule::parse(schedule, timezone)
                     .ok()
-                    .and_then(|s| s.next_after(t.last_tick_ms.max(t.created_at_ms).max(now_ms.saturating_sub(1))))
+                    .and_then(|s| {
+                        s.next_after(
+                            t.last_tick_ms
+                                .max(t.created_at_ms)
+                                .max(now_ms.saturating_sub(1)),
+                        )
+                    })
                     .unwrap_or(0);
             }
         }
@@ -234,7 +300,11 @@ impl TriggerService for Api {
                 name: r.name.clone(),
             })?;
             let spec = spec_for(&r)?;
-            if let TriggerSource::Nats { credentials: Some(k), .. } = &spec.source {
+            if let TriggerSource::Nats {
+                credentials: Some(k),
+                ..
+            } = &spec.source
+            {
                 self.cluster.read_barrier(false).await?;
                 let sm = self.cluster.sm.read();
                 let held = [
@@ -242,11 +312,19 @@ impl TriggerService for Api {
                     crate::state::Scope::namespace(&r.namespace),
                 ]
                 .iter()
-                .any(|scope| sm.data.secrets.get(scope).is_some_and(|m| m.contains_key(k)));
+                .any(|scope| {
+                    sm.data
+                        .secrets
+                        .get(scope)
+                        .is_some_and(|m| m.contains_key(k))
+                });
                 if !held {
                     return Err(ApiError::invalid(
                         "nats_credentials",
-                        format!("no secret {k:?} in {}/{} or {}; set it first with `rouse secret set`", r.namespace, r.container, r.namespace),
+                        format!(
+                            "no secret {k:?} in {}/{} or {}; set it first with `rouse secret set`",
+                            r.namespace, r.container, r.namespace
+                        ),
                     ));
                 }
             }
@@ -274,7 +352,10 @@ impl TriggerService for Api {
         Ok(Response::new(run.await?))
     }
 
-    async fn list(&self, req: Request<pb::ListTriggersRequest>) -> ApiResult<pb::ListTriggersResponse> {
+    async fn list(
+        &self,
+        req: Request<pb::ListTriggersRequest>,
+    ) -> ApiResult<pb::ListTriggersResponse> {
         let who = self.principal(&req)?;
         if !req.get_ref().namespace.is_empty() {
             self.require_ns(&req, &req.get_ref().namespace)?;
@@ -327,12 +408,22 @@ impl TriggerService for Api {
         Ok(Response::new(run.await?))
     }
 
-    async fn set_enabled(&self, req: Request<pb::SetTriggerEnabledRequest>) -> ApiResult<pb::Trigger> {
-        let ns = req.get_ref().trigger.as_ref().map(|t| t.namespace.clone()).unwrap_or_default();
+    async fn set_enabled(
+        &self,
+        req: Request<pb::SetTriggerEnabledRequest>,
+    ) -> ApiResult<pb::Trigger> {
+        let ns = req
+            .get_ref()
+            .trigger
+            .as_ref()
+            .map(|t| t.namespace.clone())
+            .unwrap_or_default();
         self.require_ns(&req, &ns)?;
         let r = req.into_inner();
         let run = async {
-            let t = r.trigger.ok_or_else(|| ApiError::invalid("trigger", "is required"))?;
+            let t = r
+                .trigger
+                .ok_or_else(|| ApiError::invalid("trigger", "is required"))?;
             let id = check_ref(&t)?;
             self.cluster
                 .write(Command::SetTriggerEnabled {
@@ -372,8 +463,13 @@ mod tests {
     #[test]
     fn defaults_and_rules_name_the_field() {
         let s = spec_for(&req()).unwrap();
-        assert_eq!((s.method.as_str(), s.path.as_str(), s.max_retries), ("POST", "/", 3));
-        assert!(matches!(s.source, TriggerSource::Cron { ref timezone, catch_up_s: 60, .. } if timezone == "UTC"));
+        assert_eq!(
+            (s.method.as_str(), s.path.as_str(), s.max_retries),
+            ("POST", "/", 3)
+        );
+        assert!(
+            matches!(s.source, TriggerSource::Cron { ref timezone, catch_up_s: 60, .. } if timezone == "UTC")
+        );
         let bad = |f: &dyn Fn(&mut pb::CreateTriggerRequest)| {
             let mut r = req();
             f(&mut r);
@@ -385,11 +481,30 @@ mod tests {
         assert_eq!(bad(&|r| r.timezone = "Nowhere/Land".into()), "timezone");
         assert_eq!(bad(&|r| r.method = "BREW".into()), "method");
         assert_eq!(bad(&|r| r.path = "no-slash".into()), "path");
-        assert_eq!(bad(&|r| { r.headers.insert("X-Rouse-Event-Id".into(), "x".into()); }), "headers");
-        assert_eq!(bad(&|r| { r.headers.insert("bad header".into(), "x".into()); }), "headers");
+        assert_eq!(
+            bad(&|r| {
+                r.headers.insert("X-Rouse-Event-Id".into(), "x".into());
+            }),
+            "headers"
+        );
+        assert_eq!(
+            bad(&|r| {
+                r.headers.insert("bad header".into(), "x".into());
+            }),
+            "headers"
+        );
         assert_eq!(bad(&|r| r.max_retries = Some(99)), "max_retries");
-        assert_eq!(bad(&|r| r.catch_up_seconds = Some(100_000)), "catch_up_seconds");
-        assert_eq!(bad(&|r| { r.cron.clear(); r.nats_subject = "s".into(); }), "nats_url");
+        assert_eq!(
+            bad(&|r| r.catch_up_seconds = Some(100_000)),
+            "catch_up_seconds"
+        );
+        assert_eq!(
+            bad(&|r| {
+                r.cron.clear();
+                r.nats_subject = "s".into();
+            }),
+            "nats_url"
+        );
         let nats = |f: &dyn Fn(&mut pb::CreateTriggerRequest)| {
             let mut r = req();
             r.cron.clear();
@@ -399,9 +514,21 @@ mod tests {
             spec_for(&r).map(|_| ()).map_err(field)
         };
         assert_eq!(nats(&|_| {}), Ok(()));
-        assert_eq!(nats(&|r| r.nats_subject = "a..b".into()), Err("nats_subject".into()));
-        assert_eq!(nats(&|r| r.dead_letter = "orders.new".into()), Err("dead_letter".into()));
-        assert_eq!(nats(&|r| r.nats_stream = "a.b".into()), Err("nats_stream".into()));
-        assert_eq!(nats(&|r| r.nats_url = "http://x".into()), Err("nats_url".into()));
+        assert_eq!(
+            nats(&|r| r.nats_subject = "a..b".into()),
+            Err("nats_subject".into())
+        );
+        assert_eq!(
+            nats(&|r| r.dead_letter = "orders.new".into()),
+            Err("dead_letter".into())
+        );
+        assert_eq!(
+            nats(&|r| r.nats_stream = "a.b".into()),
+            Err("nats_stream".into())
+        );
+        assert_eq!(
+            nats(&|r| r.nats_url = "http://x".into()),
+            Err("nats_url".into())
+        );
     }
 }

@@ -58,7 +58,12 @@ pub fn rows(
         "minute" => Some(USAGE_MINUTE_MS),
         "hour" => Some(USAGE_HOUR_MS),
         "day" => Some(DAY_MS),
-        other => return Err(ApiError::invalid("by", format!("{other:?} is not minute, hour or day"))),
+        other => {
+            return Err(ApiError::invalid(
+                "by",
+                format!("{other:?} is not minute, hour or day"),
+            ))
+        }
     };
     let mut per: BTreeMap<(String, String, u64), (u64, Usage)> = BTreeMap::new();
     let mut totals: BTreeMap<String, Usage> = BTreeMap::new();
@@ -78,7 +83,10 @@ pub fn rows(
                 .entry((key.namespace().to_string(), key.name().to_string(), gs))
                 .or_insert((ge, Usage::default()));
             e.1.add(u);
-            totals.entry(key.namespace().to_string()).or_default().add(u);
+            totals
+                .entry(key.namespace().to_string())
+                .or_default()
+                .add(u);
         }
     }
     let mut out: Vec<pb::UsageRow> = per
@@ -91,7 +99,10 @@ pub fn rows(
 
 #[tonic::async_trait]
 impl UsageService for Api {
-    async fn get(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+    async fn get(
+        &self,
+        req: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
         let who = self.principal(&req)?;
         if !req.get_ref().namespace.is_empty() {
             self.require_ns(&req, &req.get_ref().namespace)?;
@@ -111,10 +122,19 @@ impl UsageService for Api {
             let until = if r.until_ms == 0 { now + 1 } else { r.until_ms };
             let earliest = {
                 let sm = self.cluster.sm.read();
-                sm.data.usage.values().filter_map(|b| b.keys().next().copied()).min().unwrap_or(0)
+                sm.data
+                    .usage
+                    .values()
+                    .filter_map(|b| b.keys().next().copied())
+                    .min()
+                    .unwrap_or(0)
             };
             // From the start: the ledger's first period.
-            let since = if r.since_ms == 0 { earliest } else { r.since_ms };
+            let since = if r.since_ms == 0 {
+                earliest
+            } else {
+                r.since_ms
+            };
             if since >= until {
                 return Err(ApiError::invalid("since", "must be before until"));
             }
@@ -145,19 +165,47 @@ mod tests {
     #[test]
     fn rows_group_by_period_and_total_per_namespace() {
         let mut ledger: BTreeMap<ContainerKey, BTreeMap<u64, Usage>> = BTreeMap::new();
-        let u = |ms: u64| Usage { instance_ms: ms, memory_mb_ms: 256 * ms, mvcpu_ms: 500 * ms, ..Default::default() };
-        ledger.entry(ContainerKey::new("n", "a")).or_default().insert(0, u(20_000));
-        ledger.entry(ContainerKey::new("n", "a")).or_default().insert(60_000, u(10_000));
-        ledger.entry(ContainerKey::new("n", "b")).or_default().insert(60_000, u(5_000));
-        ledger.entry(ContainerKey::new("m", "c")).or_default().insert(0, u(1_000));
+        let u = |ms: u64| Usage {
+            instance_ms: ms,
+            memory_mb_ms: 256 * ms,
+            mvcpu_ms: 500 * ms,
+            ..Default::default()
+        };
+        ledger
+            .entry(ContainerKey::new("n", "a"))
+            .or_default()
+            .insert(0, u(20_000));
+        ledger
+            .entry(ContainerKey::new("n", "a"))
+            .or_default()
+            .insert(60_000, u(10_000));
+        ledger
+            .entry(ContainerKey::new("n", "b"))
+            .or_default()
+            .insert(60_000, u(5_000));
+        ledger
+            .entry(ContainerKey::new("m", "c"))
+            .or_default()
+            .insert(0, u(1_000));
         let all = rows(&ledger, |_| true, 0, 120_000, "", 120_000).unwrap();
         let a = all.iter().find(|r| r.container == "a").unwrap();
         assert_eq!(a.instance_s, 30.0);
         assert!((a.memory_gb_s_allocated - 0.25 * 30.0).abs() < 1e-9);
         assert!((a.vcpu_s_allocated - 0.5 * 30.0).abs() < 1e-9);
-        let n = all.iter().find(|r| r.namespace == "n" && r.container.is_empty()).unwrap();
+        let n = all
+            .iter()
+            .find(|r| r.namespace == "n" && r.container.is_empty())
+            .unwrap();
         assert_eq!(n.instance_s, 35.0);
-        let by_minute = rows(&ledger, |k| k.namespace() == "n", 0, 120_000, "minute", 120_000).unwrap();
+        let by_minute = rows(
+            &ledger,
+            |k| k.namespace() == "n",
+            0,
+            120_000,
+            "minute",
+            120_000,
+        )
+        .unwrap();
         assert_eq!(by_minute.iter().filter(|r| r.container == "a").count(), 2);
         assert!(rows(&ledger, |_| true, 0, 1, "week", 0).is_err());
         // Since the second minute only.

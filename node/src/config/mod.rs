@@ -231,12 +231,15 @@ impl NodeConfig {
             ));
         }
         let hop = match &args.hop {
-            Some(h) => h.parse().map_err(|_| {
-                invalid("hop", format!("{h:?} is not an IP:PORT address to bind"))
-            })?,
-            None => SocketAddr::new(http.ip(), http.port().checked_add(1).ok_or_else(|| {
-                invalid("hop", "is required when --http's port is 65535")
-            })?),
+            Some(h) => h
+                .parse()
+                .map_err(|_| invalid("hop", format!("{h:?} is not an IP:PORT address to bind")))?,
+            None => SocketAddr::new(
+                http.ip(),
+                http.port()
+                    .checked_add(1)
+                    .ok_or_else(|| invalid("hop", "is required when --http's port is 65535"))?,
+            ),
         };
         if hop == http || hop == listen {
             return Err(invalid(
@@ -246,7 +249,10 @@ impl NodeConfig {
         }
         let metrics = match &args.metrics {
             Some(m) => m.parse().map_err(|_| {
-                invalid("metrics", format!("{m:?} is not an IP:PORT address to bind"))
+                invalid(
+                    "metrics",
+                    format!("{m:?} is not an IP:PORT address to bind"),
+                )
             })?,
             None => SocketAddr::new(
                 std::net::IpAddr::from([127, 0, 0, 1]),
@@ -277,7 +283,10 @@ impl NodeConfig {
             let host = advertise_http.rsplit_once(':').map_or("", |(h, _)| h);
             format!("{host}:{}", hop.port())
         };
-        let ports_s = args.instance_ports.clone().unwrap_or_else(|| "20000-29999".into());
+        let ports_s = args
+            .instance_ports
+            .clone()
+            .unwrap_or_else(|| "20000-29999".into());
         let instance_ports = ports_s
             .split_once('-')
             .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
@@ -301,7 +310,10 @@ impl NodeConfig {
                 ("instance_egress", args.instance_egress.is_some()),
             ] {
                 if set {
-                    return Err(invalid(field, "applies only with --instance-network isolated"));
+                    return Err(invalid(
+                        field,
+                        "applies only with --instance-network isolated",
+                    ));
                 }
             }
         }
@@ -503,7 +515,10 @@ fn dialable(field: &'static str, v: &str) -> Result<(), ConfigError> {
     host_port(field, v)?;
     let host = v.rsplit_once(':').map_or(v, |(h, _)| h);
     let ip = host.trim_start_matches('[').trim_end_matches(']');
-    if ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
         return Err(invalid(
             field,
             format!("{v:?} names no particular address; other nodes cannot dial it"),
@@ -564,7 +579,10 @@ mod tests {
             "10.0.0.5:7070",
         ]))
         .unwrap();
-        assert_eq!((c.advertise_http.as_str(), c.advertise_hop.as_str()), ("10.0.0.5:8080", "10.0.0.5:8081"));
+        assert_eq!(
+            (c.advertise_http.as_str(), c.advertise_hop.as_str()),
+            ("10.0.0.5:8080", "10.0.0.5:8081")
+        );
         assert_eq!(c.containerd_namespace, "rouse");
         assert_eq!(c.base_domain, "rouse.localhost");
         assert_eq!(c.scale_cap, 50);
@@ -580,7 +598,15 @@ mod tests {
             (vec!["--listen", "0.0.0.0:1"], "advertise"),
             (vec!["--base-domain", "a..b"], "base_domain"),
             (vec!["--instance-ports", "20000-20100"], "instance_ports"),
-            (vec!["--instance-network", "host", "--instance-subnet", "10.1.2.0/24"], "instance_subnet"),
+            (
+                vec![
+                    "--instance-network",
+                    "host",
+                    "--instance-subnet",
+                    "10.1.2.0/24",
+                ],
+                "instance_subnet",
+            ),
             (vec!["--instance-network", "bridge"], "instance_network"),
             (vec!["--instance-subnet", "10.1.2.0/30"], "instance_subnet"),
             (vec!["--instance-egress", "maybe"], "instance_egress"),

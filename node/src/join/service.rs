@@ -70,7 +70,13 @@ impl JoinService {
         id.cluster.read_barrier(false).await?;
         let recorded = {
             let sm = id.cluster.sm.read();
-            check_token(&sm.data, &token, r.node_id, &key_sha256, crate::cluster::now_ms())?
+            check_token(
+                &sm.data,
+                &token,
+                r.node_id,
+                &key_sha256,
+                crate::cluster::now_ms(),
+            )?
         };
         let cert = match recorded {
             // A retry after a lost answer, with the same key: the same
@@ -123,9 +129,8 @@ fn check_token(
     key_sha256: &str,
     now_ms: u64,
 ) -> Result<Option<String>, JoinError> {
-    let refused = |why: &str| {
-        JoinError::Refused(Rejection::FailedPrecondition(format!("join_token: {why}")))
-    };
+    let refused =
+        |why: &str| JoinError::Refused(Rejection::FailedPrecondition(format!("join_token: {why}")));
     let t = state
         .join_tokens
         .get(&token.id)
@@ -136,7 +141,9 @@ fn check_token(
             "the token has expired; mint a new one with `rouse cluster join-token`",
         )),
         (None, _) => Ok(None),
-        (Some(n), Some(i)) if n == node && i.key_sha256 == key_sha256 => Ok(Some(i.cert_pem.clone())),
+        (Some(n), Some(i)) if n == node && i.key_sha256 == key_sha256 => {
+            Ok(Some(i.cert_pem.clone()))
+        }
         (Some(n), _) => Err(refused(&format!(
             "the token was already used (by node {n}); join tokens are spent once"
         ))),

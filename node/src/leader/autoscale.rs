@@ -115,7 +115,10 @@ pub fn desired(w: &mut Window, p: Params, now_ms: u64) -> (u32, String) {
             format!("burst: {} in flight or queued, {} ready", w.now, p.current),
         )
     } else {
-        (stable, format!("load: {stable_avg:.1} in flight on average"))
+        (
+            stable,
+            format!("load: {stable_avg:.1} in flight on average"),
+        )
     };
     if w.now > 0.0 && want < current {
         want = current;
@@ -437,9 +440,14 @@ mod tests {
         w.record(0, 0.0);
         w.last_request_ms = 0;
         assert_eq!(desired(&mut w.clone(), p(1), 10_000).0, 1, "used 10 s ago");
-        assert_eq!(desired(&mut w.clone(), p(1), 30_000).0, 0, "idle for scale_to_zero_after");
         assert_eq!(
-            desired(&mut w.clone(),
+            desired(&mut w.clone(), p(1), 30_000).0,
+            0,
+            "idle for scale_to_zero_after"
+        );
+        assert_eq!(
+            desired(
+                &mut w.clone(),
                 Params {
                     min_scale: 2,
                     ..p(1)

@@ -54,7 +54,13 @@ impl Decider for Placement {
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command> {
         let fresh_after = tick.now_ms.saturating_sub(super::autoscale::STALE_AFTER_MS);
         let draining = crate::loads::draining(&self.book.reports(), fresh_after);
-        let plan = scheduler::plan_with(state, tick.now_ms, self.params, &draining, rand::random::<u32>);
+        let plan = scheduler::plan_with(
+            state,
+            tick.now_ms,
+            self.params,
+            &draining,
+            rand::random::<u32>,
+        );
         for (namespace, container, reason) in &plan.pending {
             if let Some(r) = reason {
                 tracing::info!(%namespace, %container, reason = %r, "instances pending");

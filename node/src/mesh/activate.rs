@@ -102,7 +102,12 @@ pub fn view_with_local(
 /// Holds a free slot of one of this node's instances of `key` for a
 /// request about to hop here: the reservation's token, or None when every
 /// local instance is busy (or there is none).
-pub fn reserve_here(state: &StateData, me: NodeId, key: &ContainerKey, local: &LocalInstances) -> Option<String> {
+pub fn reserve_here(
+    state: &StateData,
+    me: NodeId,
+    key: &ContainerKey,
+    local: &LocalInstances,
+) -> Option<String> {
     let limit = state.containers.get(key)?.spec.max_concurrency as usize;
     let v = view_with_local(state, me, key, local);
     let loads: Vec<(usize, usize)> = v
@@ -192,9 +197,12 @@ pub struct Activator {
     /// Serialises resumes on this node.
     resuming: AsyncMutex<()>,
     /// Per container: woken when a slot frees on another node's instance.
-    remote_freed: parking_lot::Mutex<std::collections::HashMap<ContainerKey, Arc<tokio::sync::Notify>>>,
+    remote_freed:
+        parking_lot::Mutex<std::collections::HashMap<ContainerKey, Arc<tokio::sync::Notify>>>,
     /// Watches of other nodes' freed slots: (container, node) → last wanted.
-    watching: Arc<parking_lot::Mutex<std::collections::HashMap<(ContainerKey, NodeId), tokio::time::Instant>>>,
+    watching: Arc<
+        parking_lot::Mutex<std::collections::HashMap<(ContainerKey, NodeId), tokio::time::Instant>>,
+    >,
     /// Nodes whose mesh refused a connection lately: avoided until then.
     suspects: parking_lot::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
 }
@@ -218,7 +226,9 @@ impl Activator {
 
     /// `node`'s mesh refused a connection: route around it for a while.
     pub fn suspect(&self, node: NodeId) {
-        self.suspects.lock().insert(node, std::time::Instant::now() + SUSPECT_FOR);
+        self.suspects
+            .lock()
+            .insert(node, std::time::Instant::now() + SUSPECT_FOR);
     }
 
     /// Drops suspected nodes from a view.
@@ -233,7 +243,11 @@ impl Activator {
     }
 
     fn remote_freed(&self, key: &ContainerKey) -> Arc<tokio::sync::Notify> {
-        self.remote_freed.lock().entry(key.clone()).or_default().clone()
+        self.remote_freed
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     /// Waits until `route`'s request has somewhere to go: a free slot of a
@@ -259,10 +273,17 @@ impl Activator {
                 &route.key,
                 &self.local,
             ));
-            if let Some((id, slot)) = reservation.take().and_then(|t| self.local.take_reserved(&t)) {
+            if let Some((id, slot)) = reservation
+                .take()
+                .and_then(|t| self.local.take_reserved(&t))
+            {
                 if let Some((_, addr)) = v.local.iter().find(|(l, _)| *l == id) {
                     self.wake(&id).await?;
-                    return Ok(Target::Local { id, addr: *addr, slot });
+                    return Ok(Target::Local {
+                        id,
+                        addr: *addr,
+                        slot,
+                    });
                 }
             }
             let loads: Vec<usize> = v
@@ -290,7 +311,8 @@ impl Activator {
                 // of the other instances' slots): hop at once. Else ask for
                 // a held slot, so that no request waits at a busy node while
                 // another is idle.
-                let remote_slots = v.remote.values().map(|(n, _)| n).sum::<usize>() * route.max_concurrency;
+                let remote_slots =
+                    v.remote.values().map(|(n, _)| n).sum::<usize>() * route.max_concurrency;
                 if demand.of(&route.key) * 2 <= remote_slots {
                     if let Some((node, addr)) = pick_remote(&v, rand::random()) {
                         return Ok(Target::Remote {
@@ -555,7 +577,11 @@ mod tests {
             v.local,
             vec![("a".to_string(), "10.0.0.9:9000".parse().unwrap())]
         );
-        assert_eq!(instance_addr("", 7), Some("127.0.0.1:7".parse().unwrap()), "host mode");
+        assert_eq!(
+            instance_addr("", 7),
+            Some("127.0.0.1:7".parse().unwrap()),
+            "host mode"
+        );
         assert_eq!(
             v.remote.keys().copied().collect::<Vec<_>>(),
             vec![2, 3],
@@ -582,7 +608,10 @@ mod tests {
         // Local busy: elsewhere (the activator asks other nodes for a slot).
         assert_eq!(choose(&v, &[1], 1), Choice::Elsewhere { any_ready: true });
         let empty = View::default();
-        assert_eq!(choose(&empty, &[], 1), Choice::Elsewhere { any_ready: false });
+        assert_eq!(
+            choose(&empty, &[], 1),
+            Choice::Elsewhere { any_ready: false }
+        );
     }
 
     #[test]
@@ -598,7 +627,9 @@ mod tests {
         assert!(local.take_reserved(&t).is_none(), "once");
         drop(slot);
         assert_eq!(local.in_flight("a"), 0);
-        assert!(reserve_here(&s, 4, &key, &local).is_none(), "no instance on node 4");
+        assert!(
+            reserve_here(&s, 4, &key, &local).is_none(),
+            "no instance on node 4"
+        );
     }
-
 }

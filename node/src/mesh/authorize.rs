@@ -47,7 +47,11 @@ pub fn authorize(
             .triggers
             .get(id)
             .ok_or_else(|| TokenError::Invalid("unknown trigger".into()))?;
-        if t.namespace != ns || t.container != name || claims.ns != ns || claims.ct.as_deref() != Some(name) {
+        if t.namespace != ns
+            || t.container != name
+            || claims.ns != ns
+            || claims.ct.as_deref() != Some(name)
+        {
             return Err(TokenError::WrongScope(format!("trigger {id}")));
         }
         return Ok(());

@@ -77,7 +77,8 @@ impl MeshError {
         let status = self.status();
         let kind = self.kind();
         let mut r = text(status, format!("rouse: {self}"));
-        r.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(kind));
+        r.headers_mut()
+            .insert(ERROR_HEADER, HeaderValue::from_static(kind));
         match status {
             StatusCode::UNAUTHORIZED => {
                 r.headers_mut().insert(

@@ -355,7 +355,10 @@ mod tests {
         assert!(!rewrite_headers(&mut h, remote, direct, Some(host)));
         assert!(!h.contains_key("connection") && !h.contains_key("keep-alive"));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "http", "a client's claim is overwritten");
+        assert_eq!(
+            h["x-forwarded-proto"], "http",
+            "a client's claim is overwritten"
+        );
         assert_eq!(h[HOST], "web.ns.rouse.localhost");
         assert!(!h.contains_key(HOP) && !h.contains_key(ORIGINAL_HOST));
     }
@@ -374,7 +377,10 @@ mod tests {
         assert_eq!(h[ORIGINAL_HOST], "web.ns.rouse.localhost");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.9", "the client, said by the first node");
+        assert_eq!(
+            h["x-forwarded-for"], "10.0.0.9",
+            "the client, said by the first node"
+        );
         // The node it hops to keeps what the first node said.
         let peer: SocketAddr = "10.0.0.2:9000".parse().unwrap();
         let arrived = Via {

@@ -24,7 +24,9 @@ fn page(mesh: &super::stack::Mesh) -> http::Response<super::error::RespBody> {
     let mut r = super::error::text(http::StatusCode::OK, body);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
     );
     r
 }
@@ -43,20 +45,21 @@ pub async fn serve(mesh: std::sync::Arc<super::stack::Mesh>, listener: tokio::ne
         };
         let mesh = mesh.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mesh = mesh.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        page(&mesh)
-                    } else {
-                        super::error::text(
-                            http::StatusCode::NOT_FOUND,
-                            "this listener serves only /metrics\n",
-                        )
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mesh = mesh.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            page(&mesh)
+                        } else {
+                            super::error::text(
+                                http::StatusCode::NOT_FOUND,
+                                "this listener serves only /metrics\n",
+                            )
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(%remote, error = %e, "metrics connection");
@@ -92,7 +95,11 @@ pub fn render(
     let firings = Family::<Labels, Gauge>::default();
     let trigger_latency = Family::<Labels, FGauge>::default();
     for t in state.triggers.values() {
-        for (outcome, n) in [("fired", t.fired), ("failed", t.failed), ("missed", t.missed)] {
+        for (outcome, n) in [
+            ("fired", t.fired),
+            ("failed", t.failed),
+            ("missed", t.missed),
+        ] {
             firings
                 .get_or_create(&labels(&[
                     ("namespace", &t.namespace),
@@ -125,7 +132,10 @@ pub fn render(
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
             desired
-                .get_or_create(&labels(&[("namespace", &c.namespace), ("container", &c.name)]))
+                .get_or_create(&labels(&[
+                    ("namespace", &c.namespace),
+                    ("container", &c.name),
+                ]))
                 .set(i64::from(c.desired_scale));
             if let Some((last, median)) = c.cold_start_summary() {
                 for (phase, v) in [

@@ -24,11 +24,16 @@ pub enum Listener {
     Public,
     /// Other nodes' hops: mutual TLS with a cluster certificate (plain with
     /// `--insecure`), checked against the revocations.
-    Hops { tls: crate::tls::Tls, trust: PeerTrust },
+    Hops {
+        tls: crate::tls::Tls,
+        trust: PeerTrust,
+    },
 }
 
 /// Accepts from whichever of `listeners` has a connection first.
-async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+async fn accept_any(
+    listeners: &[TcpListener],
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
     let pending = listeners.iter().map(|l| Box::pin(l.accept()));
     futures::future::select_all(pending).await.0
 }
@@ -97,27 +102,29 @@ pub async fn serve(
             let info = stream.info();
             let hops = trust.is_some();
             let slot = super::forward::ConnSlot(permit.clone());
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let mesh = mesh.clone();
-                req.extensions_mut().insert(slot.clone());
-                // Checked on every request: a node removed while its
-                // connection stays open is refused from its next request.
-                let peer = trust.as_ref().is_some_and(|t| t.check(Some(&info)).is_ok());
-                async move {
-                    if hops && !peer {
-                        let mut r = super::error::text(
-                            http::StatusCode::FORBIDDEN,
-                            "this listener serves only the cluster's members\n",
-                        );
-                        r.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                        return Ok::<_, Infallible>(r);
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let mesh = mesh.clone();
+                    req.extensions_mut().insert(slot.clone());
+                    // Checked on every request: a node removed while its
+                    // connection stays open is refused from its next request.
+                    let peer = trust.as_ref().is_some_and(|t| t.check(Some(&info)).is_ok());
+                    async move {
+                        if hops && !peer {
+                            let mut r = super::error::text(
+                                http::StatusCode::FORBIDDEN,
+                                "this listener serves only the cluster's members\n",
+                            );
+                            r.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                            return Ok::<_, Infallible>(r);
+                        }
+                        Ok::<_, Infallible>(mesh.handle(req, remote, peer).await)
                     }
-                    Ok::<_, Infallible>(mesh.handle(req, remote, peer).await)
-                }
-            });
+                },
+            );
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -157,7 +157,11 @@ impl Mesh {
             .get(RESERVATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match self.activator.target(&route, hop, reservation, &self.demand).await? {
+        match self
+            .activator
+            .target(&route, hop, reservation, &self.demand)
+            .await?
+        {
             Target::Local { id, addr, slot } => {
                 tracing::debug!(instance = %id, "to a local instance");
                 let held = Held {

@@ -361,7 +361,12 @@ impl Agent {
             live.extend(self.supervisors.lock().keys().cloned());
             live
         };
-        for name in gc::stale_logs(&files, &live, std::time::SystemTime::now(), self.config.log_retention) {
+        for name in gc::stale_logs(
+            &files,
+            &live,
+            std::time::SystemTime::now(),
+            self.config.log_retention,
+        ) {
             tracing::info!(file = %name, "deleting the log of an instance gone past the retention");
             let _ = std::fs::remove_file(dir.join(name));
         }

@@ -54,8 +54,12 @@ fn read_u64(path: &str) -> Option<u64> {
 fn cgroup(id: &str) -> (Option<u64>, Option<u64>) {
     let parent = super::spec::CGROUP_PARENT;
     (
-        read_u64(&format!("/sys/fs/cgroup/cpuacct/{parent}/{id}/cpuacct.usage")),
-        read_u64(&format!("/sys/fs/cgroup/memory/{parent}/{id}/memory.usage_in_bytes")),
+        read_u64(&format!(
+            "/sys/fs/cgroup/cpuacct/{parent}/{id}/cpuacct.usage"
+        )),
+        read_u64(&format!(
+            "/sys/fs/cgroup/memory/{parent}/{id}/memory.usage_in_bytes"
+        )),
     )
 }
 
@@ -86,7 +90,13 @@ pub async fn run(cluster: Arc<Cluster>, local: Arc<LocalInstances>, me: NodeId) 
                 })
                 .filter_map(|i| {
                     let c = sm.data.container(&i.namespace, &i.container)?;
-                    Some((i.id.clone(), i.namespace.clone(), i.container.clone(), c.spec.memory_mb, c.spec.cpu_mvcpu))
+                    Some((
+                        i.id.clone(),
+                        i.namespace.clone(),
+                        i.container.clone(),
+                        c.spec.memory_mb,
+                        c.spec.cpu_mvcpu,
+                    ))
                 })
                 .collect()
         };
@@ -120,7 +130,10 @@ pub async fn run(cluster: Arc<Cluster>, local: Arc<LocalInstances>, me: NodeId) 
                 },
             };
             last.insert(id.clone(), Sampled { at: now, cpu_ns });
-            pending.entry((ns.clone(), ct.clone(), minute)).or_default().add(&u);
+            pending
+                .entry((ns.clone(), ct.clone(), minute))
+                .or_default()
+                .add(&u);
         }
         if flushed.elapsed() < FLUSH {
             continue;
@@ -151,7 +164,9 @@ pub async fn run(cluster: Arc<Cluster>, local: Arc<LocalInstances>, me: NodeId) 
             match cluster.write(cmd).await {
                 Ok(_) => outbox = None,
                 // Sent again next time, with the same sequence.
-                Err(e) => tracing::debug!(error = %e, "usage batch not committed; sending it again"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "usage batch not committed; sending it again")
+                }
             }
         }
     }
@@ -164,10 +179,19 @@ mod tests {
     #[test]
     fn running_time_allocates_and_suspended_time_does_not() {
         let u = accrue(500, 256, 500, false, true, 10_240, 3000);
-        assert_eq!((u.memory_mb_ms, u.mvcpu_ms, u.instance_ms, u.request_ms), (128_000, 250_000, 500, 500));
+        assert_eq!(
+            (u.memory_mb_ms, u.mvcpu_ms, u.instance_ms, u.request_ms),
+            (128_000, 250_000, 500, 500)
+        );
         assert_eq!((u.memory_used_kib_ms, u.cpu_used_us), (10_240 * 500, 3000));
         let s = accrue(500, 256, 500, true, false, 10_240, 3000);
-        assert_eq!(s, Usage { suspended_ms: 500, ..Default::default() });
+        assert_eq!(
+            s,
+            Usage {
+                suspended_ms: 500,
+                ..Default::default()
+            }
+        );
         assert_eq!(accrue(500, 256, 500, false, false, 0, 0).request_ms, 0);
     }
 }

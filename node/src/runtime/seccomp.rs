@@ -146,7 +146,15 @@ mod tests {
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActAllow);
         let calls = p.syscalls().clone().unwrap();
         let denied: Vec<&String> = calls[0].names().iter().collect();
-        for name in ["mount", "bpf", "kexec_load", "ptrace", "keyctl", "reboot", "setns"] {
+        for name in [
+            "mount",
+            "bpf",
+            "kexec_load",
+            "ptrace",
+            "keyctl",
+            "reboot",
+            "setns",
+        ] {
             assert!(denied.iter().any(|n| *n == name), "{name} is not denied");
         }
         let json = serde_json::to_value(&p).unwrap();

@@ -19,9 +19,8 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
-    LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use super::image::ImageInfo;
@@ -202,12 +201,7 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
             "/tmp",
             "tmpfs",
             "tmpfs",
-            vec![
-                "nosuid",
-                "nodev",
-                "mode=1777",
-                tmp_size.as_str(),
-            ],
+            vec!["nosuid", "nodev", "mode=1777", tmp_size.as_str()],
         ),
         (
             "/etc/resolv.conf",
@@ -274,14 +268,14 @@ pub fn build(s: &InstanceSpec<'_>) -> Result<Spec, RuntimeError> {
         kinds.push(LinuxNamespaceType::User);
     }
     let namespaces = kinds
-    .into_iter()
-    .map(|t| {
-        LinuxNamespaceBuilder::default()
-            .typ(t)
-            .build()
-            .map_err(spec_err)
-    })
-    .collect::<Result<Vec<_>, _>>()?;
+        .into_iter()
+        .map(|t| {
+            LinuxNamespaceBuilder::default()
+                .typ(t)
+                .build()
+                .map_err(spec_err)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let defaults = oci_spec::runtime::Linux::default();
     let mut linux = LinuxBuilder::default()
         .resources(resources)
@@ -463,9 +457,18 @@ mod tests {
         assert!(ns.contains(&LinuxNamespaceType::Network));
         assert!(ns.contains(&LinuxNamespaceType::User));
         let uid = linux.uid_mappings().as_ref().unwrap()[0];
-        assert_eq!((uid.container_id(), uid.host_id(), uid.size()), (0, 200_000, 65_536));
+        assert_eq!(
+            (uid.container_id(), uid.host_id(), uid.size()),
+            (0, 200_000, 65_536)
+        );
         assert!(linux.seccomp().is_some());
-        let caps = spec.process().as_ref().unwrap().capabilities().as_ref().unwrap();
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .as_ref()
+            .unwrap();
         for set in [caps.bounding(), caps.effective(), caps.permitted()] {
             assert!(!set.as_ref().unwrap().contains(&Capability::NetRaw));
         }
@@ -477,7 +480,11 @@ mod tests {
             .iter()
             .find(|m| m.destination() == &PathBuf::from("/tmp"))
             .unwrap();
-        assert!(tmp.options().as_ref().unwrap().contains(&"size=64m".to_string()));
+        assert!(tmp
+            .options()
+            .as_ref()
+            .unwrap()
+            .contains(&"size=64m".to_string()));
     }
 
     #[test]

@@ -75,7 +75,10 @@ impl Agent {
                 }
                 continue;
             };
-            key = Some(crate::state::ContainerKey::new(&inst.namespace, &inst.container));
+            key = Some(crate::state::ContainerKey::new(
+                &inst.namespace,
+                &inst.container,
+            ));
             // Adopt a task that already runs (e.g. after a rouse-node restart).
             let existing = self
                 .tasks
@@ -139,7 +142,9 @@ impl Agent {
                         continue;
                     }
                     Step::WaitReady => {
-                        let Some(addr) = listen_addr(&sup) else { continue };
+                        let Some(addr) = listen_addr(&sup) else {
+                            continue;
+                        };
                         watch_started = Instant::now();
                         let tasks = self.tasks.clone();
                         let wid = id.clone();
@@ -160,7 +165,8 @@ impl Agent {
                     }
                     Step::MarkReady => {
                         if let Some(addr) = listen_addr(&sup) {
-                            let key = crate::state::ContainerKey::new(&inst.namespace, &inst.container);
+                            let key =
+                                crate::state::ContainerKey::new(&inst.namespace, &inst.container);
                             self.local.mark_ready(&key, &id, addr);
                         }
                         continue;

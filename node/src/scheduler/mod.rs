@@ -118,8 +118,15 @@ pub fn plan_with(
         let want = if rolling {
             want
         } else {
-            let stopping = draining.get(&ContainerKey::new(&c.namespace, &c.name)).copied().unwrap_or(0);
-            want.min((c.spec.max_scale as usize).saturating_sub(stopping).max(keep.len()))
+            let stopping = draining
+                .get(&ContainerKey::new(&c.namespace, &c.name))
+                .copied()
+                .unwrap_or(0);
+            want.min(
+                (c.spec.max_scale as usize)
+                    .saturating_sub(stopping)
+                    .max(keep.len()),
+            )
         };
         let mut reason = None;
         if keep.len() < want {

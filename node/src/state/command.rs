@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::key::Scope;
 use super::types::{
-    ApiKey, ClusterCa, ContainerSpec, Instance, InstanceStatus, IssuedCert, JoinTokenRecord, NodeId,
-    NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret, TokenRecord, Firing, TriggerSpec, UsageEntry,
+    ApiKey, ClusterCa, ContainerSpec, Firing, Instance, InstanceStatus, IssuedCert,
+    JoinTokenRecord, NodeId, NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret,
+    TokenRecord, TriggerSpec, UsageEntry,
 };
 
 /// Version of the commands' meaning written into every log entry. Rules

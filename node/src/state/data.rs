@@ -102,11 +102,16 @@ impl StateData {
                 "the certificate of node {node} was revoked when it was removed from the cluster"
             ));
         }
-        let registered = self.nodes.get(&node).is_some_and(|n| n.cert_sha256 == cert_sha256);
+        let registered = self
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.cert_sha256 == cert_sha256);
         let issued = || {
             self.join_tokens.values().any(|t| {
                 t.used_by == Some(node)
-                    && t.issued.as_ref().is_some_and(|i| i.cert_sha256 == cert_sha256)
+                    && t.issued
+                        .as_ref()
+                        .is_some_and(|i| i.cert_sha256 == cert_sha256)
             })
         };
         if registered || issued() {

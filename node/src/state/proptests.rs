@@ -198,16 +198,19 @@ fn command() -> impl Strategy<Value = Command> {
                 },
             }
         }),
-        (name(), proptest::option::of(0u32..3), proptest::option::of(0u32..3)).prop_map(
-            |(namespace, containers, secrets)| Command::SetQuota {
+        (
+            name(),
+            proptest::option::of(0u32..3),
+            proptest::option::of(0u32..3)
+        )
+            .prop_map(|(namespace, containers, secrets)| Command::SetQuota {
                 namespace,
                 quota: Quota {
                     containers,
                     secrets,
                     ..Default::default()
                 },
-            }
-        ),
+            }),
         (0u8..3, 0u64..100).prop_map(|(i, at)| Command::TouchApiKeys {
             used: BTreeMap::from([(format!("k{i}"), at)]),
         }),
@@ -230,8 +233,13 @@ fn command() -> impl Strategy<Value = Command> {
                 issued: None,
             }
         }),
-        (0u8..2, prop_oneof![Just("h"), Just("x")], node_id(), proptest::bool::ANY).prop_map(
-            |(i, hash, node, recorded)| Command::UseJoinToken {
+        (
+            0u8..2,
+            prop_oneof![Just("h"), Just("x")],
+            node_id(),
+            proptest::bool::ANY
+        )
+            .prop_map(|(i, hash, node, recorded)| Command::UseJoinToken {
                 id: format!("j{i}"),
                 hash: hash.into(),
                 node,
@@ -240,8 +248,7 @@ fn command() -> impl Strategy<Value = Command> {
                     cert_pem: "pem".into(),
                     key_sha256: "k".into(),
                 }),
-            }
-        ),
+            }),
     ]
 }
 

@@ -394,7 +394,13 @@ fn a_recorded_join_is_spent_once_and_its_certificate_trusted_until_removal() {
         used_by: None,
         issued: None,
     };
-    apply(&mut s, 0, Command::CreateJoinToken { token: token.clone() });
+    apply(
+        &mut s,
+        0,
+        Command::CreateJoinToken {
+            token: token.clone(),
+        },
+    );
     let spend = |node| Command::UseJoinToken {
         id: "t1".into(),
         hash: token.hash.clone(),
@@ -404,11 +410,19 @@ fn a_recorded_join_is_spent_once_and_its_certificate_trusted_until_removal() {
     assert!(s.peer_trusted(2, "cert-of-2").is_err(), "not issued yet");
     assert!(apply(&mut s, 10, spend(2)).rejection.is_none());
     assert!(s.peer_trusted(2, "cert-of-2").is_ok());
-    assert!(s.peer_trusted(3, "cert-of-2").is_err(), "issued to node 2 only");
-    assert!(s.peer_trusted(2, "self-made").is_err(), "a certificate the cluster did not issue");
+    assert!(
+        s.peer_trusted(3, "cert-of-2").is_err(),
+        "issued to node 2 only"
+    );
+    assert!(
+        s.peer_trusted(2, "self-made").is_err(),
+        "a certificate the cluster did not issue"
+    );
     // Spent: not even the same node gets a second certificate.
     let r = apply(&mut s, 20, spend(2));
-    assert!(matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("spent once")));
+    assert!(
+        matches!(r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("spent once"))
+    );
     // Registered, then removed: every certificate it held is revoked.
     apply(
         &mut s,
@@ -438,21 +452,41 @@ fn nodes_cannot_register_another_nodes_address_from_version_2() {
         ..Default::default()
     };
     let mut s = StateData::default();
-    apply(&mut s, 1, Command::RegisterNode { node: rec(1, "10.0.0.1:7070") });
-    let r = apply(&mut s, 2, Command::RegisterNode { node: rec(2, "10.0.0.1:7070") });
+    apply(
+        &mut s,
+        1,
+        Command::RegisterNode {
+            node: rec(1, "10.0.0.1:7070"),
+        },
+    );
+    let r = apply(
+        &mut s,
+        2,
+        Command::RegisterNode {
+            node: rec(2, "10.0.0.1:7070"),
+        },
+    );
     assert!(
         matches!(&r.rejection, Some(Rejection::Conflict(m)) if m.contains("api_addr") && m.contains("node 1")),
         "{r:?}"
     );
     // A node re-registering its own addresses is fine.
-    assert!(apply(&mut s, 3, Command::RegisterNode { node: rec(1, "10.0.0.1:7070") })
-        .rejection
-        .is_none());
+    assert!(apply(
+        &mut s,
+        3,
+        Command::RegisterNode {
+            node: rec(1, "10.0.0.1:7070")
+        }
+    )
+    .rejection
+    .is_none());
     // An entry committed by a version-1 node means what it meant then.
     let old = Proposal {
         v: 1,
         at_ms: 4,
-        command: Command::RegisterNode { node: rec(2, "10.0.0.1:7070") },
+        command: Command::RegisterNode {
+            node: rec(2, "10.0.0.1:7070"),
+        },
     };
     assert!(s.apply(&old).rejection.is_none());
 }
@@ -522,7 +556,13 @@ fn deleting_a_namespace_or_container_revokes_what_was_issued_for_it() {
     create_ns(&mut s, "acme");
     create_ns(&mut s, "other");
     for (id, ns) in [("k-acme", "acme"), ("k-other", "other")] {
-        apply(&mut s, 2, Command::CreateApiKey { key: api_key(id, Some(ns)) });
+        apply(
+            &mut s,
+            2,
+            Command::CreateApiKey {
+                key: api_key(id, Some(ns)),
+            },
+        );
     }
     let put = |name: &str| Command::PutContainer {
         namespace: "acme".into(),
@@ -532,7 +572,11 @@ fn deleting_a_namespace_or_container_revokes_what_was_issued_for_it() {
     };
     apply(&mut s, 3, put("web"));
     apply(&mut s, 3, put("api"));
-    for (id, ct) in [("t-web", Some("web")), ("t-api", Some("api")), ("t-ns", None)] {
+    for (id, ct) in [
+        ("t-web", Some("web")),
+        ("t-api", Some("api")),
+        ("t-ns", None),
+    ] {
         apply(
             &mut s,
             4,
@@ -566,7 +610,13 @@ fn deleting_a_namespace_or_container_revokes_what_was_issued_for_it() {
             name: "api".into(),
         },
     );
-    apply(&mut s, 7, Command::DeleteNamespace { name: "acme".into() });
+    apply(
+        &mut s,
+        7,
+        Command::DeleteNamespace {
+            name: "acme".into(),
+        },
+    );
     assert!(s.api_keys["k-acme"].revoked && s.tokens["t-ns"].revoked);
     assert!(!s.api_keys["k-other"].revoked, "another namespace's key");
     // Created again under the same name: the old credentials stay dead.
@@ -577,25 +627,48 @@ fn deleting_a_namespace_or_container_revokes_what_was_issued_for_it() {
 #[test]
 fn admin_keys_can_be_revoked_while_one_remains_and_record_their_use() {
     let mut s = StateData::default();
-    apply(&mut s, 1, Command::CreateApiKey { key: api_key("admin", None) });
+    apply(
+        &mut s,
+        1,
+        Command::CreateApiKey {
+            key: api_key("admin", None),
+        },
+    );
     let r = apply(&mut s, 2, Command::RevokeApiKey { id: "admin".into() });
     assert!(
         matches!(&r.rejection, Some(Rejection::FailedPrecondition(m)) if m.contains("last admin key")),
         "{r:?}"
     );
-    apply(&mut s, 3, Command::CreateApiKey { key: api_key("second", None) });
-    assert!(apply(&mut s, 4, Command::RevokeApiKey { id: "admin".into() })
-        .rejection
-        .is_none());
-    assert!(apply(&mut s, 5, Command::RevokeApiKey { id: "second".into() })
-        .rejection
-        .is_some());
+    apply(
+        &mut s,
+        3,
+        Command::CreateApiKey {
+            key: api_key("second", None),
+        },
+    );
+    assert!(
+        apply(&mut s, 4, Command::RevokeApiKey { id: "admin".into() })
+            .rejection
+            .is_none()
+    );
+    assert!(apply(
+        &mut s,
+        5,
+        Command::RevokeApiKey {
+            id: "second".into()
+        }
+    )
+    .rejection
+    .is_some());
     let touch = |at| Command::TouchApiKeys {
         used: BTreeMap::from([("second".to_string(), at), ("gone".to_string(), at)]),
     };
     apply(&mut s, 6, touch(120_000));
     apply(&mut s, 7, touch(60_000));
-    assert_eq!(s.api_keys["second"].last_used_at_ms, 120_000, "only forward");
+    assert_eq!(
+        s.api_keys["second"].last_used_at_ms, 120_000,
+        "only forward"
+    );
 }
 
 #[test]
@@ -647,10 +720,17 @@ fn quotas_bound_what_a_namespace_may_grow_to() {
         scope,
         entries: keys.iter().map(|k| (k.to_string(), sealed())).collect(),
     };
-    assert!(apply(&mut s, 7, set(Scope::namespace("acme"), &["A", "B"])).rejection.is_none());
-    refused(apply(&mut s, 8, set(Scope::of("acme", Some("a")), &["C"])), "secrets");
+    assert!(apply(&mut s, 7, set(Scope::namespace("acme"), &["A", "B"]))
+        .rejection
+        .is_none());
+    refused(
+        apply(&mut s, 8, set(Scope::of("acme", Some("a")), &["C"])),
+        "secrets",
+    );
     // Overwriting a secret adds nothing.
-    assert!(apply(&mut s, 8, set(Scope::namespace("acme"), &["A"])).rejection.is_none());
+    assert!(apply(&mut s, 8, set(Scope::namespace("acme"), &["A"]))
+        .rejection
+        .is_none());
     let token = |id: &str, expires_at_ms| Command::CreateToken {
         record: TokenRecord {
             id: id.into(),
@@ -677,42 +757,61 @@ mod triggers {
 
     fn world() -> StateData {
         let mut s = StateData::default();
-        let r = s.apply(&p(0, Command::CreateNamespace { name: "n".into(), env: BTreeMap::new() }));
-        assert!(r.rejection.is_none());
-        let r = s.apply(&p(0, Command::PutContainer {
-            namespace: "n".into(),
-            name: "c".into(),
-            spec: ContainerSpec::with_image("img:1"),
-            expected_revision: None,
-        }));
-        assert!(r.rejection.is_none(), "{r:?}");
-        let r = s.apply(&p(1000, Command::CreateTrigger {
-            namespace: "n".into(),
-            container: "c".into(),
-            name: "t".into(),
-            spec: TriggerSpec {
-                source: TriggerSource::Cron { schedule: "* * * * *".into(), timezone: "UTC".into(), catch_up_s: 60 },
-                method: "POST".into(),
-                path: "/".into(),
-                headers: BTreeMap::new(),
-                body: String::new(),
-                max_retries: 3,
+        let r = s.apply(&p(
+            0,
+            Command::CreateNamespace {
+                name: "n".into(),
+                env: BTreeMap::new(),
             },
-        }));
+        ));
+        assert!(r.rejection.is_none());
+        let r = s.apply(&p(
+            0,
+            Command::PutContainer {
+                namespace: "n".into(),
+                name: "c".into(),
+                spec: ContainerSpec::with_image("img:1"),
+                expected_revision: None,
+            },
+        ));
+        assert!(r.rejection.is_none(), "{r:?}");
+        let r = s.apply(&p(
+            1000,
+            Command::CreateTrigger {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                spec: TriggerSpec {
+                    source: TriggerSource::Cron {
+                        schedule: "* * * * *".into(),
+                        timezone: "UTC".into(),
+                        catch_up_s: 60,
+                    },
+                    method: "POST".into(),
+                    path: "/".into(),
+                    headers: BTreeMap::new(),
+                    body: String::new(),
+                    max_retries: 3,
+                },
+            },
+        ));
         assert!(r.rejection.is_none(), "{r:?}");
         s
     }
 
     fn claim(s: &mut StateData, tick: u64, node: NodeId) -> Option<Rejection> {
-        s.apply(&p(tick, Command::ClaimTick {
-            namespace: "n".into(),
-            container: "c".into(),
-            name: "t".into(),
-            tick_ms: tick,
-            missed: 0,
-            deliver: true,
-            node,
-        }))
+        s.apply(&p(
+            tick,
+            Command::ClaimTick {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                tick_ms: tick,
+                missed: 0,
+                deliver: true,
+                node,
+            },
+        ))
         .rejection
     }
 
@@ -721,7 +820,9 @@ mod triggers {
         let mut s = world();
         assert_eq!(claim(&mut s, 60_000, 1), None);
         // Another leader, the same tick or an older one: refused.
-        assert!(matches!(claim(&mut s, 60_000, 2), Some(Rejection::FailedPrecondition(m)) if m.contains("not after")));
+        assert!(
+            matches!(claim(&mut s, 60_000, 2), Some(Rejection::FailedPrecondition(m)) if m.contains("not after"))
+        );
         assert!(claim(&mut s, 30_000, 2).is_some());
         assert_eq!(claim(&mut s, 120_000, 2), None);
         let t = &s.triggers["n/c/t"];
@@ -738,12 +839,15 @@ mod triggers {
             attempts: 1,
             node: 1,
         };
-        let r = s.apply(&p(61_000, Command::RecordFiring {
-            namespace: "n".into(),
-            container: "c".into(),
-            name: "t".into(),
-            firing,
-        }));
+        let r = s.apply(&p(
+            61_000,
+            Command::RecordFiring {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                firing,
+            },
+        ));
         assert!(r.rejection.is_none());
         let t = &s.triggers["n/c/t"];
         assert_eq!((t.fired, t.failed, t.pending.len()), (1, 0, 1));
@@ -752,23 +856,48 @@ mod triggers {
     #[test]
     fn a_disabled_trigger_claims_nothing_and_triggers_go_with_their_container() {
         let mut s = world();
-        let r = s.apply(&p(5000, Command::SetTriggerEnabled {
-            namespace: "n".into(),
-            container: "c".into(),
-            name: "t".into(),
-            enabled: false,
-        }));
+        let r = s.apply(&p(
+            5000,
+            Command::SetTriggerEnabled {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                enabled: false,
+            },
+        ));
         assert!(r.rejection.is_none());
         assert!(claim(&mut s, 60_000, 1).is_some());
-        let r = s.apply(&p(6000, Command::DeleteContainer { namespace: "n".into(), name: "c".into() }));
+        let r = s.apply(&p(
+            6000,
+            Command::DeleteContainer {
+                namespace: "n".into(),
+                name: "c".into(),
+            },
+        ));
         assert!(r.rejection.is_none());
         assert!(s.triggers.is_empty());
         // And one cannot be made for a container that does not exist.
         let mut s = world();
         let t = s.triggers["n/c/t"].spec.clone();
-        let r = s.apply(&p(0, Command::CreateTrigger { namespace: "n".into(), container: "x".into(), name: "t".into(), spec: t.clone() }));
+        let r = s.apply(&p(
+            0,
+            Command::CreateTrigger {
+                namespace: "n".into(),
+                container: "x".into(),
+                name: "t".into(),
+                spec: t.clone(),
+            },
+        ));
         assert!(matches!(r.rejection, Some(Rejection::NotFound(_))));
-        let r = s.apply(&p(0, Command::CreateTrigger { namespace: "n".into(), container: "c".into(), name: "t".into(), spec: t }));
+        let r = s.apply(&p(
+            0,
+            Command::CreateTrigger {
+                namespace: "n".into(),
+                container: "c".into(),
+                name: "t".into(),
+                spec: t,
+            },
+        ));
         assert!(matches!(r.rejection, Some(Rejection::AlreadyExists(_))));
     }
 }
@@ -784,7 +913,11 @@ mod usage {
                 namespace: "n".into(),
                 container: "c".into(),
                 period_ms: period,
-                usage: Usage { instance_ms: ms, memory_mb_ms: 256 * ms, ..Default::default() },
+                usage: Usage {
+                    instance_ms: ms,
+                    memory_mb_ms: 256 * ms,
+                    ..Default::default()
+                },
             }],
         }
     }
@@ -793,18 +926,33 @@ mod usage {
     fn a_batch_counts_once_and_old_minutes_fold_into_hours() {
         let mut s = StateData::default();
         let key = ContainerKey::new("n", "c");
-        assert!(s.apply(&Proposal::new(0, batch(1, 60_000, 1000))).rejection.is_none());
+        assert!(s
+            .apply(&Proposal::new(0, batch(1, 60_000, 1000)))
+            .rejection
+            .is_none());
         // The same batch again (its answer was lost), and an older one.
-        assert!(s.apply(&Proposal::new(0, batch(1, 60_000, 1000))).rejection.is_none());
-        assert!(s.apply(&Proposal::new(0, batch(0, 60_000, 1000))).rejection.is_none());
+        assert!(s
+            .apply(&Proposal::new(0, batch(1, 60_000, 1000)))
+            .rejection
+            .is_none());
+        assert!(s
+            .apply(&Proposal::new(0, batch(0, 60_000, 1000)))
+            .rejection
+            .is_none());
         assert_eq!(s.usage[&key][&60_000].instance_ms, 1000);
         // Within the minute: added to it.
-        assert!(s.apply(&Proposal::new(0, batch(2, 90_000, 500))).rejection.is_none());
+        assert!(s
+            .apply(&Proposal::new(0, batch(2, 90_000, 500)))
+            .rejection
+            .is_none());
         assert_eq!(s.usage[&key][&60_000].instance_ms, 1500);
         assert_eq!(s.usage[&key][&60_000].memory_mb_ms, 256 * 1500);
         // A day later, the minute is folded into its hour (0).
         let later = USAGE_MINUTES_KEPT_MS + 10 * USAGE_HOUR_MS;
-        assert!(s.apply(&Proposal::new(later, batch(3, later, 10))).rejection.is_none());
+        assert!(s
+            .apply(&Proposal::new(later, batch(3, later, 10)))
+            .rejection
+            .is_none());
         let ledger = &s.usage[&key];
         assert!(!ledger.contains_key(&60_000));
         assert_eq!(ledger[&0].instance_ms, 1500);

@@ -27,8 +27,8 @@ pub use conn::{accept, connector, https_connector, incoming, ConnInfo, Io, PeerC
 pub use error::TlsError;
 pub use material::{dir, join_client_config, load, save, Material, Tls};
 pub use pki::{
-    csr_key_sha256,
-    fingerprint, generate_ca, node_of, node_request, sign_node, JoinToken, CA_KEY_AAD, PEER_NAME,
+    csr_key_sha256, fingerprint, generate_ca, node_of, node_request, sign_node, JoinToken,
+    CA_KEY_AAD, PEER_NAME,
 };
 
 #[cfg(test)]

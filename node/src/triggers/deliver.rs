@@ -53,7 +53,11 @@ fn platform_error(kind: &str) -> bool {
 
 /// The wait before retry `n` (1-based): 250 ms doubling, at most 5 s.
 pub fn backoff(n: u32) -> Duration {
-    Duration::from_millis(250u64.saturating_mul(1 << n.saturating_sub(1).min(5)).min(5000))
+    Duration::from_millis(
+        250u64
+            .saturating_mul(1 << n.saturating_sub(1).min(5))
+            .min(5000),
+    )
 }
 
 /// Whether an answer is worth a retry.
@@ -74,7 +78,12 @@ pub fn render(template: &str, event_id: &str, tick_ms: u64, trigger: &str) -> St
 }
 
 impl Delivery {
-    pub fn new(cluster: Arc<Cluster>, keys: Arc<Keyring>, mesh: String, base_domain: String) -> Self {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        keys: Arc<Keyring>,
+        mesh: String,
+        base_domain: String,
+    ) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         Delivery {
@@ -104,7 +113,11 @@ impl Delivery {
             } else {
                 None
             };
-            (t, Duration::from_secs(u64::from(c.spec.timeout_secs) + 2), token)
+            (
+                t,
+                Duration::from_secs(u64::from(c.spec.timeout_secs) + 2),
+                token,
+            )
         };
         let event = event_id(name, tick);
         let sent_ms = now_ms();
@@ -112,7 +125,9 @@ impl Delivery {
         let mut attempts = 0;
         let mut platform_tries = 0;
         let (status, ok) = loop {
-            let sent = tokio::time::timeout(timeout, self.send(&trigger, &event, tick, token.as_deref())).await;
+            let sent =
+                tokio::time::timeout(timeout, self.send(&trigger, &event, tick, token.as_deref()))
+                    .await;
             let (status, retry) = match sent {
                 Ok(Ok(Answer::Status(code))) => (code.to_string(), retryable(code)),
                 Ok(Ok(Answer::Platform(why))) | Ok(Err(why)) => {
@@ -164,7 +179,13 @@ impl Delivery {
         }
     }
 
-    async fn send(&self, t: &Trigger, event: &str, tick: u64, token: Option<&str>) -> Result<Answer, String> {
+    async fn send(
+        &self,
+        t: &Trigger,
+        event: &str,
+        tick: u64,
+        token: Option<&str>,
+    ) -> Result<Answer, String> {
         let body = render(&t.spec.body, event, tick, &t.name);
         self.request(t, event, Bytes::from(body), &[], token).await
     }
@@ -188,14 +209,22 @@ impl Delivery {
             let token = (c.spec.privacy == crate::state::Privacy::Private)
                 .then(|| super::token(&sm.data, &self.keys, t, now_ms()))
                 .flatten();
-            (Duration::from_secs(u64::from(c.spec.timeout_secs) + 2), token)
+            (
+                Duration::from_secs(u64::from(c.spec.timeout_secs) + 2),
+                token,
+            )
         };
         let body = if t.spec.body.is_empty() {
             payload
         } else {
             Bytes::from(render(&t.spec.body, event, now_ms(), &t.name))
         };
-        match tokio::time::timeout(timeout, self.request(t, event, body, headers, token.as_deref())).await {
+        match tokio::time::timeout(
+            timeout,
+            self.request(t, event, body, headers, token.as_deref()),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err("timeout".into()),
         }
@@ -217,8 +246,16 @@ impl Delivery {
             .header(http::header::HOST, host)
             .header(TRIGGER_HEADER, t.name.as_str())
             .header(EVENT_ID_HEADER, event);
-        for (k, v) in t.spec.headers.iter().chain(extra.iter().map(|(k, v)| (k, v))) {
-            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+        for (k, v) in t
+            .spec
+            .headers
+            .iter()
+            .chain(extra.iter().map(|(k, v)| (k, v)))
+        {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
                 req = req.header(k, v);
             }
         }
@@ -262,8 +299,16 @@ mod tests {
 
     #[test]
     fn bodies_are_rendered() {
-        let b = render("{\"id\":\"{{event_id}}\",\"at\":\"{{scheduled_at}}\",\"t\":\"{{trigger}}\"}", "tick-0", 0, "tick");
-        assert_eq!(b, "{\"id\":\"tick-0\",\"at\":\"1970-01-01T00:00:00.000Z\",\"t\":\"tick\"}");
+        let b = render(
+            "{\"id\":\"{{event_id}}\",\"at\":\"{{scheduled_at}}\",\"t\":\"{{trigger}}\"}",
+            "tick-0",
+            0,
+            "tick",
+        );
+        assert_eq!(
+            b,
+            "{\"id\":\"tick-0\",\"at\":\"1970-01-01T00:00:00.000Z\",\"t\":\"tick\"}"
+        );
         assert!(retryable(503) && retryable(429) && !retryable(404) && !retryable(200));
     }
 }

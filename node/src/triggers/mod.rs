@@ -71,7 +71,12 @@ async fn run_cron(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
         };
         for action in actions {
             match action {
-                Action::Claim { trigger, tick, missed, deliver } => {
+                Action::Claim {
+                    trigger,
+                    tick,
+                    missed,
+                    deliver,
+                } => {
                     let (ns, ct, name) = trigger.clone();
                     let cmd = Command::ClaimTick {
                         namespace: ns,
@@ -84,8 +89,12 @@ async fn run_cron(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
                     };
                     match cluster.write(cmd).await {
                         Ok(_) if deliver => spawn(&delivery, &busy, trigger, tick, false),
-                        Ok(_) => tracing::warn!(trigger = %join(&trigger), missed, "ticks passed with no leader beyond the catch-up window"),
-                        Err(ClusterError::Rejected(r)) => tracing::debug!(reason = %r, "tick not claimed"),
+                        Ok(_) => {
+                            tracing::warn!(trigger = %join(&trigger), missed, "ticks passed with no leader beyond the catch-up window")
+                        }
+                        Err(ClusterError::Rejected(r)) => {
+                            tracing::debug!(reason = %r, "tick not claimed")
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "claiming a tick");
                             break;

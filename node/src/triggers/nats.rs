@@ -33,7 +33,8 @@ pub fn consumer_name(t: &Trigger) -> String {
 /// Runs the consumers of this node while it leads.
 pub async fn run(cluster: Arc<Cluster>, delivery: Arc<Delivery>) {
     // Trigger id → (its spec when started, the task).
-    let mut running: HashMap<String, (crate::state::TriggerSpec, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut running: HashMap<String, (crate::state::TriggerSpec, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let wanted: HashMap<String, Trigger> = if cluster.is_leader() {
@@ -75,7 +76,11 @@ async fn consume(cluster: Arc<Cluster>, delivery: Arc<Delivery>, t: Trigger) {
     }
 }
 
-async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trigger) -> Result<(), String> {
+async fn consume_once(
+    cluster: &Arc<Cluster>,
+    delivery: &Arc<Delivery>,
+    t: &Trigger,
+) -> Result<(), String> {
     let TriggerSource::Nats {
         url,
         stream,
@@ -92,7 +97,10 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
             .data
             .container(&t.namespace, &t.container)
             .ok_or("the container is gone")?;
-        (c.spec.timeout_secs, (c.spec.max_scale * c.spec.max_concurrency).max(1))
+        (
+            c.spec.timeout_secs,
+            (c.spec.max_scale * c.spec.max_concurrency).max(1),
+        )
     };
     let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
     if let Some(key) = credentials {
@@ -145,8 +153,13 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (cluster, delivery, t, js, dead_letter) =
-            (cluster.clone(), delivery.clone(), t.clone(), js.clone(), dead_letter.clone());
+        let (cluster, delivery, t, js, dead_letter) = (
+            cluster.clone(),
+            delivery.clone(),
+            t.clone(),
+            js.clone(),
+            dead_letter.clone(),
+        );
         tokio::spawn(async move {
             handle(&cluster, &delivery, &t, &js, dead_letter.as_deref(), msg).await;
             drop(permit);
@@ -156,7 +169,13 @@ async fn consume_once(cluster: &Arc<Cluster>, delivery: &Arc<Delivery>, t: &Trig
 }
 
 /// A secret of the container (or else its namespace), opened.
-fn open_secret(cluster: &Cluster, delivery: &Delivery, ns: &str, ct: &str, key: &str) -> Result<String, String> {
+fn open_secret(
+    cluster: &Cluster,
+    delivery: &Delivery,
+    ns: &str,
+    ct: &str,
+    key: &str,
+) -> Result<String, String> {
     use crate::state::Scope;
     let sm = cluster.sm.read();
     let (scope, sealed) = [Scope::of(ns, Some(ct)), Scope::namespace(ns)]
@@ -166,7 +185,10 @@ fn open_secret(cluster: &Cluster, delivery: &Delivery, ns: &str, ct: &str, key: 
             Some((scope, s))
         })
         .ok_or_else(|| format!("credentials: no secret {key:?} in {ns}/{ct} or {ns}"))?;
-    let dk = delivery.keys.data_key(&sm.data).map_err(|e| format!("credentials: {e}"))?;
+    let dk = delivery
+        .keys
+        .data_key(&sm.data)
+        .map_err(|e| format!("credentials: {e}"))?;
     drop(sm);
     let plain = dk
         .open(&sealed.sealed, &crate::secrets::aad(scope.as_str(), key))
@@ -192,11 +214,15 @@ async fn handle(
         Err(_) => (0, 1, now_ms()),
     };
     let event = seq.to_string();
-    let mut headers: Vec<(String, String)> = vec![("x-nats-subject".into(), msg.subject.to_string())];
+    let mut headers: Vec<(String, String)> =
+        vec![("x-nats-subject".into(), msg.subject.to_string())];
     if let Some(h) = &msg.headers {
         for (k, vs) in h.iter() {
             for v in vs {
-                headers.push((format!("x-nats-{}", k.to_string().to_ascii_lowercase()), v.to_string()));
+                headers.push((
+                    format!("x-nats-{}", k.to_string().to_ascii_lowercase()),
+                    v.to_string(),
+                ));
             }
         }
     }
@@ -204,7 +230,10 @@ async fn handle(
     let started = Instant::now();
     let mut platform_tries = 0;
     let status = loop {
-        match delivery.send_event(t, &event, msg.payload.clone(), &headers).await {
+        match delivery
+            .send_event(t, &event, msg.payload.clone(), &headers)
+            .await
+        {
             // Not the handler's doing: again, without spending a delivery
             // (the ack wait is held off meanwhile).
             Ok(Answer::Platform(why)) if started.elapsed() < PLATFORM_BUDGET => {
@@ -233,11 +262,16 @@ async fn handle(
             h.insert("Rouse-Event-Id", event.as_str());
             h.insert("Rouse-Status", status_text.as_str());
             h.insert("Nats-Original-Subject", msg.subject.as_str());
-            match js.publish_with_headers(dl.to_string(), h, msg.payload.clone()).await {
+            match js
+                .publish_with_headers(dl.to_string(), h, msg.payload.clone())
+                .await
+            {
                 Ok(ack) => {
                     let _ = ack.await;
                 }
-                Err(e) => tracing::warn!(trigger = %t.id(), error = %e, "publishing to the dead-letter subject"),
+                Err(e) => {
+                    tracing::warn!(trigger = %t.id(), error = %e, "publishing to the dead-letter subject")
+                }
             }
         }
         let _ = msg.ack_with(AckKind::Term).await;

@@ -37,9 +37,15 @@ pub fn next_due(state: &StateData, now_ms: u64) -> Option<u64> {
         .values()
         .filter(|t| t.enabled)
         .filter_map(|t| match &t.spec.source {
-            TriggerSource::Cron { schedule, timezone, .. } => {
+            TriggerSource::Cron {
+                schedule, timezone, ..
+            } => {
                 let s = Schedule::parse(schedule, timezone).ok()?;
-                s.next_after(t.last_tick_ms.max(t.created_at_ms).max(now_ms.saturating_sub(1)))
+                s.next_after(
+                    t.last_tick_ms
+                        .max(t.created_at_ms)
+                        .max(now_ms.saturating_sub(1)),
+                )
             }
             TriggerSource::Nats { .. } => None,
         })
@@ -48,7 +54,12 @@ pub fn next_due(state: &StateData, now_ms: u64) -> Option<u64> {
 
 /// The actions for every enabled cron trigger at `now_ms`. `busy`: the
 /// (trigger id, tick) this node is delivering.
-pub fn plan(state: &StateData, me: NodeId, now_ms: u64, busy: &HashSet<(String, u64)>) -> Vec<Action> {
+pub fn plan(
+    state: &StateData,
+    me: NodeId,
+    now_ms: u64,
+    busy: &HashSet<(String, u64)>,
+) -> Vec<Action> {
     let mut out = Vec::new();
     for (id, t) in &state.triggers {
         let TriggerSource::Cron {
@@ -113,7 +124,10 @@ mod tests {
     fn world() -> StateData {
         let mut s = StateData::default();
         for c in [
-            Command::CreateNamespace { name: "n".into(), env: BTreeMap::new() },
+            Command::CreateNamespace {
+                name: "n".into(),
+                env: BTreeMap::new(),
+            },
             Command::PutContainer {
                 namespace: "n".into(),
                 name: "c".into(),
@@ -125,7 +139,11 @@ mod tests {
                 container: "c".into(),
                 name: "t".into(),
                 spec: TriggerSpec {
-                    source: TriggerSource::Cron { schedule: "*/2 * * * * *".into(), timezone: "UTC".into(), catch_up_s: 60 },
+                    source: TriggerSource::Cron {
+                        schedule: "*/2 * * * * *".into(),
+                        timezone: "UTC".into(),
+                        catch_up_s: 60,
+                    },
                     method: "POST".into(),
                     path: "/".into(),
                     headers: BTreeMap::new(),
@@ -169,7 +187,12 @@ mod tests {
         assert!(plan(&s, 1, 1500, &HashSet::new()).is_empty());
         assert_eq!(
             plan(&s, 1, 2050, &HashSet::new()),
-            vec![Action::Claim { trigger: key(), tick: 2000, missed: 0, deliver: true }]
+            vec![Action::Claim {
+                trigger: key(),
+                tick: 2000,
+                missed: 0,
+                deliver: true
+            }]
         );
     }
 
@@ -179,21 +202,40 @@ mod tests {
         claim(&mut s, 2000, 2);
         let none = HashSet::new();
         // Node 2 is alive and within its retry budget: its tick.
-        assert!(!plan(&s, 1, 2100, &none).iter().any(|a| matches!(a, Action::Redeliver { .. })));
+        assert!(!plan(&s, 1, 2100, &none)
+            .iter()
+            .any(|a| matches!(a, Action::Redeliver { .. })));
         // Node 2 is down: the leader delivers it.
-        s.node_states.insert(2, NodeState { down: true, ..Default::default() });
-        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+        s.node_states.insert(
+            2,
+            NodeState {
+                down: true,
+                ..Default::default()
+            },
+        );
+        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver {
+            trigger: key(),
+            tick: 2000
+        }));
         // Claimed by this node, which is not delivering it (it lost the
         // lead, or restarted): again.
         let mut s = world();
         claim(&mut s, 2000, 1);
-        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+        assert!(plan(&s, 1, 2100, &none).contains(&Action::Redeliver {
+            trigger: key(),
+            tick: 2000
+        }));
         let busy = HashSet::from([("n/c/t".to_string(), 2000)]);
-        assert!(!plan(&s, 1, 2100, &busy).iter().any(|a| matches!(a, Action::Redeliver { .. })));
+        assert!(!plan(&s, 1, 2100, &busy)
+            .iter()
+            .any(|a| matches!(a, Action::Redeliver { .. })));
         // A live node's tick past its whole retry budget: again.
         let mut s = world();
         claim(&mut s, 2000, 2);
         let late = 2000 + handoff_ms(300, 3) + 1;
-        assert!(plan(&s, 1, late, &none).contains(&Action::Redeliver { trigger: key(), tick: 2000 }));
+        assert!(plan(&s, 1, late, &none).contains(&Action::Redeliver {
+            trigger: key(),
+            tick: 2000
+        }));
     }
 }

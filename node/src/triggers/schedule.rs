@@ -145,10 +145,17 @@ mod tests {
         let first = s.next_after(ms("2026-10-24T12:00:00Z")).unwrap();
         assert_eq!(first, ms("2026-10-25T00:30:00Z"), "02:30 CEST");
         let second = s.next_after(first).unwrap();
-        assert_eq!(second, ms("2026-10-26T01:30:00Z"), "the next day, 02:30 CET");
+        assert_eq!(
+            second,
+            ms("2026-10-26T01:30:00Z"),
+            "the next day, 02:30 CET"
+        );
         // Noon in New York is 17:00 UTC in winter.
         let ny = Schedule::parse("0 12 * * *", "America/New_York").unwrap();
-        assert_eq!(ny.next_after(ms("2026-01-10T00:00:00Z")), Some(ms("2026-01-10T17:00:00Z")));
+        assert_eq!(
+            ny.next_after(ms("2026-01-10T00:00:00Z")),
+            Some(ms("2026-01-10T17:00:00Z"))
+        );
     }
 
     #[test]
@@ -156,12 +163,36 @@ mod tests {
         let s = Schedule::parse("*/2 * * * * *", "UTC").unwrap();
         let t0 = ms("2026-01-01T00:00:00Z");
         assert_eq!(due(&s, t0, t0 + 1000, 60_000), Due::Wait(Some(t0 + 2000)));
-        assert_eq!(due(&s, t0, t0 + 2000, 60_000), Due::Claim { tick: t0 + 2000, missed: 0 });
+        assert_eq!(
+            due(&s, t0, t0 + 2000, 60_000),
+            Due::Claim {
+                tick: t0 + 2000,
+                missed: 0
+            }
+        );
         // 10 s without a leader, catch-up 60 s: the oldest owed tick first.
-        assert_eq!(due(&s, t0, t0 + 10_500, 60_000), Due::Claim { tick: t0 + 2000, missed: 0 });
+        assert_eq!(
+            due(&s, t0, t0 + 10_500, 60_000),
+            Due::Claim {
+                tick: t0 + 2000,
+                missed: 0
+            }
+        );
         // Catch-up 3 s: the ticks at 2, 4, 6 s are missed, 8 s is claimed.
-        assert_eq!(due(&s, t0, t0 + 10_500, 3000), Due::Claim { tick: t0 + 8000, missed: 3 });
+        assert_eq!(
+            due(&s, t0, t0 + 10_500, 3000),
+            Due::Claim {
+                tick: t0 + 8000,
+                missed: 3
+            }
+        );
         // Catch-up 0 and now between ticks: all due ticks are missed.
-        assert_eq!(due(&s, t0, t0 + 10_500, 0), Due::Missed { tick: t0 + 10_000, missed: 4 });
+        assert_eq!(
+            due(&s, t0, t0 + 10_500, 0),
+            Due::Missed {
+                tick: t0 + 10_000,
+                missed: 4
+            }
+        );
     }
 }

@@ -27,7 +27,10 @@ pub fn node_tls(cluster: &TestCluster, id: u64) -> (String, String, String) {
     (read("ca.crt"), read("node.crt"), read("node.key"))
 }
 
-pub fn client_config(ca: &str, identity: Option<(&str, &str)>) -> tokio_rustls::rustls::ClientConfig {
+pub fn client_config(
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> tokio_rustls::rustls::ClientConfig {
     let t = rouse_node::tls::Tls::new(false);
     t.set(rouse_node::tls::Material::new(ca, identity).unwrap());
     t.client_config()
@@ -39,4 +42,3 @@ pub async fn ping(ch: tonic::transport::Channel) -> Result<u64, tonic::Status> {
         .await
         .map(|r| r.into_inner().id)
 }
-

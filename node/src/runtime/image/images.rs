@@ -79,7 +79,13 @@ impl Default for Limits {
 
 impl Limits {
     /// Refuses `size` bytes of `what` over `limit` (named by `setting`).
-    pub fn check(reference: &str, what: &str, size: u64, limit: u64, setting: &str) -> Result<(), RuntimeError> {
+    pub fn check(
+        reference: &str,
+        what: &str,
+        size: u64,
+        limit: u64,
+        setting: &str,
+    ) -> Result<(), RuntimeError> {
         if size > limit {
             return Err(super::platform::image_err(
                 reference,
@@ -178,7 +184,11 @@ impl Images {
     /// unpacking only what is missing.
     /// One operation at a time on `key` (a reference, a snapshot).
     pub(super) fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().entry(key.to_string()).or_default().clone()
+        self.locks
+            .lock()
+            .entry(key.to_string())
+            .or_default()
+            .clone()
     }
 
     pub async fn ensure(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
@@ -214,7 +224,9 @@ impl Images {
         .await;
         self.drop_lease(&lease).await;
         if let (Ok(info), true) = (&res, reference.contains('@')) {
-            self.opened.lock().insert(reference.to_string(), info.clone());
+            self.opened
+                .lock()
+                .insert(reference.to_string(), info.clone());
         }
         res
     }

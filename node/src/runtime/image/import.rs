@@ -45,14 +45,20 @@ impl Images {
         .await
         .map_err(|e| image_err("import", e))??;
         let lim = self.limits;
-        let read = |path: &Path, what: &str, limit: u64, setting: &str| -> Result<Vec<u8>, RuntimeError> {
-            let size = std::fs::metadata(path)
-                .map_err(|e| image_err("import", format!("{what}: {e}")))?
-                .len();
-            Limits::check("import", what, size, limit, setting)?;
-            std::fs::read(path).map_err(|e| image_err("import", format!("{what}: {e}")))
-        };
-        let index_raw = read(&dir.join("index.json"), "index.json", lim.manifest_bytes, "--max-manifest-bytes")?;
+        let read =
+            |path: &Path, what: &str, limit: u64, setting: &str| -> Result<Vec<u8>, RuntimeError> {
+                let size = std::fs::metadata(path)
+                    .map_err(|e| image_err("import", format!("{what}: {e}")))?
+                    .len();
+                Limits::check("import", what, size, limit, setting)?;
+                std::fs::read(path).map_err(|e| image_err("import", format!("{what}: {e}")))
+            };
+        let index_raw = read(
+            &dir.join("index.json"),
+            "index.json",
+            lim.manifest_bytes,
+            "--max-manifest-bytes",
+        )?;
         let index: ImageIndex = serde_json::from_slice(&index_raw)
             .map_err(|e| image_err("import", format!("index.json: {e}")))?;
         let blob = |digest: &str| dir.join("blobs").join(digest.replace(':', "/"));
@@ -76,7 +82,12 @@ impl Images {
                         )
                     })?;
                 let digest = m.digest().to_string();
-                let raw = read(&blob(&digest), "a manifest", lim.manifest_bytes, "--max-manifest-bytes")?;
+                let raw = read(
+                    &blob(&digest),
+                    "a manifest",
+                    lim.manifest_bytes,
+                    "--max-manifest-bytes",
+                )?;
                 let (manifest_raw, manifest_digest) = if is_index(&raw) {
                     let idx: ImageIndex =
                         serde_json::from_slice(&raw).map_err(|e| image_err(&name, e))?;
@@ -96,14 +107,27 @@ impl Images {
                         )]),
                     )
                     .await?;
-                    (read(&blob(&pick), "a manifest", lim.manifest_bytes, "--max-manifest-bytes")?, pick)
+                    (
+                        read(
+                            &blob(&pick),
+                            "a manifest",
+                            lim.manifest_bytes,
+                            "--max-manifest-bytes",
+                        )?,
+                        pick,
+                    )
                 } else {
                     (raw.clone(), digest.clone())
                 };
                 let manifest: ImageManifest =
                     serde_json::from_slice(&manifest_raw).map_err(|e| image_err(&name, e))?;
                 let config_digest = manifest.config().digest().to_string();
-                let config_raw = read(&blob(&config_digest), "a config", lim.config_bytes, "--max-config-bytes")?;
+                let config_raw = read(
+                    &blob(&config_digest),
+                    "a config",
+                    lim.config_bytes,
+                    "--max-config-bytes",
+                )?;
                 let config: ImageConfiguration =
                     serde_json::from_slice(&config_raw).map_err(|e| image_err(&name, e))?;
                 let diff_ids: Vec<String> = config.rootfs().diff_ids().to_vec();

@@ -30,6 +30,6 @@ mod unpack;
 
 pub use content::BlobSource;
 pub use images::{ImageInfo, Images, Limits, RegistryCredentials};
-pub use pull::parse_documents;
 pub use platform::without_digest;
+pub use pull::parse_documents;
 pub use unpack::chain_ids;

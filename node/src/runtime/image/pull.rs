@@ -67,7 +67,13 @@ impl Images {
             .map_err(|e| image_err(reference, format!("fetching the manifest: {e}")))?;
         let raw = raw.to_vec();
         let lim = self.limits;
-        Limits::check(reference, "the manifest", raw.len() as u64, lim.manifest_bytes, "--max-manifest-bytes")?;
+        Limits::check(
+            reference,
+            "the manifest",
+            raw.len() as u64,
+            lim.manifest_bytes,
+            "--max-manifest-bytes",
+        )?;
         if sha256_hex(&raw) != top_digest {
             return Err(image_err(reference, "manifest does not match its digest"));
         }
@@ -107,7 +113,13 @@ impl Images {
                 .map_err(|e| {
                     image_err(reference, format!("fetching the platform manifest: {e}"))
                 })?;
-            Limits::check(reference, "the platform manifest", m.len() as u64, lim.manifest_bytes, "--max-manifest-bytes")?;
+            Limits::check(
+                reference,
+                "the platform manifest",
+                m.len() as u64,
+                lim.manifest_bytes,
+                "--max-manifest-bytes",
+            )?;
             if d != digest || sha256_hex(&m) != digest {
                 return Err(image_err(
                     reference,
@@ -132,7 +144,13 @@ impl Images {
             .map_err(|e| image_err(reference, format!("manifest: {e}")))?;
         let config_digest = manifest.config().digest().to_string();
         let declared = u64::try_from(manifest.config().size()).unwrap_or(u64::MAX);
-        Limits::check(reference, "the config", declared, lim.config_bytes, "--max-config-bytes")?;
+        Limits::check(
+            reference,
+            "the config",
+            declared,
+            lim.config_bytes,
+            "--max-config-bytes",
+        )?;
         let mut config_raw = Capped::new(Vec::new(), declared.min(lim.config_bytes));
         self.client
             .pull_blob(&r, config_digest.as_str(), &mut config_raw)
@@ -163,7 +181,13 @@ impl Images {
         .await?;
         for layer in manifest.layers() {
             let size = u64::try_from(layer.size()).unwrap_or(u64::MAX);
-            Limits::check(reference, &format!("layer {}", layer.digest()), size, lim.layer_bytes, "--max-layer-bytes")?;
+            Limits::check(
+                reference,
+                &format!("layer {}", layer.digest()),
+                size,
+                lim.layer_bytes,
+                "--max-layer-bytes",
+            )?;
         }
         for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
             let digest = layer.digest().to_string();
@@ -351,8 +375,8 @@ mod capped_tests {
 /// to fuzz those parsers; an error names what was wrong.
 pub fn parse_documents(raw: &[u8]) -> Result<(), RuntimeError> {
     if is_index(raw) {
-        let index: ImageIndex =
-            serde_json::from_slice(raw).map_err(|e| image_err("document", format!("index: {e}")))?;
+        let index: ImageIndex = serde_json::from_slice(raw)
+            .map_err(|e| image_err("document", format!("index: {e}")))?;
         let _ = index.manifests().iter().find(|m| {
             m.platform().as_ref().is_none_or(|p| {
                 platform_matches(&p.os().to_string(), &p.architecture().to_string())
@@ -361,7 +385,13 @@ pub fn parse_documents(raw: &[u8]) -> Result<(), RuntimeError> {
     }
     if let Ok(m) = serde_json::from_slice::<ImageManifest>(raw) {
         for l in m.layers() {
-            let _ = Limits::check("document", "a layer", u64::try_from(l.size()).unwrap_or(u64::MAX), 1 << 30, "--max-layer-bytes");
+            let _ = Limits::check(
+                "document",
+                "a layer",
+                u64::try_from(l.size()).unwrap_or(u64::MAX),
+                1 << 30,
+                "--max-layer-bytes",
+            );
         }
     }
     let config: ImageConfiguration =

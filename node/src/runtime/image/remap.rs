@@ -140,7 +140,11 @@ impl Images {
                     snapshotter: SNAPSHOTTER.into(),
                     key: work,
                 };
-                let _ = self.ctr.snapshots().remove(self.ctr.req(req, Some(lease))).await;
+                let _ = self
+                    .ctr
+                    .snapshots()
+                    .remove(self.ctr.req(req, Some(lease)))
+                    .await;
                 return Err(e);
             }
         };
@@ -150,7 +154,12 @@ impl Images {
             key: work,
             labels: HashMap::new(),
         };
-        match self.ctr.snapshots().commit(self.ctr.req(req, Some(lease))).await {
+        match self
+            .ctr
+            .snapshots()
+            .commit(self.ctr.req(req, Some(lease)))
+            .await
+        {
             // Another pass made the same copy meanwhile: use it.
             Ok(_) => {}
             Err(s) if s.code() == Code::AlreadyExists => {}
@@ -215,6 +224,10 @@ mod tests {
         let uid = |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap().uid();
         assert_eq!(uid("sub/f"), 100_000);
         assert_eq!(uid("link"), 100_000);
-        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), before, "the target is untouched");
+        assert_eq!(
+            std::fs::metadata("/etc/passwd").unwrap().uid(),
+            before,
+            "the target is untouched"
+        );
     }
 }

@@ -124,7 +124,9 @@ impl Cni {
                 RuntimeError::Network(format!("cni: running {}: {e}", plugin.display()))
             })?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(self.config().to_string().as_bytes()).await?;
+            stdin
+                .write_all(self.config().to_string().as_bytes())
+                .await?;
         }
         let out = child.wait_with_output().await?;
         if out.status.success() {

@@ -33,10 +33,32 @@ pub fn rules(plan: &Plan) -> Vec<Rule> {
     let gw = plan.gateway().to_string();
     let mesh = plan.mesh_port.to_string();
     let mut out = vec![
-        rule(&["-A", &inp, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
-        rule(&["-A", &inp, "-p", "tcp", "-d", &gw, "--dport", &mesh, "-j", "ACCEPT"]),
+        rule(&[
+            "-A",
+            &inp,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]),
+        rule(&[
+            "-A", &inp, "-p", "tcp", "-d", &gw, "--dport", &mesh, "-j", "ACCEPT",
+        ]),
         rule(&["-A", &inp, "-j", "DROP"]),
-        rule(&["-A", &fwd, "-o", &br, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
+        rule(&[
+            "-A",
+            &fwd,
+            "-o",
+            &br,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]),
         rule(&["-A", &fwd, "-o", &br, "-j", "DROP"]),
         // To another node's instance bridge on this machine (several nodes
         // on one host: development, tests): `rz` names are rouse's.
@@ -180,10 +202,23 @@ mod tests {
             r[1],
             format!("-A {inp} -p tcp -d 10.88.2.1 --dport 8081 -j ACCEPT")
         );
-        assert_eq!(r[2], format!("-A {inp} -j DROP"), "everything else to the node");
-        assert!(r.contains(&format!("-A {fwd} -o rz0a580200 -j DROP")), "nothing new to instances");
-        assert!(r.contains(&format!("-A {fwd} -i rz0a580200 -o rz+ -j DROP")), "nor between bridges");
-        assert_eq!(r.last().unwrap(), &format!("-A {fwd} -i rz0a580200 -j ACCEPT"));
+        assert_eq!(
+            r[2],
+            format!("-A {inp} -j DROP"),
+            "everything else to the node"
+        );
+        assert!(
+            r.contains(&format!("-A {fwd} -o rz0a580200 -j DROP")),
+            "nothing new to instances"
+        );
+        assert!(
+            r.contains(&format!("-A {fwd} -i rz0a580200 -o rz+ -j DROP")),
+            "nor between bridges"
+        );
+        assert_eq!(
+            r.last().unwrap(),
+            &format!("-A {fwd} -i rz0a580200 -j ACCEPT")
+        );
     }
 
     #[test]

@@ -125,7 +125,11 @@ impl Networks {
                 .map_err(|e| RuntimeError::Network(format!("disabling IPv6 on {br}: {e}")))?;
         }
         // A fixed address: see `Plan::bridge_mac`.
-        must("ip", &["link", "set", "dev", &br, "address", &plan.bridge_mac()]).await?;
+        must(
+            "ip",
+            &["link", "set", "dev", &br, "address", &plan.bridge_mac()],
+        )
+        .await?;
         let addr = format!("{}/{}", plan.gateway(), plan.subnet.prefix_len());
         must("ip", &["addr", "replace", &addr, "dev", &br]).await?;
         must("ip", &["link", "set", &br, "up"]).await?;

@@ -62,7 +62,10 @@ impl Plan {
     /// The firewall chains: instances → the node, and traffic forwarded
     /// from and to instances.
     pub fn chains(&self) -> (String, String) {
-        (format!("RZ-IN-{}", self.tag()), format!("RZ-FWD-{}", self.tag()))
+        (
+            format!("RZ-IN-{}", self.tag()),
+            format!("RZ-FWD-{}", self.tag()),
+        )
     }
 }
 
@@ -72,9 +75,7 @@ pub fn check_subnet(s: &str) -> Result<Ipv4Net, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 network such as 10.88.1.0/24"))?;
     if !(16..=28).contains(&net.prefix_len()) {
-        return Err(format!(
-            "{s:?}: the prefix must be between /16 and /28"
-        ));
+        return Err(format!("{s:?}: the prefix must be between /16 and /28"));
     }
     if net.network() != net.addr() {
         return Err(format!(
@@ -113,16 +114,26 @@ mod tests {
             mesh_port: 1,
         };
         assert_eq!(plan("10.88.1.0/24").bridge_mac(), "02:72:0a:58:01:00");
-        assert_ne!(plan("10.88.1.0/24").bridge_mac(), plan("10.88.2.0/24").bridge_mac());
+        assert_ne!(
+            plan("10.88.1.0/24").bridge_mac(),
+            plan("10.88.2.0/24").bridge_mac()
+        );
         // Locally administered, unicast.
-        assert_eq!(u8::from_str_radix(&plan("10.88.1.0/24").bridge_mac()[..2], 16).unwrap() & 0b11, 0b10);
+        assert_eq!(
+            u8::from_str_radix(&plan("10.88.1.0/24").bridge_mac()[..2], 16).unwrap() & 0b11,
+            0b10
+        );
     }
 
     #[test]
     fn subnets_are_checked() {
         assert!(check_subnet("10.1.2.0/24").is_ok());
-        assert!(check_subnet("10.1.2.5/24").unwrap_err().contains("10.1.2.0/24"));
-        assert!(check_subnet("10.0.0.0/8").unwrap_err().contains("/16 and /28"));
+        assert!(check_subnet("10.1.2.5/24")
+            .unwrap_err()
+            .contains("10.1.2.0/24"));
+        assert!(check_subnet("10.0.0.0/8")
+            .unwrap_err()
+            .contains("/16 and /28"));
         assert!(check_subnet("nope").is_err());
     }
 }

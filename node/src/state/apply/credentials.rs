@@ -7,7 +7,8 @@ use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::Scope;
 use super::super::types::{
-    ApiKey, ClusterCa, IssuedCert, JoinTokenRecord, NodeId, SealedSecret, SigningKey, StoredSecret, TokenRecord,
+    ApiKey, ClusterCa, IssuedCert, JoinTokenRecord, NodeId, SealedSecret, SigningKey, StoredSecret,
+    TokenRecord,
 };
 use super::tx::{not_found, Applied, Tx};
 
@@ -159,7 +160,8 @@ impl StateData {
     pub(super) fn revoke_api_key(&mut self, tx: &mut Tx<'_>, id: &str) -> Applied {
         let admin = |k: &ApiKey| k.namespace.is_none() && !k.revoked;
         let target_is_admin = self.api_keys.get(id).is_some_and(admin);
-        if tx.v >= 2 && target_is_admin && self.api_keys.values().filter(|k| admin(k)).count() == 1 {
+        if tx.v >= 2 && target_is_admin && self.api_keys.values().filter(|k| admin(k)).count() == 1
+        {
             return Err(Rejection::FailedPrecondition(format!(
                 "api key {id:?} is the last admin key; create another (rouse apikey create --admin) before revoking it"
             )));
@@ -278,7 +280,9 @@ impl StateData {
             (Some(n), _) if n != node => Err(refused(&format!(
                 "the token was already used (by node {n}); join tokens are good for one node"
             ))),
-            (Some(_), Some(_)) => Err(refused("the token was already used; join tokens are spent once")),
+            (Some(_), Some(_)) => Err(refused(
+                "the token was already used; join tokens are spent once",
+            )),
             (Some(_), None) => Ok(()),
             (None, issued) => {
                 t.used_by = Some(node);

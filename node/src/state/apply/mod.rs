@@ -17,8 +17,8 @@ mod nodes;
 mod objects;
 mod quota;
 mod triggers;
-mod usage;
 mod tx;
+mod usage;
 
 use super::command::{Command, Proposal, Response};
 use super::data::{Key, StateData};
@@ -160,7 +160,9 @@ impl StateData {
                 name,
                 firing,
             } => self.record_firing(tx, &format!("{namespace}/{container}/{name}"), firing),
-            Command::RecordUsage { node, seq, entries } => self.record_usage(tx, *node, *seq, entries),
+            Command::RecordUsage { node, seq, entries } => {
+                self.record_usage(tx, *node, *seq, entries)
+            }
         }
     }
 }

@@ -143,7 +143,14 @@ impl StateData {
         let desired_scale = existing.map_or(0, |c| c.desired_scale);
         let cold_starts = existing.map(|c| c.cold_starts.clone()).unwrap_or_default();
         let pending_reason = existing.and_then(|c| c.pending_reason.clone());
-        let scaling = existing.map(|c| (c.scale_reason.clone(), c.scaled_at_ms, c.scale_ups, c.scale_downs));
+        let scaling = existing.map(|c| {
+            (
+                c.scale_reason.clone(),
+                c.scaled_at_ms,
+                c.scale_ups,
+                c.scale_downs,
+            )
+        });
         let (scale_reason, scaled_at_ms, scale_ups, scale_downs) = scaling.unwrap_or_default();
         let revision = self.bump();
         let (generation, resolved_image) = kept.unwrap_or((revision, None));

@@ -30,7 +30,10 @@ impl StateData {
     }
 
     fn quota_of(&self, ns: &str) -> Option<&Quota> {
-        self.namespaces.get(ns).map(|n| &n.quota).filter(|q| !q.is_unbounded())
+        self.namespaces
+            .get(ns)
+            .map(|n| &n.quota)
+            .filter(|q| !q.is_unbounded())
     }
 
     /// Whether `key` may take `spec` (a new container, or a change to one).
@@ -67,7 +70,12 @@ impl StateData {
         }
         if let Some(limit) = q.max_scale {
             if scale > limit && grows(u64::from(spec.max_scale), before_scale) {
-                return Err(over(ns, "instances in total (the sum of max-scale)", limit, "max-scale"));
+                return Err(over(
+                    ns,
+                    "instances in total (the sum of max-scale)",
+                    limit,
+                    "max-scale",
+                ));
             }
         }
         if let Some(limit) = q.memory_mb {
@@ -82,7 +90,11 @@ impl StateData {
     /// Whether `scope` may take `adding` more secrets.
     pub(super) fn check_secret_quota(&self, tx: &Tx<'_>, scope: &Scope, adding: usize) -> Applied {
         let ns = scope.namespace_name();
-        let Some(limit) = self.quota_of(ns).filter(|_| tx.v >= 2).and_then(|q| q.secrets) else {
+        let Some(limit) = self
+            .quota_of(ns)
+            .filter(|_| tx.v >= 2)
+            .and_then(|q| q.secrets)
+        else {
             return Ok(());
         };
         if adding == 0 {
@@ -102,7 +114,11 @@ impl StateData {
 
     /// Whether `ns` may take one more token.
     pub(super) fn check_token_quota(&self, tx: &Tx<'_>, ns: &str) -> Applied {
-        let Some(limit) = self.quota_of(ns).filter(|_| tx.v >= 2).and_then(|q| q.tokens) else {
+        let Some(limit) = self
+            .quota_of(ns)
+            .filter(|_| tx.v >= 2)
+            .and_then(|q| q.tokens)
+        else {
             return Ok(());
         };
         let live = self

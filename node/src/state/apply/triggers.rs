@@ -28,8 +28,13 @@ impl StateData {
         name: &str,
         spec: &TriggerSpec,
     ) -> Applied {
-        if !self.containers.contains_key(&ContainerKey::new(namespace, container)) {
-            return Err(not_found(format_args!("container \"{namespace}/{container}\"")));
+        if !self
+            .containers
+            .contains_key(&ContainerKey::new(namespace, container))
+        {
+            return Err(not_found(format_args!(
+                "container \"{namespace}/{container}\""
+            )));
         }
         let id = id(namespace, container, name);
         if self.triggers.contains_key(&id) {
@@ -80,7 +85,12 @@ impl StateData {
         }
     }
 
-    pub(super) fn set_trigger_enabled(&mut self, tx: &mut Tx<'_>, id: &str, enabled: bool) -> Applied {
+    pub(super) fn set_trigger_enabled(
+        &mut self,
+        tx: &mut Tx<'_>,
+        id: &str,
+        enabled: bool,
+    ) -> Applied {
         let at = tx.at_ms;
         let t = self.trigger_mut(id)?;
         if t.enabled != enabled {
@@ -105,7 +115,9 @@ impl StateData {
         let at = tx.at_ms;
         let t = self.trigger_mut(id)?;
         if !t.enabled {
-            return Err(Rejection::FailedPrecondition(format!("trigger {id:?} is disabled")));
+            return Err(Rejection::FailedPrecondition(format!(
+                "trigger {id:?} is disabled"
+            )));
         }
         if tick_ms <= t.last_tick_ms {
             return Err(Rejection::FailedPrecondition(format!(

@@ -3,11 +3,19 @@
 
 use super::super::data::{Key, StateData};
 use super::super::key::ContainerKey;
-use super::super::types::{NodeId, UsageEntry, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS};
+use super::super::types::{
+    NodeId, UsageEntry, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS,
+};
 use super::tx::{Applied, Tx};
 
 impl StateData {
-    pub(super) fn record_usage(&mut self, tx: &mut Tx<'_>, node: NodeId, seq: u64, entries: &[UsageEntry]) -> Applied {
+    pub(super) fn record_usage(
+        &mut self,
+        tx: &mut Tx<'_>,
+        node: NodeId,
+        seq: u64,
+        entries: &[UsageEntry],
+    ) -> Applied {
         if self.usage_seq.get(&node).is_some_and(|last| seq <= *last) {
             // Sent again after its answer was lost: applied already.
             return Ok(());
