@@ -47,4 +47,14 @@ impl Api {
             _ => Ok(p),
         }
     }
+
+    /// The caller of a listing, which must also be allowed `ns` when it
+    /// names one (empty: every namespace it may see).
+    pub(super) fn list_scope<T>(&self, req: &Request<T>, ns: &str) -> Result<Principal, ApiError> {
+        if ns.is_empty() {
+            self.principal(req)
+        } else {
+            self.require_ns(req, ns)
+        }
+    }
 }

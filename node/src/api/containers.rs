@@ -175,10 +175,7 @@ impl ContainerService for Api {
         &self,
         req: Request<pb::ListContainersRequest>,
     ) -> ApiResult<pb::ListContainersResponse> {
-        let who = self.principal(&req)?;
-        if !req.get_ref().namespace.is_empty() {
-            self.require_ns(&req, &req.get_ref().namespace)?;
-        }
+        let who = self.list_scope(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
             if !r.namespace.is_empty() {

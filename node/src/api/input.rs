@@ -16,3 +16,18 @@ pub(super) fn env_map(m: HashMap<String, String>) -> BTreeMap<String, String> {
 
 /// How often a read-modify-write retries after a concurrent change.
 pub(super) const CONFLICT_RETRIES: usize = 5;
+
+/// A listing's scope: a namespace (or none), and a container of it (or
+/// none); a container needs its namespace.
+pub fn list_filter(namespace: &str, container: &str) -> Result<(), super::ApiError> {
+    if !namespace.is_empty() {
+        crate::state::validate::dns_label("namespace", namespace)?;
+    }
+    if !container.is_empty() {
+        if namespace.is_empty() {
+            return Err(super::ApiError::invalid("namespace", "is required with container"));
+        }
+        crate::state::validate::dns_label("container", container)?;
+    }
+    Ok(())
+}

@@ -356,21 +356,10 @@ impl TriggerService for Api {
         &self,
         req: Request<pb::ListTriggersRequest>,
     ) -> ApiResult<pb::ListTriggersResponse> {
-        let who = self.principal(&req)?;
-        if !req.get_ref().namespace.is_empty() {
-            self.require_ns(&req, &req.get_ref().namespace)?;
-        }
+        let who = self.list_scope(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
-            if !r.namespace.is_empty() {
-                validate::dns_label("namespace", &r.namespace)?;
-            }
-            if !r.container.is_empty() {
-                if r.namespace.is_empty() {
-                    return Err(ApiError::invalid("namespace", "is required with container"));
-                }
-                validate::dns_label("container", &r.container)?;
-            }
+            super::input::list_filter(&r.namespace, &r.container)?;
             self.cluster.read_barrier(false).await?;
             let now = crate::cluster::now_ms();
             let sm = self.cluster.sm.read();
@@ -386,7 +375,7 @@ impl TriggerService for Api {
                     ..to_pb(t, now)
                 })
                 .collect();
-            Ok(pb::ListTriggersResponse { triggers })
+            Ok::<_, ApiError>(pb::ListTriggersResponse { triggers })
         };
         Ok(Response::new(run.await?))
     }

@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::service::Api;
-use crate::state::validate;
 use crate::state::{ContainerKey, Usage, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS};
 
 const DAY_MS: u64 = 24 * USAGE_HOUR_MS;
@@ -103,21 +102,10 @@ impl UsageService for Api {
         &self,
         req: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
-        let who = self.principal(&req)?;
-        if !req.get_ref().namespace.is_empty() {
-            self.require_ns(&req, &req.get_ref().namespace)?;
-        }
+        let who = self.list_scope(&req, &req.get_ref().namespace)?;
         let r = req.into_inner();
         let run = async {
-            if !r.namespace.is_empty() {
-                validate::dns_label("namespace", &r.namespace)?;
-            }
-            if !r.container.is_empty() {
-                if r.namespace.is_empty() {
-                    return Err(ApiError::invalid("namespace", "is required with container"));
-                }
-                validate::dns_label("container", &r.container)?;
-            }
+            super::input::list_filter(&r.namespace, &r.container)?;
             let now = crate::cluster::now_ms();
             let until = if r.until_ms == 0 { now + 1 } else { r.until_ms };
             let earliest = {
