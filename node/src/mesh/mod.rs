@@ -14,13 +14,15 @@
 //!
 //! - [`server`]: the listener (connection limits, head deadline, hop TLS).
 //! - [`stack`]: [`Mesh`], the layers in order, one span per request.
-//! - [`route`], [`authorize`], [`activate`], [`forward`]: the layers.
+//! - [`route`], [`authorize`], [`activate`], [`forward`]: the layers;
+//!   [`choose`]: where a request can go (pure, used by `activate`).
 //! - [`demand`]: per-container demand; [`report`]: sent to the leader.
 //! - [`error`]: [`MeshError`] and the one place it becomes a response.
 //! - [`metrics`]: the `/metrics` page.
 
 pub mod activate;
 pub mod authorize;
+pub mod choose;
 pub mod demand;
 pub mod error;
 pub mod forward;
