@@ -57,6 +57,7 @@ pub mod local;
 pub mod mesh;
 pub mod peer;
 pub mod raft;
+pub mod router;
 pub mod runtime;
 pub mod scheduler;
 pub mod secrets;

@@ -25,7 +25,10 @@ pub fn list_filter(namespace: &str, container: &str) -> Result<(), super::ApiErr
     }
     if !container.is_empty() {
         if namespace.is_empty() {
-            return Err(super::ApiError::invalid("namespace", "is required with container"));
+            return Err(super::ApiError::invalid(
+                "namespace",
+                "is required with container",
+            ));
         }
         crate::state::validate::dns_label("container", container)?;
     }

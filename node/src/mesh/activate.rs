@@ -27,7 +27,9 @@ use crate::state::{Command, ContainerKey, NodeId};
 /// Requests one container may queue on one node before 503.
 pub const QUEUE_CAP: usize = 1000;
 
-pub use super::choose::{choose, instance_addr, pick_remote, reserve_here, view, view_with_local, Choice, View};
+pub use super::choose::{
+    choose, instance_addr, pick_remote, reserve_here, view, view_with_local, Choice, View,
+};
 
 /// Where a request goes.
 pub enum Target {
