@@ -26,7 +26,6 @@ use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::join::Identity;
 use crate::keys::Keyring;
-use crate::leader::driver::{self, Pace};
 use crate::loads::LoadBook;
 use crate::local::{LocalInstances, ResumeRequest};
 use crate::mesh::server::Listener;
@@ -300,7 +299,19 @@ pub async fn run(
             config.clone(),
         )),
     ];
-    tasks.extend(leader_loops(&cluster, &config, &keys, &loads));
+    tasks.extend(crate::leader::spawn(
+        &cluster,
+        crate::leader::Settings {
+            me: config.id,
+            insecure: config.insecure,
+            overcommit: config.overcommit,
+            placement_batch: config.placement_batch,
+            node_grace: config.node_grace,
+            autoscale_window: config.autoscale_window,
+        },
+        &keys,
+        &loads,
+    ));
     tracing::info!(http = %config.http, base_domain = %config.base_domain, "serving the routing mesh");
 
     shutdown.await;
@@ -376,57 +387,6 @@ pub async fn remove_instance_network(config: &NodeConfig) -> anyhow::Result<()> 
         .await?;
     tracing::info!(subnet = %subnet, "removed the instance network");
     Ok(())
-}
-
-/// The leader-only loops: each decides only while this node leads.
-fn leader_loops(
-    cluster: &Arc<Cluster>,
-    config: &NodeConfig,
-    keys: &Arc<Keyring>,
-    loads: &Arc<LoadBook>,
-) -> Vec<JoinHandle<()>> {
-    use crate::leader::{autoscale, bootstrap, liveness, placement};
-    let window_ms = u64::try_from(config.autoscale_window.as_millis()).unwrap_or(u64::MAX);
-    vec![
-        tokio::spawn(driver::run(
-            cluster.clone(),
-            bootstrap::Bootstrap {
-                keys: keys.clone(),
-                insecure: config.insecure,
-            },
-            Pace::OnChange(Duration::from_millis(500)),
-        )),
-        // Plan on every applied change, and at least twice a second.
-        tokio::spawn(driver::run(
-            cluster.clone(),
-            placement::Placement {
-                params: crate::scheduler::Params {
-                    overcommit: config.overcommit,
-                },
-                batch: config.placement_batch,
-                book: loads.clone(),
-            },
-            Pace::OnChange(Duration::from_millis(500)),
-        )),
-        tokio::spawn(driver::run(
-            cluster.clone(),
-            liveness::Liveness {
-                me: config.id,
-                grace: config.node_grace,
-                book: loads.clone(),
-            },
-            Pace::Every(Duration::from_millis(250)),
-        )),
-        tokio::spawn(driver::run(
-            cluster.clone(),
-            autoscale::Autoscaler {
-                window_ms,
-                book: loads.clone(),
-                windows: Default::default(),
-            },
-            Pace::Every(Duration::from_secs(1)),
-        )),
-    ]
 }
 
 /// Bootstraps or joins on first start, then keeps this node's record in

@@ -21,3 +21,75 @@ pub mod bootstrap;
 pub mod driver;
 pub mod liveness;
 pub mod placement;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::cluster::Cluster;
+use crate::keys::Keyring;
+use crate::loads::LoadBook;
+use crate::state::NodeId;
+use driver::Pace;
+
+/// What the leader loops take from the node's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub me: NodeId,
+    pub insecure: bool,
+    pub overcommit: f64,
+    pub placement_batch: usize,
+    pub node_grace: Duration,
+    pub autoscale_window: Duration,
+}
+
+/// Starts the leader-only loops: each decides only while this node leads.
+pub fn spawn(
+    cluster: &Arc<Cluster>,
+    s: Settings,
+    keys: &Arc<Keyring>,
+    loads: &Arc<LoadBook>,
+) -> Vec<JoinHandle<()>> {
+    let window_ms = u64::try_from(s.autoscale_window.as_millis()).unwrap_or(u64::MAX);
+    vec![
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            bootstrap::Bootstrap {
+                keys: keys.clone(),
+                insecure: s.insecure,
+            },
+            Pace::OnChange(Duration::from_millis(500)),
+        )),
+        // Plan on every applied change, and at least twice a second.
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            placement::Placement {
+                params: crate::scheduler::Params {
+                    overcommit: s.overcommit,
+                },
+                batch: s.placement_batch,
+                book: loads.clone(),
+            },
+            Pace::OnChange(Duration::from_millis(500)),
+        )),
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            liveness::Liveness {
+                me: s.me,
+                grace: s.node_grace,
+                book: loads.clone(),
+            },
+            Pace::Every(Duration::from_millis(250)),
+        )),
+        tokio::spawn(driver::run(
+            cluster.clone(),
+            autoscale::Autoscaler {
+                window_ms,
+                book: loads.clone(),
+                windows: Default::default(),
+            },
+            Pace::Every(Duration::from_secs(1)),
+        )),
+    ]
+}
