@@ -29,6 +29,8 @@ have htpasswd || need+=(apache2-utils)
 have tar || need+=(tar)
 # Triggers: NATS JetStream subjects (tests and the benchmark run their own).
 have nats-server || need+=(nats-server)
+# Observability: the metrics test scrapes a node with a real Prometheus.
+have prometheus || need+=(prometheus)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

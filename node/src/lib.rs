@@ -64,6 +64,7 @@ pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod triggers;

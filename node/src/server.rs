@@ -277,6 +277,7 @@ pub async fn run(
             Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         )),
         tokio::spawn(crate::mesh::metrics::serve(mesh.clone(), metrics_listener)),
+        tokio::spawn(crate::telemetry::watch_leader(cluster.raft.metrics())),
         tokio::spawn(crate::mesh::report::run(
             cluster.clone(),
             mesh.clone(),

@@ -290,7 +290,7 @@ async fn cron_ticks_wake_a_container_at_zero_once_each() {
     let fired = page
         .lines()
         .find(|l| {
-            l.starts_with("rouse_trigger_firings{")
+            l.starts_with("rouse_trigger_firings_total{")
                 && l.contains("container=\"pub\"")
                 && l.contains("outcome=\"fired\"")
         })

@@ -111,12 +111,16 @@ impl Cluster {
     /// A rejection by the state machine comes back as `Rejected`.
     #[tracing::instrument(level = "debug", skip_all, fields(node = self.id))]
     pub async fn write(&self, cmd: Command) -> Result<Response, ClusterError> {
+        let proposed = Instant::now();
         let out = self.write_inner(cmd).await?;
         self.raft
             .wait(Some(PATIENCE))
             .applied_index_at_least(Some(out.index), "apply own write")
             .await
             .map_err(|_| ClusterError::CommittedNotApplied(out.index))?;
+        crate::telemetry::METRICS
+            .proposals
+            .observe(proposed.elapsed().as_secs_f64());
         match out.response.rejection {
             Some(rej) => Err(ClusterError::Rejected(rej)),
             None => Ok(out.response),

@@ -50,6 +50,7 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
             continue;
         }
         let started = *since.get_or_insert_with(Instant::now);
+        let pass = Instant::now();
         let commands = {
             let sm = cluster.sm.read();
             d.decide(
@@ -61,6 +62,7 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
             )
         };
         write_serially(&cluster, d.name(), commands).await;
+        crate::telemetry::METRICS.pass(d.name(), pass.elapsed());
     }
 }
 

@@ -23,6 +23,7 @@ use super::route::Route;
 use crate::cluster::Cluster;
 use crate::local::{LocalInstances, Resumer, SlotGuard};
 use crate::state::{Command, ContainerKey, NodeId};
+use crate::telemetry::ContainerMetrics;
 
 /// Requests one container may queue on one node before 503.
 pub const QUEUE_CAP: usize = 1000;
@@ -122,7 +123,20 @@ impl Activator {
         hop: bool,
         mut reservation: Option<String>,
         demand: &Demand,
+        metrics: &ContainerMetrics,
     ) -> Result<Target, MeshError> {
+        // Counts the request as queued while it waits here (dropped on
+        // return, whichever way).
+        struct Queued<'a>(Option<&'a ContainerMetrics>);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                if let Some(m) = self.0 {
+                    m.queued.dec();
+                }
+            }
+        }
+        let mut in_queue = Queued(None);
+        let mut cold_since: Option<std::time::Instant> = None;
         let freed = self.local.freed(&route.key);
         let remote_freed = self.remote_freed(&route.key);
         let (mut activated, mut queued, mut seen) = (false, false, 0u64);
@@ -140,7 +154,7 @@ impl Activator {
                 .and_then(|t| self.local.take_reserved(&t))
             {
                 if let Some((_, addr)) = v.local.iter().find(|(l, _)| *l == id) {
-                    self.wake(&id).await?;
+                    self.wake(&id, metrics).await?;
                     return Ok(Target::Local {
                         id,
                         addr: *addr,
@@ -163,7 +177,10 @@ impl Activator {
                     else {
                         continue;
                     };
-                    self.wake(&id).await?;
+                    self.wake(&id, metrics).await?;
+                    if let Some(t) = cold_since {
+                        metrics.cold_start_wait.observe(t.elapsed().as_secs_f64());
+                    }
                     return Ok(Target::Local { id, addr, slot });
                 }
                 Choice::Elsewhere { any_ready } => any_ready,
@@ -195,6 +212,8 @@ impl Activator {
                         return Err(MeshError::QueueFull(route.key.clone(), QUEUE_CAP));
                     }
                     queued = true;
+                    metrics.queued.inc();
+                    in_queue.0 = Some(metrics);
                 }
                 // Woken by a slot freeing here or on another node.
                 tokio::select! {
@@ -205,7 +224,10 @@ impl Activator {
             } else {
                 if !activated && !hop {
                     activated = true;
-                    self.scale_from_zero(&route.key).await;
+                    if self.scale_from_zero(&route.key).await {
+                        metrics.cold_starts.inc();
+                        cold_since = Some(std::time::Instant::now());
+                    }
                 }
                 // Woken by the cluster's next change, or by a local
                 // instance that starts answering.
@@ -307,8 +329,9 @@ impl Activator {
         }
     }
 
-    /// Cold start: asks the cluster for at least one instance.
-    async fn scale_from_zero(&self, key: &ContainerKey) {
+    /// Cold start: asks the cluster for at least one instance. True when
+    /// the container was at zero (this request starts it).
+    async fn scale_from_zero(&self, key: &ContainerKey) -> bool {
         let target = self
             .cluster
             .sm
@@ -332,11 +355,13 @@ impl Activator {
             if let Err(e) = self.cluster.write(cmd).await {
                 tracing::debug!(error = %e, "scale from zero");
             }
+            return true;
         }
+        false
     }
 
     /// Thaws a suspended local instance before a request goes to it.
-    async fn wake(&self, id: &str) -> Result<(), MeshError> {
+    async fn wake(&self, id: &str, metrics: &ContainerMetrics) -> Result<(), MeshError> {
         if !self.local.is_suspended(id) {
             return Ok(());
         }
@@ -351,6 +376,7 @@ impl Activator {
                 id: id.to_string(),
                 message,
             })?;
+        metrics.wakes.observe(t.elapsed().as_secs_f64());
         tracing::info!(instance = id, took = ?t.elapsed(), "resumed suspended instance");
         Ok(())
     }

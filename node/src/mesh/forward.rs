@@ -22,6 +22,8 @@ use super::error::{MeshError, RespBody};
 use super::route::HOP_BY_HOP;
 use crate::local::SlotGuard;
 use crate::state::Protocol;
+use crate::telemetry::ContainerMetrics;
+use std::sync::Arc;
 
 /// Header a node sets when it forwards a request to another node's mesh,
 /// so that node serves it from its own instances only.
@@ -35,22 +37,51 @@ pub const RESERVATION: &str = "x-rouse-reservation";
 pub struct Held {
     pub slot: Option<SlotGuard>,
     pub demand: Option<DemandGuard>,
+    /// The container's metrics (bytes and upstream time).
+    pub metrics: Arc<ContainerMetrics>,
 }
 
-/// A response body that releases its guards when it ends or is dropped.
-struct Guarded<B> {
+/// A body that adds the bytes of its data frames to a counter; a response
+/// body also holds the request's guards until it ends or is dropped.
+pub struct Counted<B> {
     inner: B,
-    _held: Held,
+    bytes: prometheus_client::metrics::counter::Counter,
+    _held: Option<Held>,
 }
 
-impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for Guarded<B> {
+impl<B> Counted<B> {
+    pub fn new(inner: B, bytes: prometheus_client::metrics::counter::Counter) -> Self {
+        Counted {
+            inner,
+            bytes,
+            _held: None,
+        }
+    }
+
+    /// A response body: counted as bytes out, holding `held`.
+    fn guarded(inner: B, held: Held) -> Self {
+        Counted {
+            inner,
+            bytes: held.metrics.bytes_out.clone(),
+            _held: Some(held),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin> Body for Counted<B> {
     type Data = Bytes;
     type Error = hyper::Error;
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                self.bytes.inc_by(d.len() as u64);
+            }
+        }
+        polled
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -73,8 +104,8 @@ pub struct Upstreams {
 }
 
 struct Clients {
-    http1: Client<Https, Incoming>,
-    h2: Client<Https, Incoming>,
+    http1: Client<Https, Counted<Incoming>>,
+    h2: Client<Https, Counted<Incoming>>,
     /// For upgrade requests, whose body is empty.
     upgrades: Client<Https, http_body_util::Empty<Bytes>>,
 }
@@ -133,6 +164,8 @@ impl Upstreams {
         if upgrade {
             return Self::tunnel(clients, req, base, held).await;
         }
+        let mut req = req.map(|b| Counted::new(b, held.metrics.bytes_in.clone()));
+        let sent = std::time::Instant::now();
         let result = match protocol {
             Protocol::H2c => {
                 *req.version_mut() = Version::HTTP_2;
@@ -145,14 +178,12 @@ impl Upstreams {
         };
         match result {
             Ok(resp) => {
+                held.metrics.upstream.observe(sent.elapsed().as_secs_f64());
                 let (mut parts, body) = resp.into_parts();
                 for name in HOP_BY_HOP {
                     parts.headers.remove(*name);
                 }
-                let body = Guarded {
-                    inner: body,
-                    _held: held,
-                };
+                let body = Counted::guarded(body, held);
                 Ok(Response::from_parts(parts, body.boxed()))
             }
             Err(e) if hop && e.is_connect() => {
@@ -187,11 +218,7 @@ impl Upstreams {
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(
                 parts,
-                Guarded {
-                    inner: body,
-                    _held: held,
-                }
-                .boxed(),
+                Counted::guarded(body, held).boxed(),
             ));
         }
         let upstream_side = hyper::upgrade::on(&mut resp);

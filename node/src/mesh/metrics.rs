@@ -3,15 +3,18 @@
 //! at `/metrics`.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use http_body_util::BodyExt;
 use openraft::{BasicNode, RaftMetrics};
 
 use crate::loads::ContainerLoad;
 use crate::state::{NodeId, StateData};
+use crate::telemetry::METRICS;
 
 /// The metrics page (served on `--metrics`, not on the public mesh).
 fn page(mesh: &super::stack::Mesh) -> http::Response<super::error::RespBody> {
@@ -21,7 +24,12 @@ fn page(mesh: &super::stack::Mesh) -> http::Response<super::error::RespBody> {
         let raft = cluster.raft.metrics().borrow().clone();
         render(&sm.data, &raft, &mesh.loads())
     };
-    let mut r = super::error::text(http::StatusCode::OK, body);
+    // As encoded: OpenMetrics allows nothing after its closing `# EOF`.
+    let mut r = http::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(
@@ -89,10 +97,9 @@ pub fn render(
     let cold_median = Family::<Labels, FGauge>::default();
     let instances = Family::<Labels, Gauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
-    let raft = Family::<Labels, Gauge>::default();
-    let scaling = Family::<Labels, Gauge>::default();
+    let scaling = Family::<Labels, Counter>::default();
     let desired = Family::<Labels, Gauge>::default();
-    let firings = Family::<Labels, Gauge>::default();
+    let firings = Family::<Labels, Counter>::default();
     let trigger_latency = Family::<Labels, FGauge>::default();
     for t in state.triggers.values() {
         for (outcome, n) in [
@@ -108,7 +115,7 @@ pub fn render(
                     ("kind", t.spec.source.kind()),
                     ("outcome", outcome),
                 ]))
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .inc_by(n);
         }
         if let Some(f) = t.history.last() {
             trigger_latency
@@ -129,7 +136,7 @@ pub fn render(
                         ("container", &c.name),
                         ("direction", direction),
                     ]))
-                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    .inc_by(n);
             }
             desired
                 .get_or_create(&labels(&[
@@ -184,14 +191,44 @@ pub fn render(
             ]))
             .set(i64::from(l.in_flight));
     }
-    raft.get_or_create(&labels(&[("value", "term")]))
-        .set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
-    raft.get_or_create(&labels(&[("value", "applied_index")]))
-        .set(i64::try_from(m.last_applied.map_or(0, |l| l.index)).unwrap_or(i64::MAX));
-    raft.get_or_create(&labels(&[("value", "is_leader")]))
-        .set(i64::from(m.state == openraft::ServerState::Leader));
-
     let mut reg = Registry::with_prefix("rouse");
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let committed = METRICS.committed.load(Ordering::Relaxed).max(applied);
+    for (name, help, v) in [
+        ("raft_term", "This node's current Raft term", m.current_term),
+        (
+            "raft_last_log_index",
+            "Last index in this node's Raft log",
+            m.last_log_index.unwrap_or(0),
+        ),
+        (
+            "raft_commit_index",
+            "Last index this node knows committed",
+            committed,
+        ),
+        (
+            "raft_applied_index",
+            "Last index applied to this node's state",
+            applied,
+        ),
+        (
+            "raft_apply_lag",
+            "Committed entries not yet applied here",
+            committed - applied,
+        ),
+        (
+            "raft_is_leader",
+            "1 while this node leads",
+            u64::from(m.state == openraft::ServerState::Leader),
+        ),
+    ] {
+        reg.register(
+            name,
+            help,
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)),
+        );
+    }
+    METRICS.register(&mut reg);
     reg.register(
         "cold_start_last_seconds",
         "Last cold start of a container, by phase",
@@ -214,7 +251,7 @@ pub fn render(
     );
     reg.register(
         "scale_decisions",
-        "Scaling decisions per container since its creation, up and down",
+        "Scaling decisions per container since its creation, up and down (cluster-wide)",
         scaling,
     );
     reg.register(
@@ -232,7 +269,6 @@ pub fn render(
         "The last delivery's time from first attempt to answer",
         trigger_latency,
     );
-    reg.register("raft", "Raft state of this node", raft);
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out.clear();

@@ -27,6 +27,7 @@ use super::forward::{self, Held, Upstreams, HOP, ORIGINAL_HOST, RESERVATION};
 use super::route::{self, Route};
 use crate::cluster::{now_ms, Cluster};
 use crate::local::{LocalInstances, Resumer};
+use crate::telemetry::{ContainerMetrics, METRICS};
 
 /// The mesh's own settings.
 #[derive(Debug, Clone)]
@@ -86,8 +87,9 @@ impl Mesh {
         let id = request_id(req.headers_mut());
         let host = host_of(&req);
         let span = tracing::info_span!("request", id = %id, host = %host, node = self.cluster.id);
+        let arrived = std::time::Instant::now();
         async {
-            let resp = self.serve(req, &host, remote).await;
+            let (resp, metrics) = self.serve(req, &host, remote).await;
             let mut resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -98,18 +100,52 @@ impl Mesh {
             if let Ok(v) = HeaderValue::from_str(&id) {
                 resp.headers_mut().insert(REQUEST_ID, v);
             }
+            if let Some(m) = metrics {
+                m.answered(resp.status(), arrived.elapsed());
+            }
             resp
         }
         .instrument(span)
         .await
     }
 
+    /// Routes and passes the request; with the container's metrics once
+    /// it is known (a request for no container counts nowhere).
     async fn serve(
         &self,
         req: Request<Incoming>,
         host: &str,
         remote: SocketAddr,
-    ) -> Result<Response<RespBody>, MeshError> {
+    ) -> (
+        Result<Response<RespBody>, MeshError>,
+        Option<Arc<ContainerMetrics>>,
+    ) {
+        let route = match self.route(host).await {
+            Ok(r) => r,
+            Err(e) => return (Err(e), None),
+        };
+        let metrics = METRICS.container(&route.key);
+        if let Err(e) = self.authorize(&req, &route) {
+            return (Err(e), Some(metrics));
+        }
+        let demand = self.demand.enter(&route.key);
+        let hop = req.headers().contains_key(HOP);
+        let timeout = route.timeout;
+        let key = route.key.clone();
+        let passed = tokio::time::timeout(
+            timeout,
+            self.pass(req, route, hop, remote, demand, metrics.clone()),
+        )
+        .await;
+        let resp = match passed {
+            Ok(r) => r,
+            Err(_) => Err(MeshError::Timeout(key, timeout.as_secs())),
+        };
+        (resp, Some(metrics))
+    }
+
+    /// Finds the request's container.
+    async fn route(&self, host: &str) -> Result<Route, MeshError> {
         let resolve = || {
             let sm = self.cluster.sm.read();
             route::resolve(&sm.data, &self.config.base_domain, host)
@@ -123,24 +159,22 @@ impl Mesh {
             }
             other => other?,
         };
-        if route.private {
-            let sm = self.cluster.sm.read();
-            authorize::authorize(
-                authorize::bearer(req.headers()),
-                &sm.data,
-                &route.key,
-                now_ms() / 1000,
-            )
-            .map_err(MeshError::from)?;
+        Ok(route)
+    }
+
+    /// A private container's request must show a token for it.
+    fn authorize(&self, req: &Request<Incoming>, route: &Route) -> Result<(), MeshError> {
+        if !route.private {
+            return Ok(());
         }
-        let demand = self.demand.enter(&route.key);
-        let hop = req.headers().contains_key(HOP);
-        let timeout = route.timeout;
-        let key = route.key.clone();
-        match tokio::time::timeout(timeout, self.pass(req, route, hop, remote, demand)).await {
-            Ok(r) => r,
-            Err(_) => Err(MeshError::Timeout(key, timeout.as_secs())),
-        }
+        let sm = self.cluster.sm.read();
+        authorize::authorize(
+            authorize::bearer(req.headers()),
+            &sm.data,
+            &route.key,
+            now_ms() / 1000,
+        )
+        .map_err(MeshError::from)
     }
 
     /// Activate, take a slot (or hop), forward.
@@ -151,6 +185,7 @@ impl Mesh {
         hop: bool,
         remote: SocketAddr,
         demand: super::demand::DemandGuard,
+        metrics: Arc<ContainerMetrics>,
     ) -> Result<Response<RespBody>, MeshError> {
         let reservation = req
             .headers()
@@ -159,7 +194,7 @@ impl Mesh {
             .map(str::to_string);
         match self
             .activator
-            .target(&route, hop, reservation, &self.demand)
+            .target(&route, hop, reservation, &self.demand, &metrics)
             .await?
         {
             Target::Local { id, addr, slot } => {
@@ -167,6 +202,7 @@ impl Mesh {
                 let held = Held {
                     slot: Some(slot),
                     demand: Some(demand),
+                    metrics,
                 };
                 let base = format!("http://{addr}");
                 if route.private {
@@ -193,6 +229,7 @@ impl Mesh {
                 let held = Held {
                     slot: None,
                     demand: Some(demand),
+                    metrics,
                 };
                 let via = forward::Via {
                     from_peer: hop,

@@ -25,9 +25,40 @@ pub const RUNTIME: &str = "io.containerd.runc.v2";
 /// Largest message exchanged with containerd.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// The containerd channel, timing every call (`rouse_containerd_call_duration_seconds`).
+#[derive(Clone)]
+pub struct Timed(Channel);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Timed {
+    type Response =
+        <Channel as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Response;
+    type Error = <Channel as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let call = self.0.call(req);
+        Box::pin(async move {
+            let out = call.await;
+            crate::telemetry::METRICS.containerd_call(&path, started.elapsed());
+            out
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Ctr {
-    channel: Channel,
+    channel: Timed,
     pub namespace: String,
 }
 
@@ -42,7 +73,7 @@ impl Ctr {
                     message: e.to_string(),
                 })?;
         let ctr = Ctr {
-            channel,
+            channel: Timed(channel),
             namespace: namespace.to_string(),
         };
         let req = CreateNamespaceRequest {
@@ -75,27 +106,27 @@ impl Ctr {
         req
     }
 
-    pub fn content(&self) -> ContentClient<Channel> {
+    pub fn content(&self) -> ContentClient<Timed> {
         ContentClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
-    pub fn images(&self) -> ImagesClient<Channel> {
+    pub fn images(&self) -> ImagesClient<Timed> {
         ImagesClient::new(self.channel.clone())
     }
-    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+    pub fn snapshots(&self) -> SnapshotsClient<Timed> {
         SnapshotsClient::new(self.channel.clone())
     }
-    pub fn diff(&self) -> DiffClient<Channel> {
+    pub fn diff(&self) -> DiffClient<Timed> {
         DiffClient::new(self.channel.clone())
     }
-    pub fn leases(&self) -> LeasesClient<Channel> {
+    pub fn leases(&self) -> LeasesClient<Timed> {
         LeasesClient::new(self.channel.clone())
     }
-    pub fn containers(&self) -> ContainersClient<Channel> {
+    pub fn containers(&self) -> ContainersClient<Timed> {
         ContainersClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
-    pub fn tasks(&self) -> TasksClient<Channel> {
+    pub fn tasks(&self) -> TasksClient<Timed> {
         TasksClient::new(self.channel.clone())
     }
 }

@@ -28,7 +28,8 @@ use super::types::{
 ///   container its tokens; `RevokeApiKey` keeps at least one admin key;
 ///   namespace quotas bound containers, secrets and tokens.
 /// - 3: triggers (`CreateTrigger` … `RecordFiring`), usage (`RecordUsage`).
-pub const COMMAND_VERSION: u32 = 3;
+/// - 4: commands record what they did in the event stream.
+pub const COMMAND_VERSION: u32 = 4;
 
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

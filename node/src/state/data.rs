@@ -63,6 +63,9 @@ pub struct StateData {
     /// The last usage batch applied from each node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usage_seq: BTreeMap<NodeId, u64>,
+    /// What happened, oldest first, the last [`super::types::EVENTS_KEPT`].
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    pub events: std::collections::VecDeque<super::types::Event>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -88,6 +91,8 @@ pub enum Key {
     /// A container's usage ledger.
     Usage(ContainerKey),
     UsageSeq,
+    /// An event, by sequence number.
+    Event(u64),
 }
 
 impl StateData {
@@ -132,6 +137,14 @@ impl StateData {
         self.triggers
             .values()
             .filter(move |t| t.namespace == namespace && t.container == container)
+    }
+
+    /// The event numbered `seq`, while it is kept.
+    pub fn event(&self, seq: u64) -> Option<&super::types::Event> {
+        let first = self.events.front()?.seq;
+        self.events
+            .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+            .filter(|e| e.seq == seq)
     }
 
     /// Instances of one container.

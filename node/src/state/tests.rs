@@ -314,7 +314,7 @@ fn proposal_encoding_is_stable() {
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(
         json,
-        r#"{"v":3,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
+        r#"{"v":4,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
@@ -958,4 +958,123 @@ mod usage {
         assert_eq!(ledger[&0].instance_ms, 1500);
         assert_eq!(ledger.values().map(|u| u.instance_ms).sum::<u64>(), 1510);
     }
+}
+
+#[test]
+fn commands_record_events_in_order_bounded() {
+    let mut s = StateData::default();
+    create_ns(&mut s, "a");
+    put(&mut s, "a", "c", None);
+    apply(
+        &mut s,
+        8,
+        Command::RegisterNode {
+            node: NodeRecord {
+                id: 2,
+                api_addr: "127.0.0.1:1".into(),
+                ..Default::default()
+            },
+        },
+    );
+    let inst = Instance {
+        id: "i1".into(),
+        namespace: "a".into(),
+        container: "c".into(),
+        generation: s.containers[&ContainerKey::new("a", "c")].generation,
+        node: 2,
+        created_at_ms: 9,
+    };
+    apply(
+        &mut s,
+        9,
+        Command::PlaceInstances {
+            add: vec![inst],
+            remove: vec![],
+        },
+    );
+    let report = |s: &mut StateData, at, state, restarts, oom| {
+        apply(
+            s,
+            at,
+            Command::ReportInstanceStatus {
+                id: "i1".into(),
+                node: 2,
+                status: InstanceStatus {
+                    state,
+                    restarts,
+                    oom_killed: oom,
+                    exit_code: oom.then_some(137),
+                    message: if oom {
+                        "OOM-killed".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                },
+            },
+        )
+    };
+    report(&mut s, 10, InstanceState::Ready, 0, false);
+    // The same state again records nothing; a crash, and a second crash
+    // after a restart, each record one.
+    report(&mut s, 11, InstanceState::Ready, 0, false);
+    report(&mut s, 12, InstanceState::Crashed, 1, true);
+    report(&mut s, 13, InstanceState::Crashed, 2, true);
+    report(&mut s, 14, InstanceState::Suspended, 2, false);
+    report(&mut s, 15, InstanceState::Ready, 2, false);
+    apply(
+        &mut s,
+        16,
+        Command::DeleteContainer {
+            namespace: "a".into(),
+            name: "c".into(),
+        },
+    );
+    let kinds: Vec<(u64, &str, &str)> = s
+        .events
+        .iter()
+        .map(|e| (e.seq, e.kind.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, "namespace.created", ""),
+            (2, "container.created", ""),
+            (3, "node.joined", ""),
+            (4, "instance.placed", ""),
+            (5, "instance.ready", ""),
+            (6, "instance.crashed", "oom"),
+            (7, "instance.crashed", "oom"),
+            (8, "instance.suspended", ""),
+            (9, "instance.resumed", ""),
+            (10, "instance.stopped", ""),
+            (11, "container.deleted", ""),
+        ]
+    );
+    let crash = s.event(6).unwrap();
+    assert_eq!(
+        (
+            crash.at_ms,
+            crash.exit_code,
+            crash.node,
+            crash.instance.as_str()
+        ),
+        (12, Some(137), 2, "i1")
+    );
+    // Bounded: the oldest leave first, numbers go on.
+    for i in 0..EVENTS_KEPT {
+        create_ns(&mut s, &format!("n{i}"));
+    }
+    assert_eq!(s.events.len(), EVENTS_KEPT);
+    assert_eq!(s.events.front().unwrap().seq, 12);
+    assert!(s.event(11).is_none());
+    assert_eq!(s.event(13).unwrap().seq, 13);
+    // An entry of an earlier command version records none.
+    let before = s.events.len();
+    let mut old = Proposal::new(20, Command::DeleteNamespace { name: "n0".into() });
+    old.v = 3;
+    s.apply(&old);
+    assert!(s.namespaces.get("n0").is_none());
+    assert_eq!(s.events.back().unwrap().kind, "namespace.created");
+    assert_eq!(s.events.len(), before);
 }

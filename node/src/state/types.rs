@@ -587,3 +587,33 @@ pub const USAGE_MINUTES_KEPT_MS: u64 = 24 * USAGE_HOUR_MS;
 /// request: the autoscaler counts it as a request its load reports may not
 /// show yet.
 pub const COLD_START_REASON: &str = "a request while scaled to zero";
+
+/// Events the cluster keeps (the oldest leave first).
+pub const EVENTS_KEPT: usize = 5_000;
+
+/// Something that happened, derived from the log as it is applied: every
+/// node holds the same events with the same sequence numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Event {
+    /// 1, 2, 3… in the order they happened.
+    pub seq: u64,
+    /// The time of the command that made it.
+    pub at_ms: u64,
+    /// `container.created`, `instance.crashed`, `node.down`, …
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub node: NodeId,
+    /// A short machine-readable cause (`oom`, `exit`, `cold start`…).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}

@@ -1,5 +1,5 @@
 //! How the replicated state maps onto sled keys: `ns/…`, `ct/…`, `node/…`,
-//! `in/…`, `st/…`, `sec/…`, `trg/…`, `use/…`, `meta/…`. One key per object, written through
+//! `in/…`, `st/…`, `sec/…`, `trg/…`, `use/…`, `ev/…`, `meta/…`. One key per object, written through
 //! on apply (only the keys a command changed) and read back on start.
 
 use serde::Serialize;
@@ -83,6 +83,10 @@ pub(super) fn write_key(
             None => batch.remove(format!("use/{k}").as_bytes()),
         },
         Key::UsageSeq => batch.insert(SM_USAGE_SEQ, json(&d.usage_seq)?),
+        Key::Event(seq) => match d.event(*seq) {
+            Some(v) => batch.insert(format!("ev/{seq:020}").as_bytes(), json(v)?),
+            None => batch.remove(format!("ev/{seq:020}").as_bytes()),
+        },
         Key::Trigger(id) => match d.triggers.get(id) {
             Some(v) => batch.insert(format!("trg/{id}").as_bytes(), json(v)?),
             None => batch.remove(format!("trg/{id}").as_bytes()),
@@ -155,6 +159,9 @@ pub(super) fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> 
         b.insert(format!("use/{k}").as_bytes(), json(v)?);
     }
     b.insert(SM_USAGE_SEQ, json(&a.data.usage_seq)?);
+    for e in &a.data.events {
+        b.insert(format!("ev/{:020}", e.seq).as_bytes(), json(e)?);
+    }
     Ok(b)
 }
 
@@ -193,6 +200,11 @@ pub(super) fn load(sm: &sled::Tree) -> Result<Applied, String> {
             a.data
                 .usage
                 .insert(name, serde_json::from_slice(&v).map_err(bad)?);
+        } else if key.starts_with("ev/") {
+            // In key order: oldest first.
+            a.data
+                .events
+                .push_back(serde_json::from_slice(&v).map_err(bad)?);
         } else if let Some(id) = key.strip_prefix("trg/") {
             a.data
                 .triggers

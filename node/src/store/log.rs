@@ -110,6 +110,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
         // Advisory: losing it only means re-applying already committed logs.
+        if let Some(c) = committed {
+            crate::telemetry::METRICS.set_committed(c.index);
+        }
         self.put_json(KEY_COMMITTED, &committed)
     }
 

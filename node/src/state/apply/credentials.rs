@@ -344,6 +344,14 @@ impl StateData {
         self.signing_keys = signing_keys.to_vec();
         tx.touched
             .extend([Key::DataKey, Key::KekId, Key::ClusterCa, Key::SigningKeys]);
+        self.emit(
+            tx,
+            super::super::types::Event {
+                kind: "keys.rotated".into(),
+                message: format!("master key {kek_id}"),
+                ..Default::default()
+            },
+        );
         Ok(())
     }
 }

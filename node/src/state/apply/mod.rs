@@ -11,8 +11,10 @@
 //! - `credentials`: secrets, keys, tokens, the CA, rotation.
 //! - `triggers`: triggers, their claimed ticks and firings.
 //! - `usage`: the usage ledger.
+//! - `events`: what the commands did, as a bounded event stream.
 
 mod credentials;
+mod events;
 mod nodes;
 mod objects;
 mod quota;

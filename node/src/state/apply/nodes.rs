@@ -4,7 +4,7 @@ use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::ContainerKey;
 use super::super::types::{
-    Instance, InstanceStatus, NodeId, NodeRecord, NodeState, COLD_START_HISTORY,
+    Event, Instance, InstanceStatus, NodeId, NodeRecord, NodeState, COLD_START_HISTORY,
 };
 use super::tx::{Applied, Tx};
 
@@ -27,8 +27,19 @@ impl StateData {
             }
         }
         self.bump();
-        self.nodes.insert(node.id, node.clone());
+        let joined = self.nodes.insert(node.id, node.clone()).is_none();
         tx.touched.push(Key::Node(node.id));
+        if joined {
+            self.emit(
+                tx,
+                Event {
+                    kind: "node.joined".into(),
+                    node: node.id,
+                    message: node.api_addr.clone(),
+                    ..Event::default()
+                },
+            );
+        }
         Ok(())
     }
 
@@ -65,6 +76,14 @@ impl StateData {
         for iid in gone {
             self.remove_instance(tx, &iid);
         }
+        self.emit(
+            tx,
+            Event {
+                kind: "node.removed".into(),
+                node: id,
+                ..Event::default()
+            },
+        );
         Ok(())
     }
 
@@ -92,6 +111,32 @@ impl StateData {
             )));
         }
         self.bump();
+        for (was, is, on, off) in [
+            (cur.down, next.down, "node.down", "node.up"),
+            (
+                cur.cordoned,
+                next.cordoned,
+                "node.cordoned",
+                "node.uncordoned",
+            ),
+            (
+                cur.draining,
+                next.draining,
+                "node.draining",
+                "node.drain_stopped",
+            ),
+        ] {
+            if was != is {
+                self.emit(
+                    tx,
+                    Event {
+                        kind: if is { on } else { off }.into(),
+                        node: id,
+                        ..Event::default()
+                    },
+                );
+            }
+        }
         self.node_states.insert(id, next);
         tx.touched.push(Key::Node(id));
         Ok(())
@@ -116,6 +161,7 @@ impl StateData {
             if fits {
                 self.instances.insert(inst.id.clone(), inst.clone());
                 tx.touched.push(Key::Instance(inst.id.clone()));
+                self.emit_instance(tx, "instance.placed", inst, Event::default());
             }
         }
         if tx.touched.len() == before {
@@ -134,8 +180,8 @@ impl StateData {
         node: NodeId,
         status: &InstanceStatus,
     ) -> Applied {
-        let key = match self.instances.get(id) {
-            Some(i) if i.node == node => ContainerKey::new(&i.namespace, &i.container),
+        let (key, inst) = match self.instances.get(id) {
+            Some(i) if i.node == node => (ContainerKey::new(&i.namespace, &i.container), i.clone()),
             _ => {
                 return Err(Rejection::NotFound(format!(
                     "instance {id:?} is not placed on node {node}"
@@ -145,6 +191,7 @@ impl StateData {
         self.bump();
         let previous = self.statuses.insert(id.to_string(), status.clone());
         tx.touched.push(Key::Instance(id.to_string()));
+        self.emit_status(tx, &inst, previous.as_ref(), status);
         let new_cold_start = status
             .cold_start
             .filter(|c| previous.and_then(|p| p.cold_start) != Some(*c));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::{ContainerKey, Scope};
-use super::super::types::{Container, ContainerSpec, Namespace};
+use super::super::types::{Container, ContainerSpec, Event, Namespace};
 use super::tx::{not_found, Applied, Tx};
 
 impl StateData {
@@ -33,6 +33,14 @@ impl StateData {
             },
         );
         tx.touched.push(Key::Namespace(name.to_string()));
+        self.emit(
+            tx,
+            Event {
+                kind: "namespace.created".into(),
+                namespace: name.into(),
+                ..Event::default()
+            },
+        );
         Ok(())
     }
 
@@ -98,6 +106,14 @@ impl StateData {
         if self.secrets.remove(&scope).is_some() {
             tx.touched.push(Key::Secrets(scope));
         }
+        self.emit(
+            tx,
+            Event {
+                kind: "namespace.deleted".into(),
+                namespace: name.into(),
+                ..Event::default()
+            },
+        );
         Ok(())
     }
 
@@ -152,6 +168,8 @@ impl StateData {
             )
         });
         let (scale_reason, scaled_at_ms, scale_ups, scale_downs) = scaling.unwrap_or_default();
+        let created = existing.is_none();
+        let restarts = existing.is_some() && kept.is_none();
         let revision = self.bump();
         let (generation, resolved_image) = kept.unwrap_or((revision, None));
         tx.touched.push(Key::Container(key.clone()));
@@ -173,6 +191,25 @@ impl StateData {
                 scaled_at_ms,
                 scale_ups,
                 scale_downs,
+            },
+        );
+        self.emit(
+            tx,
+            Event {
+                kind: if created {
+                    "container.created"
+                } else {
+                    "container.updated"
+                }
+                .into(),
+                namespace: key.namespace().into(),
+                container: key.name().into(),
+                message: if restarts {
+                    format!("new revision {revision}: instances are replaced")
+                } else {
+                    format!("revision {revision}")
+                },
+                ..Event::default()
             },
         );
         Ok(())
@@ -200,6 +237,15 @@ impl StateData {
         for id in gone {
             self.remove_instance(tx, &id);
         }
+        self.emit(
+            tx,
+            Event {
+                kind: "container.deleted".into(),
+                namespace: key.namespace().into(),
+                container: key.name().into(),
+                ..Event::default()
+            },
+        );
         Ok(())
     }
 
@@ -237,6 +283,7 @@ impl StateData {
                 key.as_str()
             )));
         }
+        let from = c.desired_scale;
         if replicas > c.desired_scale {
             c.scale_ups += 1;
         } else {
@@ -247,6 +294,17 @@ impl StateData {
         c.scaled_at_ms = tx.at_ms;
         self.bump();
         tx.touched.push(Key::Container(key.clone()));
+        self.emit(
+            tx,
+            Event {
+                kind: "container.scaled".into(),
+                namespace: key.namespace().into(),
+                container: key.name().into(),
+                reason: reason.clone().unwrap_or_default(),
+                message: format!("{from} → {replicas}"),
+                ..Event::default()
+            },
+        );
         Ok(())
     }
 

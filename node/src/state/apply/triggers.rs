@@ -151,8 +151,26 @@ impl StateData {
         if t.history.len() > TRIGGER_HISTORY {
             t.history.remove(0);
         }
+        let e = super::super::types::Event {
+            kind: if firing.ok {
+                "trigger.fired"
+            } else {
+                "trigger.failed"
+            }
+            .into(),
+            namespace: t.namespace.clone(),
+            container: t.container.clone(),
+            node: firing.node,
+            reason: t.name.clone(),
+            message: format!(
+                "{} after {} attempt(s), {} ms",
+                firing.status, firing.attempts, firing.latency_ms
+            ),
+            ..Default::default()
+        };
         self.bump();
         tx.touched.push(Key::Trigger(id.to_string()));
+        self.emit(tx, e);
         Ok(())
     }
 }

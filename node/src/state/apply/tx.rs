@@ -38,9 +38,15 @@ impl StateData {
     }
 
     pub(super) fn remove_instance(&mut self, tx: &mut Tx<'_>, id: &str) {
-        if self.instances.remove(id).is_some() {
+        if let Some(i) = self.instances.remove(id) {
             self.statuses.remove(id);
             tx.touched.push(Key::Instance(id.to_string()));
+            self.emit_instance(
+                tx,
+                "instance.stopped",
+                &i,
+                super::super::types::Event::default(),
+            );
         }
     }
 

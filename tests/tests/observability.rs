@@ -1,0 +1,207 @@
+//! Observability end to end: a real Prometheus scrapes a node's metrics
+//! while the test sends a known request rate through the mesh.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use rouse_e2e::{deploy, push_test_image, ready, TestCluster};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Prometheus scraping `target` every second, killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rouse\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`)");
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// An instant query's value at `at` (seconds since the epoch).
+    fn query(&self, q: &str, at: f64) -> Option<f64> {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-G", &format!("http://{}/api/v1/query", self.addr)])
+            .args(["--data-urlencode", &format!("query={q}")])
+            .args(["--data-urlencode", &format!("time={at:.3}")])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Its targets' state and its log, for a failure's message.
+    fn diagnose(&self) -> String {
+        let targets = std::process::Command::new("curl")
+            .args(["-s", &format!("http://{}/api/v1/targets", self.addr)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        let log = std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default();
+        format!("targets: {targets}\nlog: {log}")
+    }
+
+    /// Whether Prometheus scrapes its target successfully.
+    fn target_up(&self) -> bool {
+        self.query("up", now_s()) == Some(1.0)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_the_request_rate_the_test_sent() {
+    let image = push_test_image("rouse-test/obs", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("obs", HashMap::new()).await.unwrap();
+    c.deploy_container(deploy("obs", "web", &image, 1))
+        .await
+        .unwrap();
+    ready(&c, "obs", "web", 1).await;
+    let metrics = cluster.node(1).metrics.addr().to_string();
+    let prom = Prometheus::start(&metrics);
+    let t = Instant::now();
+    while !prom.target_up() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "prometheus never scraped {metrics}: {}",
+            prom.diagnose()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // 20 requests a second for 40 s over keep-alive connections, each
+    // answer's time noted.
+    let client: HttpClient<_, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let url: hyper::Uri = format!("http://{}/", cluster.http(1)).parse().unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut done: Vec<f64> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < until {
+        tick.tick().await;
+        let req = hyper::Request::get(url.clone())
+            .header("host", "web.obs.rouse.localhost")
+            .body(Empty::new())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        done.push(now_s());
+    }
+    let end = now_s();
+    // Two more scrapes past the end, then ask about a window inside the run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let at = end - 2.0;
+    let sent = done.iter().filter(|t| **t > at - 30.0 && **t <= at).count() as f64 / 30.0;
+    let seen = prom
+        .query("sum(rate(rouse_requests_total[30s]))", at)
+        .expect("no value for the rate");
+    println!("sent {sent:.2} req/s; prometheus: sum(rate(rouse_requests_total[30s])) = {seen:.2}");
+    assert!(
+        (seen - sent).abs() <= sent * 0.10,
+        "prometheus saw {seen} req/s, the test sent {sent}"
+    );
+    let ok = prom
+        .query("sum(rouse_requests_total{code_class=\"2xx\"})", now_s())
+        .unwrap();
+    assert!(
+        ok >= done.len() as f64,
+        "{ok} 2xx counted, {} sent",
+        done.len()
+    );
+    let p99 = prom
+        .query(
+            "histogram_quantile(0.99, sum by (le) (rate(rouse_request_duration_seconds_bucket[30s])))",
+            at,
+        )
+        .unwrap();
+    println!("p99 request duration (mesh + upstream): {p99:.4} s");
+    assert!(p99 > 0.0 && p99 < 1.0, "{p99}");
+
+    // The node's own figures, by their conventional names; nothing after
+    // the closing `# EOF` (Prometheus refuses a page with more).
+    let page = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.ends_with("# EOF\n"), "{page}");
+    for name in [
+        "rouse_upstream_duration_seconds_bucket{",
+        "rouse_response_body_bytes_total{",
+        "rouse_raft_term ",
+        "rouse_raft_commit_index ",
+        "rouse_raft_applied_index ",
+        "rouse_raft_apply_lag ",
+        "rouse_raft_leader_changes_total ",
+        "rouse_raft_proposal_duration_seconds_count ",
+        "rouse_leader_pass_duration_seconds_count{decider=\"placement\"}",
+        "rouse_containerd_call_duration_seconds_count{method=\"Tasks.Start\"}",
+    ] {
+        assert!(page.contains(name), "{name} missing from\n{page}");
+    }
+    let bytes: f64 = page
+        .lines()
+        .find(|l| l.starts_with("rouse_response_body_bytes_total{") && l.contains("\"web\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // Every answer is "hello from rouse\n".
+    assert!(bytes >= 17.0 * done.len() as f64, "{bytes} bytes out");
+    cluster.assert_no_panics();
+}
