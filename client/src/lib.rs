@@ -20,6 +20,7 @@ use std::time::Duration;
 use pb::api_key_service_client::ApiKeyServiceClient;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::container_service_client::ContainerServiceClient;
+use pb::event_service_client::EventServiceClient;
 use pb::image_service_client::ImageServiceClient;
 use pb::namespace_service_client::NamespaceServiceClient;
 use pb::node_service_client::NodeServiceClient;
@@ -81,6 +82,7 @@ pub struct Client {
     api_keys: ApiKeyServiceClient<Svc>,
     triggers: TriggerServiceClient<Svc>,
     usage: UsageServiceClient<Svc>,
+    events: EventServiceClient<Svc>,
 }
 
 /// Normalises `host:port` to `http://host:port`.
@@ -195,6 +197,7 @@ impl Client {
             tokens: TokenServiceClient::with_interceptor(channel.clone(), auth.clone()),
             triggers: TriggerServiceClient::with_interceptor(channel.clone(), auth.clone()),
             usage: UsageServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            events: EventServiceClient::with_interceptor(channel.clone(), auth.clone()),
             api_keys: ApiKeyServiceClient::with_interceptor(channel.clone(), auth.clone()),
             images: ImageServiceClient::with_interceptor(channel, auth)
                 .max_encoding_message_size(4 * 1024 * 1024),
@@ -583,6 +586,17 @@ impl Client {
     /// Metered usage rows (see `UsageRequest`).
     pub async fn usage(&mut self, req: pb::UsageRequest) -> Result<Vec<pb::UsageRow>, Error> {
         Ok(self.usage.get(req).await?.into_inner().rows)
+    }
+
+    // -------------------------------------------------------------- events
+
+    /// The cluster's events (see `EventsRequest`): the kept ones, then with
+    /// `follow` each new one.
+    pub async fn events(
+        &mut self,
+        req: pb::EventsRequest,
+    ) -> Result<tonic::Streaming<pb::Event>, Error> {
+        Ok(self.events.watch(req).await?.into_inner())
     }
 
     // ------------------------------------------------------------ triggers

@@ -7,6 +7,8 @@
 #   /cgi-bin/record  notes X-Rouse-Trigger and X-Rouse-Event-Id in its log
 #   /cgi-bin/maybe   the same, but 500 for a body holding "fail"
 #   /cgi-bin/spin?SECONDS  burns CPU for that long
+#   /cgi-bin/oom     with ROUSE_TEST_OOM=MB set: the instance's first process
+#                    allocates that much memory (past its limit: OOM-killed)
 # and pushes it to a registry, or writes an OCI-layout tarball.
 #
 #   build-hello.sh push REGISTRY REPO:TAG     (plain-HTTP registry on loopback)
@@ -24,7 +26,7 @@ root="$work/bundle/rootfs"
 mkdir -p "$root/bin" "$root/www/cgi-bin" "$root/tmp" "$root/etc"
 cp "$BUSYBOX" "$root/bin/busybox"
 # Tools the isolation tests run inside instances.
-for app in sh httpd env sleep cat echo ls wget nc unshare mount dd grep head id arping touch timeout; do ln -sf busybox "$root/bin/$app"; done
+for app in sh httpd env sleep cat echo ls wget nc unshare mount dd grep head id arping touch timeout tr kill; do ln -sf busybox "$root/bin/$app"; done
 echo "hello from rouse" > "$root/www/index.html"
 cat > "$root/www/cgi-bin/env" <<'CGI'
 #!/bin/sh
@@ -79,7 +81,15 @@ echo "Content-Type: text/plain"
 echo
 echo "spun $n"
 CGI
-chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record" "$root/www/cgi-bin/maybe" "$root/www/cgi-bin/spin"
+# /cgi-bin/oom: asks the first process to allocate (see the entrypoint).
+cat > "$root/www/cgi-bin/oom" <<'CGI'
+#!/bin/sh
+kill -USR1 1
+echo "Content-Type: text/plain"
+echo
+echo "allocating ${ROUSE_TEST_OOM:-0} MB in process 1"
+CGI
+chmod 755 "$root/www/cgi-bin/env" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/record" "$root/www/cgi-bin/maybe" "$root/www/cgi-bin/spin" "$root/www/cgi-bin/oom"
 echo "root:x:0:0:root:/:/bin/sh" > "$root/etc/passwd"
 echo "nobody:x:65534:65534:nobody:/:/bin/sh" >> "$root/etc/passwd"
 # APP_BINARY=/path: ship that (dynamically linked) program and its
@@ -98,7 +108,16 @@ if [ -n "${APP_BINARY:-}" ]; then
 else
 umoci config --image "$work/oci:img" \
   --config.entrypoint /bin/sh --config.entrypoint -c \
-  --config.cmd 'echo "rouse hello listening on ${PORT:-8080}"; exec httpd -f -v -p "${PORT:-8080}" -h /www' \
+  --config.cmd "$(cat <<'ENTRY'
+echo "rouse hello listening on ${PORT:-8080}"
+if [ -z "${ROUSE_TEST_OOM:-}" ]; then exec httpd -f -v -p "${PORT:-8080}" -h /www; fi
+# Test mode: stay process 1 and, on SIGUSR1, hold ROUSE_TEST_OOM MB in it.
+trap 'hog=$(dd if=/dev/zero bs=1048576 count="$ROUSE_TEST_OOM" 2>/dev/null | tr "\0" a)' USR1
+trap 'kill "$pid"; exit 0' TERM
+httpd -f -v -p "${PORT:-8080}" -h /www & pid=$!
+while kill -0 "$pid" 2>/dev/null; do wait; done
+ENTRY
+)" \
   --config.workingdir /www --config.env GREETING_FROM_IMAGE=image \
   --config.exposedports 8080/tcp --architecture amd64 --os linux >/dev/null
 fi

@@ -31,6 +31,7 @@ pub(crate) async fn grpc_router(
     use pb::api_key_service_server::ApiKeyServiceServer;
     use pb::cluster_service_server::ClusterServiceServer;
     use pb::container_service_server::ContainerServiceServer;
+    use pb::event_service_server::EventServiceServer;
     use pb::image_service_server::ImageServiceServer;
     use pb::namespace_service_server::NamespaceServiceServer;
     use pb::node_service_server::NodeServiceServer;
@@ -124,5 +125,6 @@ pub(crate) async fn grpc_router(
             TriggerServiceServer::new(api.clone()).max_decoding_message_size(API_MAX_MESSAGE),
         )
         .add_service(UsageServiceServer::new(api.clone()))
+        .add_service(EventServiceServer::new(api.clone()))
         .add_service(TokenServiceServer::new(api).max_decoding_message_size(API_MAX_MESSAGE)))
 }

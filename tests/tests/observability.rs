@@ -205,3 +205,111 @@ async fn prometheus_sees_the_request_rate_the_test_sent() {
     assert!(bytes >= 17.0 * done.len() as f64, "{bytes} bytes out");
     cluster.assert_no_panics();
 }
+
+/// `rouse events -f` from another node than the instance's: an instance
+/// OOM-killed shows with reason `oom` within 2 s of the kill, after the
+/// events of its deploy; and again on its next crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_shows_an_oom_kill_within_two_seconds() {
+    use std::io::BufRead;
+    let image = push_test_image("rouse-test/obs", "1");
+    let cluster = TestCluster::start_with_runtime(2, &[]).await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("ev", HashMap::new()).await.unwrap();
+    let mut req = deploy("ev", "hog", &image, 1);
+    req.memory_mb = Some(64);
+    req.max_scale = Some(1);
+    req.env = HashMap::from([("ROUSE_TEST_OOM".to_string(), "400".to_string())]);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "ev", "hog", 1).await.remove(0);
+    // Follow through the node that does not run it.
+    let other = if inst.node == 1 { 2 } else { 1 };
+    let mut follow = std::process::Command::new(cluster.bin("rouse"))
+        .env("ROUSE_TOKEN", cluster.admin_token())
+        .args(["--endpoint", &cluster.endpoint(other)])
+        .args(["events", "-f", "ev/hog", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, serde_json::Value)>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if tx.send((Instant::now(), v)).is_err() {
+                return;
+            }
+        }
+    });
+    // The kept events first: the deploy, placement and readiness.
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"instance.ready".to_string()) {
+        let (_, v) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("kept events");
+        kinds.push(v["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds[0], "container.created", "{kinds:?}");
+    assert!(kinds.contains(&"instance.placed".to_string()), "{kinds:?}");
+
+    for round in 1..=2 {
+        let (code, body) = get(
+            &cluster.http(other),
+            "hog.ev.rouse.localhost",
+            "/cgi-bin/oom",
+        );
+        assert_eq!(code, 200, "{body}");
+        let killed = Instant::now();
+        let crashed = loop {
+            let (at, v) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an instance.crashed event");
+            if v["kind"] == "instance.crashed" {
+                break (at, v);
+            }
+        };
+        let (at, v) = crashed;
+        println!(
+            "round {round}: {v} after {:?} from the request that set it off",
+            at - killed
+        );
+        assert_eq!(v["reason"], "oom", "{v}");
+        assert_eq!(v["exit_code"], 137, "{v}");
+        assert_eq!(v["instance"], inst.id.as_str(), "{v}");
+        assert!(at - killed < Duration::from_secs(2), "{:?}", at - killed);
+        // Restarted after its backoff: ready again before the next round.
+        loop {
+            let (_, v) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("ready again after the crash");
+            if v["kind"] == "instance.ready" {
+                break;
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // The text form, from the instance's node, names the reason too.
+    let (code, text, err) = cluster.cli(inst.node, &["events", "ev/hog"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("instance.crashed") && l.contains("reason=oom")),
+        "{text}"
+    );
+    cluster.assert_no_panics();
+}
+
+/// A GET through the mesh with curl: (status, body).
+fn get(mesh: &str, host: &str, path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "20", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{mesh}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

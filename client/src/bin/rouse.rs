@@ -93,6 +93,72 @@ enum Cmd {
         #[arg(long)]
         by: Option<String>,
     },
+    /// What happened (containers, instances, nodes, triggers, keys) in
+    /// every namespace you may see, in NS, or in NS/CONTAINER, oldest
+    /// first. `-o json`: one JSON object per line.
+    Events {
+        scope: Option<String>,
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// From: a duration ago (1h, 30m) or an RFC 3339 time (default:
+        /// every event the cluster keeps, the last 5,000).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+/// An event as `rouse events -o json` prints it (one per line).
+fn event_json(e: &rouse_client::pb::Event) -> serde_json::Value {
+    let text = |s: &str| {
+        if s.is_empty() {
+            serde_json::Value::Null
+        } else {
+            s.into()
+        }
+    };
+    serde_json::json!({
+        "seq": e.seq,
+        "time": rfc3339(e.at_ms),
+        "kind": e.kind,
+        "namespace": text(&e.namespace),
+        "container": text(&e.container),
+        "instance": text(&e.instance),
+        "node": if e.node == 0 { serde_json::Value::Null } else { e.node.into() },
+        "reason": text(&e.reason),
+        "message": text(&e.message),
+        "exit_code": e.exit_code,
+    })
+}
+
+/// An event on one line of text.
+fn event_line(e: &rouse_client::pb::Event) -> String {
+    let mut line = format!(
+        "{}  {:<20}",
+        rfc3339(e.at_ms).as_str().unwrap_or("-"),
+        e.kind
+    );
+    match (e.namespace.is_empty(), e.container.is_empty()) {
+        (false, false) => line += &format!("  {}/{}", e.namespace, e.container),
+        (false, true) => line += &format!("  {}", e.namespace),
+        _ => {}
+    }
+    if !e.instance.is_empty() {
+        line += &format!("  instance={}", e.instance);
+    }
+    if e.node != 0 {
+        line += &format!("  node={}", e.node);
+    }
+    if !e.reason.is_empty() {
+        line += &format!("  reason={}", e.reason);
+    }
+    if let Some(c) = e.exit_code {
+        line += &format!("  exit={c}");
+    }
+    if !e.message.is_empty() {
+        line += &format!("  {}", printable(&e.message).trim_end());
+    }
+    line
 }
 
 /// A point in time from a duration ago or an RFC 3339 time (Unix ms).
@@ -1152,6 +1218,35 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
     };
     match cli.cmd {
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
+        Cmd::Events {
+            scope,
+            follow,
+            since,
+        } => {
+            let (ns, ct) = match &scope {
+                Some(s) => scope_arg(s)?,
+                None => (String::new(), None),
+            };
+            let req = rouse_client::pb::EventsRequest {
+                namespace: ns,
+                container: ct.unwrap_or_default(),
+                since_ms: since
+                    .as_deref()
+                    .map(|v| time_arg("since", v))
+                    .transpose()?
+                    .unwrap_or(0),
+                follow,
+                after_seq: 0,
+            };
+            let mut stream = c.events(req).await?;
+            while let Some(e) = stream.message().await.map_err(rouse_client::Error::from)? {
+                match fmt {
+                    Format::Table => println!("{}", event_line(&e)),
+                    _ => println!("{}", event_json(&e)),
+                }
+            }
+            Ok(())
+        }
         Cmd::Usage {
             scope,
             since,

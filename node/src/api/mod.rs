@@ -10,7 +10,7 @@
 //! - [`service`]: [`Api`] and its settings; [`access`]: who may call what.
 //! - One file per service: [`cluster`] (and nodes), [`namespaces`],
 //!   [`containers`], [`secrets`], [`tokens`] (and API keys), [`logs`],
-//!   [`images`], [`triggers`], [`usage`].
+//!   [`images`], [`triggers`], [`usage`], [`events`].
 //! - [`convert`]: protobuf ↔ domain; [`input`]: request-field helpers.
 //! - [`error`]: [`ApiError`] and its gRPC status, for every service.
 
@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod containers;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod input;
 pub mod logs;
