@@ -67,6 +67,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod trace;
 pub mod triggers;
 pub mod trust;
 

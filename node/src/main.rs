@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rouse_node::config::{Args, NodeConfig};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Read (and cleared from the environment) before any thread starts.
@@ -17,13 +16,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,6 +24,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("rouse-node: starting the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // The trace exporter's client lives on the runtime.
+    let tracing = {
+        let _in = rt.enter();
+        rouse_node::trace::init(
+            &config.log,
+            config.log_format,
+            config.otlp_endpoint.as_deref(),
+            config.id,
+        )
+    };
+    let _tracing = match tracing {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rouse-node: otlp_endpoint: {e:#}");
+            return ExitCode::from(2);
         }
     };
     match rt.block_on(serve(config, inherited)) {

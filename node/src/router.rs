@@ -89,6 +89,16 @@ pub(crate) async fn grpc_router(
         members_only,
     );
     Ok(tonic::transport::Server::builder()
+        // A span per public API call (peer traffic, health and reflection
+        // have none).
+        .trace_fn(|req| {
+            let path = req.uri().path();
+            if path.starts_with("/rouse.v1.") {
+                tracing::info_span!("api", method = %path)
+            } else {
+                tracing::Span::none()
+            }
+        })
         // A client that answers no ping within `idle` (a silent one) is
         // dropped; live streams answer pings and stay.
         .http2_keepalive_interval(Some(idle))

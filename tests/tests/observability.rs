@@ -313,3 +313,217 @@ fn get(mesh: &str, host: &str, path: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
+
+mod otlp {
+    //! An OTLP/gRPC trace receiver for the test: keeps every span it gets
+    //! with its resource's `rouse.node`.
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    #[derive(Clone, Debug)]
+    pub struct Span {
+        pub node: i64,
+        pub name: String,
+        pub trace_id: String,
+        pub span_id: String,
+        pub parent: String,
+        pub attributes: Vec<(String, String)>,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Receiver {
+        pub spans: Arc<Mutex<Vec<Span>>>,
+    }
+
+    fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut kept = self.spans.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                let node = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| r.attributes.iter())
+                    .find(|kv| kv.key == "rouse.node")
+                    .and_then(|kv| text(&kv.value).parse().ok())
+                    .unwrap_or(0);
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        kept.push(Span {
+                            node,
+                            name: s.name.clone(),
+                            trace_id: hex(&s.trace_id),
+                            span_id: hex(&s.span_id),
+                            parent: hex(&s.parent_span_id),
+                            attributes: s
+                                .attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Serves on a free loopback port; returns its endpoint URL.
+    pub async fn start(r: Receiver) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(r))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        format!("http://{addr}")
+    }
+}
+
+/// One request entering at the node without the instance: the mesh span of
+/// both nodes is exported over OTLP under one trace id (the second a child
+/// of the first's context), the instance gets the request id and the trace
+/// context, and API calls, proposals and the instance's start with its
+/// phases have spans too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_two_nodes_is_one_trace_over_otlp() {
+    let receiver = otlp::Receiver::default();
+    let endpoint = otlp::start(receiver.clone()).await;
+    let image = push_test_image("rouse-test/obs", "1");
+    let cluster =
+        TestCluster::start_with_runtime(2, &["--otlp-endpoint", &endpoint, "--log-format", "json"])
+            .await;
+    let mut c = cluster.client(1).await;
+    c.create_namespace("tr", HashMap::new()).await.unwrap();
+    let mut req = deploy("tr", "web", &image, 1);
+    req.max_scale = Some(1);
+    c.deploy_container(req).await.unwrap();
+    let inst = ready(&c, "tr", "web", 1).await.remove(0);
+    let entry = if inst.node == 1 { 2 } else { 1 };
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "20",
+            "-D",
+            "-",
+            "-H",
+            "Host: web.tr.rouse.localhost",
+        ])
+        .arg(format!("http://{}/cgi-bin/env", cluster.http(entry)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let header = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let request_id = header("x-request-id");
+    let env = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in the instance's env: {text}"))
+    };
+    assert_eq!(env("HTTP_X_REQUEST_ID"), request_id);
+    // traceparent: 00-TRACE-SPAN-01, the span being the instance's node's.
+    let traceparent = env("HTTP_TRACEPARENT");
+    let trace_id = traceparent.split('-').nth(1).unwrap().to_string();
+
+    let t = Instant::now();
+    let (first, second) = loop {
+        let spans = receiver.spans.lock().unwrap().clone();
+        let of = |node: u64| {
+            spans
+                .iter()
+                .find(|s| {
+                    s.name == "mesh.request" && s.node == node as i64 && s.trace_id == trace_id
+                })
+                .cloned()
+        };
+        if let (Some(a), Some(b)) = (of(entry), of(inst.node)) {
+            break (a, b);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no mesh spans of trace {trace_id} on nodes {entry} and {}: {spans:#?}",
+            inst.node
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "trace {trace_id}: node {entry} span {} → node {} span {} (parent {})",
+        first.span_id, inst.node, second.span_id, second.parent
+    );
+    assert_eq!(
+        second.parent, first.span_id,
+        "the hop's span is a child of the entry's"
+    );
+    assert!(
+        first
+            .attributes
+            .iter()
+            .any(|(k, v)| k == "id" && *v == request_id),
+        "{first:?}"
+    );
+    assert!(traceparent.contains(&second.span_id), "{traceparent}");
+    let spans = receiver.spans.lock().unwrap().clone();
+    for name in [
+        "api",
+        "raft.proposal",
+        "instance.start",
+        "pull",
+        "create",
+        "start",
+    ] {
+        assert!(
+            spans.iter().any(|s| s.name == name),
+            "no {name} span in {spans:#?}"
+        );
+    }
+    let start = spans.iter().find(|s| s.name == "instance.start").unwrap();
+    for phase in ["pull", "create", "start"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == phase && s.parent == start.span_id),
+            "{phase} is not a child of instance.start"
+        );
+    }
+    // --log-format json: every line the node wrote is a JSON object.
+    let log = cluster.log_text(1);
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "{log}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{l}");
+    }
+    cluster.assert_no_panics();
+}

@@ -109,7 +109,11 @@ impl Cluster {
     /// Commits `cmd` through Raft, forwarding to the leader when needed,
     /// and returns once this node has applied it (so a read here sees it).
     /// A rejection by the state machine comes back as `Rejected`.
-    #[tracing::instrument(level = "debug", skip_all, fields(node = self.id))]
+    #[tracing::instrument(
+        name = "raft.proposal",
+        skip_all,
+        fields(node = self.id, op = <&'static str>::from(&cmd))
+    )]
     pub async fn write(&self, cmd: Command) -> Result<Response, ClusterError> {
         let proposed = Instant::now();
         let out = self.write_inner(cmd).await?;

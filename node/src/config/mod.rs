@@ -79,6 +79,9 @@ pub struct NodeConfig {
     /// How often API key use is written to the state.
     pub key_use_report: std::time::Duration,
     pub log: String,
+    pub log_format: crate::trace::LogFormat,
+    /// OTLP/gRPC collector for traces; `None`: off.
+    pub otlp_endpoint: Option<String>,
     /// Where other nodes' hops arrive (mutual TLS).
     pub hop: SocketAddr,
     /// Where the Prometheus metrics are served.
@@ -207,6 +210,14 @@ impl NodeConfig {
                     format!("{base_domain:?}: each part {}", e.rule),
                 )
             })?;
+        }
+        let log_format = match &args.log_format {
+            Some(v) => crate::trace::LogFormat::parse(v).map_err(|e| invalid("log_format", e))?,
+            None => Default::default(),
+        };
+        let otlp_endpoint = args.otlp_endpoint.clone();
+        if let Some(v) = &otlp_endpoint {
+            crate::trace::check_endpoint(v).map_err(|e| invalid("otlp_endpoint", e))?;
         }
         let scale_cap = args.scale_cap.unwrap_or(DEFAULT_SCALE_CAP);
         if !(1..=1000).contains(&scale_cap) {
@@ -461,6 +472,8 @@ impl NodeConfig {
             heartbeat_ms,
             key_use_report,
             log: args.log.unwrap_or_else(|| "info,openraft=warn".into()),
+            log_format,
+            otlp_endpoint,
         })
     }
 }
@@ -617,6 +630,8 @@ mod tests {
             (vec!["--advertise-http", "nohost"], "advertise_http"),
             (vec!["--metrics", "127.0.0.1:8080"], "metrics"),
             (vec!["--metrics", "localhost"], "metrics"),
+            (vec!["--log-format", "yaml"], "log_format"),
+            (vec!["--otlp-endpoint", "127.0.0.1:4317"], "otlp_endpoint"),
         ] {
             let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
             assert!(e.starts_with(field), "{e}");

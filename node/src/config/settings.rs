@@ -117,6 +117,15 @@ pub struct Args {
     #[arg(long, env = "ROUSE_LOG")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Log lines as `text` (default) or `json` (one object per line).
+    #[arg(long, env = "ROUSE_LOG_FORMAT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// Export traces over OTLP/gRPC to this collector
+    /// (http://HOST:4317; default: off).
+    #[arg(long, env = "ROUSE_OTLP_ENDPOINT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// How instances are networked: `isolated` (a network namespace each
     /// on a node-local bridge; the default) or `host` (the node's network,
     /// for development only).

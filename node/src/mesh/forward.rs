@@ -160,6 +160,8 @@ impl Upstreams {
         let original_host = original_host(&req);
         *req.uri_mut() = uri;
         let upgrade = rewrite_headers(req.headers_mut(), remote, via, original_host);
+        // The next node's span, or the instance's own, continues this trace.
+        crate::trace::carry(&tracing::Span::current(), req.headers_mut());
         let clients = if hop { &self.hops } else { &self.local };
         if upgrade {
             return Self::tunnel(clients, req, base, held).await;

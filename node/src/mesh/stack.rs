@@ -86,7 +86,14 @@ impl Mesh {
         }
         let id = request_id(req.headers_mut());
         let host = host_of(&req);
-        let span = tracing::info_span!("request", id = %id, host = %host, node = self.cluster.id);
+        let span = tracing::info_span!(
+            "mesh.request",
+            id = %id,
+            host = %host,
+            node = self.cluster.id,
+            status = tracing::field::Empty,
+        );
+        crate::trace::continue_from(&span, req.headers());
         let arrived = std::time::Instant::now();
         async {
             let (resp, metrics) = self.serve(req, &host, remote).await;
@@ -103,6 +110,7 @@ impl Mesh {
             if let Some(m) = metrics {
                 m.answered(resp.status(), arrived.elapsed());
             }
+            tracing::Span::current().record("status", resp.status().as_u16());
             resp
         }
         .instrument(span)

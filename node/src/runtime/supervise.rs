@@ -327,6 +327,7 @@ impl Agent {
             .unwrap_or(resolved))
     }
 
+    #[tracing::instrument(name = "instance.start", skip_all, fields(instance = %inst.id))]
     async fn start_instance(
         &self,
         inst: &Instance,
@@ -339,12 +340,17 @@ impl Agent {
             ..Default::default()
         };
         let t = Instant::now();
-        let reference = self.pinned_image(c).await?;
-        let image = self.images.ensure(&reference).await?;
-        let parent = match self.config.userns {
-            Some(m) => self.images.remapped(&image, m.base).await?,
-            None => image.chain_id.clone(),
-        };
+        let (image, parent) = async {
+            let reference = self.pinned_image(c).await?;
+            let image = self.images.ensure(&reference).await?;
+            let parent = match self.config.userns {
+                Some(m) => self.images.remapped(&image, m.base).await?,
+                None => image.chain_id.clone(),
+            };
+            Ok::<_, RuntimeError>((image, parent))
+        }
+        .instrument(tracing::info_span!("pull", image = %c.spec.image))
+        .await?;
         cs.pull_ms = ms(t.elapsed());
         let t = Instant::now();
         self.image_use
@@ -382,20 +388,29 @@ impl Agent {
         if let Some(m) = self.config.userns {
             labels.insert(labels::USERNS.to_string(), m.base.to_string());
         }
-        self.tasks
-            .create(&inst.id, &image, &parent, &oci, labels)
-            .await?;
-        self.tasks.delete_task(&inst.id).await?;
+        async {
+            self.tasks
+                .create(&inst.id, &image, &parent, &oci, labels)
+                .await?;
+            self.tasks.delete_task(&inst.id).await
+        }
+        .instrument(tracing::info_span!("create"))
+        .await?;
         cs.create_ms = ms(t.elapsed());
         let t = Instant::now();
-        let pid = self.tasks.create_task(&inst.id).await?;
-        let mut ip = None;
-        if let InstanceNetwork::Isolated(net) = &self.config.network {
-            let tn = Instant::now();
-            ip = Some(net.attach(&inst.id, pid).await?.ip);
-            cs.network_ms = ms(tn.elapsed());
+        let ip = async {
+            let pid = self.tasks.create_task(&inst.id).await?;
+            let mut ip = None;
+            if let InstanceNetwork::Isolated(net) = &self.config.network {
+                let tn = Instant::now();
+                ip = Some(net.attach(&inst.id, pid).await?.ip);
+                cs.network_ms = ms(tn.elapsed());
+            }
+            self.tasks.start_task(&inst.id).await?;
+            Ok::<_, RuntimeError>(ip)
         }
-        self.tasks.start_task(&inst.id).await?;
+        .instrument(tracing::info_span!("start"))
+        .await?;
         cs.start_ms = ms(t.elapsed());
         Ok((cs, ip))
     }

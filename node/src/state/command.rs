@@ -59,8 +59,9 @@ impl Proposal {
 
 /// The replicated commands. Append-only: never reorder, rename or change
 /// the meaning of a variant; add new ones at the end.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Precondition: no namespace named `name`.
     CreateNamespace {
