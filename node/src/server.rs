@@ -288,6 +288,7 @@ pub async fn run(
             cluster.clone(),
             local.clone(),
             config.id,
+            config.data_dir.join("usage.json"),
         )),
         // Instances keep running under containerd; a restarted node adopts them.
         tokio::spawn(run_agent(

@@ -189,3 +189,111 @@ async fn allocation_use_and_idle_are_metered() {
     assert!(err.contains("by"), "{err}");
     cluster.assert_no_panics();
 }
+
+/// Instances' lifetimes as the test sees their tasks run in containerd:
+/// id → (first seen running, last seen running).
+type Lifetimes = HashMap<String, (Instant, Instant)>;
+
+/// Polls the cluster's tasks every 250 ms for `d`.
+async fn watch(cluster: &TestCluster, d: Duration, seen: &mut Lifetimes) {
+    let until = Instant::now() + d;
+    loop {
+        let now = Instant::now();
+        for (id, _, status) in cluster.tasks() {
+            if status == "RUNNING" {
+                seen.entry(id).or_insert((now, now)).1 = now;
+            }
+        }
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SIGKILL the node running the instance and the leader (another node
+/// when they are one) mid-period, bring them back: the ledger holds the
+/// instance's whole observed lifetime, neither losing the killed node's
+/// unsent usage and downtime nor counting a re-sent batch twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_survives_killing_the_instances_node_and_the_leader() {
+    let image = push_test_image("rouse-test/usage", "1");
+    let mut cluster = TestCluster::start_with_runtime(3, &[]).await;
+    let c = cluster.client(1).await;
+    {
+        let mut c = c.clone();
+        c.create_namespace("u", HashMap::new()).await.unwrap();
+        c.deploy_container(pb::DeployContainerRequest {
+            namespace: "u".into(),
+            name: "keep".into(),
+            image: Some(image.clone()),
+            min_scale: Some(1),
+            max_scale: Some(1),
+            memory_mb: Some(256),
+            cpu_mvcpu: Some(500),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let inst = rouse_e2e::ready(&c, "u", "keep", 1).await.remove(0);
+    let mut seen = Lifetimes::new();
+    watch(&cluster, Duration::from_secs(14), &mut seen).await;
+    let leader = cluster.leader().await;
+    let mut victims = vec![inst.node];
+    victims.push(if leader != inst.node {
+        leader
+    } else {
+        cluster
+            .node_ids()
+            .into_iter()
+            .find(|n| *n != inst.node)
+            .unwrap()
+    });
+    let survivor = cluster
+        .node_ids()
+        .into_iter()
+        .find(|n| !victims.contains(n))
+        .unwrap();
+    println!(
+        "instance {} on node {}; leader {leader}; killing {victims:?}",
+        inst.id, inst.node
+    );
+    for v in &victims {
+        cluster.kill(*v);
+    }
+    watch(&cluster, Duration::from_secs(6), &mut seen).await;
+    for v in &victims {
+        cluster.restart(*v);
+    }
+    cluster.wait_voters(3).await;
+    watch(&cluster, Duration::from_secs(14), &mut seen).await;
+    let mut c = cluster.client(survivor).await;
+    c.delete_container("u", "keep").await.unwrap();
+    // Billed until its deletion (its stopping time is not).
+    let deleted = Instant::now();
+    let observed: f64 = seen
+        .iter()
+        .filter(|(id, _)| id.starts_with("u-keep-"))
+        .map(|(_, (a, b))| ((*b).min(deleted) - *a).as_secs_f64())
+        .sum();
+    let u = settled(&c, "keep").await;
+    println!(
+        "observed running {observed:.1} s ({seen:?}); ledger: instance {:.1} s, {:.3} GB-s and {:.3} vCPU-s allocated",
+        u.instance_s, u.memory_gb_s_allocated, u.vcpu_s_allocated
+    );
+    // Observed from readiness (the first poll after it) to the deletion;
+    // the ledger samples every 500 ms (the last poll before the deletion
+    // may be 250 ms early). A lost batch or the downtime would be 6 s or
+    // more short, a doubled batch 10 s or so over.
+    assert!(
+        u.instance_s > observed - 1.5 && u.instance_s < observed + 1.0,
+        "ledger {} s vs observed {observed} s",
+        u.instance_s
+    );
+    assert!(
+        within(u.memory_gb_s_allocated, 0.25 * u.instance_s, 1.0),
+        "{u:?}"
+    );
+    cluster.assert_no_panics();
+}
