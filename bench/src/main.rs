@@ -72,6 +72,21 @@ enum Cmd {
         #[arg(long)]
         host_network: bool,
     },
+    /// The cost of metering itself: two single-node clusters, one with
+    /// `--metering off`, each serving one warm keep-alive instance; their
+    /// idle CPU side by side, then wrk through each mesh in alternating
+    /// rounds. Needs the test environment.
+    Metering {
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        /// wrk runs per node, alternating.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of idle CPU measured.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+    },
     /// Cross-node hops over peer mTLS and over plain peers, against the
     /// same-node mesh and a direct connection.
     Hop {
@@ -633,6 +648,117 @@ fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
     Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
 }
 
+/// CPU time (s) the process `pid` has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+async fn metering(seconds: u64, rounds: usize, idle_seconds: u64) -> anyhow::Result<()> {
+    let (sock, reg, run) = test_env()?;
+    let backend = rouse_testkit::env::binary("keepalive-hello");
+    let image = rouse_testkit::env::push_image(&format!("bench-{run}/meter"), "1", Some(&backend));
+    let mut nodes = Vec::new();
+    for (label, flags) in [
+        ("metering on", vec!["--suspend-after", "0s"]),
+        (
+            "metering off",
+            vec!["--suspend-after", "0s", "--metering", "off"],
+        ),
+    ] {
+        let (rouse, mut c, http) = single_node(
+            &sock,
+            &reg,
+            &format!("bench-meter-{}-{run}", nodes.len()),
+            &flags,
+        )
+        .await?;
+        c.deploy_container(rouse_client::pb::DeployContainerRequest {
+            namespace: "bench".into(),
+            name: "web".into(),
+            image: Some(image.clone()),
+            min_scale: Some(1),
+            max_scale: Some(1),
+            max_concurrency: Some(1000),
+            cpu_mvcpu: Some(1000),
+            memory_mb: Some(128),
+            ..Default::default()
+        })
+        .await?;
+        loop {
+            let ct = c.get_container("bench", "web", true).await?;
+            if ct.instances.iter().any(|i| i.state == "ready") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let pid = rouse.kit.nodes[&1]
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("no pid for {label}"))?;
+        nodes.push((label, rouse, c, http, pid));
+    }
+    // Idle: both nodes side by side, each with its warm instance.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before: Vec<f64> = nodes
+        .iter()
+        .map(|n| cpu_seconds(n.4))
+        .collect::<anyhow::Result<_>>()?;
+    tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+    let idle: Vec<f64> = nodes
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| Ok((cpu_seconds(n.4)? - b) / idle_seconds as f64 * 100.0))
+        .collect::<anyhow::Result<_>>()?;
+    // Throughput: alternating rounds, so drift hits both alike.
+    let mut runs: Vec<Vec<Wrk>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, n) in nodes.iter().enumerate() {
+            runs[i].push(wrk(
+                &format!("http://{}/", n.3),
+                Some("web.bench.rouse.localhost"),
+                seconds,
+            )?);
+        }
+    }
+    println!(
+        "metering's own cost: two single-node clusters, one warm keep-alive instance each; \
+         idle {idle_seconds} s side by side; wrk -t2 -c32 -d{seconds}s, {rounds} alternating rounds, medians"
+    );
+    println!(
+        "  {:<14} {:>16} {:>10} {:>9} {:>9}",
+        "node", "idle CPU % core", "req/s", "p50 ms", "p99 ms"
+    );
+    let mut rps = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = median(runs[i].iter().map(|w| w.rps).collect());
+        let p50 = median(runs[i].iter().map(|w| w.p50_ms).collect());
+        let p99 = median(runs[i].iter().map(|w| w.p99_ms).collect());
+        println!(
+            "  {:<14} {:>16.2} {:>10.0} {:>9.2} {:>9.2}",
+            n.0, idle[i], r, p50, p99
+        );
+        rps.push(r);
+    }
+    println!(
+        "  throughput on/off: {:.3} ({:+.1}%; goal: within 2%)",
+        rps[0] / rps[1],
+        (rps[0] / rps[1] - 1.0) * 100.0
+    );
+    println!(
+        "  idle CPU added by metering: {:+.2}% of a core (goal: under 1%)",
+        idle[0] - idle[1]
+    );
+    Ok(())
+}
+
 async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result<()> {
     let net: &[&str] = if host_network {
         &[
@@ -1186,6 +1312,11 @@ async fn main() -> anyhow::Result<()> {
             host_network,
         } => mesh(rounds, seconds, host_network).await,
         Cmd::Hop { seconds } => hop(seconds).await,
+        Cmd::Metering {
+            seconds,
+            rounds,
+            idle_seconds,
+        } => metering(seconds, rounds, idle_seconds).await,
         Cmd::Triggers {
             cron_seconds,
             messages,

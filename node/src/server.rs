@@ -284,23 +284,25 @@ pub async fn run(
             loads.clone(),
             local.clone(),
         )),
-        tokio::spawn(crate::runtime::meter::run(
-            cluster.clone(),
-            local.clone(),
-            config.id,
-            config.data_dir.join("usage.json"),
-        )),
         // Instances keep running under containerd; a restarted node adopts them.
         tokio::spawn(run_agent(
             cluster.clone(),
             keys.clone(),
-            local,
+            local.clone(),
             images,
             resumes,
             networks,
             config.clone(),
         )),
     ];
+    if config.metering {
+        tasks.push(tokio::spawn(crate::runtime::meter::run(
+            cluster.clone(),
+            local,
+            config.id,
+            config.data_dir.join("usage.json"),
+        )));
+    }
     tasks.extend(crate::leader::spawn(
         &cluster,
         crate::leader::Settings {

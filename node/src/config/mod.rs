@@ -80,6 +80,8 @@ pub struct NodeConfig {
     pub key_use_report: std::time::Duration,
     pub log: String,
     pub log_format: crate::trace::LogFormat,
+    /// Whether this node meters its instances' usage.
+    pub metering: bool,
     /// OTLP/gRPC collector for traces; `None`: off.
     pub otlp_endpoint: Option<String>,
     /// Where other nodes' hops arrive (mutual TLS).
@@ -214,6 +216,11 @@ impl NodeConfig {
         let log_format = match &args.log_format {
             Some(v) => crate::trace::LogFormat::parse(v).map_err(|e| invalid("log_format", e))?,
             None => Default::default(),
+        };
+        let metering = match args.metering.as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(invalid("metering", format!("{other:?} is not on or off"))),
         };
         let otlp_endpoint = args.otlp_endpoint.clone();
         if let Some(v) = &otlp_endpoint {
@@ -473,6 +480,7 @@ impl NodeConfig {
             key_use_report,
             log: args.log.unwrap_or_else(|| "info,openraft=warn".into()),
             log_format,
+            metering,
             otlp_endpoint,
         })
     }
@@ -631,6 +639,7 @@ mod tests {
             (vec!["--metrics", "127.0.0.1:8080"], "metrics"),
             (vec!["--metrics", "localhost"], "metrics"),
             (vec!["--log-format", "yaml"], "log_format"),
+            (vec!["--metering", "no"], "metering"),
             (vec!["--otlp-endpoint", "127.0.0.1:4317"], "otlp_endpoint"),
         ] {
             let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();

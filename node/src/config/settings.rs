@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, env = "ROUSE_LOG")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// Meter instances' usage (`on`, the default) or not (`off`: no
+    /// usage ledger entries from this node).
+    #[arg(long, env = "ROUSE_METERING")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metering: Option<String>,
     /// Log lines as `text` (default) or `json` (one object per line).
     #[arg(long, env = "ROUSE_LOG_FORMAT")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
