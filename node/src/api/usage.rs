@@ -9,14 +9,21 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::service::Api;
-use crate::state::{ContainerKey, Usage, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS};
+use crate::state::{
+    ContainerKey, Usage, USAGE_DAY_MS, USAGE_HOURS_KEPT_MS, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS,
+    USAGE_MINUTE_MS,
+};
 
-const DAY_MS: u64 = 24 * USAGE_HOUR_MS;
+const DAY_MS: u64 = USAGE_DAY_MS;
 
-/// A ledger bucket's width: a minute, or an hour once folded (older than a
-/// day at `now_ms`).
+/// A ledger bucket's width: a minute, an hour once folded (older than a
+/// day at `now_ms`), a day once folded again (older than 30 days).
 fn width(start: u64, now_ms: u64) -> u64 {
-    if start < now_ms.saturating_sub(USAGE_MINUTES_KEPT_MS) && start % USAGE_HOUR_MS == 0 {
+    if start < now_ms.saturating_sub(USAGE_HOURS_KEPT_MS) && start.is_multiple_of(USAGE_DAY_MS) {
+        USAGE_DAY_MS
+    } else if start < now_ms.saturating_sub(USAGE_MINUTES_KEPT_MS)
+        && start.is_multiple_of(USAGE_HOUR_MS)
+    {
         USAGE_HOUR_MS
     } else {
         USAGE_MINUTE_MS
@@ -70,7 +77,7 @@ pub fn rows(
         for (start, u) in buckets.range(since..until) {
             let w = width(*start, now_ms);
             let (gs, ge) = match step {
-                // A folded hour stays an hour when minutes are asked for.
+                // A folded hour (or day) stays one when minutes are asked for.
                 Some(s) => {
                     let s = s.max(w);
                     let g = start - start % s;

@@ -957,6 +957,19 @@ mod usage {
         assert!(!ledger.contains_key(&60_000));
         assert_eq!(ledger[&0].instance_ms, 1500);
         assert_eq!(ledger.values().map(|u| u.instance_ms).sum::<u64>(), 1510);
+        // 30 days on, hours fold into their day: the hour at `later`
+        // (day 1, 10:00) joins day 1; day 0's hour 0 stays (it is its day).
+        let much_later = USAGE_HOURS_KEPT_MS + 3 * USAGE_DAY_MS;
+        assert!(s
+            .apply(&Proposal::new(much_later, batch(4, much_later, 1)))
+            .rejection
+            .is_none());
+        let ledger = &s.usage[&key];
+        let day1 = USAGE_DAY_MS;
+        assert!(!ledger.contains_key(&(later - later % USAGE_HOUR_MS)));
+        assert_eq!(ledger[&day1].instance_ms, 10);
+        assert_eq!(ledger[&0].instance_ms, 1500);
+        assert_eq!(ledger.values().map(|u| u.instance_ms).sum::<u64>(), 1511);
     }
 }
 

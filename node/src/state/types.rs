@@ -582,6 +582,9 @@ pub struct UsageEntry {
 pub const USAGE_MINUTE_MS: u64 = 60_000;
 pub const USAGE_HOUR_MS: u64 = 3_600_000;
 pub const USAGE_MINUTES_KEPT_MS: u64 = 24 * USAGE_HOUR_MS;
+pub const USAGE_DAY_MS: u64 = 24 * USAGE_HOUR_MS;
+/// Hours older than this fold into their day (UTC).
+pub const USAGE_HOURS_KEPT_MS: u64 = 30 * USAGE_DAY_MS;
 
 /// The reason the mesh gives when it scales a container up from zero for a
 /// request: the autoscaler counts it as a request its load reports may not

@@ -1,10 +1,12 @@
-//! The usage ledger: nodes' metered batches, applied once each, folded
-//! into hours after a day.
+//! The usage ledger: nodes' metered batches, applied once each; minutes
+//! fold into hours after a day, hours into days after 30 days (entries of
+//! command version 4 on).
 
 use super::super::data::{Key, StateData};
 use super::super::key::ContainerKey;
 use super::super::types::{
-    NodeId, UsageEntry, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS, USAGE_MINUTE_MS,
+    NodeId, UsageEntry, USAGE_DAY_MS, USAGE_HOURS_KEPT_MS, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS,
+    USAGE_MINUTE_MS,
 };
 use super::tx::{Applied, Tx};
 
@@ -42,6 +44,19 @@ impl StateData {
             for p in stale {
                 if let Some(u) = ledger.remove(&p) {
                     ledger.entry(p - p % USAGE_HOUR_MS).or_default().add(&u);
+                }
+            }
+            if tx.v >= 4 {
+                let older = tx.at_ms.saturating_sub(USAGE_HOURS_KEPT_MS);
+                let hours: Vec<u64> = ledger
+                    .range(..older)
+                    .map(|(p, _)| *p)
+                    .filter(|p| p % USAGE_DAY_MS != 0)
+                    .collect();
+                for p in hours {
+                    if let Some(u) = ledger.remove(&p) {
+                        ledger.entry(p - p % USAGE_DAY_MS).or_default().add(&u);
+                    }
                 }
             }
             if !touched.contains(&key) {
