@@ -31,6 +31,8 @@ have tar || need+=(tar)
 have nats-server || need+=(nats-server)
 # Observability: the metrics test scrapes a node with a real Prometheus.
 have prometheus || need+=(prometheus)
+# rouse apply builds images from Dockerfiles (daemonless).
+have buildah || need+=(buildah)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

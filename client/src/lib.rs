@@ -13,6 +13,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
+pub mod manifest;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,6 +238,25 @@ impl Client {
         Ok(self
             .secrets
             .list(pb::ListSecretsRequest { scope })
+            .await?
+            .into_inner()
+            .secrets)
+    }
+
+    /// The fingerprints `values` would have in the scope (changing nothing).
+    pub async fn fingerprint_secrets(
+        &mut self,
+        namespace: &str,
+        container: Option<&str>,
+        values: HashMap<String, String>,
+    ) -> Result<Vec<pb::SecretInfo>, Error> {
+        let scope = Some(pb::SecretScope {
+            namespace: namespace.into(),
+            container: container.unwrap_or_default().into(),
+        });
+        Ok(self
+            .secrets
+            .fingerprint(pb::SetSecretsRequest { scope, values })
             .await?
             .into_inner()
             .secrets)

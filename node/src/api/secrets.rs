@@ -138,6 +138,30 @@ impl SecretService for Api {
         }))
     }
 
+    async fn fingerprint(
+        &self,
+        req: Request<pb::SetSecretsRequest>,
+    ) -> ApiResult<pb::SetSecretsResponse> {
+        self.require_ns(&req, scope_namespace(&req.get_ref().scope))?;
+        let r = req.into_inner();
+        scope_of(&r.scope)?;
+        let dk = self
+            .keys
+            .data_key(&self.cluster.sm.read().data)
+            .map_err(ApiError::from)?;
+        let mut secrets: Vec<pb::SecretInfo> = r
+            .values
+            .iter()
+            .map(|(k, v)| pb::SecretInfo {
+                key: k.clone(),
+                version: 0,
+                value_sha256: dk.fingerprint(v),
+            })
+            .collect();
+        secrets.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Response::new(pb::SetSecretsResponse { secrets }))
+    }
+
     async fn delete(
         &self,
         req: Request<pb::DeleteSecretRequest>,

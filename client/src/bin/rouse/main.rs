@@ -10,6 +10,9 @@ use comfy_table::{presets, Table};
 use rouse_client::{pb, Client};
 use serde::Serialize;
 
+mod apply;
+mod build;
+
 #[derive(Parser)]
 #[command(name = "rouse", version, about = "Operate a rouse cluster")]
 struct Cli {
@@ -52,6 +55,18 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Make the cluster hold what a rouse.yaml describes (building images
+    /// it names with `build:`), printing the changes.
+    Apply(apply::ApplyArgs),
+    /// Print what `apply` would change, and change nothing.
+    Diff(apply::DiffArgs),
+    /// Write a namespace as a rouse.yaml that `apply` round-trips.
+    Export {
+        /// The namespace.
+        namespace: String,
+    },
+    /// Print the JSON Schema of rouse.yaml.
+    Schema,
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -82,6 +97,7 @@ enum Cmd {
     /// Metered usage (GB-s, vCPU-s allocated and used, requests) of every
     /// namespace you may see, of NS, or of NS/CONTAINER.
     Usage {
+        /// NAMESPACE or NAMESPACE/CONTAINER (default: all you may see).
         scope: Option<String>,
         /// From: a duration ago (1h, 30m, 7d) or an RFC 3339 time.
         #[arg(long)]
@@ -97,6 +113,7 @@ enum Cmd {
     /// every namespace you may see, in NS, or in NS/CONTAINER, oldest
     /// first. `-o json`: one JSON object per line.
     Events {
+        /// NAMESPACE or NAMESPACE/CONTAINER (default: all you may see).
         scope: Option<String>,
         /// Keep printing new events as they happen.
         #[arg(short, long)]
@@ -180,6 +197,21 @@ fn time_arg(field: &str, v: &str) -> Result<u64, Fail> {
     }
 }
 
+/// A listing's NS or NS/CONTAINER (empty: all the caller may see).
+fn listing_scope(scope: Option<&str>) -> Result<(String, String), Fail> {
+    match scope {
+        Some(s) => scope_arg(s).map(|(ns, ct)| (ns, ct.unwrap_or_default())),
+        None => Ok((String::new(), String::new())),
+    }
+}
+
+/// A time flag's Unix ms, 0 when not given.
+fn time_or_zero(field: &str, v: Option<&str>) -> Result<u64, Fail> {
+    v.map(|v| time_arg(field, v))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 fn usage_json(r: &rouse_client::pb::UsageRow) -> serde_json::Value {
     serde_json::json!({
         "namespace": r.namespace,
@@ -204,8 +236,10 @@ enum TriggerCmd {
     Create {
         /// NAMESPACE/CONTAINER
         container: String,
+        /// The trigger's name (a DNS label), unique in its container.
         #[arg(long)]
         name: String,
+        /// A cron schedule: 5 fields, or 6 with leading seconds.
         #[arg(
             long,
             conflicts_with = "nats_subject",
@@ -218,12 +252,16 @@ enum TriggerCmd {
         /// A tick missed with no leader fires late within this window (default 60s).
         #[arg(long, requires = "cron")]
         catch_up: Option<String>,
+        /// A NATS JetStream subject whose messages are delivered.
         #[arg(long)]
         nats_subject: Option<String>,
+        /// The NATS server (nats://HOST:4222).
         #[arg(long, requires = "nats_subject")]
         nats_url: Option<String>,
+        /// The JetStream stream holding the subject (default: found by subject).
         #[arg(long, requires = "nats_subject")]
         nats_stream: Option<String>,
+        /// Subject a message goes to after its last failed retry.
         #[arg(long, requires = "nats_subject")]
         dead_letter: Option<String>,
         /// A secret of the container (or namespace) holding user:password or a token.
@@ -247,19 +285,27 @@ enum TriggerCmd {
     },
     /// Triggers of every namespace you may see, of NS, or of NS/CONTAINER.
     List {
+        /// NAMESPACE or NAMESPACE/CONTAINER (default: all you may see).
         scope: Option<String>,
     },
     /// A trigger, with its last firings: NS/CONTAINER/NAME.
     Get {
+        /// NAMESPACE/CONTAINER/NAME
         trigger: String,
     },
+    /// Delete a trigger.
     Delete {
+        /// NAMESPACE/CONTAINER/NAME
         trigger: String,
     },
+    /// Start firing again.
     Enable {
+        /// NAMESPACE/CONTAINER/NAME
         trigger: String,
     },
+    /// Stop firing (ticks and messages meanwhile are not delivered).
     Disable {
+        /// NAMESPACE/CONTAINER/NAME
         trigger: String,
     },
 }
@@ -386,13 +432,18 @@ enum ApiKeyCmd {
     /// Mint a key that may manage only --namespace, or (--admin) another
     /// admin key; printed once (last line).
     Create {
+        /// The namespace the key may manage.
         #[arg(long, required_unless_present = "admin", conflicts_with = "admin")]
         namespace: Option<String>,
+        /// An admin key (everything).
         #[arg(long)]
         admin: bool,
     },
+    /// Ids, scopes and last use (never the keys).
     List,
+    /// Revoke a key: it stops working on every node at once.
     Revoke {
+        /// The key's id (from `apikey list`).
         id: String,
     },
 }
@@ -401,6 +452,7 @@ enum ApiKeyCmd {
 enum TokenCmd {
     /// Issue a token; it is printed once (last line), never stored.
     Create {
+        /// The namespace whose private containers the token opens.
         #[arg(long)]
         namespace: String,
         /// Only this container of the namespace.
@@ -412,10 +464,13 @@ enum TokenCmd {
     },
     /// Ids, scope and expiry (never the token).
     List {
+        /// The namespace.
         #[arg(long)]
         namespace: String,
     },
+    /// Revoke a token: the mesh refuses it on every node.
     Revoke {
+        /// The token's id (from `token list`).
         id: String,
     },
     /// New signing key for new tokens; existing tokens stay valid.
@@ -426,16 +481,22 @@ enum TokenCmd {
 enum SecretCmd {
     /// Set secrets: NS or NS/NAME, then KEY=VALUE... (KEY=- reads VALUE from standard input)
     Set {
+        /// NAMESPACE or NAMESPACE/CONTAINER
         scope: String,
+        /// KEY=VALUE (KEY=- reads the value from standard input).
         #[arg(required = true, value_name = "K=V")]
         values: Vec<String>,
     },
     /// Names, versions and fingerprints (never values).
     List {
+        /// NAMESPACE or NAMESPACE/CONTAINER
         scope: String,
     },
+    /// Delete a secret (the containers it fed get a new revision).
     Delete {
+        /// NAMESPACE or NAMESPACE/CONTAINER
         scope: String,
+        /// The secret's name.
         key: String,
     },
 }
@@ -476,11 +537,20 @@ enum NodeCmd {
         read: ReadFlags,
     },
     /// No new instances on the node.
-    Cordon { id: u64 },
+    Cordon {
+        /// The node's id.
+        id: u64,
+    },
     /// Schedulable again (also ends a drain).
-    Uncordon { id: u64 },
+    Uncordon {
+        /// The node's id.
+        id: u64,
+    },
     /// Cordon and move the node's instances elsewhere, replacements first.
-    Drain { id: u64 },
+    Drain {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -549,6 +619,7 @@ fn node_rows(ns: &[NodeOut]) -> String {
 enum ImageCmd {
     /// Load an OCI-layout tarball on every node (no registry needed).
     Import {
+        /// The OCI-layout tarball (skopeo copy … oci-archive:FILE:NAME).
         file: std::path::PathBuf,
         /// Name for an image whose tarball carries none.
         #[arg(long)]
@@ -561,7 +632,10 @@ enum ClusterCmd {
     /// Leader, term and members.
     Status,
     /// Remove a node from the cluster.
-    Remove { id: u64 },
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
     /// Raft progress of the node at --endpoint.
     NodeInfo,
     /// Mint a one-time join token: `rouse-node --join HOST:PORT --join-token T`
@@ -589,6 +663,7 @@ struct ReadFlags {
 enum NamespaceCmd {
     /// Set what a namespace may hold (admin); a bound not given is lifted.
     Quota {
+        /// The namespace.
         name: String,
         /// Containers.
         #[arg(long)]
@@ -606,32 +681,45 @@ enum NamespaceCmd {
         #[arg(long)]
         memory_mb: Option<u64>,
     },
+    /// Create a namespace.
     Create {
+        /// The namespace's name (a DNS label).
         name: String,
+        /// Env var every container of the namespace gets (repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
+        /// Secret every container of the namespace gets (repeatable; prefer
+        /// `rouse secret set`: a flag shows in `ps`).
         #[arg(long = "secret", value_name = "K=V")]
         secret: Vec<String>,
     },
     /// Set env vars (merged into the current ones unless --replace-env).
     Update {
+        /// The namespace.
         name: String,
+        /// Env var (repeatable).
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
         /// Replace all env vars with the given ones.
         #[arg(long)]
         replace_env: bool,
+        /// Secret (repeatable; prefer `rouse secret set`).
         #[arg(long = "secret", value_name = "K=V")]
         secret: Vec<String>,
     },
+    /// A namespace: env, secret names, quota.
     Get {
+        /// The namespace.
         name: String,
         #[command(flatten)]
         read: ReadFlags,
     },
+    /// Delete an empty namespace (its secrets, keys and tokens go with it).
     Delete {
+        /// The namespace.
         name: String,
     },
+    /// Every namespace you may see.
     List {
         #[command(flatten)]
         read: ReadFlags,
@@ -642,16 +730,19 @@ enum NamespaceCmd {
 enum ContainerCmd {
     /// Create a container, or update the settings given.
     Deploy(Deploy),
+    /// A container: settings, instances, cold starts, scaling.
     Get {
         /// NAMESPACE/NAME
         target: String,
         #[command(flatten)]
         read: ReadFlags,
     },
+    /// Delete a container; its instances stop.
     Delete {
         /// NAMESPACE/NAME
         target: String,
     },
+    /// Containers of every namespace you may see, or of one.
     List {
         /// Only this namespace.
         namespace: Option<String>,
@@ -682,14 +773,21 @@ enum ContainerCmd {
 struct Deploy {
     /// NAMESPACE/NAME
     target: String,
+    /// Image reference (registry/repo:tag or @digest), or the name of an
+    /// imported image; required when creating.
     #[arg(long)]
     image: Option<String>,
+    /// Port the container listens on, given to it as PORT (default 8080).
     #[arg(long)]
     port: Option<u32>,
+    /// Instances kept running even with no requests (default 0: scale to zero).
     #[arg(long)]
     min_scale: Option<u32>,
+    /// Most instances the autoscaler starts.
     #[arg(long)]
     max_scale: Option<u32>,
+    /// Requests one instance serves at once; more queue or go to another
+    /// instance.
     #[arg(long)]
     max_concurrency: Option<u32>,
     /// Request timeout, e.g. 30s or 5m (10s-900s).
@@ -701,8 +799,11 @@ struct Deploy {
     /// Memory in MB.
     #[arg(long)]
     memory: Option<u32>,
+    /// public: anyone through the mesh; private: callers need a token
+    /// (`rouse token create`).
     #[arg(long, value_enum)]
     privacy: Option<PrivacyArg>,
+    /// What the container speaks: http1, or h2c (HTTP/2 without TLS, gRPC).
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
     /// Env var (repeatable); merged into the current ones unless --replace-env.
@@ -711,6 +812,8 @@ struct Deploy {
     /// Replace all env vars with the given ones.
     #[arg(long)]
     replace_env: bool,
+    /// Secret of the container (repeatable), write-only, given to it as an
+    /// env var; prefer `rouse secret set` or rouse.yaml (a flag shows in `ps`).
     #[arg(long = "secret", value_name = "K=V")]
     secret: Vec<String>,
     /// Idle time before scaling to zero, e.g. 5m.
@@ -1198,6 +1301,10 @@ fn namespace_rows(ns: &[NamespaceOut]) -> String {
 
 async fn run(mut cli: Cli) -> Result<(), Fail> {
     let fmt = cli.output;
+    // Needs no cluster.
+    if matches!(cli.cmd, Cmd::Schema) {
+        return apply::schema();
+    }
     if let Some(path) = &cli.token_file {
         let t = std::fs::read_to_string(path)
             .map_err(|e| Fail(format!("token_file: cannot read {}: {e}", path.display())))?;
@@ -1217,24 +1324,21 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
         None => Client::connect(&cli.endpoint, cli.token.as_deref()).await?,
     };
     match cli.cmd {
+        Cmd::Apply(a) => apply::run(&mut c, fmt, a).await,
+        Cmd::Diff(a) => apply::diff(&mut c, fmt, a).await,
+        Cmd::Export { namespace } => apply::export(&mut c, &namespace).await,
+        Cmd::Schema => apply::schema(),
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
         Cmd::Events {
             scope,
             follow,
             since,
         } => {
-            let (ns, ct) = match &scope {
-                Some(s) => scope_arg(s)?,
-                None => (String::new(), None),
-            };
+            let (namespace, container) = listing_scope(scope.as_deref())?;
             let req = rouse_client::pb::EventsRequest {
-                namespace: ns,
-                container: ct.unwrap_or_default(),
-                since_ms: since
-                    .as_deref()
-                    .map(|v| time_arg("since", v))
-                    .transpose()?
-                    .unwrap_or(0),
+                namespace,
+                container,
+                since_ms: time_or_zero("since", since.as_deref())?,
                 follow,
                 after_seq: 0,
             };
@@ -1253,23 +1357,12 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
             until,
             by,
         } => {
-            let (ns, ct) = match &scope {
-                Some(s) => scope_arg(s)?,
-                None => (String::new(), None),
-            };
+            let (namespace, container) = listing_scope(scope.as_deref())?;
             let req = rouse_client::pb::UsageRequest {
-                namespace: ns,
-                container: ct.unwrap_or_default(),
-                since_ms: since
-                    .as_deref()
-                    .map(|v| time_arg("since", v))
-                    .transpose()?
-                    .unwrap_or(0),
-                until_ms: until
-                    .as_deref()
-                    .map(|v| time_arg("until", v))
-                    .transpose()?
-                    .unwrap_or(0),
+                namespace,
+                container,
+                since_ms: time_or_zero("since", since.as_deref())?,
+                until_ms: time_or_zero("until", until.as_deref())?,
                 by: by.unwrap_or_default(),
             };
             let rows = c.usage(req).await?;
@@ -2006,4 +2099,36 @@ async fn set_trigger_enabled(
     let t = c.set_trigger_enabled(&ns, &ct, &name, enabled).await?;
     let v = trigger_json(&t, false);
     emit(fmt, &v, || trigger_rows(std::slice::from_ref(&v)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "rouse", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }
