@@ -67,6 +67,12 @@ enum Cmd {
     },
     /// Print the JSON Schema of rouse.yaml.
     Schema,
+    /// Print a shell completion script (e.g. `rouse completion bash >
+    /// /etc/bash_completion.d/rouse`).
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Cluster membership and health.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -1301,9 +1307,19 @@ fn namespace_rows(ns: &[NamespaceOut]) -> String {
 
 async fn run(mut cli: Cli) -> Result<(), Fail> {
     let fmt = cli.output;
-    // Needs no cluster.
-    if matches!(cli.cmd, Cmd::Schema) {
-        return apply::schema();
+    // Need no cluster.
+    match cli.cmd {
+        Cmd::Schema => return apply::schema(),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Written whole: a closed pipe (`| head`) is not an error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rouse", &mut script);
+            let _ = std::io::stdout().write_all(&script);
+            return Ok(());
+        }
+        _ => {}
     }
     if let Some(path) = &cli.token_file {
         let t = std::fs::read_to_string(path)
@@ -1328,6 +1344,7 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
         Cmd::Diff(a) => apply::diff(&mut c, fmt, a).await,
         Cmd::Export { namespace } => apply::export(&mut c, &namespace).await,
         Cmd::Schema => apply::schema(),
+        Cmd::Completion { .. } => Ok(()),
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
         Cmd::Events {
             scope,
