@@ -33,6 +33,9 @@ have nats-server || need+=(nats-server)
 have prometheus || need+=(prometheus)
 # rouse apply builds images from Dockerfiles (daemonless).
 have buildah || need+=(buildah)
+# The Python SDK: pip builds it, generating its gRPC stubs with grpc_tools.
+python3 -c 'import grpc, grpc_tools' 2>/dev/null || need+=(python3-grpcio python3-grpc-tools)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then
   echo "installing: ${need[*]}" >&2

@@ -15,6 +15,8 @@ export CARGO_TERM_COLOR=never
 # step uses it so that no step rebuilds the node binary without it.
 features=(--features rouse-node/sabotage)
 cargo build --bins "${features[@]}"
+# The SDK test runs the Rust SDK's example.
+cargo build -p rouse-client --examples
 rc=0
 cargo test "${features[@]}" --no-fail-fast -p rouse-proto -p rouse-node -p rouse-client -p rouse-chaos -p rouse-testkit -- --test-threads=2 "$@" || rc=$?
 # End-to-end tests print what they measure (failover time, ...).

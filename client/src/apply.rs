@@ -710,6 +710,88 @@ fn trigger_item(
     });
 }
 
+/// Waits until each container (`ns`, `name`, min-scale) has that many
+/// ready instances of its current generation; `progress` hears each
+/// instance's state as it changes (placed, pulling, starting, ready…). An
+/// instance that failed, or crashed twice, fails the wait with its reason.
+pub async fn wait_ready(
+    c: &mut Client,
+    containers: &[(String, String, u32)],
+    timeout: std::time::Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<(), WaitError> {
+    let t = std::time::Instant::now();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut done: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        for (ns, name, min) in containers {
+            let key = format!("{ns}/{name}");
+            if done.contains(&key) {
+                continue;
+            }
+            let ct = c.get_container(ns, name, false).await?;
+            let current: Vec<&pb::Instance> = ct
+                .instances
+                .iter()
+                .filter(|i| i.generation == ct.generation)
+                .collect();
+            for i in &current {
+                let state = if i.message.is_empty() || i.state == "ready" {
+                    i.state.clone()
+                } else {
+                    format!("{} ({})", i.state, i.message)
+                };
+                if seen.get(&i.id) != Some(&state) {
+                    progress(&format!(
+                        "{key}: instance {} on node {}: {state}",
+                        i.id, i.node
+                    ));
+                    seen.insert(i.id.clone(), state);
+                }
+            }
+            if let Some(bad) = current
+                .iter()
+                .find(|i| i.state == "failed" || (i.state == "crashed" && i.restarts >= 2))
+            {
+                return Err(WaitError::Failed(format!(
+                    "container {key}: instance {} {}: {}",
+                    bad.id, bad.state, bad.message
+                )));
+            }
+            let ready = current.iter().filter(|i| i.state == "ready").count() as u32;
+            if ready >= *min {
+                progress(&format!("{key}: ready ({ready} of min-scale {min})"));
+                done.insert(key);
+            }
+        }
+        if done.len() == containers.len() {
+            return Ok(());
+        }
+        if t.elapsed() > timeout {
+            let waiting: Vec<String> = containers
+                .iter()
+                .map(|(ns, n, _)| format!("{ns}/{n}"))
+                .filter(|k| !done.contains(k))
+                .collect();
+            return Err(WaitError::Failed(format!(
+                "timeout: {} not ready after {}",
+                waiting.join(", "),
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Why a wait ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error(transparent)]
+    Api(#[from] Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Carries `plan` out, in order; `progress` hears of each step.
 pub async fn execute(
     c: &mut Client,

@@ -16,5 +16,10 @@ pub mod peer {
     tonic::include_proto!("rouse.v1.peer");
 }
 
+/// The API's compatibility level (`NodeInfoResponse.api_level`): raised
+/// when a change breaks clients of the previous level; added fields and
+/// services do not raise it.
+pub const API_LEVEL: u32 = 1;
+
 /// Encoded `FileDescriptorSet` of every rouse proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rouse_descriptor");

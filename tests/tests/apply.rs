@@ -208,3 +208,56 @@ fn the_schema_in_the_repo_is_current() {
         "schema/rouse.schema.json is stale: rouse schema > schema/rouse.schema.json"
     );
 }
+
+/// `container deploy --wait` shows each instance's progress and returns
+/// once ready; with an image that cannot be pulled it fails with the
+/// instance's reason instead of waiting out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_wait_shows_progress_and_fails_with_the_reason() {
+    let image = push_test_image("rouse-test/wait", "1");
+    let cluster = TestCluster::start_with_runtime(1, &[]).await;
+    let (code, _, err) = cluster.cli(1, &["namespace", "create", "w"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cluster.cli(
+        1,
+        &[
+            "container",
+            "deploy",
+            "w/ok",
+            "--image",
+            &image,
+            "--min-scale",
+            "1",
+            "--wait",
+        ],
+    );
+    println!("{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("w/ok: instance ") && err.contains(": ready"),
+        "{err}"
+    );
+    assert!(out.contains("ready"), "{out}");
+    let t = Instant::now();
+    let missing = format!("{}-missing", image);
+    let (code, _, err) = cluster.cli(
+        1,
+        &[
+            "container",
+            "deploy",
+            "w/bad",
+            "--image",
+            &missing,
+            "--min-scale",
+            "1",
+            "--wait",
+            "--wait-timeout",
+            "2m",
+        ],
+    );
+    println!("{err} after {:?}", t.elapsed());
+    assert_ne!(code, 0);
+    assert!(err.contains("w/bad") && err.contains("failed"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(100), "{:?}", t.elapsed());
+    cluster.assert_no_panics();
+}

@@ -160,6 +160,8 @@ impl ClusterService for Api {
             purged_index: m.purged.map_or(0, |l| l.index),
             snapshots_installed: self.cluster.sm.snapshots_installed(),
             state_digest: digest,
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_level: rouse_proto::API_LEVEL,
         }))
     }
 }

@@ -2,9 +2,8 @@
 //! rouse.yaml workflow (see `rouse_client::manifest` and
 //! `rouse_client::apply`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use rouse_client::apply::{self, Plan};
@@ -107,62 +106,21 @@ pub async fn run(c: &mut Client, fmt: Format, a: ApplyArgs) -> Result<(), Fail> 
     Ok(())
 }
 
-/// Waits until each container has `min` ready instances of its current
-/// generation; an instance that failed or keeps crashing fails the wait
-/// with its reason.
-async fn wait(
+/// Waits for `containers` with progress on stderr (plain lines; with
+/// `-o json` none) and a one-line failure.
+pub async fn wait(
     c: &mut Client,
     containers: &[(String, String, u32)],
     timeout: Duration,
     quiet: bool,
 ) -> Result<(), Fail> {
-    let t = Instant::now();
-    let mut done: BTreeMap<String, bool> = BTreeMap::new();
-    loop {
-        for (ns, name, min) in containers {
-            let key = format!("{ns}/{name}");
-            if done.get(&key) == Some(&true) {
-                continue;
-            }
-            let ct = c.get_container(ns, name, false).await?;
-            let current = ct
-                .instances
-                .iter()
-                .filter(|i| i.generation == ct.generation);
-            let ready = current.clone().filter(|i| i.state == "ready").count() as u32;
-            if let Some(bad) = current
-                .clone()
-                .find(|i| i.state == "failed" || (i.state == "crashed" && i.restarts >= 2))
-            {
-                return Err(Fail(format!(
-                    "container {key}: instance {} {}: {}",
-                    bad.id, bad.state, bad.message
-                )));
-            }
-            if ready >= *min {
-                done.insert(key.clone(), true);
-                if !quiet {
-                    eprintln!("ready: {key} ({ready} of min-scale {min})");
-                }
-            }
+    apply::wait_ready(c, containers, timeout, |line| {
+        if !quiet {
+            eprintln!("{line}");
         }
-        if done.values().filter(|d| **d).count() == containers.len() {
-            return Ok(());
-        }
-        if t.elapsed() > timeout {
-            let waiting: Vec<String> = containers
-                .iter()
-                .map(|(ns, n, _)| format!("{ns}/{n}"))
-                .filter(|k| done.get(k) != Some(&true))
-                .collect();
-            return Err(Fail(format!(
-                "timeout: {} not ready after {}",
-                waiting.join(", "),
-                humantime::format_duration(timeout)
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
+    .map_err(|e| Fail(e.to_string()))
 }
 
 pub async fn export(c: &mut Client, ns: &str) -> Result<(), Fail> {

@@ -67,6 +67,9 @@ enum Cmd {
     },
     /// Print the JSON Schema of rouse.yaml.
     Schema,
+    /// This rouse's version and the node's at --endpoint; fails when they
+    /// speak different API levels.
+    Version,
     /// Print a shell completion script (e.g. `rouse completion bash >
     /// /etc/bash_completion.d/rouse`).
     Completion {
@@ -835,6 +838,14 @@ struct Deploy {
     /// (--read-only-rootfs=false turns it off again).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     read_only_rootfs: Option<bool>,
+    /// Wait until min-scale instances (at least one) of the new revision
+    /// are ready, showing each instance's progress; fail with an
+    /// instance's reason.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    wait_timeout: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1345,6 +1356,31 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
         Cmd::Export { namespace } => apply::export(&mut c, &namespace).await,
         Cmd::Schema => apply::schema(),
         Cmd::Completion { .. } => Ok(()),
+        Cmd::Version => {
+            let info = c.node_info().await?;
+            let client = env!("CARGO_PKG_VERSION");
+            let level = rouse_proto::API_LEVEL;
+            let v = serde_json::json!({
+                "client": {"version": client, "api_level": level},
+                "server": {"version": info.version, "api_level": info.api_level, "node": info.id},
+            });
+            emit(fmt, &v, || {
+                format!(
+                    "client: rouse {client} (API level {level})\nserver: rouse-node {} (API level {}) at node {}",
+                    if info.version.is_empty() { "(older than 0.1.0)" } else { &info.version },
+                    info.api_level,
+                    info.id
+                )
+            })?;
+            if info.api_level != level {
+                return Err(Fail(format!(
+                    "version: the node speaks API level {}, this rouse speaks {level}: use a rouse of the node's release ({})",
+                    info.api_level,
+                    if info.version.is_empty() { "older" } else { &info.version }
+                )));
+            }
+            Ok(())
+        }
         Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
         Cmd::Events {
             scope,
@@ -1878,7 +1914,23 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                     .map(|t| seconds("scale_to_zero_after", t))
                     .transpose()?,
             };
-            show(c.deploy_container(req).await?)
+            let out = c.deploy_container(req).await?;
+            if d.wait {
+                let timeout = humantime::parse_duration(&d.wait_timeout).map_err(|_| {
+                    Fail(format!(
+                        "wait_timeout: {:?} is not a duration (5m, 90s)",
+                        d.wait_timeout
+                    ))
+                })?;
+                let want = vec![(
+                    out.namespace.clone(),
+                    out.name.clone(),
+                    out.min_scale.max(1),
+                )];
+                apply::wait(c, &want, timeout, fmt != Format::Table).await?;
+                return show(c.get_container(&out.namespace, &out.name, false).await?);
+            }
+            show(out)
         }
         ContainerCmd::Get { target: t, read } => {
             let (ns, name) = target(&t)?;

@@ -1,0 +1,1 @@
+"""Stubs generated from proto/rouse/v1/api.proto when the package is built."""
