@@ -102,7 +102,7 @@ enum Cmd {
     Apikey(ApiKeyCmd),
     /// Triggers: cron schedules and NATS subjects delivered to a container.
     #[command(subcommand)]
-    Trigger(TriggerCmd),
+    Trigger(Box<TriggerCmd>),
     /// Metered usage (GB-s, vCPU-s allocated and used, requests) of every
     /// namespace you may see, of NS, or of NS/CONTAINER.
     Usage {
@@ -738,7 +738,7 @@ enum NamespaceCmd {
 #[derive(Subcommand)]
 enum ContainerCmd {
     /// Create a container, or update the settings given.
-    Deploy(Deploy),
+    Deploy(Box<Deploy>),
     /// A container: settings, instances, cold starts, scaling.
     Get {
         /// NAMESPACE/NAME
@@ -1381,7 +1381,7 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, cmd).await,
+        Cmd::Trigger(cmd) => trigger_cmd(&mut c, fmt, *cmd).await,
         Cmd::Events {
             scope,
             follow,
