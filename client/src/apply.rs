@@ -718,7 +718,7 @@ pub async fn wait_ready(
     c: &mut Client,
     containers: &[(String, String, u32)],
     timeout: std::time::Duration,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(Progress<'_>),
 ) -> Result<(), WaitError> {
     let t = std::time::Instant::now();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -735,6 +735,13 @@ pub async fn wait_ready(
                 .iter()
                 .filter(|i| i.generation == ct.generation)
                 .collect();
+            if !ct.pending_reason.is_empty() && seen.get(&key) != Some(&ct.pending_reason) {
+                progress(Progress::Pending {
+                    container: &key,
+                    reason: &ct.pending_reason,
+                });
+                seen.insert(key.clone(), ct.pending_reason.clone());
+            }
             for i in &current {
                 let state = if i.message.is_empty() || i.state == "ready" {
                     i.state.clone()
@@ -742,10 +749,12 @@ pub async fn wait_ready(
                     format!("{} ({})", i.state, i.message)
                 };
                 if seen.get(&i.id) != Some(&state) {
-                    progress(&format!(
-                        "{key}: instance {} on node {}: {state}",
-                        i.id, i.node
-                    ));
+                    progress(Progress::Instance {
+                        container: &key,
+                        id: &i.id,
+                        node: i.node,
+                        state: &state,
+                    });
                     seen.insert(i.id.clone(), state);
                 }
             }
@@ -760,7 +769,11 @@ pub async fn wait_ready(
             }
             let ready = current.iter().filter(|i| i.state == "ready").count() as u32;
             if ready >= *min {
-                progress(&format!("{key}: ready ({ready} of min-scale {min})"));
+                progress(Progress::Ready {
+                    container: &key,
+                    ready,
+                    min: *min,
+                });
                 done.insert(key);
             }
         }
@@ -780,6 +793,48 @@ pub async fn wait_ready(
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// What [`wait_ready`] tells as it waits; its `Display` is one plain line.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// An instance's state changed (`state` with its message, e.g.
+    /// `pulling (… 1 of 3 layers, 4.2 of 12.0 MB)`).
+    Instance {
+        container: &'a str,
+        id: &'a str,
+        node: u64,
+        state: &'a str,
+    },
+    /// Wanted instances are not placed, and why.
+    Pending { container: &'a str, reason: &'a str },
+    /// The container has its min-scale instances ready.
+    Ready {
+        container: &'a str,
+        ready: u32,
+        min: u32,
+    },
+}
+
+impl std::fmt::Display for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Instance {
+                container,
+                id,
+                node,
+                state,
+            } => write!(f, "{container}: instance {id} on node {node}: {state}"),
+            Progress::Pending { container, reason } => {
+                write!(f, "{container}: not placed: {reason}")
+            }
+            Progress::Ready {
+                container,
+                ready,
+                min,
+            } => write!(f, "{container}: ready ({ready} of min-scale {min})"),
+        }
     }
 }
 

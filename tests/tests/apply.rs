@@ -176,6 +176,42 @@ async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
     let left = revisions(&c).await;
     assert_eq!(left, vec![("web".to_string(), after[0].1)], "{left:?}");
 
+    // A build with an image: pushed to that repository, then deployed
+    // from it.
+    let pushed = tmp.path().join("shop/pushed.yaml");
+    std::fs::write(
+        &pushed,
+        "apiVersion: rouse/v1\nnamespaces:\n  - name: pushed\n    containers:\n      - name: api\n        image: 127.0.0.1:5055/shop/api:1\n        build: {context: ./web, args: {BASE: \"127.0.0.1:5055/rouse/hello:latest\"}}\n        minScale: 1\n",
+    )
+    .unwrap();
+    let (code, out, err) = rouse(
+        &cluster,
+        &["apply", "-f", pushed.to_str().unwrap(), "--wait"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let api = {
+        let mut c = c.clone();
+        c.get_container("pushed", "api", false).await.unwrap()
+    };
+    assert!(
+        api.image.starts_with("127.0.0.1:5055/shop/api:build-"),
+        "{}",
+        api.image
+    );
+    let tags = std::process::Command::new("curl")
+        .args(["-s", "http://127.0.0.1:5055/v2/shop/api/tags/list"])
+        .output()
+        .unwrap();
+    let tag = api.image.rsplit(':').next().unwrap();
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).contains(tag),
+        "{tags:?}"
+    );
+    assert_eq!(
+        get(&cluster.http(1), "api.pushed.rouse.localhost").trim(),
+        "welcome to the shop"
+    );
+
     // A bad file: one line naming line, column and rule; nothing applied.
     std::fs::write(&file, text.replace("maxScale: 5", "maxScales: 5")).unwrap();
     let (code, _, err) = rouse(&cluster, &["apply", "-f", f]);
@@ -238,6 +274,26 @@ async fn deploy_wait_shows_progress_and_fails_with_the_reason() {
         "{err}"
     );
     assert!(out.contains("ready"), "{out}");
+    // On a terminal (script(1) gives it one): a line per instance that
+    // updates in place, then the result.
+    let cmd = format!(
+        "{} --endpoint {} container deploy w/tty --image {image} --min-scale 1 --wait",
+        cluster.bin("rouse").display(),
+        cluster.endpoint(1)
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("ROUSE_TOKEN", cluster.admin_token())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("w/tty: ready (1 of min-scale 1)"), "{shown}");
+    // Room for the next one on this one node.
+    for ct in ["ok", "tty"] {
+        let (code, _, err) = cluster.cli(1, &["container", "delete", &format!("w/{ct}")]);
+        assert_eq!(code, 0, "{err}");
+    }
     let t = Instant::now();
     let missing = format!("{}-missing", image);
     let (code, _, err) = cluster.cli(

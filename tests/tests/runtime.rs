@@ -702,3 +702,57 @@ async fn host_network_mode_listens_on_node_ports() {
     );
     cluster.assert_no_panics();
 }
+
+/// A pull tells its progress (layers and bytes written, all of them at
+/// its end), against the real registry and containerd; an image already
+/// here tells nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_reports_layers_and_bytes() {
+    use rouse_node::runtime::image::{Images, Limits};
+    let (sock, reg) = rouse_testkit::env::runtime_env();
+    let image = push_test_image("rouse-test/progress", "1");
+    let ns = format!("rouse-test-progress-{}", std::process::id());
+    let ctr = rouse_node::runtime::ctr::Ctr::connect(std::path::Path::new(&sock), &ns)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let images = Images::new(
+        ctr,
+        &[reg],
+        Default::default(),
+        tmp.path().to_path_buf(),
+        Limits::default(),
+    );
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            if let Some(p) = *rx.borrow_and_update() {
+                log.lock().unwrap().push(p);
+            }
+        }
+    });
+    images.ensure_with(&image, Some(&tx)).await.unwrap();
+    drop(tx);
+    watcher.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    println!(
+        "{}",
+        seen.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let last = *seen.last().expect("progress");
+    assert!(last.layers >= 1 && last.bytes > 0, "{last:?}");
+    assert_eq!(
+        (last.layers_done, last.bytes_done),
+        (last.layers, last.bytes)
+    );
+    assert!(last.to_string().contains(" MB"), "{last}");
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    images.ensure_with(&image, Some(&tx)).await.unwrap();
+    assert_eq!(*rx.borrow(), None, "a cached image pulled again");
+    rouse_testkit::env::ctr_cleanup(&sock, &ns);
+}

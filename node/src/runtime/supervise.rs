@@ -121,7 +121,7 @@ impl Agent {
                     Step::Start => {
                         let Some(p) = port else { continue };
                         tokio::select! {
-                            r = self.start_instance(&inst, &container, &ns_env, p) => match r {
+                            r = self.start_instance(&inst, &container, &ns_env, p, sup.pulling()) => match r {
                                 Ok((cs, ip)) => {
                                     sup.set_address(ip, p);
                                     Event::Started(cs)
@@ -334,23 +334,48 @@ impl Agent {
         c: &Container,
         ns_env: &BTreeMap<String, String>,
         port: u16,
+        pulling: Option<crate::state::InstanceStatus>,
     ) -> Result<(ColdStart, Option<Ipv4Addr>), RuntimeError> {
         let mut cs = ColdStart {
             placement_ms: now_ms().saturating_sub(inst.created_at_ms),
             ..Default::default()
         };
         let t = Instant::now();
-        let (image, parent) = async {
+        let (progress, mut told) = tokio::sync::watch::channel(None);
+        let pull = async {
             let reference = self.pinned_image(c).await?;
-            let image = self.images.ensure(&reference).await?;
+            let image = self.images.ensure_with(&reference, Some(&progress)).await?;
             let parent = match self.config.userns {
                 Some(m) => self.images.remapped(&image, m.base).await?,
                 None => image.chain_id.clone(),
             };
             Ok::<_, RuntimeError>((image, parent))
         }
-        .instrument(tracing::info_span!("pull", image = %c.spec.image))
-        .await?;
+        .instrument(tracing::info_span!("pull", image = %c.spec.image));
+        tokio::pin!(pull);
+        // A pull's progress, reported under the Pulling status (at most
+        // twice a second, and always its start); awaited here, so no report
+        // of it lands after the next state's.
+        let mut last: Option<Instant> = None;
+        let (image, parent) = loop {
+            tokio::select! {
+                r = &mut pull => break r?,
+                Ok(()) = told.changed() => {
+                    let p = *told.borrow_and_update();
+                    let (Some(p), Some(base)) = (p, &pulling) else { continue };
+                    let due = last.is_none_or(|l| l.elapsed() >= Duration::from_millis(500));
+                    if due && p.layers_done < p.layers {
+                        last = Some(Instant::now());
+                        let status = crate::state::InstanceStatus {
+                            message: format!("{}: {p}", base.message),
+                            updated_at_ms: now_ms(),
+                            ..base.clone()
+                        };
+                        self.report(&inst.id, status).await;
+                    }
+                }
+            }
+        };
         cs.pull_ms = ms(t.elapsed());
         let t = Instant::now();
         self.image_use

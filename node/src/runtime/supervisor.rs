@@ -99,6 +99,11 @@ impl Supervisor {
         self.status.port = u32::from(port);
     }
 
+    /// The status to report a pull's progress under, while pulling.
+    pub fn pulling(&self) -> Option<InstanceStatus> {
+        (self.status.state == InstanceState::Pulling).then(|| self.status.clone())
+    }
+
     fn stamped(&self, now_ms: u64) -> InstanceStatus {
         InstanceStatus {
             updated_at_ms: now_ms,

@@ -106,21 +106,59 @@ pub async fn run(c: &mut Client, fmt: Format, a: ApplyArgs) -> Result<(), Fail> 
     Ok(())
 }
 
-/// Waits for `containers` with progress on stderr (plain lines; with
-/// `-o json` none) and a one-line failure.
+/// Waits for `containers` with progress on stderr — a line per instance
+/// that updates in place on a terminal, plain lines otherwise, none with
+/// `-o json` — and a one-line failure.
 pub async fn wait(
     c: &mut Client,
     containers: &[(String, String, u32)],
     timeout: Duration,
     quiet: bool,
 ) -> Result<(), Fail> {
-    apply::wait_ready(c, containers, timeout, |line| {
-        if !quiet {
-            eprintln!("{line}");
+    use std::io::IsTerminal;
+    let bars = (!quiet && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+    let mut lines: std::collections::BTreeMap<String, indicatif::ProgressBar> = Default::default();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let r = apply::wait_ready(c, containers, timeout, |p| match (&bars, p) {
+        _ if quiet => {}
+        (None, p) => eprintln!("{p}"),
+        (
+            Some(m),
+            apply::Progress::Instance {
+                container,
+                id,
+                node,
+                state,
+            },
+        ) => {
+            let bar = lines.entry(id.to_string()).or_insert_with(|| {
+                let b = m.add(indicatif::ProgressBar::new_spinner());
+                b.set_style(style.clone());
+                b.set_prefix(format!("{container} {id} (node {node})"));
+                b.enable_steady_tick(Duration::from_millis(120));
+                b
+            });
+            bar.set_message(state.to_string());
+        }
+        (Some(m), apply::Progress::Pending { .. }) => {
+            let _ = m.println(p.to_string());
+        }
+        (Some(m), apply::Progress::Ready { container, .. }) => {
+            let prefix = container.replace('/', "-");
+            for (id, b) in &lines {
+                if id.starts_with(&prefix) {
+                    b.finish();
+                }
+            }
+            let _ = m.println(p.to_string());
         }
     })
-    .await
-    .map_err(|e| Fail(e.to_string()))
+    .await;
+    for b in lines.values() {
+        b.finish();
+    }
+    r.map_err(|e| Fail(e.to_string()))
 }
 
 pub async fn export(c: &mut Client, ns: &str) -> Result<(), Fail> {

@@ -58,6 +58,32 @@ pub struct Images {
     pub(super) limits: Limits,
 }
 
+/// How far a pull has gone: whole layers written, and their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PullProgress {
+    pub layers_done: usize,
+    pub layers: usize,
+    pub bytes_done: u64,
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for PullProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |b: u64| b as f64 / 1_000_000.0;
+        write!(
+            f,
+            "{} of {} layers, {:.1} of {:.1} MB",
+            self.layers_done,
+            self.layers,
+            mb(self.bytes_done),
+            mb(self.bytes)
+        )
+    }
+}
+
+/// Where a pull tells its progress.
+pub type ProgressTx = tokio::sync::watch::Sender<Option<PullProgress>>;
+
 /// The largest image parts a node accepts (a registry, or a tarball, may
 /// be hostile): refused with an error naming the setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +218,16 @@ impl Images {
     }
 
     pub async fn ensure(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        self.ensure_with(reference, None).await
+    }
+
+    /// [`Self::ensure`], telling `progress` how a pull goes (layers and
+    /// bytes written; nothing when the image is already here).
+    pub async fn ensure_with(
+        &self,
+        reference: &str,
+        progress: Option<&ProgressTx>,
+    ) -> Result<ImageInfo, RuntimeError> {
         if let Some(info) = self.opened.lock().get(reference) {
             return Ok(info.clone());
         }
@@ -218,7 +254,7 @@ impl Images {
                         .ok_or_else(|| image_err(reference, "image record has no target"))?;
                     self.open_stored(reference, &img.name, target, &lease).await
                 }
-                None => self.pull(reference, &lease).await,
+                None => self.pull(reference, &lease, progress).await,
             }
         }
         .await;

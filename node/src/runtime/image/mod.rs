@@ -29,7 +29,7 @@ pub mod remap;
 mod unpack;
 
 pub use content::BlobSource;
-pub use images::{ImageInfo, Images, Limits, RegistryCredentials};
+pub use images::{ImageInfo, Images, Limits, ProgressTx, PullProgress, RegistryCredentials};
 pub use platform::without_digest;
 pub use pull::parse_documents;
 pub use unpack::chain_ids;

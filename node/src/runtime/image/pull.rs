@@ -55,6 +55,7 @@ impl Images {
         &self,
         reference: &str,
         lease: &str,
+        progress: Option<&super::images::ProgressTx>,
     ) -> Result<ImageInfo, RuntimeError> {
         let r = Self::parse(reference)?;
         let auth = self.auth(&r);
@@ -189,9 +190,27 @@ impl Images {
                 "--max-layer-bytes",
             )?;
         }
+        let mut p = super::images::PullProgress {
+            layers: manifest.layers().len(),
+            bytes: manifest
+                .layers()
+                .iter()
+                .map(|l| u64::try_from(l.size()).unwrap_or(0))
+                .sum(),
+            ..Default::default()
+        };
+        let tell = |p: super::images::PullProgress| {
+            if let Some(tx) = progress {
+                tx.send_replace(Some(p));
+            }
+        };
+        tell(p);
         for (layer, diff_id) in manifest.layers().iter().zip(&diff_ids) {
             let digest = layer.digest().to_string();
+            p.layers_done += 1;
+            p.bytes_done += u64::try_from(layer.size()).unwrap_or(0);
             if self.content_exists(&digest).await? {
+                tell(p);
                 continue;
             }
             let declared = u64::try_from(layer.size()).unwrap_or(u64::MAX);
@@ -217,6 +236,7 @@ impl Images {
             .await;
             let _ = std::fs::remove_file(&path);
             res?;
+            tell(p);
         }
         let labels = manifest_gc_labels(&manifest, &config_digest);
         self.write_content(
