@@ -27,6 +27,9 @@ pub struct Observed {
     /// Secret name → SHA-256 of its value.
     pub secrets: BTreeMap<String, String>,
     pub containers: BTreeMap<String, ObservedContainer>,
+    /// Live (not revoked, not expired) tokens: id → container ("" for the
+    /// whole namespace).
+    pub tokens: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +59,16 @@ pub async fn observe(
             Err(e) => return Err(e),
         }
         o.secrets = fingerprints(c.list_secrets(ns, None).await?);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        o.tokens = c
+            .list_tokens(ns)
+            .await?
+            .into_iter()
+            .filter(|t| !t.revoked && (t.expires_at_ms == 0 || t.expires_at_ms > now_ms))
+            .map(|t| (t.id, t.container))
+            .collect();
         for ct in c.list_containers(ns, false).await? {
             let secrets = fingerprints(c.list_secrets(ns, Some(&ct.name)).await?);
             let triggers = c
@@ -218,6 +231,7 @@ enum Op {
     DeleteContainer(String, String),
     CreateTrigger(Box<pb::CreateTriggerRequest>, bool),
     DeleteTrigger(String, String, String),
+    RevokeToken(String),
 }
 
 /// The changes, in the order they are carried out.
@@ -416,6 +430,25 @@ pub fn plan(
                 images,
                 prune,
             );
+        }
+        if let (true, Some(keep)) = (prune, &ns.tokens) {
+            for (id, ct) in o.tokens.iter().filter(|(id, _)| !keep.contains(id)) {
+                items.push(Item {
+                    kind: "token",
+                    name: format!("{name}/{id}"),
+                    action: Action::Delete,
+                    fields: vec![FieldChange {
+                        field: "scope".into(),
+                        before: Some(if ct.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{name}/{ct}")
+                        }),
+                        after: None,
+                    }],
+                    op: Op::RevokeToken(id.clone()),
+                });
+            }
         }
         if prune {
             for (ct, oc) in &o.containers {
@@ -875,6 +908,7 @@ pub async fn execute(
                 c.create_trigger((**r).clone()).await?;
             }
             Op::DeleteTrigger(ns, ct, t) => c.delete_trigger(ns, ct, t).await?,
+            Op::RevokeToken(id) => c.revoke_token(id).await?,
         }
         progress(i);
     }
@@ -958,6 +992,7 @@ pub fn export(ns: &str, o: &Observed) -> Manifest {
             env: o.env.clone(),
             secrets: secret_refs(&o.secrets),
             containers,
+            tokens: Some(o.tokens.keys().cloned().collect()),
         }],
     }
 }

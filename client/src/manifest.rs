@@ -77,6 +77,11 @@ pub struct Namespace {
     pub secrets: BTreeMap<String, SecretSource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<Container>,
+    /// Ids of the namespace's tokens to keep: with `--prune`, apply revokes
+    /// its other live tokens. Left out: tokens are not touched. (Tokens are
+    /// minted with `rouse token create`; their values never go in a file.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<String>>,
 }
 
 /// A container: every setting `rouse container deploy` has, and `build`.

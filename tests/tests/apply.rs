@@ -134,7 +134,17 @@ async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
         let mut c = c.clone();
         async move { c.node_info().await.unwrap().state_digest }
     };
-    let d1 = digest(&c).await;
+    // Once the cluster is quiet (instances report, the autoscaler settles):
+    // the same digest a second apart.
+    let mut d1 = digest(&c).await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = digest(&c).await;
+        if now == d1 {
+            break;
+        }
+        d1 = now;
+    }
     let (code, out, err) = rouse(&cluster, &["apply", "-f", f, "--dry-run"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("env.MODE: prod → canary"), "{out}");
@@ -158,6 +168,53 @@ async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
     std::fs::write(&out_file, &exported).unwrap();
     let (code, out, err) = rouse(&cluster, &["diff", "-f", out_file.to_str().unwrap()]);
     assert_eq!((code, out.trim()), (0, "no changes"), "{err}\n{exported}");
+
+    // Tokens to keep: with --prune the namespace's other live tokens are
+    // revoked; without a `tokens:` key they are left alone.
+    let mint = || {
+        let (code, out, err) = rouse(
+            &cluster,
+            &["token", "create", "--namespace", "shop", "-o", "json"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    let (keep, drop) = (mint(), mint());
+    let (code, out, _) = rouse(&cluster, &["apply", "-f", f, "--prune"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "no changes"),
+        "no tokens: key, no token touched"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen(
+            "  - name: shop\n",
+            &format!("  - name: shop\n    tokens: [{keep}]\n"),
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = rouse(&cluster, &["apply", "-f", f, "--prune"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("token shop/{drop}: to delete")),
+        "{out}"
+    );
+    assert!(!out.contains(&keep), "{out}");
+    let live: Vec<String> = {
+        let mut c = c.clone();
+        c.list_tokens("shop")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| !t.revoked)
+            .map(|t| t.id)
+            .collect()
+    };
+    assert_eq!(live, vec![keep.clone()]);
 
     // --prune after the worker left the file: it goes, nothing else.
     let text = std::fs::read_to_string(&file).unwrap();
