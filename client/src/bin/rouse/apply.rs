@@ -94,12 +94,8 @@ pub async fn run(c: &mut Client, fmt: Format, a: ApplyArgs) -> Result<(), Fail> 
         let _ = std::fs::remove_file(&file);
     }
     let plain = fmt != Format::Table;
-    apply::execute(c, &plan, |i| {
-        if !plain {
-            eprintln!("applied: {} {}", i.kind, i.name);
-        }
-    })
-    .await?;
+    // Progress on stderr: stdout keeps the plan (or its JSON).
+    apply::execute(c, &plan, |i| eprintln!("applied: {} {}", i.kind, i.name)).await?;
     if a.wait {
         wait(c, &plan.deployed(), timeout, plain).await?;
     }
@@ -107,21 +103,20 @@ pub async fn run(c: &mut Client, fmt: Format, a: ApplyArgs) -> Result<(), Fail> 
 }
 
 /// Waits for `containers` with progress on stderr — a line per instance
-/// that updates in place on a terminal, plain lines otherwise, none with
-/// `-o json` — and a one-line failure.
+/// that updates in place on a terminal, plain lines when stderr is not a
+/// terminal or `plain` (`-o json`/`yaml`) — and a one-line failure.
 pub async fn wait(
     c: &mut Client,
     containers: &[(String, String, u32)],
     timeout: Duration,
-    quiet: bool,
+    plain: bool,
 ) -> Result<(), Fail> {
     use std::io::IsTerminal;
-    let bars = (!quiet && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+    let bars = (!plain && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
     let mut lines: std::collections::BTreeMap<String, indicatif::ProgressBar> = Default::default();
     let style = indicatif::ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     let r = apply::wait_ready(c, containers, timeout, |p| match (&bars, p) {
-        _ if quiet => {}
         (None, p) => eprintln!("{p}"),
         (
             Some(m),
