@@ -28,13 +28,15 @@ fn rouse(cluster: &TestCluster, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A copy of examples/shop to edit.
-fn shop_copy(dir: &Path) -> PathBuf {
+/// A copy of examples/shop to edit, its registry (run-local's) replaced by
+/// the tests' `registry`.
+fn shop_copy(dir: &Path, registry: &str) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let dst = dir.join("shop");
     std::fs::create_dir_all(dst.join("web")).unwrap();
     for f in ["rouse.yaml", "web/Dockerfile", "web/index.html"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        let text = std::fs::read_to_string(src.join(f)).unwrap();
+        std::fs::write(dst.join(f), text.replace("127.0.0.1:5056", registry)).unwrap();
     }
     dst.join("rouse.yaml")
 }
@@ -62,15 +64,12 @@ fn get(mesh: &str, host: &str) -> String {
 async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
     // The example's base and worker image.
     let base = push_test_image("rouse/hello", "latest");
-    assert!(
-        base.starts_with("127.0.0.1:5055/"),
-        "the example expects the registry on 127.0.0.1:5055: {base}"
-    );
+    let registry = base.split('/').next().unwrap().to_string();
     let cluster =
         TestCluster::start_with_runtime(2, &["--metering", "off", "--key-use-report", "1h"]).await;
     let c = cluster.client(1).await;
     let tmp = tempfile::tempdir().unwrap();
-    let file = shop_copy(tmp.path());
+    let file = shop_copy(tmp.path(), &registry);
     let f = file.to_str().unwrap();
 
     let t = Instant::now();
@@ -238,7 +237,7 @@ async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
     let pushed = tmp.path().join("shop/pushed.yaml");
     std::fs::write(
         &pushed,
-        "apiVersion: rouse/v1\nnamespaces:\n  - name: pushed\n    containers:\n      - name: api\n        image: 127.0.0.1:5055/shop/api:1\n        build: {context: ./web, args: {BASE: \"127.0.0.1:5055/rouse/hello:latest\"}}\n        minScale: 1\n",
+        format!("apiVersion: rouse/v1\nnamespaces:\n  - name: pushed\n    containers:\n      - name: api\n        image: {registry}/shop/api:1\n        build: {{context: ./web, args: {{BASE: \"{registry}/rouse/hello:latest\"}}}}\n        minScale: 1\n"),
     )
     .unwrap();
     let (code, out, err) = rouse(
@@ -251,12 +250,13 @@ async fn the_shop_goes_up_with_one_apply_and_a_second_changes_nothing() {
         c.get_container("pushed", "api", false).await.unwrap()
     };
     assert!(
-        api.image.starts_with("127.0.0.1:5055/shop/api:build-"),
+        api.image
+            .starts_with(&format!("{registry}/shop/api:build-")),
         "{}",
         api.image
     );
     let tags = std::process::Command::new("curl")
-        .args(["-s", "http://127.0.0.1:5055/v2/shop/api/tags/list"])
+        .args(["-s", &format!("http://{registry}/v2/shop/api/tags/list")])
         .output()
         .unwrap();
     let tag = api.image.rsplit(':').next().unwrap();
