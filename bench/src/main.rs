@@ -87,6 +87,16 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         idle_seconds: u64,
     },
+    /// Leader failover: SIGKILL the leader of a 3-node cluster, time until a
+    /// write through a survivor is accepted, count the term changes it took;
+    /// restart the node and do it again.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// The nodes' --heartbeat-ms (elections time out after 5-10).
+        #[arg(long, default_value_t = 150)]
+        heartbeat_ms: u64,
+    },
     /// Cross-node hops over peer mTLS and over plain peers, against the
     /// same-node mesh and a direct connection.
     Hop {
@@ -646,6 +656,52 @@ fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
         .arg(format!("http://{addr}/"))
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
+}
+
+async fn failover(kills: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
+    let hb = heartbeat_ms.to_string();
+    let mut rouse = three_nodes(&["--heartbeat-ms", &hb]).await;
+    let mut took = Vec::new();
+    let mut terms = Vec::new();
+    for k in 0..kills {
+        let leader = rouse.kit.leader().await;
+        let survivor = if leader == 1 { 2 } else { 1 };
+        let mut s = rouse.connect(survivor).await?;
+        let before = s.node_info().await?.term;
+        rouse.kit.kill(leader);
+        let t = Instant::now();
+        loop {
+            match s.create_namespace(&format!("after-{k}"), Default::default()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(tonic::Code::Unavailable) => {}
+                Err(e) => anyhow::bail!("write after the kill: {e}"),
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "no write within 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+        let after = s.node_info().await?.term;
+        terms.push(after - before);
+        println!(
+            "kill {:>2}: leader {leader}, write through node {survivor} after {:>6.0} ms, {} term change(s)",
+            k + 1,
+            took[k],
+            after - before
+        );
+        rouse.kit.restart(leader)?;
+        rouse.kit.wait_voters(3).await;
+    }
+    let mut sorted = took.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "leader SIGKILL -> write accepted through a survivor, --heartbeat-ms {heartbeat_ms}, {kills} kills: \
+         p50 {:.0} ms, max {:.0} ms; term changes per kill: max {}, total {}",
+        median(took.clone()),
+        sorted.last().copied().unwrap_or(0.0),
+        terms.iter().max().copied().unwrap_or(0),
+        terms.iter().sum::<u64>()
+    );
+    Ok(())
 }
 
 /// CPU time (s) the process `pid` has used, from /proc.
@@ -1312,6 +1368,10 @@ async fn main() -> anyhow::Result<()> {
             host_network,
         } => mesh(rounds, seconds, host_network).await,
         Cmd::Hop { seconds } => hop(seconds).await,
+        Cmd::Failover {
+            kills,
+            heartbeat_ms,
+        } => failover(kills, heartbeat_ms).await,
         Cmd::Metering {
             seconds,
             rounds,
