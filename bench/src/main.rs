@@ -671,12 +671,18 @@ async fn failover(kills: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
         rouse.kit.kill(leader);
         let t = Instant::now();
         loop {
-            match s.create_namespace(&format!("after-{k}"), Default::default()).await {
+            match s
+                .create_namespace(&format!("after-{k}"), Default::default())
+                .await
+            {
                 Ok(_) => break,
                 Err(e) if e.code() == Some(tonic::Code::Unavailable) => {}
                 Err(e) => anyhow::bail!("write after the kill: {e}"),
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "no write within 30 s");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "no write within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         took.push(t.elapsed().as_secs_f64() * 1000.0);
