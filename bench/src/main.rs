@@ -710,6 +710,14 @@ async fn failover(kills: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until bench/`name` has a ready instance.
+async fn ready(c: &mut rouse_client::Client, name: &str) -> anyhow::Result<()> {
+    let want = [("bench".to_string(), name.to_string(), 1)];
+    rouse_client::apply::wait_ready(c, &want, Duration::from_secs(120), |_| {})
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// CPU time (s) the process `pid` has used, from /proc.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -755,13 +763,7 @@ async fn metering(seconds: u64, rounds: usize, idle_seconds: u64) -> anyhow::Res
             ..Default::default()
         })
         .await?;
-        loop {
-            let ct = c.get_container("bench", "web", true).await?;
-            if ct.instances.iter().any(|i| i.state == "ready") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        ready(&mut c, "web").await?;
         let pid = rouse.kit.nodes[&1]
             .pid()
             .ok_or_else(|| anyhow::anyhow!("no pid for {label}"))?;
@@ -1553,13 +1555,7 @@ async fn triggers(cron_seconds: u64, messages: u64) -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    loop {
-        let ct = c.get_container("bench", "trig", true).await?;
-        if ct.instances.iter().any(|i| i.state == "ready") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ready(&mut c, "trig").await?;
     let logs = rouse.kit.dir.join("node1").join("logs");
 
     // Cron, every second.

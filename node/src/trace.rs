@@ -51,6 +51,10 @@ pub fn check_endpoint(v: &str) -> Result<(), String> {
     }
 }
 
+/// Whether spans leave the node: without an exporter the trace context is
+/// not read or written, so requests pay nothing for it.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The installed subscriber; dropping it flushes the spans not yet sent.
 pub struct Tracing {
     provider: Option<SdkTracerProvider>,
@@ -110,6 +114,7 @@ pub fn init(
                 .with_filter(tracing_subscriber::filter::filter_fn(|m| {
                     m.is_span() && EXPORTED.contains(&m.name())
                 }));
+            EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
             (Some(provider), Some(layer))
         }
     };
@@ -135,6 +140,9 @@ const EXPORTED: &[&str] = &[
 /// client's, or the previous node's across a hop). No-op without one, or
 /// when traces are off.
 pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     let _ = span.set_parent(cx);
 }
@@ -142,6 +150,9 @@ pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
 /// Writes `span`'s trace context into `headers` for the next hop (another
 /// node's mesh, or the instance). No-op when traces are off.
 pub fn carry(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let cx = span.context();
     TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
 }

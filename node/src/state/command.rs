@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::key::Scope;
+use super::ledger::UsageEntry;
 use super::types::{
     ApiKey, ClusterCa, ContainerSpec, Firing, Instance, InstanceStatus, IssuedCert,
     JoinTokenRecord, NodeId, NodeRecord, Quota, SealedSecret, SigningKey, StoredSecret,
-    TokenRecord, TriggerSpec, UsageEntry,
+    TokenRecord, TriggerSpec,
 };
 
 /// Version of the commands' meaning written into every log entry. Rules

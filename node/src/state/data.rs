@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::key::{ContainerKey, Scope};
+use super::ledger::Usage;
 use super::types::{
     ApiKey, ClusterCa, Container, Instance, InstanceStatus, JoinTokenRecord, Namespace, NodeId,
-    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord, Trigger, Usage,
+    NodeRecord, NodeState, SigningKey, StoredSecret, TokenRecord, Trigger,
 };
 
 /// The whole replicated state. Ordered maps keep serialisation, and so
@@ -63,9 +64,9 @@ pub struct StateData {
     /// The last usage batch applied from each node.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub usage_seq: BTreeMap<NodeId, u64>,
-    /// What happened, oldest first, the last [`super::types::EVENTS_KEPT`].
+    /// What happened, oldest first, the last [`super::ledger::EVENTS_KEPT`].
     #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
-    pub events: std::collections::VecDeque<super::types::Event>,
+    pub events: std::collections::VecDeque<super::ledger::Event>,
 }
 
 /// A key of the state an applied command changed (for write-through storage).
@@ -140,7 +141,7 @@ impl StateData {
     }
 
     /// The event numbered `seq`, while it is kept.
-    pub fn event(&self, seq: u64) -> Option<&super::types::Event> {
+    pub fn event(&self, seq: u64) -> Option<&super::ledger::Event> {
         let first = self.events.front()?.seq;
         self.events
             .get(usize::try_from(seq.checked_sub(first)?).ok()?)

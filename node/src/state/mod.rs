@@ -16,12 +16,14 @@ mod apply;
 pub mod command;
 pub mod data;
 pub mod key;
+pub mod ledger;
 pub mod types;
 pub mod validate;
 
 pub use command::{Command, Proposal, Rejection, Response, COMMAND_VERSION};
 pub use data::{Key, StateData};
 pub use key::{ContainerKey, Scope};
+pub use ledger::*;
 pub use types::*;
 
 #[cfg(test)]

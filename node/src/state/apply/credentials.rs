@@ -346,7 +346,7 @@ impl StateData {
             .extend([Key::DataKey, Key::KekId, Key::ClusterCa, Key::SigningKeys]);
         self.emit(
             tx,
-            super::super::types::Event {
+            super::super::ledger::Event {
                 kind: "keys.rotated".into(),
                 message: format!("master key {kek_id}"),
                 ..Default::default()

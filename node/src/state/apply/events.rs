@@ -4,7 +4,8 @@
 //! before command version 4 record none.
 
 use super::super::data::{Key, StateData};
-use super::super::types::{Event, Instance, InstanceState, InstanceStatus, EVENTS_KEPT};
+use super::super::ledger::{Event, EVENTS_KEPT};
+use super::super::types::{Instance, InstanceState, InstanceStatus};
 use super::tx::Tx;
 
 impl StateData {

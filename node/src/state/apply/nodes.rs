@@ -3,8 +3,9 @@
 use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::ContainerKey;
+use super::super::ledger::Event;
 use super::super::types::{
-    Event, Instance, InstanceStatus, NodeId, NodeRecord, NodeState, COLD_START_HISTORY,
+    Instance, InstanceStatus, NodeId, NodeRecord, NodeState, COLD_START_HISTORY,
 };
 use super::tx::{Applied, Tx};
 

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use super::super::command::Rejection;
 use super::super::data::{Key, StateData};
 use super::super::key::{ContainerKey, Scope};
-use super::super::types::{Container, ContainerSpec, Event, Namespace};
+use super::super::ledger::Event;
+use super::super::types::{Container, ContainerSpec, Namespace};
 use super::tx::{not_found, Applied, Tx};
 
 impl StateData {

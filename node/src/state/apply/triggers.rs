@@ -151,7 +151,7 @@ impl StateData {
         if t.history.len() > TRIGGER_HISTORY {
             t.history.remove(0);
         }
-        let e = super::super::types::Event {
+        let e = super::super::ledger::Event {
             kind: if firing.ok {
                 "trigger.fired"
             } else {

@@ -45,7 +45,7 @@ impl StateData {
                 tx,
                 "instance.stopped",
                 &i,
-                super::super::types::Event::default(),
+                super::super::ledger::Event::default(),
             );
         }
     }

@@ -4,10 +4,11 @@
 
 use super::super::data::{Key, StateData};
 use super::super::key::ContainerKey;
-use super::super::types::{
-    NodeId, UsageEntry, USAGE_DAY_MS, USAGE_HOURS_KEPT_MS, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS,
+use super::super::ledger::{
+    UsageEntry, USAGE_DAY_MS, USAGE_HOURS_KEPT_MS, USAGE_HOUR_MS, USAGE_MINUTES_KEPT_MS,
     USAGE_MINUTE_MS,
 };
+use super::super::types::NodeId;
 use super::tx::{Applied, Tx};
 
 impl StateData {
