@@ -254,13 +254,42 @@ async fn events_follow_shows_an_oom_kill_within_two_seconds() {
     assert!(kinds.contains(&"instance.placed".to_string()), "{kinds:?}");
 
     for round in 1..=2 {
+        // The kill's moment: the instance cgroup's OOM-kill count going up
+        // (the allocation before it takes its own time on a loaded machine).
+        let oom_control = format!(
+            "/sys/fs/cgroup/memory/{}/{}/memory.oom_control",
+            rouse_node::runtime::spec::CGROUP_PARENT,
+            inst.id
+        );
+        let kills = |path: &str| -> u64 {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| {
+                    t.lines().find_map(|l| {
+                        l.strip_prefix("oom_kill ")
+                            .and_then(|n| n.trim().parse().ok())
+                    })
+                })
+                .unwrap_or(0)
+        };
+        let before = kills(&oom_control);
         let (code, body) = get(
             &cluster.http(other),
             "hog.ev.rouse.localhost",
             "/cgi-bin/oom",
         );
         assert_eq!(code, 200, "{body}");
-        let killed = Instant::now();
+        let asked = Instant::now();
+        let killed = loop {
+            if kills(&oom_control) > before {
+                break Instant::now();
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(20),
+                "no OOM kill in {oom_control}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
         let crashed = loop {
             let (at, v) = rx
                 .recv_timeout(Duration::from_secs(10))
@@ -271,8 +300,9 @@ async fn events_follow_shows_an_oom_kill_within_two_seconds() {
         };
         let (at, v) = crashed;
         println!(
-            "round {round}: {v} after {:?} from the request that set it off",
-            at - killed
+            "round {round}: {v} {:?} after the kill ({:?} after the request that set it off)",
+            at - killed,
+            at - asked
         );
         assert_eq!(v["reason"], "oom", "{v}");
         assert_eq!(v["exit_code"], 137, "{v}");

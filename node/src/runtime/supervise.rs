@@ -115,7 +115,11 @@ impl Agent {
             while let Some(step) = steps.pop_front() {
                 let event = match step {
                     Step::Report(status) => {
+                        let crashed = status.state == crate::state::InstanceState::Crashed;
                         self.report(&id, status).await;
+                        if crashed {
+                            let _ = self.tasks.delete_task(&id).await;
+                        }
                         continue;
                     }
                     Step::Start => {
@@ -261,7 +265,8 @@ impl Agent {
         self.local.mark_exited(id);
         let code = watched.ok().and_then(|r| r.ok());
         let oom = Tasks::oom_killed(id);
-        let _ = self.tasks.delete_task(id).await;
+        // The exited task is deleted once its crash is reported (see the
+        // Report step): the report is not held up by containerd.
         Event::Exited {
             code,
             oom,
