@@ -100,12 +100,22 @@ async fn a_removed_node_cannot_come_back() {
         assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     }
     // Its elections (it still believes it is a voter) reach nobody: the
-    // members' term does not move while it runs.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // members refuse it (its log says so once it has stood at least once)
+    // and their term does not move while it runs.
+    eventually("the removed node's vote requests are refused", || {
+        let log = cluster.log_text(victim);
+        async move {
+            if log.contains("not issued by this cluster") {
+                Ok(())
+            } else {
+                Err("no refusal in its log yet")
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let info = c.node_info().await.unwrap();
     assert_eq!(info.term, term_before, "a removed node's votes got through");
-    let log = cluster.log_text(victim);
-    assert!(log.contains("not issued by this cluster"), "{log}");
 
     // The master key it kept opens neither the data key nor, so, any
     // secret the cluster holds now.
