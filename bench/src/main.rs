@@ -93,9 +93,12 @@ enum Cmd {
     Failover {
         #[arg(long, default_value_t = 20)]
         kills: usize,
-        /// The nodes' --heartbeat-ms (elections time out after 5-10).
-        #[arg(long, default_value_t = 150)]
+        /// The nodes' --heartbeat-ms (default: the node's default, 100).
+        #[arg(long, default_value_t = 100)]
         heartbeat_ms: u64,
+        /// The nodes' --election-timeout-ms (default: 5 heartbeats).
+        #[arg(long)]
+        election_timeout_ms: Option<u64>,
     },
     /// Cross-node hops over peer mTLS and over plain peers, against the
     /// same-node mesh and a direct connection.
@@ -658,9 +661,14 @@ fn http_status(addr: &str, host: &str, max_secs: u64) -> anyhow::Result<u16> {
     Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
 }
 
-async fn failover(kills: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
-    let hb = heartbeat_ms.to_string();
-    let mut rouse = three_nodes(&["--heartbeat-ms", &hb]).await;
+async fn failover(
+    kills: usize,
+    heartbeat_ms: u64,
+    election_timeout_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let election_timeout_ms = election_timeout_ms.unwrap_or(heartbeat_ms * 5);
+    let (hb, et) = (heartbeat_ms.to_string(), election_timeout_ms.to_string());
+    let mut rouse = three_nodes(&["--heartbeat-ms", &hb, "--election-timeout-ms", &et]).await;
     let mut took = Vec::new();
     let mut terms = Vec::new();
     for k in 0..kills {
@@ -700,7 +708,8 @@ async fn failover(kills: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
     let mut sorted = took.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "leader SIGKILL -> write accepted through a survivor, --heartbeat-ms {heartbeat_ms}, {kills} kills: \
+        "leader SIGKILL -> write accepted through a survivor, --heartbeat-ms {heartbeat_ms} \
+         --election-timeout-ms {election_timeout_ms}, {kills} kills: \
          p50 {:.0} ms, max {:.0} ms; term changes per kill: max {}, total {}",
         median(took.clone()),
         sorted.last().copied().unwrap_or(0.0),
@@ -1379,7 +1388,8 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Failover {
             kills,
             heartbeat_ms,
-        } => failover(kills, heartbeat_ms).await,
+            election_timeout_ms,
+        } => failover(kills, heartbeat_ms, election_timeout_ms).await,
         Cmd::Metering {
             seconds,
             rounds,

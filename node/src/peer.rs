@@ -102,6 +102,11 @@ impl RaftPeer for PeerService {
         reply(&self.cluster.raft.vote(rpc).await)
     }
 
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = decode(&req.into_inner().payload).map_err(bad_payload)?;
+        reply(&self.cluster.answer_pre_vote(&rpc).await)
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,

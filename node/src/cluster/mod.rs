@@ -17,7 +17,9 @@
 //!
 //! - [`error`]: [`ClusterError`], with a typed "never sent" flag.
 //! - [`membership`]: join, remove and the member list.
+//! - [`election`]: when this node stands for election (a pre-vote first).
 
+pub mod election;
 pub mod error;
 pub mod membership;
 
@@ -34,7 +36,7 @@ pub use membership::MemberView;
 
 use crate::raft::{decode, encode, PeerPool, Raft};
 use crate::state::{Command, NodeId, Proposal, Response};
-use crate::store::SmShared;
+use crate::store::{LogStore, SmShared};
 
 /// How long a call waits for a leader, a quorum or a forwarded answer.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -50,6 +52,9 @@ pub struct Cluster {
     pub raft: Raft,
     pub sm: Arc<SmShared>,
     pub pool: PeerPool,
+    /// The Raft log, read by pre-votes.
+    pub log: LogStore,
+    pub timing: election::Timing,
     /// Chaos-suite sabotage: answer reads without the leader check.
     #[cfg(feature = "sabotage")]
     pub sabotage_stale_reads: bool,
@@ -64,12 +69,21 @@ pub struct WriteOutcome {
 }
 
 impl Cluster {
-    pub fn new(id: NodeId, raft: Raft, sm: Arc<SmShared>, pool: PeerPool) -> Self {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        sm: Arc<SmShared>,
+        pool: PeerPool,
+        log: LogStore,
+        timing: election::Timing,
+    ) -> Self {
         Cluster {
             id,
             raft,
             sm,
             pool,
+            log,
+            timing,
             #[cfg(feature = "sabotage")]
             sabotage_stale_reads: false,
         }
@@ -96,6 +110,21 @@ impl Cluster {
                 r = rx.changed() => if r.is_err() { return },
             }
         }
+    }
+
+    /// Waits until Raft names a different leader (or term), at most `max`:
+    /// a retry after "no leader" goes out as soon as one is elected.
+    async fn leader_change(&self, max: Duration) {
+        let mut rx = self.raft.metrics();
+        let seen = {
+            let m = rx.borrow();
+            (m.current_leader, m.current_term)
+        };
+        let _ = tokio::time::timeout(
+            max,
+            rx.wait_for(|m| (m.current_leader, m.current_term) != seen),
+        )
+        .await;
     }
 
     /// The leader's id and peer address, when one is known.
@@ -162,7 +191,7 @@ impl Cluster {
             if !err.never_sent() || start.elapsed() > PATIENCE {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.leader_change(Duration::from_millis(50)).await;
         }
     }
 
@@ -230,7 +259,7 @@ impl Cluster {
             if start.elapsed() > PATIENCE {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.leader_change(Duration::from_millis(50)).await;
         }
     }
 

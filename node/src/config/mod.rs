@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub scale_cap: u32,
     pub snapshot_logs: u64,
     pub heartbeat_ms: u64,
+    /// How long voters wait without a leader before one stands (and for
+    /// how long after a leader's heartbeat they refuse other candidates).
+    pub election_timeout_ms: u64,
     /// How often API key use is written to the state.
     pub key_use_report: std::time::Duration,
     pub log: String,
@@ -241,11 +244,21 @@ impl NodeConfig {
             ));
         }
         let key_use_report = duration("key_use_report", args.key_use_report.clone(), "60s")?;
-        let heartbeat_ms = args.heartbeat_ms.unwrap_or(150);
+        let heartbeat_ms = args.heartbeat_ms.unwrap_or(100);
         if !(20..=5000).contains(&heartbeat_ms) {
             return Err(invalid(
                 "heartbeat_ms",
                 format!("{heartbeat_ms} is outside 20..=5000"),
+            ));
+        }
+        let election_timeout_ms = args.election_timeout_ms.unwrap_or(heartbeat_ms * 5);
+        if election_timeout_ms < heartbeat_ms * 3 || election_timeout_ms > 60_000 {
+            return Err(invalid(
+                "election_timeout_ms",
+                format!(
+                    "{election_timeout_ms} must be at least 3 heartbeats ({}) and at most 60000",
+                    heartbeat_ms * 3
+                ),
             ));
         }
         let hop = match &args.hop {
@@ -477,6 +490,7 @@ impl NodeConfig {
             scale_cap,
             snapshot_logs,
             heartbeat_ms,
+            election_timeout_ms,
             key_use_report,
             log: args.log.unwrap_or_else(|| "info,openraft=warn".into()),
             log_format,

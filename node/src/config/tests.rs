@@ -32,6 +32,9 @@ fn defaults() {
     assert_eq!(c.containerd_namespace, "rouse");
     assert_eq!(c.base_domain, "rouse.localhost");
     assert_eq!(c.scale_cap, 50);
+    assert_eq!((c.heartbeat_ms, c.election_timeout_ms), (100, 500));
+    let c = NodeConfig::resolve(args(&["--heartbeat-ms", "300"])).unwrap();
+    assert_eq!(c.election_timeout_ms, 1500, "5 heartbeats unless set");
 }
 
 #[test]
@@ -66,6 +69,12 @@ fn errors_name_the_setting() {
         (vec!["--log-format", "yaml"], "log_format"),
         (vec!["--metering", "no"], "metering"),
         (vec!["--otlp-endpoint", "127.0.0.1:4317"], "otlp_endpoint"),
+        (vec!["--heartbeat-ms", "10"], "heartbeat_ms"),
+        (vec!["--election-timeout-ms", "200"], "election_timeout_ms"),
+        (
+            vec!["--election-timeout-ms", "90000"],
+            "election_timeout_ms",
+        ),
     ] {
         let e = NodeConfig::resolve(args(&flags)).unwrap_err().to_string();
         assert!(e.starts_with(field), "{e}");

@@ -87,12 +87,18 @@ pub async fn run(
     let (log, sm) = crate::store::open(&config.data_dir)?;
     let shared = sm.shared();
 
-    let hb = config.heartbeat_ms;
+    let timing = crate::cluster::election::Timing {
+        heartbeat: Duration::from_millis(config.heartbeat_ms),
+        timeout: Duration::from_millis(config.election_timeout_ms),
+    };
+    let (heartbeat_interval, election_timeout_min, election_timeout_max) = timing.raft_settings();
     let raft_config = openraft::Config {
         cluster_name: "rouse".into(),
-        heartbeat_interval: hb,
-        election_timeout_min: hb * 5,
-        election_timeout_max: hb * 10,
+        heartbeat_interval,
+        election_timeout_min,
+        election_timeout_max,
+        // Elections are started by `cluster::election`, after a pre-vote.
+        enable_elect: false,
         install_snapshot_timeout: 5_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: config.snapshot_logs.min(1000),
@@ -107,13 +113,20 @@ pub async fn run(
         config.id,
         Arc::new(raft_config),
         Network::new(pool.clone()),
-        log,
+        log.clone(),
         sm,
     )
     .await
     .context("starting raft")?;
     #[allow(unused_mut)]
-    let mut cluster = Cluster::new(config.id, raft.clone(), shared.clone(), pool.clone());
+    let mut cluster = Cluster::new(
+        config.id,
+        raft.clone(),
+        shared.clone(),
+        pool.clone(),
+        log,
+        timing,
+    );
     #[cfg(feature = "sabotage")]
     {
         cluster.sabotage_stale_reads = config.sabotage_stale_reads;
@@ -228,6 +241,7 @@ pub async fn run(
         config.base_domain.clone(),
     ));
     let mut tasks: Vec<JoinHandle<()>> = vec![
+        tokio::spawn(crate::cluster::election::run(cluster.clone())),
         tokio::spawn(crate::triggers::run(cluster.clone(), delivery)),
         tokio::spawn(start_membership(
             cluster.clone(),

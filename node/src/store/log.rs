@@ -42,6 +42,18 @@ impl LogStore {
         Ok(())
     }
 
+    /// The id of the last entry in the log (or the last purged one), read
+    /// from disk: what a pre-vote compares with a candidate's.
+    pub fn last_log_id(&self) -> StResult<Option<LogId<NodeId>>> {
+        match self.log.last().map_err(logs_read_err)? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(logs_read_err)?;
+                Ok(Some(e.log_id))
+            }
+            None => self.get_json(KEY_PURGED),
+        }
+    }
+
     async fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush_async().await.map(|_| ())
     }
@@ -81,17 +93,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
-        let last_purged: Option<LogId<NodeId>> = self.get_json(KEY_PURGED)?;
-        let last = match self.log.last().map_err(logs_read_err)? {
-            Some((_, v)) => {
-                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(logs_read_err)?;
-                Some(e.log_id)
-            }
-            None => last_purged,
-        };
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last,
+            last_purged_log_id: self.get_json(KEY_PURGED)?,
+            last_log_id: self.last_log_id()?,
         })
     }
 
