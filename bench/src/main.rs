@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use ctr::{first_200, CniConf, Ctr, Net};
 
 mod ctr;
+mod scale;
 use rouse_testkit::cluster::{Cluster as Kit, Template};
 
 #[derive(Parser)]
@@ -60,6 +61,20 @@ enum Cmd {
         containers: u32,
         #[arg(long, default_value_t = 50)]
         per_container: u32,
+    },
+    /// What a large state costs: RSS, apply and list latency, idle leader
+    /// CPU, snapshot build and install, small state vs large (needs a
+    /// `simulated-nodes` build of rouse-node).
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        nodes: u64,
+        #[arg(long, default_value_t = 10_000)]
+        containers: u32,
+        #[arg(long, default_value_t = 5)]
+        per_container: u32,
+        /// Concurrent deploying clients.
+        #[arg(long, default_value_t = 16)]
+        parallel: u32,
     },
     Mesh {
         #[arg(long, default_value_t = 5)]
@@ -997,15 +1012,19 @@ async fn mesh(rounds: usize, seconds: u64, host_network: bool) -> anyhow::Result
 /// Starts 3 real nodes (no containerd) with the given extra flags.
 async fn three_nodes(extra: &[&str]) -> Rouse {
     let tmp_sock = std::env::temp_dir().join("rouse-bench-no-containerd.sock");
+    let log = if extra.contains(&"--log") {
+        &[][..]
+    } else {
+        &["--log", "warn"][..]
+    };
     let mut common: Vec<String> = [
-        "--log",
-        "warn",
         "--containerd",
         &tmp_sock.display().to_string(),
         "--node-grace",
         "1h",
     ]
     .iter()
+    .chain(log)
     .map(|s| s.to_string())
     .collect();
     common.extend(extra.iter().map(|s| s.to_string()));
@@ -1020,56 +1039,15 @@ async fn placement_run(
     per: u32,
     batch: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    use rouse_node::state::{Command, NodeRecord, Proposal};
     let rouse = three_nodes(&["--placement-batch", &batch.to_string()]).await;
-    // Simulated nodes, registered through the peer service's forwarding,
-    // which wants a cluster certificate: node 1's.
-    let tls = rouse_node::tls::Tls::new(false);
-    tls.set(
-        rouse_node::tls::load(&rouse.data_dir(1))?
-            .ok_or_else(|| anyhow::anyhow!("node 1 has no certificate"))?,
-    );
-    let ch =
-        tonic::transport::Endpoint::from_shared(rouse.endpoint(1).replace("http://", "https://"))?
-            .connect_with_connector(rouse_node::tls::connector(&tls, None, true))
-            .await?;
-    let mut peer = rouse_proto::peer::raft_peer_client::RaftPeerClient::new(ch);
-    for id in 0..nodes {
-        let node = NodeRecord {
-            id: 1000 + id,
-            // Loopback addresses nothing listens on: simulated nodes are never contacted.
-            api_addr: format!("127.1.{}.{}:1", id / 250, id % 250),
-            http_addr: String::new(),
-            hop_addr: String::new(),
-            zone: format!("zone-{}", id % 10),
-            region: "sim".into(),
-            cpu_capacity_mvcpu: 64_000,
-            memory_capacity_mb: 262_144,
-            cert_sha256: String::new(),
-        };
-        let p = Proposal::new(0, Command::RegisterNode { node });
-        peer.forward(rouse_proto::peer::RaftMessage {
-            payload: serde_json::to_vec(&p)?,
-        })
-        .await?;
-    }
+    scale::register_simulated_nodes(&rouse, nodes).await?;
     let mut c = rouse.connect(1).await?;
     c.create_namespace("sim", Default::default()).await?;
     let total = u64::from(containers) * u64::from(per);
     let t = Instant::now();
     for i in 0..containers {
-        c.deploy_container(rouse_client::pb::DeployContainerRequest {
-            namespace: "sim".into(),
-            name: format!("c{i}"),
-            image: Some("registry.invalid/sim:1".into()),
-            min_scale: Some(per),
-            max_scale: Some(per),
-            cpu_mvcpu: Some(100),
-            memory_mb: Some(64),
-            region: Some("sim".into()),
-            ..Default::default()
-        })
-        .await?;
+        c.deploy_container(scale::simulated(format!("c{i}"), per))
+            .await?;
     }
     let deployed = t.elapsed();
     loop {
@@ -1404,6 +1382,12 @@ async fn main() -> anyhow::Result<()> {
             containers,
             per_container,
         } => placement(nodes, containers, per_container).await,
+        Cmd::Scale {
+            nodes,
+            containers,
+            per_container,
+            parallel,
+        } => scale::scale(nodes, containers, per_container, parallel).await,
     }
 }
 

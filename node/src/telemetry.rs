@@ -99,6 +99,10 @@ pub struct Telemetry {
     containerd: Histograms<MethodLabel>,
     /// Leader changes this node has seen.
     pub leader_changes: Counter,
+    /// Snapshots this node built (serialize and store) and installed (from
+    /// a leader: decode, rewrite the state machine, store).
+    pub snapshot_builds: Histogram,
+    pub snapshot_installs: Histogram,
     /// The last commit index this node's log store was told of.
     pub committed: AtomicU64,
 }
@@ -120,6 +124,8 @@ impl Default for Telemetry {
             passes: Family::new_with_constructor(latency),
             containerd: Family::new_with_constructor(latency),
             leader_changes: Counter::default(),
+            snapshot_builds: latency(),
+            snapshot_installs: latency(),
             committed: AtomicU64::new(0),
         }
     }
@@ -258,6 +264,16 @@ impl Telemetry {
             "raft_leader_changes",
             "Leader changes this node has seen",
             self.leader_changes.clone(),
+        );
+        reg.register(
+            "raft_snapshot_build_seconds",
+            "Time to build and store a snapshot of the state",
+            self.snapshot_builds.clone(),
+        );
+        reg.register(
+            "raft_snapshot_install_seconds",
+            "Time to install a snapshot sent by the leader",
+            self.snapshot_installs.clone(),
         );
     }
 

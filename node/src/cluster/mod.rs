@@ -95,19 +95,20 @@ impl Cluster {
     }
 
     /// Waits until the applied index moves past `*seen` (updating it), or
-    /// `max` passes. Loops that react to state changes use it.
-    pub async fn applied_change(&self, seen: &mut u64, max: Duration) {
+    /// `max` passes; true if it moved. Loops that react to state changes
+    /// use it.
+    pub async fn applied_change(&self, seen: &mut u64, max: Duration) -> bool {
         let mut rx = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let applied = rx.borrow().last_applied.map_or(0, |l| l.index);
             if applied != *seen {
                 *seen = applied;
-                return;
+                return true;
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => return,
-                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return false,
+                r = rx.changed() => if r.is_err() { return false },
             }
         }
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{now_ms, Cluster, ClusterError};
 use crate::state::{Command, StateData};
+use crate::store::Applied;
 
 /// When a decision is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,12 @@ pub trait Decider: Send {
     /// Names the loop in logs.
     fn name(&self) -> &'static str;
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command>;
+    /// What the decision depends on in the applied state, when the decider
+    /// can tell: a wakeup by a change that left it as it was is skipped
+    /// (the pass's timer still runs it).
+    fn inputs(&self, _applied: &Applied) -> Option<u64> {
+        None
+    }
     /// This node stopped leading: forget what the leadership learned.
     fn lost_leadership(&mut self) {}
 }
@@ -38,14 +45,19 @@ pub enum Pace {
 pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
     let mut seen = 0;
     let mut since: Option<Instant> = None;
+    let mut last_inputs = None;
     loop {
-        match pace {
+        let changed = match pace {
             Pace::OnChange(max) => cluster.applied_change(&mut seen, max).await,
-            Pace::Every(d) => tokio::time::sleep(d).await,
-        }
+            Pace::Every(d) => {
+                tokio::time::sleep(d).await;
+                false
+            }
+        };
         if !cluster.is_leader() {
             if since.take().is_some() {
                 d.lost_leadership();
+                last_inputs = None;
             }
             continue;
         }
@@ -53,6 +65,11 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
         let pass = Instant::now();
         let commands = {
             let sm = cluster.sm.read();
+            let inputs = d.inputs(&sm);
+            if changed && inputs.is_some() && inputs == last_inputs {
+                continue;
+            }
+            last_inputs = inputs;
             d.decide(
                 &sm.data,
                 Tick {
@@ -61,9 +78,40 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
                 },
             )
         };
-        write_serially(&cluster, d.name(), commands).await;
+        write_serially(&cluster, d.name(), batched(commands)).await;
         crate::telemetry::METRICS.pass(d.name(), pass.elapsed());
     }
+}
+
+/// Most commands a batch entry holds.
+const BATCH: usize = 1000;
+
+/// A pass's commands in as few entries as they fit: runs of commands in
+/// `Batch` entries (one command alone stays as it is), placements in their
+/// own entries (the placement loop sizes those itself). Order is kept.
+pub fn batched(commands: Vec<Command>) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut run: Vec<Command> = Vec::new();
+    let flush = |run: &mut Vec<Command>, out: &mut Vec<Command>| match run.len() {
+        0 => {}
+        1 => out.append(run),
+        _ => out.push(Command::Batch {
+            commands: std::mem::take(run),
+        }),
+    };
+    for c in commands {
+        if matches!(c, Command::PlaceInstances { .. }) {
+            flush(&mut run, &mut out);
+            out.push(c);
+        } else {
+            run.push(c);
+            if run.len() == BATCH {
+                flush(&mut run, &mut out);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Writes `commands` in order. A rejected one is skipped (the state moved
@@ -80,5 +128,55 @@ pub async fn write_serially(cluster: &Cluster, name: &str, commands: Vec<Command
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scale(name: &str) -> Command {
+        Command::Scale {
+            namespace: "ns".into(),
+            name: name.into(),
+            replicas: 1,
+            reason: None,
+        }
+    }
+
+    fn place() -> Command {
+        Command::PlaceInstances {
+            add: Vec::new(),
+            remove: vec!["x".into()],
+        }
+    }
+
+    #[test]
+    fn a_pass_goes_out_in_few_entries_in_order() {
+        assert!(batched(Vec::new()).is_empty());
+        assert_eq!(batched(vec![scale("a")]), vec![scale("a")]);
+        let out = batched(vec![scale("a"), scale("b"), place(), scale("c"), place()]);
+        assert_eq!(
+            out,
+            vec![
+                Command::Batch {
+                    commands: vec![scale("a"), scale("b")]
+                },
+                place(),
+                scale("c"),
+                place(),
+            ]
+        );
+        let many: Vec<Command> = (0..2500).map(|i| scale(&i.to_string())).collect();
+        let out = batched(many.clone());
+        assert_eq!(out.len(), 3);
+        let flat: Vec<Command> = out
+            .into_iter()
+            .flat_map(|c| match c {
+                Command::Batch { commands } => commands,
+                c => vec![c],
+            })
+            .collect();
+        assert_eq!(flat, many);
     }
 }

@@ -51,6 +51,10 @@ impl Decider for Placement {
         "placement"
     }
 
+    fn inputs(&self, applied: &crate::store::Applied) -> Option<u64> {
+        Some(applied.placement_inputs)
+    }
+
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command> {
         let fresh_after = tick.now_ms.saturating_sub(super::autoscale::STALE_AFTER_MS);
         let draining = crate::loads::draining(&self.book.reports(), fresh_after);

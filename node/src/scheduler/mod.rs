@@ -88,15 +88,17 @@ pub fn plan_with(
         .keys()
         .map(|id| (*id, Load::default()))
         .collect();
-    let mut images_on: BTreeSet<(NodeId, String)> = BTreeSet::new();
-    for i in state.instances.values() {
-        if let Some(c) = state.container(&i.namespace, &i.container) {
+    let mut images_on: BTreeSet<(NodeId, &str)> = BTreeSet::new();
+    // Through the containers (each instance once, by the index): an
+    // instance whose container is gone holds nothing.
+    for c in state.containers.values() {
+        for i in state.instances_of(&c.namespace, &c.name) {
             if let Some(l) = load.get_mut(&i.node) {
                 l.cpu += u64::from(c.spec.cpu_mvcpu);
                 l.mem += u64::from(c.spec.memory_mb);
             }
             if let Some(img) = &c.resolved_image {
-                images_on.insert((i.node, img.clone()));
+                images_on.insert((i.node, img.as_str()));
             }
         }
     }
@@ -170,7 +172,7 @@ pub fn plan_with(
                         let has_image = c
                             .resolved_image
                             .as_ref()
-                            .is_some_and(|img| images_on.contains(&(n.id, img.clone())));
+                            .is_some_and(|img| images_on.contains(&(n.id, img.as_str())));
                         (
                             per_zone.get(&n.zone).copied().unwrap_or(0),
                             per_node.get(&n.id).copied().unwrap_or(0),
@@ -223,7 +225,7 @@ pub fn plan_with(
                     l.mem += u64::from(c.spec.memory_mb);
                 }
                 if let Some(img) = &c.resolved_image {
-                    images_on.insert((node, img.clone()));
+                    images_on.insert((node, img.as_str()));
                 }
                 p.add.push(Instance {
                     id: instance_id(c, suffix()),

@@ -30,7 +30,8 @@ use super::types::{
 ///   namespace quotas bound containers, secrets and tokens.
 /// - 3: triggers (`CreateTrigger` … `RecordFiring`), usage (`RecordUsage`).
 /// - 4: commands record what they did in the event stream.
-pub const COMMAND_VERSION: u32 = 4;
+/// - 5: `Batch`.
+pub const COMMAND_VERSION: u32 = 5;
 
 /// One entry's payload in the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +259,11 @@ pub enum Command {
         seq: u64,
         entries: Vec<UsageEntry>,
     },
+    /// Several commands in one entry (a leader loop's whole pass), applied
+    /// in order, each accepted or refused on its own as if alone. Refused
+    /// as a whole, changing nothing, if it holds a batch or nothing in it
+    /// applies.
+    Batch { commands: Vec<Command> },
 }
 
 /// Why `apply` refused a command. Deterministic: every node refuses alike.

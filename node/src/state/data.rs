@@ -24,7 +24,7 @@ pub struct StateData {
     pub containers: BTreeMap<ContainerKey, Container>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     #[serde(default)]
-    pub instances: BTreeMap<String, Instance>,
+    pub instances: super::instances::Instances,
     #[serde(default)]
     pub statuses: BTreeMap<String, InstanceStatus>,
     #[serde(default)]
@@ -154,9 +154,7 @@ impl StateData {
         namespace: &'a str,
         name: &'a str,
     ) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.instances
-            .values()
-            .filter(move |i| i.namespace == namespace && i.container == name)
+        self.instances.of(namespace, name)
     }
 
     pub fn container(&self, namespace: &str, name: &str) -> Option<&Container> {

@@ -51,9 +51,10 @@ fn variant(c: &Command) -> usize {
         Command::ClaimTick { .. } => 30,
         Command::RecordFiring { .. } => 31,
         Command::RecordUsage { .. } => 32,
+        Command::Batch { .. } => 33,
     }
 }
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 34;
 
 fn envelope() -> crate::secrets::Envelope {
     crate::secrets::Envelope {
@@ -397,6 +398,21 @@ fn samples() -> Vec<Command> {
                     suspended_ms: 0,
                 },
             }],
+        },
+        Command::Batch {
+            commands: vec![
+                Command::Scale {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                    replicas: 2,
+                    reason: Some("min-scale".into()),
+                },
+                Command::SetPending {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                    reason: None,
+                },
+            ],
         },
     ]
 }

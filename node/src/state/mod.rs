@@ -15,6 +15,7 @@
 mod apply;
 pub mod command;
 pub mod data;
+pub mod instances;
 pub mod key;
 pub mod ledger;
 pub mod types;

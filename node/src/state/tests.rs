@@ -314,7 +314,7 @@ fn proposal_encoding_is_stable() {
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(
         json,
-        r#"{"v":4,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
+        r#"{"v":5,"at_ms":5,"command":{"op":"delete_namespace","name":"n"}}"#
     );
     assert_eq!(serde_json::from_str::<Proposal>(&json).unwrap(), p);
 }
@@ -1090,4 +1090,50 @@ fn commands_record_events_in_order_bounded() {
     assert!(s.namespaces.get("n0").is_none());
     assert_eq!(s.events.back().unwrap().kind, "namespace.created");
     assert_eq!(s.events.len(), before);
+}
+
+#[test]
+fn a_batch_applies_each_command_on_its_own() {
+    let mut s = StateData::default();
+    create_ns(&mut s, "ns");
+    put(&mut s, "ns", "web", None);
+    let scale = |name: &str, n: u32| Command::Scale {
+        namespace: "ns".into(),
+        name: name.into(),
+        replicas: n,
+        reason: None,
+    };
+    // One applies, one is refused (no such container): the batch is accepted.
+    let r = apply(
+        &mut s,
+        9,
+        Command::Batch {
+            commands: vec![scale("web", 3), scale("gone", 2)],
+        },
+    );
+    assert!(r.rejection.is_none(), "{r:?}");
+    assert_eq!(s.container("ns", "web").unwrap().desired_scale, 3);
+    // Nothing applies, or a nested batch: refused, nothing changed.
+    let before = s.digest();
+    for cmd in [
+        Command::Batch {
+            commands: vec![scale("gone", 1)],
+        },
+        Command::Batch {
+            commands: vec![
+                scale("web", 4),
+                Command::Batch {
+                    commands: vec![scale("web", 5)],
+                },
+            ],
+        },
+        Command::Batch { commands: vec![] },
+    ] {
+        let r = apply(&mut s, 10, cmd);
+        assert!(
+            matches!(r.rejection, Some(Rejection::FailedPrecondition(_))),
+            "{r:?}"
+        );
+        assert_eq!(s.digest(), before);
+    }
 }

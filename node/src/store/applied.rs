@@ -12,4 +12,8 @@ pub struct Applied {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, BasicNode>,
     pub data: StateData,
+    /// Bumped by every applied entry that changed a container, a node or
+    /// an instance: what placement depends on (not replicated, not stored).
+    #[serde(skip)]
+    pub placement_inputs: u64,
 }

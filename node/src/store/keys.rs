@@ -120,7 +120,7 @@ pub(super) fn full_batch(a: &Applied) -> Result<sled::Batch, serde_json::Error> 
     for (k, v) in &a.data.nodes {
         b.insert(format!("node/{k:020}").as_bytes(), json(v)?);
     }
-    for (k, v) in &a.data.instances {
+    for (k, v) in a.data.instances.iter() {
         b.insert(format!("in/{k}").as_bytes(), json(v)?);
     }
     for (k, v) in &a.data.secrets {
@@ -234,9 +234,11 @@ pub(super) fn load(sm: &sled::Tree) -> Result<Applied, String> {
                 .containers
                 .insert(name, serde_json::from_slice(&v).map_err(bad)?);
         } else if let Some(id) = key.strip_prefix("in/") {
-            a.data
-                .instances
-                .insert(id.to_string(), serde_json::from_slice(&v).map_err(bad)?);
+            let inst: crate::state::Instance = serde_json::from_slice(&v).map_err(bad)?;
+            if inst.id != id {
+                return Err(format!("key {key}: holds instance {:?}", inst.id));
+            }
+            a.data.instances.insert(inst);
         } else if let Some(id) = key.strip_prefix("st/") {
             a.data
                 .statuses

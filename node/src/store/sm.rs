@@ -20,7 +20,7 @@ use super::keys::{
     full_batch, json, write_key, SM_LAST_APPLIED, SM_MEMBERSHIP, SM_REVISION, SNAP_DATA, SNAP_META,
 };
 use crate::raft::TypeConfig;
-use crate::state::{NodeId, Response, StateData, COMMAND_VERSION};
+use crate::state::{Key, NodeId, Response, StateData, COMMAND_VERSION};
 
 type StoredSnapshotParts = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
@@ -89,6 +89,7 @@ impl StateMachineStore {
                     last_applied: meta.last_log_id,
                     membership: meta.last_membership,
                     data,
+                    placement_inputs: 0,
                 };
             }
         }
@@ -133,6 +134,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let (data, last_applied, membership) = {
             let a = self.shared.read();
             (
@@ -152,9 +154,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot_id,
         };
         self.save_snapshot(&meta, &data).await?;
+        let took = started.elapsed();
+        crate::telemetry::METRICS
+            .snapshot_builds
+            .observe(took.as_secs_f64());
         tracing::info!(
             index = last_applied.map_or(0, |l| l.index),
             bytes = data.len(),
+            took_ms = took.as_millis() as u64,
             "built snapshot"
         );
         Ok(Snapshot {
@@ -224,6 +231,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(p) => {
                         let mut keys = Vec::new();
                         let resp = a.data.apply_tracked(&p, &mut keys);
+                        if keys.iter().any(|k| {
+                            matches!(k, Key::Container(_) | Key::Node(_) | Key::Instance(_))
+                        }) {
+                            a.placement_inputs += 1;
+                        }
                         for k in keys {
                             write_key(&mut batch, &a.data, &k).map_err(sm_err)?;
                         }
@@ -253,6 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StResult<()> {
+        let started = std::time::Instant::now();
         let bytes = snapshot.into_inner();
         let data: StateData = serde_json::from_slice(&bytes).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
@@ -264,6 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             data,
+            placement_inputs: 0,
         };
         let mut batch = sled::Batch::default();
         for kv in self.sm.iter() {
@@ -275,13 +289,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.sm.apply_batch(batch).map_err(sm_err)?;
         self.sm.apply_batch(fresh).map_err(sm_err)?;
         self.save_snapshot(meta, &bytes).await?;
-        *self.shared.applied.write() = applied;
+        {
+            // A new state: whatever placement saw before is out of date.
+            let mut a = self.shared.applied.write();
+            let inputs = a.placement_inputs + 1;
+            *a = applied;
+            a.placement_inputs = inputs;
+        }
         self.shared
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
+        crate::telemetry::METRICS
+            .snapshot_installs
+            .observe(took.as_secs_f64());
         tracing::info!(
             index = meta.last_log_id.map_or(0, |l| l.index),
             bytes = bytes.len(),
+            took_ms = took.as_millis() as u64,
             "installed snapshot from leader"
         );
         Ok(())

@@ -165,6 +165,29 @@ impl StateData {
             Command::RecordUsage { node, seq, entries } => {
                 self.record_usage(tx, *node, *seq, entries)
             }
+            Command::Batch { commands } => self.batch(tx, commands),
         }
+    }
+
+    fn batch(&mut self, tx: &mut Tx<'_>, commands: &[Command]) -> Applied {
+        if commands.iter().any(|c| matches!(c, Command::Batch { .. })) {
+            return Err(super::command::Rejection::FailedPrecondition(
+                "a batch may not hold a batch".into(),
+            ));
+        }
+        let mut applied = 0;
+        for c in commands {
+            // A refused command left the state as it was.
+            if self.apply_command(tx, c).is_ok() {
+                applied += 1;
+            }
+        }
+        if applied == 0 {
+            return Err(super::command::Rejection::FailedPrecondition(format!(
+                "none of the batch's {} commands applies",
+                commands.len()
+            )));
+        }
+        Ok(())
     }
 }

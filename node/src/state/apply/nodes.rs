@@ -160,7 +160,7 @@ impl StateData {
                 && self.nodes.contains_key(&inst.node)
                 && !self.instances.contains_key(&inst.id);
             if fits {
-                self.instances.insert(inst.id.clone(), inst.clone());
+                self.instances.insert(inst.clone());
                 tx.touched.push(Key::Instance(inst.id.clone()));
                 self.emit_instance(tx, "instance.placed", inst, Event::default());
             }
