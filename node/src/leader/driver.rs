@@ -22,10 +22,10 @@ pub trait Decider: Send {
     /// Names the loop in logs.
     fn name(&self) -> &'static str;
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command>;
-    /// What the decision depends on in the applied state, when the decider
-    /// can tell: a wakeup by a change that left it as it was is skipped
-    /// (the pass's timer still runs it).
-    fn inputs(&self, _applied: &Applied) -> Option<u64> {
+    /// A fingerprint of everything the decision depends on, when the
+    /// decider can tell: a pass whose inputs are those of the last pass
+    /// that wrote all it decided is skipped (it would decide the same).
+    fn inputs(&self, _applied: &Applied, _tick: Tick) -> Option<u64> {
         None
     }
     /// This node stopped leading: forget what the leadership learned.
@@ -47,13 +47,12 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
     let mut since: Option<Instant> = None;
     let mut last_inputs = None;
     loop {
-        let changed = match pace {
-            Pace::OnChange(max) => cluster.applied_change(&mut seen, max).await,
-            Pace::Every(d) => {
-                tokio::time::sleep(d).await;
-                false
+        match pace {
+            Pace::OnChange(max) => {
+                cluster.applied_change(&mut seen, max).await;
             }
-        };
+            Pace::Every(d) => tokio::time::sleep(d).await,
+        }
         if !cluster.is_leader() {
             if since.take().is_some() {
                 d.lost_leadership();
@@ -63,22 +62,23 @@ pub async fn run(cluster: Arc<Cluster>, mut d: impl Decider, pace: Pace) {
         }
         let started = *since.get_or_insert_with(Instant::now);
         let pass = Instant::now();
-        let commands = {
+        let tick = Tick {
+            now_ms: now_ms(),
+            leader_for: started.elapsed(),
+        };
+        let (commands, inputs) = {
             let sm = cluster.sm.read();
-            let inputs = d.inputs(&sm);
-            if changed && inputs.is_some() && inputs == last_inputs {
+            let inputs = d.inputs(&sm, tick);
+            if inputs.is_some() && inputs == last_inputs {
                 continue;
             }
-            last_inputs = inputs;
-            d.decide(
-                &sm.data,
-                Tick {
-                    now_ms: now_ms(),
-                    leader_for: started.elapsed(),
-                },
-            )
+            (d.decide(&sm.data, tick), inputs)
         };
-        write_serially(&cluster, d.name(), batched(commands)).await;
+        // Remembered only once all it decided is written.
+        last_inputs = None;
+        if write_serially(&cluster, d.name(), batched(commands)).await {
+            last_inputs = inputs;
+        }
         crate::telemetry::METRICS.pass(d.name(), pass.elapsed());
     }
 }
@@ -114,21 +114,25 @@ pub fn batched(commands: Vec<Command>) -> Vec<Command> {
     out
 }
 
-/// Writes `commands` in order. A rejected one is skipped (the state moved
-/// on; the next pass decides again); any other error ends the pass.
-pub async fn write_serially(cluster: &Cluster, name: &str, commands: Vec<Command>) {
+/// Writes `commands` in order; true if every one was accepted. A rejected
+/// one is skipped (the state moved on; the next pass decides again); any
+/// other error ends the pass.
+pub async fn write_serially(cluster: &Cluster, name: &str, commands: Vec<Command>) -> bool {
+    let mut all = true;
     for cmd in commands {
         match cluster.write(cmd).await {
             Ok(_) => {}
             Err(ClusterError::Rejected(r)) => {
+                all = false;
                 tracing::debug!(decider = name, reason = %r, "command refused; deciding again next pass")
             }
             Err(e) => {
                 tracing::debug!(decider = name, error = %e, "not committed; trying again next pass");
-                return;
+                return false;
             }
         }
     }
+    all
 }
 
 #[cfg(test)]

@@ -38,6 +38,16 @@ pub fn commands(plan: Plan, batch: usize) -> Vec<Command> {
     out
 }
 
+impl Placement {
+    fn draining(
+        &self,
+        tick: Tick,
+    ) -> std::collections::BTreeMap<crate::state::ContainerKey, usize> {
+        let fresh_after = tick.now_ms.saturating_sub(super::autoscale::STALE_AFTER_MS);
+        crate::loads::draining(&self.book.reports(), fresh_after)
+    }
+}
+
 /// The placement loop's decider.
 pub struct Placement {
     pub params: Params,
@@ -51,13 +61,18 @@ impl Decider for Placement {
         "placement"
     }
 
-    fn inputs(&self, applied: &crate::store::Applied) -> Option<u64> {
-        Some(applied.placement_inputs)
+    /// The state's placement inputs and the instances still draining on
+    /// nodes (from their load reports): nothing else moves a plan.
+    fn inputs(&self, applied: &crate::store::Applied, tick: Tick) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        applied.placement_inputs.hash(&mut h);
+        self.draining(tick).hash(&mut h);
+        Some(h.finish())
     }
 
     fn decide(&mut self, state: &StateData, tick: Tick) -> Vec<Command> {
-        let fresh_after = tick.now_ms.saturating_sub(super::autoscale::STALE_AFTER_MS);
-        let draining = crate::loads::draining(&self.book.reports(), fresh_after);
+        let draining = self.draining(tick);
         let plan = scheduler::plan_with(
             state,
             tick.now_ms,
