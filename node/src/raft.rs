@@ -57,6 +57,9 @@ pub struct PeerPool {
     /// check when mTLS is off).
     secret: Arc<Mutex<Option<String>>>,
     tls: crate::tls::Tls,
+    /// When each peer last answered an AppendEntries (heartbeats included):
+    /// how a leader knows a majority still hears it.
+    answered: Arc<Mutex<HashMap<NodeId, std::time::Instant>>>,
 }
 
 /// Header carrying the peer credential (derived from the master key).
@@ -88,7 +91,13 @@ impl PeerPool {
             local,
             secret: Default::default(),
             tls,
+            answered: Default::default(),
         }
+    }
+
+    /// How long since `peer` last answered this node's AppendEntries.
+    pub fn since_answer(&self, peer: NodeId) -> Option<Duration> {
+        self.answered.lock().get(&peer).map(|t| t.elapsed())
     }
 
     /// The URL scheme peers are reached with.
@@ -233,10 +242,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(&rpc, &option, |mut c, m| async move {
-            c.append_entries(m).await
-        })
-        .await
+        let r = self
+            .call(&rpc, &option, |mut c, m| async move {
+                c.append_entries(m).await
+            })
+            .await;
+        if r.is_ok() {
+            self.pool
+                .answered
+                .lock()
+                .insert(self.target, std::time::Instant::now());
+        }
+        r
     }
 
     async fn install_snapshot(

@@ -295,6 +295,21 @@ impl TestCluster {
         self.inner.kill(id);
     }
 
+    /// SIGSTOPs node `id`: its sockets stay open and nothing answers, which
+    /// to the other nodes is a node behind a dropped link.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(n) = self.inner.nodes.get_mut(&id) {
+            n.pause();
+        }
+    }
+
+    /// SIGCONTs node `id`.
+    pub fn resume(&mut self, id: u64) {
+        if let Some(n) = self.inner.nodes.get_mut(&id) {
+            n.resume();
+        }
+    }
+
     /// Restarts node `id` from its data dir, with no bootstrap or join flag.
     pub fn restart(&mut self, id: u64) {
         self.inner

@@ -162,6 +162,16 @@ impl ClusterService for Api {
             state_digest: digest,
             version: env!("CARGO_PKG_VERSION").into(),
             api_level: rouse_proto::API_LEVEL,
+            health: match self.cluster.no_quorum() {
+                None => "ok".into(),
+                Some(since) => format!(
+                    "degraded: no quorum since {} ({} s)",
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)
+                    ),
+                    crate::cluster::now_ms().saturating_sub(since) / 1000
+                ),
+            },
         }))
     }
 }

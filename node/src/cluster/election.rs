@@ -222,6 +222,50 @@ impl Cluster {
     }
 }
 
+/// Since when (ms since the epoch) this node has been cut off from a
+/// majority, if it has for two election timeouts: a leader whose followers
+/// have not acknowledged it, or a node that has heard from no leader.
+fn cut_off_since(cluster: &Cluster, view: &View, started: Instant) -> Option<u64> {
+    let patience = cluster.timing.timeout * 2;
+    let now = super::now_ms();
+    if view.leads {
+        // The age of the majority's latest answers, in the worst config.
+        let configs = cluster
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .clone();
+        let age = configs
+            .iter()
+            .map(|c| {
+                let mut ages: Vec<Duration> = c
+                    .iter()
+                    .map(|id| {
+                        if *id == cluster.id {
+                            Duration::ZERO
+                        } else {
+                            cluster.pool.since_answer(*id).unwrap_or(Duration::MAX)
+                        }
+                    })
+                    .collect();
+                ages.sort();
+                ages.get(c.len() / 2).copied().unwrap_or(Duration::ZERO)
+            })
+            .max()
+            .unwrap_or(Duration::ZERO);
+        return (age > patience).then(|| now.saturating_sub(ms(age.min(patience * 2))));
+    }
+    // Never heard of a vote: counted from this node's start.
+    let quiet = view.touched.unwrap_or(started).elapsed();
+    if view.committed && quiet <= patience {
+        return None;
+    }
+    (quiet > patience).then(|| now.saturating_sub(ms(quiet)))
+}
+
 /// The election clock of one node; ends when Raft stops.
 pub async fn run(cluster: std::sync::Arc<Cluster>) {
     let timing = cluster.timing;
@@ -244,6 +288,7 @@ pub async fn run(cluster: std::sync::Arc<Cluster>) {
             .membership()
             .get_joint_config()
             .clone();
+        cluster.set_no_quorum(cut_off_since(&cluster, &view, started));
         let voter = configs.iter().any(|c| c.contains(&cluster.id));
         if view.leads || !voter {
             base = None;

@@ -13,6 +13,21 @@ pub const NOT_LEADER: &str = "x-rouse-not-leader";
 pub enum ClusterError {
     #[error("no leader is known: the cluster is electing one or has lost its quorum")]
     NoLeader,
+    /// This node has been cut off from a working majority for a while.
+    /// `in_flight`: the write had been sent to a leader before that was
+    /// known, so it may still apply.
+    #[error(
+        "no quorum: node {node} has heard from no leader backed by a majority since {} ({} s ago); \
+         writes and linearizable reads are refused until it does (its running containers keep serving){}",
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(*since_ms)),
+        super::now_ms().saturating_sub(*since_ms) / 1000,
+        if *in_flight { "; this write had already been sent and may still apply" } else { "" }
+    )]
+    NoQuorum {
+        node: NodeId,
+        since_ms: u64,
+        in_flight: bool,
+    },
     #[error(transparent)]
     Rejected(#[from] Rejection),
     /// The leader could not be reached. `never_sent`: the call did not
@@ -51,6 +66,7 @@ impl ClusterError {
         matches!(
             self,
             ClusterError::NoLeader
+                | ClusterError::NoQuorum { .. }
                 | ClusterError::LeaderUnreachable { .. }
                 | ClusterError::Timeout(_)
         )
@@ -61,6 +77,7 @@ impl ClusterError {
     pub fn never_sent(&self) -> bool {
         match self {
             ClusterError::NoLeader => true,
+            ClusterError::NoQuorum { in_flight, .. } => !*in_flight,
             ClusterError::LeaderUnreachable { never_sent, .. } => *never_sent,
             ClusterError::Remote(s) => status_never_sent(s),
             _ => false,

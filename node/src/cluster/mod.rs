@@ -55,6 +55,9 @@ pub struct Cluster {
     /// The Raft log, read by pre-votes.
     pub log: LogStore,
     pub timing: election::Timing,
+    /// Since when (ms since the epoch) this node has heard from no leader
+    /// backed by a majority; 0 while it has. Kept by the election clock.
+    no_quorum_since_ms: std::sync::atomic::AtomicU64,
     /// Chaos-suite sabotage: answer reads without the leader check.
     #[cfg(feature = "sabotage")]
     pub sabotage_stale_reads: bool,
@@ -84,8 +87,57 @@ impl Cluster {
             pool,
             log,
             timing,
+            no_quorum_since_ms: Default::default(),
             #[cfg(feature = "sabotage")]
             sabotage_stale_reads: false,
+        }
+    }
+
+    /// Since when this node has been cut off from a working majority (ms
+    /// since the epoch), if it is.
+    pub fn no_quorum(&self) -> Option<u64> {
+        match self
+            .no_quorum_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+
+    pub(crate) fn set_no_quorum(&self, since_ms: Option<u64>) {
+        use std::sync::atomic::Ordering;
+        match since_ms {
+            None => self.no_quorum_since_ms.store(0, Ordering::Relaxed),
+            // The first moment counts: later ticks do not move it.
+            Some(ms) => {
+                let _ = self.no_quorum_since_ms.compare_exchange(
+                    0,
+                    ms.max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    /// The error for a call refused (or abandoned) for want of a quorum.
+    fn no_quorum_error(&self, since_ms: u64, in_flight: bool) -> ClusterError {
+        ClusterError::NoQuorum {
+            node: self.id,
+            since_ms,
+            in_flight,
+        }
+    }
+
+    /// Resolves once this node is cut off from a majority: a call to the
+    /// leader in flight then is abandoned rather than left hanging.
+    async fn quorum_lost(&self) -> u64 {
+        loop {
+            if let Some(ms) = self.no_quorum() {
+                return ms;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -165,7 +217,14 @@ impl Cluster {
         let p = Proposal::new(now_ms(), cmd);
         let start = Instant::now();
         loop {
-            let err = match self.raft.client_write(p.clone()).await {
+            if let Some(since) = self.no_quorum() {
+                return Err(self.no_quorum_error(since, false));
+            }
+            let written = tokio::select! {
+                r = self.raft.client_write(p.clone()) => r,
+                since = self.quorum_lost() => return Err(self.no_quorum_error(since, true)),
+            };
+            let err = match written {
                 Ok(r) => {
                     return Ok(WriteOutcome {
                         index: r.log_id.index,
@@ -206,7 +265,11 @@ impl Cluster {
         let payload = encode(p)?;
         let mut req = tonic::Request::new(RaftMessage { payload });
         req.set_timeout(PATIENCE);
-        match client.forward(req).await {
+        let answer = tokio::select! {
+            r = client.forward(req) => r,
+            since = self.quorum_lost() => return Err(self.no_quorum_error(since, true)),
+        };
+        match answer {
             Ok(r) => Ok(decode(&r.into_inner().payload)?),
             Err(s) if s.code() == Code::Unavailable && !s.metadata().contains_key(NOT_LEADER) => {
                 Err(ClusterError::LeaderUnreachable {
@@ -230,7 +293,14 @@ impl Cluster {
         }
         let start = Instant::now();
         loop {
-            let err = match self.raft.ensure_linearizable().await {
+            if let Some(since) = self.no_quorum() {
+                return Err(self.no_quorum_error(since, false));
+            }
+            let checked = tokio::select! {
+                r = self.raft.ensure_linearizable() => r,
+                since = self.quorum_lost() => return Err(self.no_quorum_error(since, false)),
+            };
+            let err = match checked {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     match (f.leader_id, f.leader_node) {
@@ -275,10 +345,9 @@ impl Cluster {
         let mut req = tonic::Request::new(ReadIndexRequest {});
         req.set_timeout(Duration::from_secs(3));
         // A read index asks, it changes nothing: any failure may be retried.
-        client
-            .read_index(req)
-            .await
-            .map(|r| r.into_inner().index)
-            .map_err(unreachable)
+        tokio::select! {
+            r = client.read_index(req) => r.map(|r| r.into_inner().index).map_err(unreachable),
+            since = self.quorum_lost() => Err(self.no_quorum_error(since, false)),
+        }
     }
 }

@@ -908,6 +908,8 @@ struct NodeInfoOut {
     purged_index: u64,
     snapshots_installed: u64,
     state_digest: String,
+    /// "ok" or "degraded: no quorum since …".
+    health: String,
 }
 
 /// Seconds in a duration flag such as `24h` (0 when absent: the server's default).
@@ -1206,11 +1208,12 @@ async fn run(mut cli: Cli) -> Result<(), Fail> {
                 purged_index: i.purged_index,
                 snapshots_installed: i.snapshots_installed,
                 state_digest: i.state_digest,
+                health: i.health,
             };
             emit(fmt, &out, || {
                 format!(
-                    "node {} ({}), term {}, leader {}\nlog {} applied {} snapshot {} purged {} (installed {} snapshots)\ndigest {}",
-                    out.id, out.state, out.term, out.leader_id, out.last_log_index, out.last_applied_index,
+                    "node {} ({}), term {}, leader {}, health {}\nlog {} applied {} snapshot {} purged {} (installed {} snapshots)\ndigest {}",
+                    out.id, out.state, out.term, out.leader_id, out.health, out.last_log_index, out.last_applied_index,
                     out.snapshot_index, out.purged_index, out.snapshots_installed, out.state_digest
                 )
             })
