@@ -9,13 +9,36 @@ use rouse_node::config::{Args, NodeConfig};
 fn main() -> ExitCode {
     // Read (and cleared from the environment) before any thread starts.
     let inherited = listenfd::ListenFd::from_env();
-    let config = match NodeConfig::resolve(Args::parse()) {
+    let args = Args::parse();
+    let check = args.check_config;
+    let config = match NodeConfig::resolve(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rouse-node: {e}");
             return ExitCode::from(2);
         }
     };
+    if check {
+        println!(
+            "config ok: node {} (zone {:?}, region {:?}), data dir {}, API on {} advertised as {}, \
+             mesh on {} advertised as {}, hops advertised as {}, {}",
+            config.id,
+            config.zone,
+            config.region,
+            config.data_dir.display(),
+            config.listen,
+            config.advertise,
+            config.http,
+            config.advertise_http,
+            config.advertise_hop,
+            match (&config.join, config.bootstrap) {
+                (Some(j), _) => format!("joins through {j}"),
+                (None, true) => "bootstraps a new cluster".to_string(),
+                (None, false) => "restarts from its data dir".to_string(),
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

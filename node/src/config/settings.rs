@@ -97,6 +97,12 @@ pub struct Args {
     #[arg(long, env = "ROUSE_CONFIG")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<PathBuf>,
+    /// Check the settings (flags, environment and --config file) and exit:
+    /// 0 with a summary when they would start a node, 2 with the field and
+    /// the rule when not. Nothing is bound, created or contacted.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// Highest max-scale a container may ask for.
     #[arg(long, env = "ROUSE_SCALE_CAP")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
