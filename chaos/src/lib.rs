@@ -12,6 +12,8 @@
 //! - [`check`]: one module per invariant (linearizability, lost writes);
 //! - [`history`]: the register history as JSON lines for outside checkers,
 //!   and back;
+//! - [`jit`]: a second linearizability checker sharing no code with
+//!   [`check`] (Lowe's just-in-time linearization), to check the first;
 //! - [`report`]: JSON, summary and an SVG timeline.
 
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@
 pub mod check;
 pub mod cluster;
 pub mod history;
+pub mod jit;
 pub mod mesh;
 pub mod proxy;
 pub mod registers;

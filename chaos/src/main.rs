@@ -2,9 +2,10 @@
 //! [--history FILE] [--sabotage stale-reads]`: exits 0 only when every
 //! invariant holds.
 //!
-//! `rouse-chaos check FILE`: checks a register history written by
-//! `--history` (or any tool writing that format); exits 0 only when every
-//! register's history is linearizable.
+//! `rouse-chaos check [--checker wgl|jit] FILE`: checks a register history
+//! written by `--history` (or any tool writing that format); exits 0 only
+//! when every register's history is linearizable. `jit` is a second checker
+//! sharing no code with the first.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,11 @@ enum Cmd {
         report: Option<PathBuf>,
         #[command(flatten)]
         budget: BudgetArgs,
+        /// Which checker: `wgl` (the run's own: Wing & Gong / Lowe search
+        /// with porcupine-style caching) or `jit` (an independent one,
+        /// sharing no code with it: Lowe's just-in-time linearization).
+        #[arg(long, default_value = "wgl", value_parser = ["wgl", "jit"])]
+        checker: String,
     },
     /// Start a cluster, run clients and faults, heal, check, report.
     Run {
@@ -123,8 +129,15 @@ fn main() -> ExitCode {
         Cmd::Check {
             file,
             initial_value,
+            checker,
+            ..
+        } if checker == "jit" => check_jit(&file, &initial_value),
+        Cmd::Check {
+            file,
+            initial_value,
             report,
             budget,
+            ..
         } => check(&file, &initial_value, report.as_deref(), &budget),
         Cmd::Run {
             nodes,
@@ -178,6 +191,45 @@ fn main() -> ExitCode {
             };
             run(opts, report, keep)
         }
+    }
+}
+
+/// Checks a history file with the independent checker: 0 linearizable, 1
+/// not (or over budget), 2 unreadable.
+fn check_jit(file: &std::path::Path, initial: &str) -> ExitCode {
+    let started = std::time::Instant::now();
+    let answers = std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|text| rouse_chaos::jit::check_text(&text, initial, 20_000_000));
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rouse-chaos: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let with = |want: rouse_chaos::jit::Answer| -> Vec<&str> {
+        answers
+            .iter()
+            .filter(|(_, a)| **a == want)
+            .map(|(k, _)| k.as_str())
+            .collect()
+    };
+    let (bad, unknown) = (
+        with(rouse_chaos::jit::Answer::NotLinearizable),
+        with(rouse_chaos::jit::Answer::Unknown),
+    );
+    println!(
+        "jit checker: {} registers in {:.2} s; not linearizable: {bad:?}; over budget: {unknown:?}",
+        answers.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if bad.is_empty() && unknown.is_empty() {
+        println!("PASS");
+        ExitCode::SUCCESS
+    } else {
+        println!("FAIL");
+        ExitCode::FAILURE
     }
 }
 

@@ -1,6 +1,7 @@
 //! The chaos suite, short and seeded: a 3-node run with faults passes, and
 //! the same run with stale reads sabotaged is caught by the checker. Each
-//! run's exported history, checked again by `rouse-chaos check`, gets the
+//! run's exported history, checked again by `rouse-chaos check` (and by
+//! `--checker jit`, which shares no code with it), gets the
 //! same verdict.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -57,6 +58,19 @@ fn run(extra: &[&str]) -> (i32, serde_json::Value, String, i32) {
         .output()
         .expect("run rouse-chaos check");
     println!("{}", String::from_utf8_lossy(&check.stdout));
+    // The independent checker (no code shared with the first) agrees.
+    let jit = Command::new(rouse_e2e::bin_dir().join("rouse-chaos"))
+        .args(["check", "--checker", "jit"])
+        .arg(&history)
+        .output()
+        .expect("run rouse-chaos check --checker jit");
+    println!("{}", String::from_utf8_lossy(&jit.stdout));
+    assert_eq!(
+        jit.status.code(),
+        check.status.code(),
+        "the two checkers disagree on {}",
+        history.display()
+    );
     (
         out.status.code().unwrap_or(-1),
         v,
