@@ -545,6 +545,15 @@ fn container_items(
         );
         req.read_only_rootfs = Some(v);
     }
+    if let Some(v) = c.routing {
+        field(
+            &mut fields,
+            "routing",
+            cur.map(|c| c.routing.clone()),
+            Some(v.as_str().to_string()),
+        );
+        req.routing = Some(v.as_str().to_string());
+    }
     if let Some(v) = &c.health_path {
         field(
             &mut fields,
@@ -955,6 +964,11 @@ pub fn export(ns: &str, o: &Observed) -> Manifest {
                 ))),
                 health_path: (!s.health_path.is_empty()).then(|| s.health_path.clone()),
                 region: (!s.region.is_empty()).then(|| s.region.clone()),
+                routing: Some(if s.routing == "any" {
+                    manifest::Routing::Any
+                } else {
+                    manifest::Routing::LocalFirst
+                }),
                 read_only_rootfs: Some(s.read_only_rootfs),
                 env: s.env.clone().into_iter().collect(),
                 secrets: secret_refs(&oc.secrets),

@@ -127,6 +127,10 @@ pub struct Container {
     /// Place instances only on nodes of this region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Which instances a node's mesh sends requests to (default local-first:
+    /// its own, its zone's, its region's, then anywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only_rootfs: Option<bool>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -200,6 +204,22 @@ pub enum Privacy {
 pub enum Protocol {
     Http1,
     H2c,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    LocalFirst,
+    Any,
+}
+
+impl Routing {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Routing::LocalFirst => "local-first",
+            Routing::Any => "any",
+        }
+    }
 }
 
 /// Where a secret's value comes from, on the machine running `rouse`:

@@ -90,13 +90,14 @@ prop_compose! {
         min in small_u32(), max in small_u32(), conc in small_u32(), timeout in small_u32(),
         privacy in -2i32..5, protocol in -2i32..5, idle in small_u32(),
         region in proptest::option::of(nasty()), health in proptest::option::of(nasty()),
-        ro in proptest::option::of(any::<bool>()),
+        ro in proptest::option::of(any::<bool>()), routing in proptest::option::of(nasty()),
     ) -> rouse_proto::v1::DeployContainerRequest {
         rouse_proto::v1::DeployContainerRequest {
             namespace, name, image, port: port.map(|p| p % 70_000), env, replace_env,
             secrets: Default::default(), cpu_mvcpu: cpu, memory_mb: memory, min_scale: min,
             max_scale: max, max_concurrency: conc, timeout_seconds: timeout, privacy, protocol,
             scale_to_zero_after_seconds: idle, region, health_path: health, read_only_rootfs: ro,
+            routing,
         }
     }
 }

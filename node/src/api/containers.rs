@@ -67,6 +67,14 @@ pub fn spec_for(
     if let Some(h) = &r.health_path {
         spec.health_path = (!h.is_empty()).then(|| h.clone());
     }
+    if let Some(v) = &r.routing {
+        spec.routing = crate::state::Routing::parse(v).ok_or_else(|| {
+            ApiError::invalid(
+                "routing",
+                format!("{v:?} is neither \"local-first\" nor \"any\""),
+            )
+        })?;
+    }
     if let Some(region) = &r.region {
         if region.is_empty() {
             spec.region = None;

@@ -112,6 +112,7 @@ impl From<&Container> for pb::Container {
             region: c.spec.region.clone().unwrap_or_default(),
             health_path: c.spec.health_path.clone().unwrap_or_default(),
             read_only_rootfs: s.read_only_rootfs,
+            routing: s.routing.as_str().into(),
             desired_scale: c.desired_scale,
             scale_reason: c.scale_reason.clone().unwrap_or_default(),
             scaled_at_ms: c.scaled_at_ms,

@@ -389,6 +389,7 @@ mod tests {
         Command, ContainerSpec, Instance, InstanceState, InstanceStatus, NodeRecord, Proposal,
         StateData,
     };
+    use std::collections::BTreeSet;
 
     fn world() -> StateData {
         let mut s = StateData::default();
@@ -455,6 +456,112 @@ mod tests {
             ));
         }
         s
+    }
+
+    /// Node 1 (zone a1) and 2 (zone a2) in region a, node 3 in region b;
+    /// instances a on 1 (ready), b on 2 (suspended), d on 3 (ready).
+    fn regions() -> StateData {
+        let mut s = world();
+        for (id, zone, region) in [(1, "a1", "a"), (2, "a2", "a"), (3, "b1", "b")] {
+            let r = s.apply(&Proposal::new(
+                5,
+                Command::RegisterNode {
+                    node: NodeRecord {
+                        id,
+                        http_addr: format!("10.0.0.{id}:8080"),
+                        zone: zone.into(),
+                        region: region.into(),
+                        ..Default::default()
+                    },
+                },
+            ));
+            assert!(r.rejection.is_none(), "{r:?}");
+        }
+        s
+    }
+
+    fn remote(v: &View) -> Vec<NodeId> {
+        v.remote.keys().copied().collect()
+    }
+
+    #[test]
+    fn local_first_keeps_a_region_s_requests_in_it_while_it_has_an_instance() {
+        let mut s = regions();
+        let k = ContainerKey::new("ns", "web");
+        // From node 1: its own, then region a's node 2; never region b's.
+        let v = view(&s, 1, &k);
+        assert_eq!(v.local.len(), 1);
+        assert_eq!(remote(&v), vec![2]);
+        assert!(v.near.is_empty(), "node 2 is in another zone");
+        // From node 3 (region b, its own instance ready): only itself.
+        assert!(view(&s, 3, &k).remote.is_empty());
+        // Routing "any": every node with a ready instance.
+        let mut spec = s.container("ns", "web").unwrap().spec.clone();
+        spec.routing = crate::state::Routing::Any;
+        s.apply(&Proposal::new(
+            6,
+            Command::PutContainer {
+                namespace: "ns".into(),
+                name: "web".into(),
+                spec,
+                expected_revision: None,
+            },
+        ));
+        assert_eq!(remote(&view(&s, 1, &k)), vec![2, 3]);
+    }
+
+    #[test]
+    fn local_first_fails_over_to_another_region_when_its_own_has_none() {
+        let mut s = regions();
+        let k = ContainerKey::new("ns", "web");
+        // Region a loses its instances (a crashed, b's node down).
+        s.apply(&Proposal::new(
+            6,
+            Command::ReportInstanceStatus {
+                id: "a".into(),
+                node: 1,
+                status: InstanceStatus {
+                    state: InstanceState::Crashed,
+                    ..Default::default()
+                },
+            },
+        ));
+        s.apply(&Proposal::new(
+            7,
+            Command::SetNodeState {
+                id: 2,
+                down: Some(true),
+                cordoned: None,
+                draining: None,
+            },
+        ));
+        let v = view(&s, 1, &k);
+        assert!(v.local.is_empty());
+        assert_eq!(remote(&v), vec![3], "to region b");
+        assert_eq!(pick_remote(&v, 12345).map(|p| p.0), Some(3));
+    }
+
+    #[test]
+    fn a_hop_goes_to_its_own_zone_first() {
+        let mut s = regions();
+        // Node 2 moves to node 1's zone.
+        s.apply(&Proposal::new(
+            8,
+            Command::RegisterNode {
+                node: NodeRecord {
+                    id: 2,
+                    http_addr: "10.0.0.2:8080".into(),
+                    zone: "a1".into(),
+                    region: "a".into(),
+                    ..Default::default()
+                },
+            },
+        ));
+        let v = view(&s, 1, &ContainerKey::new("ns", "web"));
+        assert_eq!(v.near, BTreeSet::from([2]));
+        for roll in 0..20 {
+            assert_eq!(pick_remote(&v, roll).map(|p| p.0), Some(2));
+        }
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! the local choice, and the pick among other nodes. Pure but for the
 //! local slot book.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::route::least_loaded;
 use crate::local::LocalInstances;
-use crate::state::{ContainerKey, InstanceState, NodeId, StateData};
+use crate::state::{ContainerKey, InstanceState, NodeId, Routing, StateData};
 
 /// Where a container's ready instances are, seen from this node.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -17,7 +17,12 @@ pub struct View {
     /// the node's bridge, or the node's loopback in host mode).
     pub local: Vec<(String, SocketAddr)>,
     /// Other live nodes with routable instances: node → (count, mesh address).
+    /// With local-first routing, only those in this node's region while the
+    /// region has any ready instance.
     pub remote: BTreeMap<NodeId, (usize, String)>,
+    /// Those of `remote` in this node's zone (local-first routing), which a
+    /// request hopping at once goes to first.
+    pub near: BTreeSet<NodeId>,
 }
 
 impl View {
@@ -52,7 +57,37 @@ pub fn view(state: &StateData, me: NodeId, key: &ContainerKey) -> View {
             }
         }
     }
+    prefer_near(state, me, key, &mut v);
     v
+}
+
+/// Local-first routing: other regions' nodes leave `v.remote` while this
+/// node's region has a ready instance (its own included), and `v.near`
+/// names those in its zone.
+fn prefer_near(state: &StateData, me: NodeId, key: &ContainerKey, v: &mut View) {
+    let local_first = state
+        .containers
+        .get(key)
+        .is_none_or(|c| c.spec.routing == Routing::LocalFirst);
+    if let (true, Some(mine)) = (local_first, state.nodes.get(&me)) {
+        let place = |n: &NodeId| {
+            state
+                .nodes
+                .get(n)
+                .map(|r| (r.zone.as_str(), r.region.as_str()))
+        };
+        let in_region = |n: &NodeId| place(n).is_some_and(|(_, r)| r == mine.region);
+        // A region with a ready instance keeps its requests.
+        if !v.local.is_empty() || v.remote.keys().any(in_region) {
+            v.remote.retain(|n, _| in_region(n));
+        }
+        v.near = v
+            .remote
+            .keys()
+            .filter(|n| place(n).is_some_and(|(z, r)| z == mine.zone && r == mine.region))
+            .copied()
+            .collect();
+    }
 }
 
 /// [`view`], with what only this node knows of its own instances: those it
@@ -78,6 +113,7 @@ pub fn view_with_local(
         }
     }
     v.local.retain(|(id, _)| !local.is_retired(id));
+    prefer_near(state, me, key, &mut v);
     v
 }
 
@@ -140,9 +176,15 @@ pub fn choose(view: &View, loads: &[usize], limit: usize) -> Choice {
 
 /// Another node, in proportion to its ready instances (`roll` random).
 pub fn pick_remote(view: &View, roll: u32) -> Option<(NodeId, String)> {
-    let total: usize = view.remote.values().map(|(n, _)| n).sum();
+    // This node's zone first, when it has any.
+    let candidates: Vec<(&NodeId, &(usize, String))> = view
+        .remote
+        .iter()
+        .filter(|(n, _)| view.near.is_empty() || view.near.contains(n))
+        .collect();
+    let total: usize = candidates.iter().map(|(_, (n, _))| n).sum();
     let mut n = roll as usize % total.max(1);
-    for (node, (count, addr)) in &view.remote {
+    for (node, (count, addr)) in candidates {
         if n < *count {
             return Some((*node, addr.clone()));
         }

@@ -86,6 +86,43 @@ pub struct ContainerSpec {
     /// The instance's root filesystem is read-only (/tmp stays writable).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_rootfs: bool,
+    /// Which instances a node's mesh prefers.
+    #[serde(default, skip_serializing_if = "Routing::is_default")]
+    pub routing: Routing,
+}
+
+/// Which ready instances a node's mesh sends a request to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// This node's own instances, then those in its zone, then in its
+    /// region, then anywhere: a request leaves its region only when the
+    /// region has no ready instance.
+    #[default]
+    LocalFirst,
+    /// This node's own, then any other node's alike.
+    Any,
+}
+
+impl Routing {
+    pub fn is_default(&self) -> bool {
+        *self == Routing::LocalFirst
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Routing::LocalFirst => "local-first",
+            Routing::Any => "any",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local-first" => Some(Routing::LocalFirst),
+            "any" => Some(Routing::Any),
+            _ => None,
+        }
+    }
 }
 
 impl ContainerSpec {
@@ -115,6 +152,7 @@ impl ContainerSpec {
             region: None,
             health_path: None,
             read_only_rootfs: false,
+            routing: Routing::LocalFirst,
         }
     }
 }

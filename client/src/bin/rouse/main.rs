@@ -548,6 +548,10 @@ struct Deploy {
     /// (--read-only-rootfs=false turns it off again).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     read_only_rootfs: Option<bool>,
+    /// Which instances a node's mesh sends requests to: local-first (its
+    /// own, its zone's, its region's, then anywhere; the default) or any.
+    #[arg(long, value_parser = ["local-first", "any"])]
+    routing: Option<String>,
     /// Wait until min-scale instances (at least one) of the new revision
     /// are ready, showing each instance's progress; fail with an
     /// instance's reason.
@@ -763,6 +767,7 @@ struct ContainerOut {
     pending_reason: String,
     health_path: String,
     read_only_rootfs: bool,
+    routing: String,
     desired_scale: u32,
     scale_reason: String,
     scaled_at_ms: u64,
@@ -852,6 +857,7 @@ impl From<pb::Container> for ContainerOut {
             pending_reason: c.pending_reason,
             health_path: c.health_path,
             read_only_rootfs: c.read_only_rootfs,
+            routing: c.routing,
             desired_scale: c.desired_scale,
             scale_reason: c.scale_reason,
             scaled_at_ms: c.scaled_at_ms,
@@ -1550,6 +1556,7 @@ async fn container(c: &mut Client, fmt: Format, cmd: ContainerCmd) -> Result<(),
                 region: d.region,
                 health_path: d.health_path,
                 read_only_rootfs: d.read_only_rootfs,
+                routing: d.routing,
                 scale_to_zero_after_seconds: d
                     .scale_to_zero_after
                     .as_deref()
