@@ -102,9 +102,33 @@ impl TestCluster {
         Self::start_with_runtime_on(None, n, common).await
     }
 
+    /// Like [`Self::start_with_runtime`], node `i + 1` in zone and region
+    /// `places[i]`.
+    pub async fn start_with_runtime_in(places: &[(&str, &str)], common: &[&str]) -> Self {
+        let mut c = Self::with_runtime(None, common);
+        for (i, (zone, region)) in places.iter().enumerate() {
+            let id = i as u64 + 1;
+            c.add_node(
+                id,
+                (id > 1).then_some(1),
+                &["--zone", zone, "--region", region],
+            )
+            .await;
+        }
+        c.wait_voters(places.len()).await;
+        c
+    }
+
     /// Like [`Self::start_with_runtime`], with nodes listening on `bind`
     /// (e.g. every address, to show what instances cannot reach).
     pub async fn start_with_runtime_on(bind: Option<IpAddr>, n: u64, common: &[&str]) -> Self {
+        let mut c = Self::with_runtime(bind, common);
+        c.start_nodes(n).await;
+        c
+    }
+
+    /// A cluster on the test containerd and registry, no node started yet.
+    fn with_runtime(bind: Option<IpAddr>, common: &[&str]) -> Self {
         let (sock, reg) = runtime_env();
         let n_cluster = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ns = format!("rouse-test-{:08x}-{n_cluster}", std::process::id());
@@ -125,7 +149,6 @@ impl TestCluster {
         // Isolated instance networks unless the test asks for the host's.
         c.inner.template.isolated_instances = !common.contains(&"--instance-network");
         c.bind = bind;
-        c.start_nodes(n).await;
         c
     }
 
