@@ -83,14 +83,24 @@ fn state() -> StateData {
 }
 
 prop_compose! {
+    /// The placement and readiness settings (apart: one strategy with every
+    /// field nests deep enough to overflow a test thread's stack).
+    fn deploy_extras()(
+        region in proptest::option::of(nasty()), health in proptest::option::of(nasty()),
+        ro in proptest::option::of(any::<bool>()), routing in proptest::option::of(nasty()),
+    ) -> (Option<String>, Option<String>, Option<bool>, Option<String>) {
+        (region, health, ro, routing)
+    }
+}
+
+prop_compose! {
     fn deploy_request()(
         namespace in nasty(), name in nasty(), image in proptest::option::of(nasty()),
         port in small_u32(), env in proptest::collection::hash_map(nasty(), nasty(), 0..4),
         replace_env in any::<bool>(), cpu in small_u32(), memory in small_u32(),
         min in small_u32(), max in small_u32(), conc in small_u32(), timeout in small_u32(),
         privacy in -2i32..5, protocol in -2i32..5, idle in small_u32(),
-        region in proptest::option::of(nasty()), health in proptest::option::of(nasty()),
-        ro in proptest::option::of(any::<bool>()), routing in proptest::option::of(nasty()),
+        (region, health, ro, routing) in deploy_extras(),
     ) -> rouse_proto::v1::DeployContainerRequest {
         rouse_proto::v1::DeployContainerRequest {
             namespace, name, image, port: port.map(|p| p % 70_000), env, replace_env,

@@ -66,3 +66,24 @@ fn check_config_validates_without_starting() {
     assert!(err.contains("advertise"), "{err}");
     assert!(!data.exists());
 }
+
+/// The example configurations under deploy/ stay valid.
+#[test]
+fn the_deploy_examples_pass_the_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut files = vec![root.join("rouse-node.example.toml")];
+    for dir in ["three-hosts", "two-regions"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 6, "{files:?}");
+    for f in files {
+        let (rc, out, err) = check(&["--config", f.to_str().unwrap()]);
+        assert_eq!(rc, 0, "{}: {err}", f.display());
+        assert!(out.starts_with("config ok"), "{out}");
+    }
+}

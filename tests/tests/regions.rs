@@ -39,7 +39,7 @@ async fn requests_stay_in_their_region_and_fail_over_when_it_has_none() {
     let image = push_test_image("rouse-test/regions", "1");
     // Node 1 takes requests in region a and runs nothing (cordoned); node
     // 2 runs region a's instance, node 3 region b's.
-    let mut cluster =
+    let cluster =
         TestCluster::start_with_runtime_in(&[("a1", "a"), ("a2", "a"), ("b1", "b")], &[]).await;
     let mut c = cluster.client(1).await;
     c.cordon(1).await.unwrap();
