@@ -63,7 +63,7 @@ pub fn simulated(name: String, per: u32) -> rouse_client::pb::DeployContainerReq
 }
 
 /// Deploys containers `from..to` with `parallel` concurrent clients.
-async fn deploy_range(
+pub async fn deploy_range(
     rouse: &Rouse,
     from: u32,
     to: u32,
