@@ -242,6 +242,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // A peer never heard from is silent since this node first asked.
+        self.pool
+            .answered
+            .lock()
+            .entry(self.target)
+            .or_insert_with(std::time::Instant::now);
         let r = self
             .call(&rpc, &option, |mut c, m| async move {
                 c.append_entries(m).await

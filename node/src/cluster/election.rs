@@ -225,11 +225,19 @@ impl Cluster {
 /// Since when (ms since the epoch) this node has been cut off from a
 /// majority, if it has for two election timeouts: a leader whose followers
 /// have not acknowledged it, or a node that has heard from no leader.
-fn cut_off_since(cluster: &Cluster, view: &View, started: Instant) -> Option<u64> {
+fn cut_off_since(
+    cluster: &Cluster,
+    view: &View,
+    started: Instant,
+    led_since: Option<Instant>,
+) -> Option<u64> {
     let patience = cluster.timing.timeout * 2;
     let now = super::now_ms();
     if view.leads {
-        // The age of the majority's latest answers, in the worst config.
+        // The age of the majority's latest answers, in the worst config;
+        // no answer counts as older than this leadership (answers from a
+        // past one are not a sign of trouble now).
+        let led_for = led_since.map_or(Duration::ZERO, |t| t.elapsed());
         let configs = cluster
             .raft
             .metrics()
@@ -247,7 +255,11 @@ fn cut_off_since(cluster: &Cluster, view: &View, started: Instant) -> Option<u64
                         if *id == cluster.id {
                             Duration::ZERO
                         } else {
-                            cluster.pool.since_answer(*id).unwrap_or(Duration::MAX)
+                            cluster
+                                .pool
+                                .since_answer(*id)
+                                .unwrap_or(Duration::MAX)
+                                .min(led_for)
                         }
                     })
                     .collect();
@@ -275,6 +287,7 @@ pub async fn run(cluster: std::sync::Arc<Cluster>) {
     let mut base: Option<Instant> = None;
     let mut deadline = started + timing.wait(true);
     let mut errors = HashMap::new();
+    let mut led_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(tick).await;
         let Some(view) = cluster.election_view().await else {
@@ -288,7 +301,12 @@ pub async fn run(cluster: std::sync::Arc<Cluster>) {
             .membership()
             .get_joint_config()
             .clone();
-        cluster.set_no_quorum(cut_off_since(&cluster, &view, started));
+        if view.leads {
+            led_since.get_or_insert_with(Instant::now);
+        } else {
+            led_since = None;
+        }
+        cluster.set_no_quorum(cut_off_since(&cluster, &view, started, led_since));
         let voter = configs.iter().any(|c| c.contains(&cluster.id));
         if view.leads || !voter {
             base = None;
