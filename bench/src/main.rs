@@ -108,10 +108,11 @@ enum Cmd {
     Failover {
         #[arg(long, default_value_t = 20)]
         kills: usize,
-        /// The nodes' --heartbeat-ms (default: the node's default, 100).
-        #[arg(long, default_value_t = 100)]
+        /// The nodes' --heartbeat-ms (default: the node's default, 150).
+        #[arg(long, default_value_t = 150)]
         heartbeat_ms: u64,
-        /// The nodes' --election-timeout-ms (default: 5 heartbeats).
+        /// The nodes' --election-timeout-ms (default: the node's: 3
+        /// heartbeats or 500 ms, whichever is longer).
         #[arg(long)]
         election_timeout_ms: Option<u64>,
     },
@@ -681,7 +682,7 @@ async fn failover(
     heartbeat_ms: u64,
     election_timeout_ms: Option<u64>,
 ) -> anyhow::Result<()> {
-    let election_timeout_ms = election_timeout_ms.unwrap_or(heartbeat_ms * 5);
+    let election_timeout_ms = election_timeout_ms.unwrap_or((heartbeat_ms * 3).max(500));
     let (hb, et) = (heartbeat_ms.to_string(), election_timeout_ms.to_string());
     let mut rouse = three_nodes(&["--heartbeat-ms", &hb, "--election-timeout-ms", &et]).await;
     let mut took = Vec::new();

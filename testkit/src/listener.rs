@@ -86,7 +86,19 @@ impl HeldListener {
             fresh.set_reuse_address(true)?;
             let old = std::mem::replace(&mut self.socket, fresh);
             drop(old);
-            self.socket.bind(&self.addr.into())?;
+            // A process the node started may hold the inherited socket for a
+            // moment after the node exits: wait for the port, briefly.
+            let mut tries = 0;
+            loop {
+                match self.socket.bind(&self.addr.into()) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 60 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             self.listening = false;
         }
         Ok(())

@@ -244,14 +244,18 @@ impl NodeConfig {
             ));
         }
         let key_use_report = duration("key_use_report", args.key_use_report.clone(), "60s")?;
-        let heartbeat_ms = args.heartbeat_ms.unwrap_or(100);
+        // openraft gives an AppendEntries one heartbeat to finish: shorter
+        // heartbeats starve a follower catching up on a loaded machine.
+        let heartbeat_ms = args.heartbeat_ms.unwrap_or(150);
         if !(20..=5000).contains(&heartbeat_ms) {
             return Err(invalid(
                 "heartbeat_ms",
                 format!("{heartbeat_ms} is outside 20..=5000"),
             ));
         }
-        let election_timeout_ms = args.election_timeout_ms.unwrap_or(heartbeat_ms * 5);
+        let election_timeout_ms = args
+            .election_timeout_ms
+            .unwrap_or((heartbeat_ms * 3).max(500));
         if election_timeout_ms < heartbeat_ms * 3 || election_timeout_ms > 60_000 {
             return Err(invalid(
                 "election_timeout_ms",

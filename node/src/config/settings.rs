@@ -115,8 +115,9 @@ pub struct Args {
     #[arg(long, env = "ROUSE_HEARTBEAT_MS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
-    /// Raft election timeout in milliseconds (default 5 heartbeats; at
-    /// least 3): how long without a leader before a voter stands.
+    /// Raft election timeout in milliseconds (default 3 heartbeats or
+    /// 500 ms, whichever is longer; at least 3 heartbeats): how long
+    /// without a leader before a voter stands.
     #[arg(long, env = "ROUSE_ELECTION_TIMEOUT_MS")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub election_timeout_ms: Option<u64>,

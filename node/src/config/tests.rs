@@ -32,9 +32,12 @@ fn defaults() {
     assert_eq!(c.containerd_namespace, "rouse");
     assert_eq!(c.base_domain, "rouse.localhost");
     assert_eq!(c.scale_cap, 50);
-    assert_eq!((c.heartbeat_ms, c.election_timeout_ms), (100, 500));
+    assert_eq!((c.heartbeat_ms, c.election_timeout_ms), (150, 500));
     let c = NodeConfig::resolve(args(&["--heartbeat-ms", "300"])).unwrap();
-    assert_eq!(c.election_timeout_ms, 1500, "5 heartbeats unless set");
+    assert_eq!(
+        c.election_timeout_ms, 900,
+        "3 heartbeats, at least 500 ms, unless set"
+    );
 }
 
 #[test]

@@ -99,6 +99,9 @@ pub async fn run(
         election_timeout_max,
         // Elections are started by `cluster::election`, after a pre-vote.
         enable_elect: false,
+        // An AppendEntries has one heartbeat to finish: small batches let
+        // a follower catch up on a loaded machine.
+        max_payload_entries: 64,
         install_snapshot_timeout: 5_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
         max_in_snapshot_log_to_keep: config.snapshot_logs.min(1000),
