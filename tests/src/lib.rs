@@ -412,6 +412,25 @@ impl TestCluster {
         p
     }
 
+    /// Waits until every node has applied the same log index to the same
+    /// state digest.
+    pub async fn wait_converged(&self) {
+        eventually("digests converge", || async {
+            let mut digests = Vec::new();
+            for id in self.node_ids() {
+                let mut c = self.client(id).await;
+                let i = c.node_info().await.map_err(|e| e.to_string())?;
+                digests.push((i.last_applied_index, i.state_digest));
+            }
+            if digests.iter().all(|d| d == &digests[0]) {
+                Ok(())
+            } else {
+                Err(format!("{digests:?}"))
+            }
+        })
+        .await;
+    }
+
     /// Fails if any node's log shows a panic.
     pub fn assert_no_panics(&self) {
         let panics = self.inner.panics();
@@ -448,6 +467,26 @@ pub fn deploy(ns: &str, name: &str, image: &str, min: u32) -> pb::DeployContaine
         min_scale: Some(min),
         ..Default::default()
     }
+}
+
+/// The status of a GET of `/` through the mesh at `mesh` with `Host:
+/// host` (0 when no answer came within `secs`).
+pub fn http_status(mesh: &str, host: &str, secs: u32) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            &secs.to_string(),
+        ])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://{mesh}/"))
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
 }
 
 /// Waits until `ns/name` has `n` ready instances; returns them.

@@ -8,17 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rouse_client::pb;
-use rouse_e2e::{eventually, push_test_image, TestCluster};
-
-fn get(mesh: &str, host: &str) -> u16 {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10"])
-        .args(["-H", &format!("Host: {host}")])
-        .arg(format!("http://{mesh}/"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
+use rouse_e2e::{deploy, eventually, http_status, push_test_image, TestCluster};
 
 /// Requests node `id`'s mesh answered for web/api (hops to it included).
 fn answered(cluster: &TestCluster, id: u64) -> u64 {
@@ -45,14 +35,10 @@ async fn requests_stay_in_their_region_and_fail_over_when_it_has_none() {
     c.cordon(1).await.unwrap();
     c.create_namespace("web", HashMap::new()).await.unwrap();
     c.deploy_container(pb::DeployContainerRequest {
-        namespace: "web".into(),
-        name: "api".into(),
-        image: Some(image),
-        min_scale: Some(2),
         max_scale: Some(2),
         cpu_mvcpu: Some(100),
         memory_mb: Some(64),
-        ..Default::default()
+        ..deploy("web", "api", &image, 2)
     })
     .await
     .unwrap();
@@ -71,7 +57,11 @@ async fn requests_stay_in_their_region_and_fail_over_when_it_has_none() {
     for round in 0..3 {
         let before = answered(&cluster, 3);
         for k in 0..40 {
-            assert_eq!(get(&mesh, host), 200, "round {round}, request {k}");
+            assert_eq!(
+                http_status(&mesh, host, 10),
+                200,
+                "round {round}, request {k}"
+            );
         }
         let crossed = answered(&cluster, 3) - before;
         println!("round {round}: 40 requests from region a, {crossed} crossed to region b");
@@ -85,7 +75,7 @@ async fn requests_stay_in_their_region_and_fail_over_when_it_has_none() {
     let start = Instant::now();
     let (mut ok, mut failed) = (0, 0);
     while start.elapsed() < Duration::from_secs(6) {
-        if get(&mesh, host) == 200 {
+        if http_status(&mesh, host, 10) == 200 {
             ok += 1
         } else {
             failed += 1
@@ -117,7 +107,7 @@ async fn requests_stay_in_their_region_and_fail_over_when_it_has_none() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = answered(&cluster, 3);
     for _ in 0..40 {
-        assert_eq!(get(&mesh, host), 200);
+        assert_eq!(http_status(&mesh, host, 10), 200);
     }
     assert_eq!(
         answered(&cluster, 3) - before,

@@ -10,17 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rouse_client::pb;
-use rouse_e2e::{eventually, push_test_image, ready, TestCluster};
-
-fn get(mesh: &str, host: &str) -> u16 {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"])
-        .args(["-H", &format!("Host: {host}")])
-        .arg(format!("http://{mesh}/"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
+use rouse_e2e::{deploy, eventually, http_status, push_test_image, ready, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_majority_keeps_serving_and_refuses_writes_fast() {
@@ -33,14 +23,10 @@ async fn a_node_cut_off_from_the_majority_keeps_serving_and_refuses_writes_fast(
         .unwrap();
     c.clone()
         .deploy_container(pb::DeployContainerRequest {
-            namespace: "web".into(),
-            name: "api".into(),
-            image: Some(image),
-            min_scale: Some(1),
             max_scale: Some(1),
             cpu_mvcpu: Some(100),
             memory_mb: Some(64),
-            ..Default::default()
+            ..deploy("web", "api", &image, 1)
         })
         .await
         .unwrap();
@@ -48,7 +34,7 @@ async fn a_node_cut_off_from_the_majority_keeps_serving_and_refuses_writes_fast(
     let alone = inst[0].node;
     let mesh = cluster.http(alone);
     let host = "api.web.rouse.localhost";
-    assert_eq!(get(&mesh, host), 200);
+    assert_eq!(http_status(&mesh, host, 5), 200);
     let mut n = cluster.client(alone).await;
     // Twice: the node cut off is the leader in one round and a follower
     // in the other, whichever it is first (a cut-off leader loses the
@@ -64,7 +50,7 @@ async fn a_node_cut_off_from_the_majority_keeps_serving_and_refuses_writes_fast(
         shapes.contains(&true) && shapes.contains(&false),
         "the node was {shapes:?} leader: both shapes not covered"
     );
-    assert_eq!(get(&mesh, host), 200);
+    assert_eq!(http_status(&mesh, host, 5), 200);
     cluster.assert_no_panics();
 }
 
@@ -100,7 +86,7 @@ async fn cut_off_round(
     while cut.elapsed() < Duration::from_secs(secs) {
         // Every request to its running container is answered.
         assert_eq!(
-            get(&mesh, host),
+            http_status(&mesh, host, 5),
             200,
             "round {round}: request {served} after {:?} cut off",
             cut.elapsed()
@@ -169,21 +155,5 @@ async fn cut_off_round(
         }
     })
     .await;
-    eventually("digests converge", || {
-        let cluster = &*cluster;
-        async move {
-            let mut digests = Vec::new();
-            for id in [1, 2, 3] {
-                let mut c = cluster.client(id).await;
-                let i = c.node_info().await.map_err(|e| e.to_string())?;
-                digests.push((i.last_applied_index, i.state_digest));
-            }
-            if digests.iter().all(|d| d == &digests[0]) {
-                Ok(())
-            } else {
-                Err(format!("{digests:?}"))
-            }
-        }
-    })
-    .await;
+    cluster.wait_converged().await;
 }

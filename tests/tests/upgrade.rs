@@ -13,17 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rouse_client::pb;
-use rouse_e2e::{eventually, push_test_image, ready, TestCluster};
-
-fn get(mesh: &str, host: &str) -> u16 {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10"])
-        .args(["-H", &format!("Host: {host}")])
-        .arg(format!("http://{mesh}/"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
-}
+use rouse_e2e::{deploy, eventually, http_status, push_test_image, ready, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_restarted_in_turn_under_load_fails_no_request() {
@@ -36,14 +26,10 @@ async fn every_node_restarted_in_turn_under_load_fails_no_request() {
         .unwrap();
     c.clone()
         .deploy_container(pb::DeployContainerRequest {
-            namespace: "web".into(),
-            name: "api".into(),
-            image: Some(image),
-            min_scale: Some(3),
             max_scale: Some(4),
             cpu_mvcpu: Some(100),
             memory_mb: Some(64),
-            ..Default::default()
+            ..deploy("web", "api", &image, 3)
         })
         .await
         .unwrap();
@@ -67,7 +53,7 @@ async fn every_node_restarted_in_turn_under_load_fails_no_request() {
                 let nodes: Vec<u64> = serving.lock().unwrap().iter().copied().collect();
                 let node = nodes[k % nodes.len()];
                 k += 1;
-                let code = get(&meshes[&node], "api.web.rouse.localhost");
+                let code = http_status(&meshes[&node], "api.web.rouse.localhost", 10);
                 if code == 200 {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {

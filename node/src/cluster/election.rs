@@ -228,6 +228,7 @@ impl Cluster {
 fn cut_off_since(
     cluster: &Cluster,
     view: &View,
+    configs: &[BTreeSet<NodeId>],
     started: Instant,
     led_since: Option<Instant>,
 ) -> Option<u64> {
@@ -238,14 +239,6 @@ fn cut_off_since(
         // no answer counts as older than this leadership (answers from a
         // past one are not a sign of trouble now).
         let led_for = led_since.map_or(Duration::ZERO, |t| t.elapsed());
-        let configs = cluster
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_joint_config()
-            .clone();
         let age = configs
             .iter()
             .map(|c| {
@@ -306,7 +299,7 @@ pub async fn run(cluster: std::sync::Arc<Cluster>) {
         } else {
             led_since = None;
         }
-        cluster.set_no_quorum(cut_off_since(&cluster, &view, started, led_since));
+        cluster.set_no_quorum(cut_off_since(&cluster, &view, &configs, started, led_since));
         let voter = configs.iter().any(|c| c.contains(&cluster.id));
         if view.leads || !voter {
             base = None;
