@@ -87,23 +87,7 @@ async fn three_nodes_replicate_and_survive_leader_kill() {
     })
     .await;
     // Every node converges on the same state digest.
-    eventually("digests converge", || {
-        let cluster = &cluster;
-        async move {
-            let mut digests = Vec::new();
-            for id in [1, 2, 3] {
-                let mut c = cluster.client(id).await;
-                let i = c.node_info().await.map_err(|e| e.to_string())?;
-                digests.push((i.last_applied_index, i.state_digest));
-            }
-            if digests.iter().all(|d| d == &digests[0]) {
-                Ok(())
-            } else {
-                Err(format!("{digests:?}"))
-            }
-        }
-    })
-    .await;
+    cluster.wait_converged().await;
     let _ = old.node_info().await.unwrap();
     cluster.assert_no_panics();
 }

@@ -19,22 +19,7 @@ async fn placed(c: &Client) -> Vec<pb::Instance> {
 }
 
 fn get(mesh: &str, host: &str) -> u16 {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-m",
-            "30",
-            "-H",
-            &format!("Host: {host}"),
-        ])
-        .arg(format!("http://{mesh}/"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    rouse_e2e::http_status(mesh, host, 30)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
